@@ -1,0 +1,280 @@
+"""The exact core of the edit language: operations on text, and apply / invert / compose / diff.
+
+An operation list walks a document from its start: `Retain` keeps code points, `Delete` removes them,
+`Insert` adds text. Counts are Unicode code points (Python `str` indices). Whatever the list does not
+reach is kept, so a trailing retain is optional. `Retain` and `Delete` may carry the text they cover
+("quoted"); the exact core checks that text, and the tolerant applier (`tools.patch`) uses it to
+re-anchor miscounted scripts. Nothing here guesses: every function either is exact or raises `OTError`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+
+class OTError(ValueError):
+    """An operation list does not fit the document it is applied to."""
+
+
+@dataclass(frozen=True, slots=True)
+class Retain:
+    n: int
+    text: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_count(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    n: int
+    text: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_count(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Insert:
+    text: str
+
+
+Op = Retain | Delete | Insert
+
+
+def _check_count(op: Retain | Delete) -> None:
+    if op.n < 0:
+        raise OTError(f"{type(op).__name__.lower()} count must not be negative, got {op.n}")
+    if op.text is not None and len(op.text) != op.n:
+        raise OTError(f"{type(op).__name__.lower()} count {op.n} does not match its text of length {len(op.text)}")
+
+
+def retain(arg: int | str) -> Retain:
+    """`retain(5)` or the self-checking `retain("text")`."""
+    return Retain(len(arg), arg) if isinstance(arg, str) else Retain(arg)
+
+
+def delete(arg: int | str) -> Delete:
+    """`delete(5)` or the self-checking `delete("text")`."""
+    return Delete(len(arg), arg) if isinstance(arg, str) else Delete(arg)
+
+
+def insert(text: str) -> Insert:
+    return Insert(text)
+
+
+def op_length(op: Op) -> int:
+    """Code points the op covers in the document it applies to (inserts cover none)."""
+    return 0 if isinstance(op, Insert) else op.n
+
+
+def is_quoted(op: Op | None) -> bool:
+    """A retain or delete that carries its text, and so can be checked against the document."""
+    return isinstance(op, Retain | Delete) and op.text is not None
+
+
+def format_op(op: Op) -> str:
+    """The model-facing spelling of one op, e.g. `delete("foo")` or `retain(12)`."""
+    name = type(op).__name__.lower()
+    arg = op.text if isinstance(op, Insert) or op.text is not None else op.n
+    return f"{name}({json.dumps(arg, ensure_ascii=False) if isinstance(arg, str) else arg})"
+
+
+def format_script(ops: Iterable[Op]) -> str:
+    """One op per line: the form `ot_diff` hands to models and people."""
+    return "\n".join(format_op(op) for op in ops)
+
+
+def _slice(op: Retain | Delete, start: int, end: int) -> Retain | Delete:
+    text = None if op.text is None else op.text[start:end]
+    return type(op)(end - start, text)
+
+
+def _merge(a: Op, b: Op) -> Op | None:
+    """`a` and `b` as one op when they are of the same kind, else None."""
+    if isinstance(a, Insert) and isinstance(b, Insert):
+        return Insert(a.text + b.text)
+    if type(a) is type(b):
+        text = a.text + b.text if a.text is not None and b.text is not None else None
+        return type(a)(a.n + b.n, text)
+    return None
+
+
+def normalize(ops: Iterable[Op]) -> list[Op]:
+    """Drop empty ops, merge neighbours of one kind, put an insert before an adjacent delete, and drop
+    the trailing retain (the rest of the document is kept anyway)."""
+    out: list[Op] = []
+    for op in ops:
+        if op_length(op) == 0 and not (isinstance(op, Insert) and op.text):
+            continue
+        if isinstance(op, Insert) and out and isinstance(out[-1], Delete):
+            # delete+insert and insert+delete mean the same; keep one canonical order.
+            deleted = out.pop()
+            _append(out, op)
+            out.append(deleted)
+            continue
+        _append(out, op)
+    while out and isinstance(out[-1], Retain):
+        out.pop()
+    return out
+
+
+def _append(out: list[Op], op: Op) -> None:
+    merged = _merge(out[-1], op) if out else None
+    if merged is None:
+        out.append(op)
+    else:
+        out[-1] = merged
+
+
+def apply(doc: str, ops: Sequence[Op]) -> str:
+    """Apply `ops` to `doc` exactly: counts must fit and quoted text must match where it stands."""
+    pieces: list[str] = []
+    cursor = 0
+    for index, op in enumerate(ops):
+        if isinstance(op, Insert):
+            pieces.append(op.text)
+            continue
+        end = cursor + op.n
+        if end > len(doc):
+            raise OTError(
+                f"op {index} {format_op(op)} runs past the end of the document "
+                f"(at offset {cursor}, {len(doc) - cursor} code points left)"
+            )
+        if op.text is not None and doc[cursor:end] != op.text:
+            raise OTError(
+                f"op {index} {format_op(op)} does not match the document at offset {cursor}: "
+                f"found {json.dumps(doc[cursor:end], ensure_ascii=False)}"
+            )
+        if isinstance(op, Retain):
+            pieces.append(doc[cursor:end])
+        cursor = end
+    pieces.append(doc[cursor:])
+    return "".join(pieces)
+
+
+def invert(ops: Sequence[Op], doc: str) -> list[Op]:
+    """The ops that turn `apply(doc, ops)` back into `doc`; deleted text comes from `doc`."""
+    inverse: list[Op] = []
+    cursor = 0
+    for op in ops:
+        if isinstance(op, Insert):
+            inverse.append(Delete(len(op.text), op.text))
+            continue
+        covered = doc[cursor : cursor + op.n]
+        if len(covered) != op.n:
+            raise OTError(f"{format_op(op)} at offset {cursor} runs past the end of the document")
+        inverse.append(Retain(op.n) if isinstance(op, Retain) else Insert(covered))
+        cursor += op.n
+    return normalize(inverse)
+
+
+def compose(first: Sequence[Op], second: Sequence[Op]) -> list[Op]:
+    """One op list equal to applying `first`, then `second` (both with implicit trailing retains)."""
+    out: list[Op] = []
+    a_ops, b_ops = list(first), list(second)
+    ia = ib = 0
+    a: Op | None = a_ops[0] if a_ops else None
+    b: Op | None = b_ops[0] if b_ops else None
+    while a is not None or b is not None:
+        if isinstance(a, Delete):
+            out.append(a)
+            ia, a = _next(a_ops, ia)
+            continue
+        if isinstance(b, Insert):
+            out.append(b)
+            ib, b = _next(b_ops, ib)
+            continue
+        if b is None:  # the rest of `first` passes through the implicit trailing retain of `second`
+            out.append(a)
+            ia, a = _next(a_ops, ia)
+            continue
+        if a is None:  # `second` reaches past what `first` touched: it acts on the kept rest
+            out.append(b)
+            ib, b = _next(b_ops, ib)
+            continue
+        # a is a Retain or an Insert (it produced text); b is a Retain or a Delete (it consumes text).
+        a_len = len(a.text) if isinstance(a, Insert) else a.n
+        size = min(a_len, b.n)
+        a_part = Insert(a.text[:size]) if isinstance(a, Insert) else _slice(a, 0, size)
+        b_part = _slice(b, 0, size)
+        if isinstance(a_part, Insert):
+            if isinstance(b_part, Retain):
+                out.append(a_part)
+            # insert then delete: nothing remains
+        elif isinstance(b_part, Retain):
+            out.append(Retain(size, a_part.text if a_part.text is not None else b_part.text))
+        else:
+            out.append(Delete(size, b_part.text if b_part.text is not None else a_part.text))
+        a = (Insert(a.text[size:]) if isinstance(a, Insert) else _slice(a, size, a_len)) if size < a_len else None
+        b = _slice(b, size, b.n) if size < b.n else None
+        if a is None:
+            ia, a = _next(a_ops, ia)
+        if b is None:
+            ib, b = _next(b_ops, ib)
+    return normalize(out)
+
+
+def _next(ops: list[Op], index: int) -> tuple[int, Op | None]:
+    index += 1
+    return index, ops[index] if index < len(ops) else None
+
+
+def ot_diff(before: str, after: str, *, quoted: bool = True, timeout: float = 2.0) -> list[Op]:
+    """A minimal op list turning `before` into `after`.
+
+    diff-match-patch in line mode then characters, with semantic cleanup, so edits land on word and
+    line boundaries the way a person would write them. Deletes carry their text when `quoted`, which
+    makes the script self-checking and lets the applier re-anchor a miscounted retain.
+    """
+    import fast_diff_match_patch as fdmp
+
+    ops: list[Op] = []
+    old_pos = new_pos = 0
+    for kind, count in fdmp.diff(
+        before, after, timelimit=timeout, checklines=True, cleanup="Semantic", counts_only=True
+    ):
+        if kind == "=":
+            ops.append(Retain(count))
+            old_pos += count
+            new_pos += count
+        elif kind == "-":
+            ops.append(Delete(count, before[old_pos : old_pos + count] if quoted else None))
+            old_pos += count
+        else:
+            ops.append(Insert(after[new_pos : new_pos + count]))
+            new_pos += count
+    return anchor_line_inserts(before, normalize(ops)) if quoted else normalize(ops)
+
+
+def anchor_line_inserts(doc: str, ops: list[Op]) -> list[Op]:
+    """Quote the end of the retain before an insert of whole lines that does not sit on a line boundary.
+
+    A model writes new lines at the start of a line, and the applier moves a miscounted line insert to
+    the nearest boundary. Diffs sometimes place such an insert mid-line instead (inside indentation, say);
+    a short quoted retain in front of it pins it there, so the script still lands exactly.
+    """
+    out: list[Op] = []
+    pos = 0
+    for index, op in enumerate(ops):
+        following = ops[index + 1] if index + 1 < len(ops) else None
+        if isinstance(op, Insert) and out and isinstance(out[-1], Retain) and out[-1].text is None \
+                and not is_quoted(following) and not _on_line_boundary(doc, pos, op.text):
+            line_start = doc.rfind("\n", 0, pos) + 1
+            size = min(out[-1].n, max(pos - line_start, 1))
+            kept = out.pop()
+            out += [Retain(kept.n - size), Retain(size, doc[pos - size : pos])]
+        out.append(op)
+        pos += op_length(op)
+    return [op for op in out if op_length(op) or isinstance(op, Insert)]
+
+
+def _on_line_boundary(doc: str, pos: int, text: str) -> bool:
+    """Whether an insert of `text` at `pos` is one the applier takes as placed (see tools.patch)."""
+    if text.endswith("\n"):
+        return pos == 0 or doc[pos - 1] == "\n"
+    if text.startswith("\n"):
+        return pos == len(doc) or doc[pos] == "\n"
+    return True

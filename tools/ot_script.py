@@ -1,0 +1,249 @@
+"""The model-facing spelling of edit scripts, and a streaming parser for it.
+
+    [retain(8), delete("really"), insert("very very")]
+
+Operations are separated by commas and/or newlines, optionally wrapped in `[` `]`; `#` starts a comment
+that runs to the end of the line. Arguments are counts or JSON string literals. The parser is fed chunks
+as tokens arrive, yields each operation as soon as its `)` is read, and exposes the decoded text of an
+`insert("…` still being written, which the TUI shows and the cursor drafter follows.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+
+from tools.ot import Delete, Insert, Op, OTError, Retain
+
+OP_NAMES = ("retain", "delete", "insert")
+_STRING_STOP = re.compile(r'["\\]')
+_NAME = re.compile(r"[A-Za-z_]\w*")
+_DIGITS = re.compile(r"\d+")
+
+
+class ScriptSyntaxError(OTError):
+    """The script is not well-formed; `line` and `column` (1-based) point into the script."""
+
+    def __init__(self, message: str, line: int, column: int) -> None:
+        super().__init__(f"edit script syntax error at line {line}, column {column}: {message}")
+        self.line = line
+        self.column = column
+
+
+# Parser states: where in the grammar the next character is read.
+_BETWEEN, _NAME_DONE, _ARG, _NUMBER, _STRING, _CLOSE, _END, _COMMENT = range(8)
+
+
+class ScriptParser:
+    """Incremental parser: `feed(chunk)` returns the ops completed by that chunk; `close()` checks the end."""
+
+    def __init__(self) -> None:
+        self._buf = ""
+        self._pos = 0  # next unread index into _buf
+        self._state = _BETWEEN
+        self._opened_bracket = False
+        self._seen_op = False
+        self._name = ""
+        self._token_start = 0  # where the current op's name starts, for error positions
+        self._arg_start = 0  # where the current number or string literal starts
+        self._string_scan = 0  # how far the current string literal has been scanned
+        self._after_comment = _BETWEEN  # the state a `#` comment returns to
+        self.ops: list[Op] = []
+
+    @property
+    def partial_insert(self) -> str | None:
+        """Decoded text of an `insert("…` whose closing quote has not arrived yet, else None."""
+        if self._state != _STRING or self._name != "insert":
+            return None
+        return _decode_prefix(self._buf[self._arg_start + 1 : self._pos])
+
+    @property
+    def in_progress(self) -> tuple[str, str] | None:
+        """(op name, decoded text so far) while any quoted argument is being written, else None."""
+        if self._state != _STRING:
+            return None
+        return self._name, _decode_prefix(self._buf[self._arg_start + 1 : self._pos])
+
+    def feed(self, chunk: str) -> list[Op]:
+        self._buf += chunk
+        done: list[Op] = []
+        while self._pos < len(self._buf):
+            op = self._step()
+            if op is _NEED_MORE:
+                break
+            if op is not None:
+                self.ops.append(op)
+                done.append(op)
+        return done
+
+    def close(self) -> list[Op]:
+        """End of input: the script must not stop inside an operation or an open `[`."""
+        if self._state in (_NAME_DONE, _ARG, _NUMBER, _STRING, _CLOSE):
+            what = "string literal" if self._state == _STRING else f"{self._name or 'operation'}(…)"
+            raise self._error(f"script ends inside an unfinished {what}", self._token_start)
+        if self._state == _BETWEEN and self._pos < len(self._buf):
+            raise self._error("script ends inside an operation name", self._pos)
+        if self._state == _COMMENT:
+            self._state = self._after_comment
+        if self._opened_bracket and self._state != _END:
+            raise self._error("missing closing ']'", len(self._buf))
+        return self.ops
+
+    # -- the state machine -------------------------------------------------------------------------
+
+    def _step(self) -> Op | None | object:
+        buf, pos, state = self._buf, self._pos, self._state
+        ch = buf[pos]
+        if state == _COMMENT:
+            return self._skip_comment()
+        if state == _END:
+            if ch.isspace():
+                self._pos += 1
+                return None
+            if ch == "#":
+                return self._skip_comment()
+            raise self._error(f"unexpected {ch!r} after the closing ']'", pos)
+        if state == _BETWEEN:
+            if ch.isspace() or ch == ",":
+                self._pos += 1
+                return None
+            if ch == "#":
+                return self._skip_comment()
+            if ch == "[" and not self._seen_op and not self._opened_bracket:
+                self._opened_bracket = True
+                self._pos += 1
+                return None
+            if ch == "]" and self._opened_bracket:
+                self._state = _END
+                self._pos += 1
+                return None
+            match = _NAME.match(buf, pos)
+            if not match:
+                raise self._error(f"expected retain(…), delete(…) or insert(…), found {ch!r}", pos)
+            if match.end() == len(buf):
+                return _NEED_MORE  # the name may continue in the next chunk
+            name = match.group()
+            if name not in OP_NAMES:
+                raise self._error(f"unknown operation {name!r}; expected retain, delete or insert", pos)
+            self._name, self._token_start = name, pos
+            self._state, self._pos = _NAME_DONE, match.end()
+            return None
+        if state == _NAME_DONE:
+            if ch.isspace():
+                self._pos += 1
+                return None
+            if ch != "(":
+                raise self._error(f"expected '(' after {self._name}, found {ch!r}", pos)
+            self._state, self._pos = _ARG, pos + 1
+            return None
+        if state == _ARG:
+            if ch.isspace():
+                self._pos += 1
+                return None
+            if ch == '"':
+                self._state, self._arg_start, self._string_scan = _STRING, pos, pos + 1
+                self._pos = pos + 1
+                return None
+            if ch.isdigit():
+                if self._name == "insert":
+                    raise self._error('insert takes a quoted string, e.g. insert("text")', pos)
+                self._state, self._arg_start = _NUMBER, pos
+                return None
+            if ch == "-":
+                raise self._error(f"{self._name} count must not be negative", pos)
+            raise self._error(f"{self._name} expects a count or a JSON string, found {ch!r}", pos)
+        if state == _NUMBER:
+            match = _DIGITS.match(buf, pos)
+            end = match.end() if match else pos
+            if end == len(buf):
+                self._pos = end
+                return _NEED_MORE
+            self._state, self._pos = _CLOSE, end
+            return None
+        if state == _STRING:
+            return self._scan_string()
+        # _CLOSE: the argument is complete, expect ')'
+        if ch.isspace():
+            self._pos += 1
+            return None
+        if ch != ")":
+            raise self._error(f"expected ')' to close {self._name}(…), found {ch!r}", pos)
+        self._pos = pos + 1
+        self._state = _BETWEEN
+        self._seen_op = True
+        return self._make_op()
+
+    def _scan_string(self) -> object | None:
+        buf = self._buf
+        pos = self._string_scan
+        while True:
+            match = _STRING_STOP.search(buf, pos)
+            if match is None:
+                self._pos = self._string_scan = len(buf)
+                return _NEED_MORE
+            if match.group() == "\\":
+                if match.end() == len(buf):
+                    self._pos = self._string_scan = match.start()
+                    return _NEED_MORE  # the escaped character has not arrived yet
+                pos = match.end() + 1
+                continue
+            self._state = _CLOSE
+            self._pos = self._string_scan = match.end()
+            return None
+
+    def _make_op(self) -> Op:
+        literal = self._buf[self._arg_start : self._pos - 1].rstrip()
+        if literal.startswith('"'):
+            try:
+                text = json.loads(literal, strict=False)
+            except json.JSONDecodeError as exc:
+                raise self._error(f"bad string literal: {exc.msg}", self._arg_start + exc.pos) from None
+            if self._name == "insert":
+                return Insert(text)
+            return Retain(len(text), text) if self._name == "retain" else Delete(len(text), text)
+        count = int(literal)
+        return Retain(count) if self._name == "retain" else Delete(count)
+
+    def _skip_comment(self) -> object | None:
+        if self._state != _COMMENT:
+            self._after_comment, self._state = self._state, _COMMENT
+        end = self._buf.find("\n", self._pos)
+        if end < 0:
+            self._pos = len(self._buf)
+            return _NEED_MORE
+        self._pos, self._state = end + 1, self._after_comment
+        return None
+
+    def _error(self, message: str, index: int) -> ScriptSyntaxError:
+        line = self._buf.count("\n", 0, index) + 1
+        column = index - (self._buf.rfind("\n", 0, index) + 1) + 1
+        return ScriptSyntaxError(message, line, column)
+
+
+_NEED_MORE = object()
+
+
+def _decode_prefix(raw: str) -> str:
+    """Decode the body of an unfinished JSON string, dropping an escape cut off at its end."""
+    for cut in range(min(len(raw), 6) + 1):
+        try:
+            return json.loads(f'"{raw[: len(raw) - cut]}"', strict=False)
+        except json.JSONDecodeError:
+            continue
+    return raw
+
+
+def parse_script(text: str) -> list[Op]:
+    """Parse a whole script; raises ScriptSyntaxError with line and column on malformed input."""
+    parser = ScriptParser()
+    parser.feed(text)
+    return parser.close()
+
+
+def iter_ops(chunks: Iterator[str]) -> Iterator[Op]:
+    """Ops from a stream of text chunks, each as soon as it is complete."""
+    parser = ScriptParser()
+    for chunk in chunks:
+        yield from parser.feed(chunk)
+    parser.close()

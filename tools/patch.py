@@ -1,0 +1,343 @@
+"""Tolerant, tree-sitter-aware application of edit scripts.
+
+Models miscount. This module turns the script a model wrote into an exact op list for the document
+(`tools.ot`), landing the edit the model meant or refusing with a message the model can act on:
+
+- a quoted `delete("…")` / `retain("…")` is the truth: when the count before it is off, the quoted text is
+  found near the cursor (exact, then fuzzy) and the cursor shifts; each shift is reported as a Correction;
+- an insert of whole lines lands on a line boundary, and an inline insert does not split a word when a
+  nearby boundary makes the file parse;
+- where two places fit equally well, the file's syntax decides; if it cannot, the edit is refused;
+- the result must not add ERROR or MISSING nodes to the file's syntax tree (unless allowed).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+from tools.ot import Delete, Insert, Op, OTError, Retain, apply, format_op, is_quoted
+from tools.syntax import SyntaxProblem, added_problems, language_name, syntax_problems
+
+QUOTE_RADIUS = 32  # code points around the cursor searched first for quoted text
+SNAP_RADIUS = 3  # code points within which an insert moves to a line or word boundary
+FUZZY_MIN_LENGTH = 8  # shorter quotes are matched exactly or not at all
+MAX_TRIALS = 24  # whole-script resolutions tried while choosing between candidate positions
+
+
+class EditRefused(OTError):
+    """The script cannot be placed on the document without guessing (exit code 3 in the CLI)."""
+
+    def __init__(self, message: str, op_index: int | None = None) -> None:
+        super().__init__(message)
+        self.op_index = op_index
+
+
+class _TooManyTrials(Exception):
+    """Choosing between candidate positions needed more whole-script trials than MAX_TRIALS."""
+
+
+class SyntaxRefused(OTError):
+    """The edit would add syntax errors to the file (exit code 4 in the CLI)."""
+
+    def __init__(self, message: str, problems: list[SyntaxProblem], after: str) -> None:
+        super().__init__(message)
+        self.problems = problems
+        self.after = after
+
+
+@dataclass(frozen=True)
+class Correction:
+    """One place where the applier moved an op away from where the script's counts put it."""
+
+    op_index: int
+    kind: str  # "anchor", "fuzzy-anchor", "line-boundary", "word-boundary", "end-of-file"
+    expected: int  # offset the counts gave
+    found: int  # offset used
+    message: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class AppliedEdit:
+    before: str
+    after: str
+    ops: list[Op]  # exact ops against `before`, quoted deletes
+    corrections: list[Correction] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def apply_edit(before: str, script: Sequence[Op], language: str | None, *, allow_broken: bool = False) -> AppliedEdit:
+    """Place `script` on `before` and return the result; raises EditRefused or SyntaxRefused."""
+    resolver = _Resolver(before, list(script), language)
+    try:
+        ops, corrections = resolver.resolve({})
+    except _TooManyTrials:
+        raise EditRefused(
+            "the script has too many ambiguous positions to check them all; anchor its edits with quoted "
+            'retain("…") or delete("…") text'
+        ) from None
+    after = apply(before, ops)
+    notes = []
+    if language is None:
+        notes.append("no grammar for this file type: applied without a syntax check")
+    else:
+        added = resolver.added_problems(after)
+        if added and not allow_broken:
+            details = "\n".join(p.describe(after) for p in added[:3])
+            raise SyntaxRefused(
+                f"refused: the edit would add {len(added)} syntax error(s) to this {language_name(language)} file; "
+                f"the file is unchanged.\n{details}",
+                added,
+                after,
+            )
+        if added:
+            notes.append(f"applied with {len(added)} new syntax error(s) (allowed by the caller)")
+    return AppliedEdit(before, after, ops, corrections, notes)
+
+
+def where(doc: str, offset: int) -> str:
+    """`line L, column C` (1-based, code points) of an offset."""
+    offset = min(offset, len(doc))
+    line = doc.count("\n", 0, offset) + 1
+    return f"line {line}, column {offset - (doc.rfind(chr(10), 0, offset) + 1) + 1}"
+
+
+def _show(text: str, limit: int = 60) -> str:
+    return json.dumps(text if len(text) <= limit else text[:limit] + "…", ensure_ascii=False)
+
+
+def _short(op: Op) -> str:
+    spelled = format_op(op)
+    return spelled if len(spelled) <= 70 else spelled[:67] + "…)"
+
+
+def _is_word(ch: str) -> bool:
+    return ch.isalnum() or ch == "_"
+
+
+def _splits_word(doc: str, offset: int) -> bool:
+    return 0 < offset < len(doc) and _is_word(doc[offset - 1]) and _is_word(doc[offset])
+
+
+class _Resolver:
+    """Resolves a script against one document; `resolve(forced)` may be re-run with positions pinned."""
+
+    def __init__(self, doc: str, ops: list[Op], language: str | None) -> None:
+        self.doc = doc
+        self.ops = ops
+        self.language = language
+        self.trials = 0
+        self._base_problems: list[SyntaxProblem] | None = None
+
+    def added_problems(self, after: str) -> list[SyntaxProblem]:
+        if self.language is None:
+            return []
+        if self._base_problems is None:
+            self._base_problems = syntax_problems(self.doc, self.language)
+        return added_problems(self._base_problems, syntax_problems(after, self.language))
+
+    def resolve(self, forced: dict[int, int]) -> tuple[list[Op], list[Correction]]:
+        """Exact ops for the whole script; `forced` pins op index -> document offset."""
+        doc = self.doc
+        out: list[Op] = []
+        corrections: list[Correction] = []
+        done = 0  # document offset up to which exact ops have been emitted
+        pos = 0  # where the script's counts put the cursor
+        anchored = True  # pos is known exactly: start of file, or right after a quoted op
+        for index, op in enumerate(self.ops):
+            if isinstance(op, Retain) and op.text is None:
+                pos += op.n
+                anchored = anchored and op.n == 0
+                continue
+            if isinstance(op, Insert):
+                following = self.ops[index + 1] if index + 1 < len(self.ops) else None
+                at = forced.get(index)
+                if at is None and is_quoted(following):
+                    # insert + quoted op is a replacement: the quoted text places both
+                    span = forced.get(index + 1) or self._place_quoted(index + 1, following, pos, done, forced)
+                    forced = forced | {index + 1: span}
+                    if span[0] != pos:
+                        corrections.append(self._correction(index + 1, following, pos, *span))
+                    pos = at = span[0]
+                elif at is None:
+                    replaces = isinstance(following, Delete)
+                    at = pos if anchored or replaces else self._place_insert(index, op, pos, done, forced)
+                if at > len(doc):
+                    raise EditRefused(
+                        f"op {index} {_short(op)}: the counts before it reach offset {pos}, past the end of the "
+                        f"file ({len(doc)} code points); fix the retain count or anchor with retain(\"…\")",
+                        index,
+                    )
+                if at != pos:
+                    corrections.append(self._correction(index, op, pos, at))
+                out += [Retain(at - done), op]
+                done = pos = at
+                continue
+            if op.text is None:  # count-only delete
+                if pos + op.n > len(doc):
+                    raise EditRefused(
+                        f"op {index} {_short(op)} at {where(doc, pos)} runs past the end of the file "
+                        f"({max(len(doc) - pos, 0)} code points left)",
+                        index,
+                    )
+                out += [Retain(pos - done), Delete(op.n, doc[pos : pos + op.n])]
+                done = pos = pos + op.n
+                continue
+            start, end = forced[index] if index in forced else self._place_quoted(index, op, pos, done, forced)
+            if start != pos:
+                corrections.append(self._correction(index, op, pos, start, end))
+            if isinstance(op, Delete):
+                out += [Retain(start - done), Delete(end - start, doc[start:end])]
+                done = end
+            pos, anchored = end, True
+        return out, corrections
+
+    # -- quoted ops ------------------------------------------------------------------------------
+
+    def _place_quoted(self, index: int, op: Retain | Delete, pos: int, done: int, forced: dict) -> tuple[int, int]:
+        doc, text = self.doc, op.text
+        if doc.startswith(text, pos):
+            return pos, pos + len(text)
+        lo, hi = max(done, pos - QUOTE_RADIUS), min(len(doc), pos + QUOTE_RADIUS + len(text))
+        near = _occurrences(doc, text, lo, hi)
+        if near:
+            starts = self._choose(index, pos, near, forced, lambda s: (s, s + len(text)))
+            return starts, starts + len(text)
+        anywhere = _occurrences(doc, text, done, len(doc))
+        if len(anywhere) == 1:
+            return anywhere[0], anywhere[0] + len(text)
+        if anywhere:
+            lines = ", ".join(str(doc.count("\n", 0, s) + 1) for s in anywhere[:8])
+            raise EditRefused(
+                f"op {index} {_short(op)}: the quoted text is not at {where(doc, pos)} nor within "
+                f"{QUOTE_RADIUS} code points of it, and it occurs {len(anywhere)} times further on (lines {lines}); "
+                f"fix the retain count before it, or quote more text so it is unique",
+                index,
+            )
+        fuzzy = _fuzzy_find(doc, text, pos, done)
+        if fuzzy is not None:
+            return fuzzy
+        raise EditRefused(
+            f"op {index} {_short(op)}: the quoted text is not in the file after {where(doc, done)}. "
+            f"At {where(doc, pos)} the file has {_show(doc[pos : pos + max(len(text), 20)])}; "
+            f"quote the file's text exactly (same whitespace and escapes)",
+            index,
+        )
+
+    # -- inserts ---------------------------------------------------------------------------------
+
+    def _place_insert(self, index: int, op: Insert, pos: int, done: int, forced: dict) -> int:
+        """Where an insert after a count-only retain belongs: whole lines on a line boundary, words whole."""
+        doc, text = self.doc, op.text
+        if text.endswith("\n"):
+            is_boundary = lambda q: q == 0 or doc[q - 1] == "\n"  # noqa: E731
+        elif text.startswith("\n"):
+            is_boundary = lambda q: q == len(doc) or doc[q] == "\n"  # noqa: E731
+        else:
+            return self._place_inline(index, op, pos, done, forced)
+        if pos <= len(doc) and is_boundary(pos):
+            return pos
+        lo, hi = max(done, pos - SNAP_RADIUS), min(len(doc), pos + SNAP_RADIUS)
+        candidates = [q for q in range(lo, hi + 1) if is_boundary(q)]
+        if not candidates:
+            return pos
+        return self._choose(index, pos, candidates, forced, lambda q: q, kind="line boundary")
+
+    def _place_inline(self, index: int, op: Insert, pos: int, done: int, forced: dict) -> int:
+        doc = self.doc
+        if self.language is None or not _splits_word(doc, pos):
+            return pos
+        if not self._trial(forced | {index: pos})[1]:
+            lo, hi = max(done, pos - SNAP_RADIUS), min(len(doc), pos + SNAP_RADIUS)
+            candidates = [q for q in range(lo, hi + 1) if not _splits_word(doc, q)]
+            clean = [q for q in candidates if self._trial(forced | {index: q})[1]]
+            if len(clean) == 1:
+                return clean[0]
+        return pos
+
+    # -- choosing between candidates ------------------------------------------------------------
+
+    def _choose(self, index: int, pos: int, candidates: list[int], forced: dict, span, kind: str = "match") -> int:
+        """The candidate nearest to `pos` among those whose whole-script result resolves and parses."""
+        candidates = sorted(candidates, key=lambda c: (abs(c - pos), c))
+        if len(candidates) == 1:
+            return candidates[0]
+        trials = {c: self._trial(forced | {index: span(c)}) for c in candidates}
+        viable = [c for c in candidates if trials[c][0]]
+        clean = [c for c in viable if trials[c][1]] or viable
+        if not clean:
+            return candidates[0]  # every choice fails later; let the first one report its own error
+        nearest = abs(clean[0] - pos)
+        tied = [c for c in clean if abs(c - pos) == nearest]
+        if len(tied) == 1:
+            return tied[0]
+        op = self.ops[index]
+        spots = " and ".join(where(self.doc, c) for c in tied[:3])
+        raise EditRefused(
+            f"op {index} {_short(op)} is ambiguous: the counts put it at {where(self.doc, pos)}, and the "
+            f"{kind}es at {spots} are equally near and both give a valid file. Anchor it with a quoted "
+            f'retain("…") of the text just before it',
+            index,
+        )
+
+    def _trial(self, forced: dict) -> tuple[bool, bool]:
+        """(resolves, parses cleanly) for the whole script with `forced` pinned."""
+        self.trials += 1
+        if self.trials > MAX_TRIALS:
+            raise _TooManyTrials
+        try:
+            ops, _ = self.resolve(forced)
+        except EditRefused:
+            return False, False
+        return True, not self.added_problems(apply(self.doc, ops))
+
+    def _correction(self, index: int, op: Op, expected: int, found: int, end: int | None = None) -> Correction:
+        doc = self.doc
+        text = None if end is None else doc[found:end]
+        if text is not None and text != getattr(op, "text", None):
+            kind, why = "fuzzy-anchor", f"the file has {_show(text)} there, not the quoted text"
+        elif text is not None:
+            kind, why = "anchor", "the quoted text is there"
+        elif found == len(doc) and expected > len(doc):
+            kind, why = "end-of-file", "the counts ran past the end of the file"
+        elif isinstance(op, Insert) and (op.text.endswith("\n") or op.text.startswith("\n")):
+            kind, why = "line-boundary", "an insert of whole lines goes on a line boundary"
+        else:
+            kind, why = "word-boundary", "inserting there would split a word and break the syntax"
+        message = (
+            f"op {index} {_short(op)}: moved from {where(doc, expected)} (offset {expected}) to "
+            f"{where(doc, found)} (offset {found}, {found - expected:+d}): {why}"
+        )
+        return Correction(index, kind, expected, found, message)
+
+
+def _occurrences(doc: str, text: str, lo: int, hi: int) -> list[int]:
+    found, start = [], lo
+    while (at := doc.find(text, start, hi)) >= 0:
+        found.append(at)
+        start = at + 1
+    return found
+
+
+def _fuzzy_find(doc: str, text: str, pos: int, done: int) -> tuple[int, int] | None:
+    """A near-exact match of `text` near `pos` (diff-match-patch bitap), as (start, end), or None."""
+    if len(text) < FUZZY_MIN_LENGTH:
+        return None
+    from diff_match_patch import diff_match_patch
+
+    dmp = diff_match_patch()
+    dmp.Match_Threshold = 0.25
+    dmp.Match_Distance = 500
+    pattern = text[: dmp.Match_MaxBits]
+    start = dmp.match_main(doc, pattern, max(done, min(pos, len(doc))))
+    if start < done:
+        return None
+    window = doc[start : start + len(text) + len(text) // 4 + 8]
+    diffs = dmp.diff_main(text, window, False)
+    end = start + dmp.diff_xIndex(diffs, len(text) - 1) + 1
+    distance = dmp.diff_levenshtein(dmp.diff_main(text, doc[start:end], False))
+    return (start, end) if distance <= max(2, len(text) // 8) else None
