@@ -23,7 +23,8 @@ from tools.syntax import SyntaxProblem, added_problems, language_name, syntax_pr
 QUOTE_RADIUS = 32  # code points around the cursor searched first for quoted text
 SNAP_RADIUS = 3  # code points within which an insert moves to a line or word boundary
 FUZZY_MIN_LENGTH = 8  # shorter quotes are matched exactly or not at all
-MAX_TRIALS = 24  # whole-script resolutions tried while choosing between candidate positions
+MAX_CANDIDATES = 8  # nearest candidate positions tried for one op
+MAX_TRIALS = 64  # whole-script resolutions tried while choosing between candidate positions
 
 
 class EditRefused(OTError):
@@ -131,6 +132,7 @@ class _Resolver:
         self.ops = ops
         self.language = language
         self.trials = 0
+        self.trial_depth = 0  # >0 while trying a candidate: nested choices take the nearest
         self._base_problems: list[SyntaxProblem] | None = None
 
     def added_problems(self, after: str) -> list[SyntaxProblem]:
@@ -166,6 +168,8 @@ class _Resolver:
                 elif at is None:
                     replaces = isinstance(following, Delete)
                     at = pos if anchored or replaces else self._place_insert(index, op, pos, done, forced)
+                if at < done:
+                    raise EditRefused(f"op {index} {_short(op)} would land before the previous edit", index)
                 if at > len(doc):
                     raise EditRefused(
                         f"op {index} {_short(op)}: the counts before it reach offset {pos}, past the end of the "
@@ -188,6 +192,8 @@ class _Resolver:
                 done = pos = pos + op.n
                 continue
             start, end = forced[index] if index in forced else self._place_quoted(index, op, pos, done, forced)
+            if start < done:
+                raise EditRefused(f"op {index} {_short(op)} would land before the previous edit", index)
             if start != pos:
                 corrections.append(self._correction(index, op, pos, start, end))
             if isinstance(op, Delete):
@@ -251,49 +257,62 @@ class _Resolver:
         doc = self.doc
         if self.language is None or not _splits_word(doc, pos):
             return pos
-        if not self._trial(forced | {index: pos})[1]:
-            lo, hi = max(done, pos - SNAP_RADIUS), min(len(doc), pos + SNAP_RADIUS)
-            candidates = [q for q in range(lo, hi + 1) if not _splits_word(doc, q)]
-            clean = [q for q in candidates if self._trial(forced | {index: q})[1]]
-            if len(clean) == 1:
-                return clean[0]
-        return pos
+        if self.trial_depth or self._clean(forced | {index: pos}):
+            return pos
+        lo, hi = max(done, pos - SNAP_RADIUS), min(len(doc), pos + SNAP_RADIUS)
+        clean = [q for q in range(lo, hi + 1) if not _splits_word(doc, q) and self._clean(forced | {index: q})]
+        return clean[0] if len(clean) == 1 else pos
+
+    def _clean(self, forced: dict) -> bool:
+        trial = self._trial(forced)
+        return trial is not None and not trial[1]
 
     # -- choosing between candidates ------------------------------------------------------------
 
     def _choose(self, index: int, pos: int, candidates: list[int], forced: dict, span, kind: str = "match") -> int:
-        """The candidate nearest to `pos` among those whose whole-script result resolves and parses."""
-        candidates = sorted(candidates, key=lambda c: (abs(c - pos), c))
-        if len(candidates) == 1:
+        """Pick among candidate offsets for op `index` by trying the whole script at each.
+
+        The best candidate gives a file that parses and needs the fewest other corrections (the script's
+        remaining counts agree with it); then the nearest wins. Candidates giving the same file are one.
+        Two different files equally good and equally near: refused as ambiguous.
+        """
+        candidates = sorted(candidates, key=lambda c: (abs(c - pos), c))[:MAX_CANDIDATES]
+        if len(candidates) == 1 or self.trial_depth:
             return candidates[0]
         trials = {c: self._trial(forced | {index: span(c)}) for c in candidates}
-        viable = [c for c in candidates if trials[c][0]]
-        clean = [c for c in viable if trials[c][1]] or viable
-        if not clean:
-            return candidates[0]  # every choice fails later; let the first one report its own error
-        nearest = abs(clean[0] - pos)
-        tied = [c for c in clean if abs(c - pos) == nearest]
+        viable = [c for c in candidates if trials[c] is not None]
+        if not viable:
+            return candidates[0]  # every choice fails later; let the nearest report its own error
+        best = min(trials[c][1:] for c in viable)
+        best_candidates = [c for c in viable if trials[c][1:] == best]
+        nearest = abs(best_candidates[0] - pos)
+        tied = {trials[c][0]: c for c in reversed(best_candidates) if abs(c - pos) == nearest}
         if len(tied) == 1:
-            return tied[0]
+            return best_candidates[0]
         op = self.ops[index]
-        spots = " and ".join(where(self.doc, c) for c in tied[:3])
+        spots = " and ".join(where(self.doc, c) for c in sorted(tied.values())[:3])
         raise EditRefused(
             f"op {index} {_short(op)} is ambiguous: the counts put it at {where(self.doc, pos)}, and the "
-            f"{kind}es at {spots} are equally near and both give a valid file. Anchor it with a quoted "
+            f"{kind}es at {spots} are equally near and give different valid files. Anchor it with a quoted "
             f'retain("…") of the text just before it',
             index,
         )
 
-    def _trial(self, forced: dict) -> tuple[bool, bool]:
-        """(resolves, parses cleanly) for the whole script with `forced` pinned."""
+    def _trial(self, forced: dict) -> tuple[str, bool, int] | None:
+        """(resulting text, adds syntax errors, corrections) for the script with `forced` pinned; None
+        when it does not resolve."""
         self.trials += 1
         if self.trials > MAX_TRIALS:
             raise _TooManyTrials
+        self.trial_depth += 1
         try:
-            ops, _ = self.resolve(forced)
+            ops, corrections = self.resolve(forced)
         except EditRefused:
-            return False, False
-        return True, not self.added_problems(apply(self.doc, ops))
+            return None
+        finally:
+            self.trial_depth -= 1
+        after = apply(self.doc, ops)
+        return after, bool(self.added_problems(after)), len(corrections)
 
     def _correction(self, index: int, op: Op, expected: int, found: int, end: int | None = None) -> Correction:
         doc = self.doc
