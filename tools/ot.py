@@ -246,29 +246,72 @@ def ot_diff(before: str, after: str, *, quoted: bool = True, timeout: float = 2.
         else:
             ops.append(Insert(after[new_pos : new_pos + count]))
             new_pos += count
-    return anchor_line_inserts(before, normalize(ops)) if quoted else normalize(ops)
+    return anchor(before, normalize(ops)) if quoted else normalize(ops)
 
 
-def anchor_line_inserts(doc: str, ops: list[Op]) -> list[Op]:
-    """Quote the end of the retain before an insert of whole lines that does not sit on a line boundary.
+ANCHOR_WINDOW = 36  # code points around an op within which its quoted text should be unique
+MAX_ANCHOR = 48  # longest quoted retain added to make a quote unique
 
-    A model writes new lines at the start of a line, and the applier moves a miscounted line insert to
-    the nearest boundary. Diffs sometimes place such an insert mid-line instead (inside indentation, say);
-    a short quoted retain in front of it pins it there, so the script still lands exactly.
+
+def quoted_run(ops: Sequence[Op], index: int) -> str:
+    """The document text that the quoted ops from `index` on cover, back to back (inserts skipped).
+
+    `retain("foo(") delete("a")` covers "foo(a": the applier searches for the whole run, which is far
+    more often unique than either quote alone.
+    """
+    parts = []
+    for op in ops[index:]:
+        if isinstance(op, Insert):
+            continue
+        if op.text is None:
+            break
+        parts.append(op.text)
+    return "".join(parts)
+
+
+def anchor(doc: str, ops: list[Op]) -> list[Op]:
+    """Add short quoted retains where a miscounted script could otherwise land in the wrong place.
+
+    Two cases: an insert of whole lines that does not sit on a line boundary (diffs sometimes put one
+    inside indentation, where the applier would move it), and a quoted delete whose text recurs nearby
+    (a lone "," or "    "). In both, the end of the retain before it is quoted, as much as needed.
     """
     out: list[Op] = []
     pos = 0
     for index, op in enumerate(ops):
-        following = ops[index + 1] if index + 1 < len(ops) else None
-        if isinstance(op, Insert) and out and isinstance(out[-1], Retain) and out[-1].text is None \
-                and not is_quoted(following) and not _on_line_boundary(doc, pos, op.text):
-            line_start = doc.rfind("\n", 0, pos) + 1
-            size = min(out[-1].n, max(pos - line_start, 1))
-            kept = out.pop()
-            out += [Retain(kept.n - size), Retain(size, doc[pos - size : pos])]
+        previous = out[-1] if out else None
+        if isinstance(previous, Retain) and previous.text is None:
+            size = _anchor_size(doc, ops, index, pos, previous.n)
+            if size:
+                out[-1:] = [Retain(previous.n - size), Retain(size, doc[pos - size : pos])]
         out.append(op)
         pos += op_length(op)
     return [op for op in out if op_length(op) or isinstance(op, Insert)]
+
+
+def _anchor_size(doc: str, ops: list[Op], index: int, pos: int, available: int) -> int:
+    """How many code points before `pos` to quote in front of `ops[index]` (0: none needed)."""
+    op = ops[index]
+    following = ops[index + 1] if index + 1 < len(ops) else None
+    if isinstance(op, Insert):
+        if is_quoted(following) or _on_line_boundary(doc, pos, op.text):
+            return 0
+        return min(available, max(pos - (doc.rfind("\n", 0, pos) + 1), 1))
+    if not (isinstance(op, Delete) and op.text is not None):
+        return 0
+    run = quoted_run(ops, index)
+    for size in range(0, min(available, MAX_ANCHOR) + 1):
+        pattern = doc[pos - size : pos] + run
+        lo, hi = max(0, pos - size - ANCHOR_WINDOW), pos + len(run) + ANCHOR_WINDOW
+        if doc.count(pattern, lo, hi) <= 1 and not _overlaps_itself(doc, pattern, lo, hi):
+            return size
+    return 0
+
+
+def _overlaps_itself(doc: str, pattern: str, lo: int, hi: int) -> bool:
+    """str.count misses overlapping matches ("aa" in "aaa"): look for a second start explicitly."""
+    first = doc.find(pattern, lo, hi)
+    return first >= 0 and doc.find(pattern, first + 1, hi) >= 0
 
 
 def _on_line_boundary(doc: str, pos: int, text: str) -> bool:

@@ -17,7 +17,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from tools.ot import Delete, Insert, Op, OTError, Retain, apply, format_op, is_quoted
+from tools.ot import Delete, Insert, Op, OTError, Retain, apply, format_op, is_quoted, quoted_run
 from tools.syntax import SyntaxProblem, added_problems, language_name, syntax_problems
 
 QUOTE_RADIUS = 32  # code points around the cursor searched first for quoted text
@@ -208,8 +208,10 @@ class _Resolver:
         doc, text = self.doc, op.text
         if doc.startswith(text, pos):
             return pos, pos + len(text)
-        lo, hi = max(done, pos - QUOTE_RADIUS), min(len(doc), pos + QUOTE_RADIUS + len(text))
-        near = _occurrences(doc, text, lo, hi)
+        run = quoted_run(self.ops, index)
+        lo = max(done, pos - QUOTE_RADIUS)
+        near = _occurrences(doc, run, lo, min(len(doc), pos + QUOTE_RADIUS + len(run)))
+        near = near or _occurrences(doc, text, lo, min(len(doc), pos + QUOTE_RADIUS + len(text)))
         if near:
             starts = self._choose(index, pos, near, forced, lambda s: (s, s + len(text)))
             return starts, starts + len(text)
@@ -245,11 +247,9 @@ class _Resolver:
             is_boundary = lambda q: q == len(doc) or doc[q] == "\n"  # noqa: E731
         else:
             return self._place_inline(index, op, pos, done, forced)
-        if pos <= len(doc) and is_boundary(pos):
-            return pos
         lo, hi = max(done, pos - SNAP_RADIUS), min(len(doc), pos + SNAP_RADIUS)
         candidates = [q for q in range(lo, hi + 1) if is_boundary(q)]
-        if not candidates:
+        if not candidates or candidates == [pos]:
             return pos
         return self._choose(index, pos, candidates, forced, lambda q: q, kind="line boundary")
 
@@ -279,6 +279,8 @@ class _Resolver:
         candidates = sorted(candidates, key=lambda c: (abs(c - pos), c))[:MAX_CANDIDATES]
         if len(candidates) == 1 or self.trial_depth:
             return candidates[0]
+        if candidates[0] == pos and self._clean(forced | {index: span(pos)}):
+            return pos  # where the counts put it is valid: trust them
         trials = {c: self._trial(forced | {index: span(c)}) for c in candidates}
         viable = [c for c in candidates if trials[c] is not None]
         if not viable:
