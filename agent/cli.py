@@ -1,28 +1,166 @@
 """The `agent` command: one entry point, one subcommand per job.
 
-Each subcommand lives in a small `_cmd_*` function; heavy imports happen inside them so
-`agent --help` stays instant.
+Handlers import what they need when they run, so `agent --help` stays instant.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 EXIT_OK = 0
 EXIT_USAGE = 2
+EXIT_UNRESOLVABLE = 3  # the script cannot be placed on the file (malformed, ambiguous, out of range)
+EXIT_BROKEN = 4  # the edit would add syntax errors
+
+APPLY_EPILOG = """\
+edit script: operations separated by commas or newlines, optionally in [ ]:
+  retain(N)         keep N code points          retain("text")  keep exactly this text
+  delete(N)         remove N code points        delete("text")  remove exactly this text
+  insert("text")    add text (JSON string: \\n, \\", \\\\, \\uXXXX)
+  # comment         ignored to the end of the line
+Whatever the script does not reach is kept. Quoted retain/delete re-anchor a miscounted retain.
+
+example:
+  printf 'retain(8)\\ndelete("really")\\ninsert("very very")' | agent apply notes.txt -
+
+exit codes: 0 applied, 2 usage or unreadable file, 3 script unresolvable, 4 would add syntax errors
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agent",
-        description="Retain: a local coding agent that edits files with operational-transform scripts.",
+        description="Retain: a local coding agent that edits files with operational-transform edit scripts.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     parser.set_defaults(handler=None)
-    _ = sub
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    apply_p = sub.add_parser(
+        "apply",
+        help="apply an edit script to a file (tolerant of miscounts, refuses broken syntax)",
+        description="Apply an edit script to FILE in place and print the unified diff.",
+        epilog=APPLY_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    apply_p.add_argument("file", type=Path, help="the file to edit")
+    apply_p.add_argument("script", help="path of the edit script, or - to read it from stdin")
+    apply_p.add_argument("--dry-run", action="store_true", help="show the diff, write nothing")
+    apply_p.add_argument("--json", action="store_true", help='print {"ok", "corrections", "error", "diff"} as JSON')
+    apply_p.add_argument("--allow-broken", action="store_true", help="apply even if the edit adds syntax errors")
+    apply_p.set_defaults(handler=_cmd_apply)
+
+    diff_p = sub.add_parser(
+        "ot-diff",
+        help="print the edit script that turns one file into another",
+        description="Print a minimal, self-checking edit script (one op per line) turning BEFORE into AFTER.",
+    )
+    diff_p.add_argument("before", type=Path)
+    diff_p.add_argument("after", type=Path)
+    diff_p.add_argument("--counts-only", action="store_true", help="deletes as counts, without their quoted text")
+    diff_p.set_defaults(handler=_cmd_ot_diff)
+
+    undo_p = sub.add_parser(
+        "undo",
+        help="revert the last edit applied by agent (to FILE, if given)",
+        description="Restore the content a file had before the last edit applied through Retain.",
+    )
+    undo_p.add_argument("file", nargs="?", type=Path, help="undo the last edit of this file (default: the last edit)")
+    undo_p.add_argument("--force", action="store_true", help="restore even if the file changed since the edit")
+    undo_p.set_defaults(handler=_cmd_undo)
+
+    bench_p = sub.add_parser("bench", help="benchmarks (apply: how edits land on real commits)")
+    bench_p.set_defaults(handler=lambda args: _usage(bench_p))
+    bench_sub = bench_p.add_subparsers(dest="bench", metavar="BENCHMARK")
+    bench_apply = bench_sub.add_parser(
+        "apply",
+        help="exact, miscounted and malformed scripts on real edits",
+        description="Measure how the applier lands exact, miscounted and malformed edit scripts on real commits.",
+    )
+    from evals import apply_bench
+
+    apply_bench.add_arguments(bench_apply)
+    bench_apply.set_defaults(handler=apply_bench.run_command)
     return parser
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return EXIT_USAGE
+
+
+def _read_script(source: str) -> str:
+    if source == "-":
+        return sys.stdin.read()
+    return Path(source).read_text(encoding="utf-8")
+
+
+def _cmd_apply(args: argparse.Namespace) -> int:
+    from tools.edit_file import FileRefused, apply_script_to_file
+    from tools.ot import OTError
+    from tools.patch import SyntaxRefused
+
+    try:
+        script = _read_script(args.script)
+    except (OSError, UnicodeDecodeError) as exc:
+        return _report_apply(args, EXIT_USAGE, f"cannot read the edit script {args.script}: {exc}")
+    try:
+        result = apply_script_to_file(args.file, script, allow_broken=args.allow_broken, dry_run=args.dry_run)
+    except FileRefused as exc:
+        return _report_apply(args, EXIT_USAGE, str(exc))
+    except SyntaxRefused as exc:
+        return _report_apply(args, EXIT_BROKEN, str(exc))
+    except OTError as exc:
+        return _report_apply(args, EXIT_UNRESOLVABLE, f"{exc}\nThe file is unchanged.")
+    corrections = [c.to_dict() for c in result.edit.corrections]
+    if args.json:
+        print(json.dumps({"ok": True, "corrections": corrections, "error": None, "diff": result.diff}))
+        return EXIT_OK
+    for note in [c.message for c in result.edit.corrections] + result.edit.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(result.diff, end="")
+    if args.dry_run:
+        print("dry run: nothing written", file=sys.stderr)
+    return EXIT_OK
+
+
+def _report_apply(args: argparse.Namespace, code: int, message: str) -> int:
+    if args.json:
+        print(json.dumps({"ok": False, "corrections": [], "error": message, "diff": ""}))
+    else:
+        print(f"agent apply: {message}", file=sys.stderr)
+    return code
+
+
+def _cmd_ot_diff(args: argparse.Namespace) -> int:
+    from tools.edit_file import FileRefused, read_text_file
+    from tools.ot import format_script, ot_diff
+
+    try:
+        before, after = read_text_file(args.before).text, read_text_file(args.after).text
+    except FileRefused as exc:
+        print(f"agent ot-diff: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    script = format_script(ot_diff(before, after, quoted=not args.counts_only))
+    if script:
+        print(script)
+    return EXIT_OK
+
+
+def _cmd_undo(args: argparse.Namespace) -> int:
+    from tools.edit_file import Journal, UndoRefused
+
+    try:
+        path, diff = Journal().undo(args.file, force=args.force)
+    except UndoRefused as exc:
+        print(f"agent undo: {exc}", file=sys.stderr)
+        return 1
+    print(diff, end="")
+    print(f"restored {path}", file=sys.stderr)
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

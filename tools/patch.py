@@ -162,7 +162,7 @@ class _Resolver:
                     # insert + quoted op is a replacement: the quoted text places both
                     span = forced.get(index + 1) or self._place_quoted(index + 1, following, pos, done, forced)
                     forced = forced | {index + 1: span}
-                    if span[0] != pos:
+                    if span[0] != pos or doc[span[0] : span[1]] != following.text:
                         corrections.append(self._correction(index + 1, following, pos, *span))
                     pos = at = span[0]
                 elif at is None:
@@ -194,7 +194,7 @@ class _Resolver:
             start, end = forced[index] if index in forced else self._place_quoted(index, op, pos, done, forced)
             if start < done:
                 raise EditRefused(f"op {index} {_short(op)} would land before the previous edit", index)
-            if start != pos:
+            if start != pos or doc[start:end] != op.text:
                 corrections.append(self._correction(index, op, pos, start, end))
             if isinstance(op, Delete):
                 out += [Retain(start - done), Delete(end - start, doc[start:end])]
@@ -251,7 +251,7 @@ class _Resolver:
         candidates = [q for q in range(lo, hi + 1) if is_boundary(q)]
         if not candidates or candidates == [pos]:
             return pos
-        return self._choose(index, pos, candidates, forced, lambda q: q, kind="line boundary")
+        return self._choose(index, pos, candidates, forced, lambda q: q, kind="line boundaries")
 
     def _place_inline(self, index: int, op: Insert, pos: int, done: int, forced: dict) -> int:
         doc = self.doc
@@ -260,8 +260,11 @@ class _Resolver:
         if self.trial_depth or self._clean(forced | {index: pos}):
             return pos
         lo, hi = max(done, pos - SNAP_RADIUS), min(len(doc), pos + SNAP_RADIUS)
-        clean = [q for q in range(lo, hi + 1) if not _splits_word(doc, q) and self._clean(forced | {index: q})]
-        return clean[0] if len(clean) == 1 else pos
+        boundaries = sorted((q for q in range(lo, hi + 1) if not _splits_word(doc, q)), key=lambda q: abs(q - pos))
+        clean = [q for q in boundaries if self._clean(forced | {index: q})]
+        if clean and (len(clean) == 1 or abs(clean[0] - pos) < abs(clean[1] - pos)):
+            return clean[0]
+        return pos
 
     def _clean(self, forced: dict) -> bool:
         trial = self._trial(forced)
@@ -269,7 +272,7 @@ class _Resolver:
 
     # -- choosing between candidates ------------------------------------------------------------
 
-    def _choose(self, index: int, pos: int, candidates: list[int], forced: dict, span, kind: str = "match") -> int:
+    def _choose(self, index: int, pos: int, candidates: list[int], forced: dict, span, kind: str = "matches") -> int:
         """Pick among candidate offsets for op `index` by trying the whole script at each.
 
         The best candidate gives a file that parses and needs the fewest other corrections (the script's
@@ -295,7 +298,7 @@ class _Resolver:
         spots = " and ".join(where(self.doc, c) for c in sorted(tied.values())[:3])
         raise EditRefused(
             f"op {index} {_short(op)} is ambiguous: the counts put it at {where(self.doc, pos)}, and the "
-            f"{kind}es at {spots} are equally near and give different valid files. Anchor it with a quoted "
+            f"{kind} at {spots} are equally near and give different valid files. Anchor it with a quoted "
             f'retain("…") of the text just before it',
             index,
         )

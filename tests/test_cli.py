@@ -1,0 +1,93 @@
+"""`agent apply`, `agent ot-diff`, `agent undo`: the contract other tools rely on."""
+
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+
+from agent.cli import main
+
+
+@pytest.fixture
+def source(tmp_path):
+    path = tmp_path / "app.go"
+    path.write_text('package main\n\nfunc main() {\n\tprintln("hi")\n}\n')
+    return path
+
+
+def _run(monkeypatch, capsys, argv, stdin=""):
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_apply_from_stdin_prints_a_diff_and_notes_corrections(monkeypatch, capsys, source):
+    code, out, err = _run(monkeypatch, capsys, ["apply", str(source), "-"], 'retain(30)\ndelete("hi")\ninsert("bye")')
+    assert code == 0
+    assert '-\tprintln("hi")' in out and '+\tprintln("bye")' in out
+    assert "moved from" in err
+    assert 'println("bye")' in source.read_text()
+
+
+def test_apply_json_reports_ok_and_corrections(monkeypatch, capsys, source, tmp_path):
+    script = tmp_path / "edit.ot"
+    script.write_text('retain(27)\ndelete("hi")\ninsert("yo")')
+    code, out, _ = _run(monkeypatch, capsys, ["apply", "--json", str(source), str(script)])
+    report = json.loads(out)
+    assert code == 0 and report["ok"] is True and report["error"] is None
+    assert report["corrections"][0]["op_index"] == 1 and "+\tprintln(\"yo\")" in report["diff"]
+
+
+@pytest.mark.parametrize(
+    "script, code",
+    [("retain(3", 3), ('delete("absent text")', 3), ("retain(10000)\ndelete(1)", 3), ('retain(14)\ninsert("{{")', 4)],
+)
+def test_apply_exit_codes_and_file_unchanged(monkeypatch, capsys, source, script, code):
+    before = source.read_bytes()
+    got, out, _ = _run(monkeypatch, capsys, ["apply", "--json", str(source), "-"], script)
+    assert got == code
+    report = json.loads(out)
+    assert report["ok"] is False and report["error"] and report["diff"] == ""
+    assert source.read_bytes() == before
+
+
+def test_allow_broken_and_dry_run(monkeypatch, capsys, source):
+    before = source.read_bytes()
+    code, out, _ = _run(monkeypatch, capsys, ["apply", "--dry-run", "--allow-broken", str(source), "-"],
+                        'retain(14)\ninsert("{{")')
+    assert code == 0 and "+{{func main() {" in out and source.read_bytes() == before
+
+
+def test_usage_errors_exit_2(monkeypatch, capsys, tmp_path):
+    code, _, err = _run(monkeypatch, capsys, ["apply", str(tmp_path / "missing.py"), "-"], "retain(1)")
+    assert code == 2 and "no such file" in err
+    with pytest.raises(SystemExit) as info:
+        main(["apply"])
+    assert info.value.code == 2
+
+
+def test_ot_diff_prints_a_script_that_apply_accepts(monkeypatch, capsys, source, tmp_path):
+    after = tmp_path / "after.go"
+    after.write_text(source.read_text().replace('"hi"', '"hello"'))
+    code, script, _ = _run(monkeypatch, capsys, ["ot-diff", str(source), str(after)])
+    assert code == 0 and 'delete("' in script and 'insert("' in script
+    code, _, _ = _run(monkeypatch, capsys, ["apply", str(source), "-"], script)
+    assert code == 0 and source.read_text() == after.read_text()
+
+
+def test_undo_reverts_the_last_apply(monkeypatch, capsys, source):
+    before = source.read_bytes()
+    _run(monkeypatch, capsys, ["apply", str(source), "-"], 'retain(27)\ndelete("hi")\ninsert("yo")')
+    code, out, err = _run(monkeypatch, capsys, ["undo", str(source)])
+    assert code == 0 and source.read_bytes() == before and "restored" in err
+    code, _, err = _run(monkeypatch, capsys, ["undo"])
+    assert code == 1 and "nothing to undo" in err
+
+
+def test_help_lists_every_subcommand():
+    out = subprocess.run([sys.executable, "-m", "agent.cli", "--help"], capture_output=True, text=True).stdout
+    for command in ("apply", "ot-diff", "undo", "bench"):
+        assert command in out
