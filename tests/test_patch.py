@@ -123,11 +123,18 @@ def test_a_line_insert_counted_into_blank_lines_stays_among_them():
     assert result.after == PYTHON[: line_start - 1] + "# saved below\n" + PYTHON[line_start - 1 :]
 
 
-def test_a_line_insert_between_two_equally_near_boundaries_is_refused():
-    # "}\n" is two code points: offset 1 is as near to the line before it as to the line after it
+def test_a_line_insert_between_two_equally_good_boundaries_is_refused():
+    # "}\n" is two code points: offset 1 is as near to the line before it as to the line after it, and an
+    # unindented line fits before the "}" as well as after it
     closing = JAVASCRIPT.index("}\n\nfunction scale")
     with pytest.raises(EditRefused, match="ambiguous"):
-        _edit("javascript", f'retain({closing + 1})\ninsert("  a = 1;\\n")')
+        _edit("javascript", f'retain({closing + 1})\ninsert("a = 1;\\n")')
+
+
+def test_indentation_decides_between_equally_near_boundaries():
+    closing = JAVASCRIPT.index("}\n\nfunction scale")
+    result = _edit("javascript", f'retain({closing + 1})\ninsert("  a = 1;\\n")')
+    assert "  return a + b;\n  a = 1;\n}\n" in result.after
 
 
 def test_an_insert_that_would_split_a_word_and_break_syntax_moves_to_the_word_end():

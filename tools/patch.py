@@ -251,7 +251,8 @@ class _Resolver:
         candidates = [q for q in range(lo, hi + 1) if is_boundary(q)]
         if not candidates or candidates == [pos]:
             return pos
-        return self._choose(index, pos, candidates, forced, lambda q: q, kind="line boundaries")
+        fits = lambda q: _indent_fits(doc, q, text)  # noqa: E731
+        return self._choose(index, pos, candidates, forced, lambda q: q, kind="line boundaries", fits=fits, lines=True)
 
     def _place_inline(self, index: int, op: Insert, pos: int, done: int, forced: dict) -> int:
         doc = self.doc
@@ -272,33 +273,48 @@ class _Resolver:
 
     # -- choosing between candidates ------------------------------------------------------------
 
-    def _choose(self, index: int, pos: int, candidates: list[int], forced: dict, span, kind: str = "matches") -> int:
+    def _choose(
+        self,
+        index: int,
+        pos: int,
+        candidates: list[int],
+        forced: dict,
+        span,
+        kind: str = "matches",
+        fits=None,
+        lines: bool = False,
+    ) -> int:
         """Pick among candidate offsets for op `index` by trying the whole script at each.
 
-        The best candidate gives a file that parses and needs the fewest other corrections (the script's
-        remaining counts agree with it); then the nearest wins. Candidates giving the same file are one.
-        Two different files equally good and equally near: refused as ambiguous.
+        The best candidate gives a file that parses, `fits` (for lines: indented like its neighbours) and
+        needs the fewest other corrections (the script's remaining counts agree with it); then the nearest
+        wins. Candidates giving the same file are one. Two different files equally good and equally near
+        are refused as ambiguous; for inserted `lines`, any two equally good boundaries are (files that
+        differ only in blank lines count as the same), since a count-only line insert has no text to check.
         """
+        fits = fits or (lambda c: True)
         candidates = sorted(candidates, key=lambda c: (abs(c - pos), c))[:MAX_CANDIDATES]
         if len(candidates) == 1 or self.trial_depth:
             return candidates[0]
-        if candidates[0] == pos and self._clean(forced | {index: span(pos)}):
+        if candidates[0] == pos and fits(pos) and self._clean(forced | {index: span(pos)}):
             return pos  # where the counts put it is valid: trust them
         trials = {c: self._trial(forced | {index: span(c)}) for c in candidates}
         viable = [c for c in candidates if trials[c] is not None]
         if not viable:
             return candidates[0]  # every choice fails later; let the nearest report its own error
-        best = min(trials[c][1:] for c in viable)
-        best_candidates = [c for c in viable if trials[c][1:] == best]
+        rank = {c: (trials[c][1], not fits(c), trials[c][2]) for c in viable}
+        best = min(rank.values())
+        best_candidates = [c for c in viable if rank[c] == best]
         nearest = abs(best_candidates[0] - pos)
-        tied = {trials[c][0]: c for c in reversed(best_candidates) if abs(c - pos) == nearest}
+        same = _without_blank_lines if lines else str
+        tied = {same(trials[c][0]): c for c in reversed(best_candidates) if lines or abs(c - pos) == nearest}
         if len(tied) == 1:
             return best_candidates[0]
         op = self.ops[index]
         spots = " and ".join(where(self.doc, c) for c in sorted(tied.values())[:3])
         raise EditRefused(
             f"op {index} {_short(op)} is ambiguous: the counts put it at {where(self.doc, pos)}, and the "
-            f"{kind} at {spots} are equally near and give different valid files. Anchor it with a quoted "
+            f"{kind} at {spots} fit equally well and give different valid files. Anchor it with a quoted "
             f'retain("…") of the text just before it',
             index,
         )
@@ -337,6 +353,37 @@ class _Resolver:
             f"{where(doc, found)} (offset {found}, {found - expected:+d}): {why}"
         )
         return Correction(index, kind, expected, found, message)
+
+
+_OPENERS = ("{", "(", "[", ":", "=>", "->")
+_CLOSERS = ("}", ")", "]")
+
+
+def _indent_fits(doc: str, offset: int, text: str) -> bool:
+    """Whether lines inserted at `offset` are indented like the code around them.
+
+    The first non-blank inserted line should share the indentation of the nearest non-blank line before or
+    after it, or sit deeper than a line that opens a block, or deeper than a line that closes one.
+    """
+    inserted = next((line for line in text.split("\n") if line.strip()), None)
+    if inserted is None:
+        return True
+    before = next((line for line in reversed(doc[:offset].split("\n")[-12:]) if line.strip()), "")
+    after = next((line for line in doc[offset:].split("\n", 12)[:12] if line.strip()), "")
+    width = len(_indent(inserted))
+    if _indent(inserted) in (_indent(before), _indent(after)):
+        return True
+    if before.rstrip().endswith(_OPENERS) and width > len(_indent(before)):
+        return True
+    return after.lstrip().startswith(_CLOSERS) and width > len(_indent(after))
+
+
+def _without_blank_lines(text: str) -> str:
+    return "\n".join(line for line in text.split("\n") if line.strip())
+
+
+def _indent(line: str) -> str:
+    return line[: len(line) - len(line.lstrip())]
 
 
 def _occurrences(doc: str, text: str, lo: int, hi: int) -> list[int]:
