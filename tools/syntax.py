@@ -115,9 +115,15 @@ def syntax_problems(text: str, language: str) -> list[SyntaxProblem]:
 
 
 def _describe_node(node, data: bytes) -> SyntaxProblem:
-    row, byte_col = node.start_point
-    line_start = node.start_byte - byte_col
-    column = len(data[line_start : node.start_byte].decode("utf-8", errors="replace")) + 1
+    where = node
+    if node.type == "ERROR" and node.start_point[0] != node.end_point[0]:
+        # an ERROR spanning lines starts where the parser lost track, not where the text is wrong:
+        # point at its last token, where it gave up
+        while where.child_count:
+            where = where.children[-1]
+    row, byte_col = where.start_point
+    line_start = where.start_byte - byte_col
+    column = len(data[line_start : where.start_byte].decode("utf-8", errors="replace")) + 1
     parent = node.parent
     while parent is not None and (not parent.is_named or parent.type == "ERROR"):
         parent = parent.parent
