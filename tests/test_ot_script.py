@@ -87,3 +87,12 @@ def test_any_chunking_gives_the_same_ops(before, after, sizes):
         pos += size
     parser.close()
     assert streamed == whole == ot_diff(before, after)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from('retaindl()[]",\\\n #0123456789xu'), max_size=60))
+def test_any_text_parses_or_raises_a_syntax_error(text):
+    try:
+        parse_script(text)
+    except ScriptSyntaxError as exc:
+        assert exc.line >= 1 and exc.column >= 1

@@ -1,8 +1,10 @@
 """Tolerant application on real source files in several languages."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from tools.ot import Delete, Insert, Retain, apply, ot_diff
+from tools.ot import Delete, Insert, OTError, Retain, apply, ot_diff
 from tools.ot_script import parse_script
 from tools.patch import EditRefused, SyntaxRefused, apply_edit
 from tools.syntax import language_for
@@ -204,3 +206,22 @@ def test_the_resolved_ops_are_exact_and_self_checking():
     result = _edit("rust", f'retain({offset + 2})\ndelete("counts")\ninsert("counts.clone()")')
     assert apply(RUST, result.ops) == result.after
     assert all(op.text is not None for op in result.ops if isinstance(op, Delete))
+
+
+_op = st.one_of(
+    st.builds(Retain, st.integers(0, 30)),
+    st.builds(lambda t: Retain(len(t), t), st.text(alphabet="ab (\n:", min_size=1, max_size=6)),
+    st.builds(Delete, st.integers(0, 8)),
+    st.builds(lambda t: Delete(len(t), t), st.text(alphabet="ab (\n:", min_size=1, max_size=6)),
+    st.builds(Insert, st.text(alphabet="ab (\n:x", min_size=1, max_size=6)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="ab (\n:", max_size=60), st.lists(_op, max_size=8), st.sampled_from([None, ".py"]))
+def test_any_script_lands_exactly_as_resolved_or_is_refused(doc, script, language):
+    try:
+        result = apply_edit(doc, script, language)
+    except OTError:
+        return
+    assert apply(doc, result.ops) == result.after
