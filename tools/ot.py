@@ -296,16 +296,17 @@ def _anchor_size(doc: str, ops: list[Op], index: int, pos: int, available: int) 
     if isinstance(op, Insert):
         if is_quoted(following) or _on_line_boundary(doc, pos, op.text):
             return 0
-        return min(available, max(pos - (doc.rfind("\n", 0, pos) + 1), 1))
-    if not (isinstance(op, Delete) and op.text is not None):
+        run, smallest = "", min(available, max(pos - (doc.rfind("\n", 0, pos) + 1), 1))
+    elif isinstance(op, Delete) and op.text is not None:
+        run, smallest = quoted_run(ops, index), 0
+    else:
         return 0
-    run = quoted_run(ops, index)
-    for size in range(0, min(available, MAX_ANCHOR) + 1):
+    for size in range(smallest, min(available, max(MAX_ANCHOR, smallest)) + 1):
         pattern = doc[pos - size : pos] + run
         lo, hi = max(0, pos - size - ANCHOR_WINDOW), pos + len(run) + ANCHOR_WINDOW
-        if doc.count(pattern, lo, hi) <= 1 and not _overlaps_itself(doc, pattern, lo, hi):
+        if pattern and not _overlaps_itself(doc, pattern, lo, hi):
             return size
-    return 0
+    return smallest
 
 
 def _overlaps_itself(doc: str, pattern: str, lo: int, hi: int) -> bool:
