@@ -87,7 +87,7 @@ class KVCache(nn.Module):
 
 
 def linear(x: Tensor, w: Tensor) -> Tensor:
-    """x [N, in] -> [N, out] for w [out, in]. For a few float32 rows CPU F.linear takes a slow path; w @ x.T does not."""
+    """x [N, in] -> [N, out] for w [out, in]; for a few float32 rows CPU F.linear is slow, w @ x.T is not."""
     if w.dtype == torch.float32:
         return torch.mm(w, x.T).T
     return F.linear(x, w)
@@ -120,7 +120,8 @@ class Block(nn.Module):
             torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).detach(), requires_grad=False
         )
         self.wo = nn.Parameter(attn.o_proj.weight.detach(), requires_grad=False)
-        self.w_gate_up = nn.Parameter(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach(), requires_grad=False)
+        gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach()
+        self.w_gate_up = nn.Parameter(gate_up, requires_grad=False)
         self.w_down = nn.Parameter(mlp.down_proj.weight.detach(), requires_grad=False)
         self.q_norm = RMSNorm(attn.q_norm.weight, args.eps)
         self.k_norm = RMSNorm(attn.k_norm.weight, args.eps)
