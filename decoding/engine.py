@@ -1,0 +1,141 @@
+"""Plain and speculative generation over a `Target`.
+
+One loop does both: each step feeds the last sampled token plus k drafted tokens to the target in ONE forward
+(k = 0 is plain decoding), scores only those k+1 rows, keeps the longest verified prefix plus the target's own next
+token, and rolls the KV cache back over the rejected tail. The cache always holds every token but the last sampled
+one ("pending"), which is fed at the start of the next step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from decoding.drafters import AdaptiveK, DraftContext, Drafter
+from decoding.sampling import SamplingParams, target_probs, verify_greedy, verify_sampling
+from decoding.target import Target
+
+
+@dataclass
+class SpecStats:
+    method: str
+    drafted: int = 0
+    accepted: int = 0
+    target_forwards: int = 0  # including the prefill
+    steps: int = 0  # decode forwards; each emits accepted + 1 tokens
+
+    @property
+    def mean_accepted_length(self) -> float:
+        """Tokens emitted per decode forward (1.0 = plain decoding)."""
+        return (self.accepted + self.steps) / self.steps if self.steps else 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "method": self.method,
+            "drafted": self.drafted,
+            "accepted": self.accepted,
+            "target_forwards": self.target_forwards,
+            "mean_accepted_length": round(self.mean_accepted_length, 3),
+        }
+
+
+@dataclass
+class GenerationRequest:
+    prompt: list[int]
+    max_new_tokens: int
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    drafter: Drafter | None = None
+    sources: list[list[int]] = field(default_factory=list)  # extra text the drafter may copy from
+    stop_ids: frozenset[int] = frozenset()
+    k_max: int = 16
+    k_start: int = 4
+
+    def __post_init__(self):
+        if not self.prompt:
+            raise ValueError("the prompt must contain at least one token")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+class Generation:
+    """Iterate to get token chunks as they are accepted; afterwards `tokens`, `finish_reason` and `stats` are set."""
+
+    def __init__(self, target: Target, request: GenerationRequest):
+        self.target = target
+        self.request = request
+        self.tokens: list[int] = []
+        self.finish_reason: str | None = None
+        self.stats = SpecStats(method=request.drafter.name if request.drafter else "off")
+        self._generator = torch.Generator()
+        if request.sampling.seed is not None:
+            self._generator.manual_seed(request.sampling.seed)
+        else:
+            self._generator.seed()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        req, target = self.request, self.target
+        target.reset(len(req.prompt) + req.max_new_tokens + 1)
+        hidden = target.forward(req.prompt)  # [T, D]
+        self.stats.target_forwards += 1
+        _, pending = self._verify([], None, target.logits(hidden[-1:]))
+        chunk = self._emit([pending])
+        if chunk:
+            yield chunk
+        adaptive = AdaptiveK(k_max=req.k_max, k=req.k_start)
+        while self.finish_reason is None:
+            budget = req.max_new_tokens - len(self.tokens)
+            draft, draft_probs = self._draft(min(adaptive.k, budget - 1))
+            base = target.length
+            logits = target.logits(target.forward([pending, *draft]))  # [k+1, V]
+            accepted, pending = self._verify(draft, draft_probs, logits)
+            target.rollback(base + 1 + accepted)
+            adaptive.update(len(draft), accepted)
+            self._count(len(draft), accepted)
+            chunk = self._emit([*draft[:accepted], pending])
+            if chunk:
+                yield chunk
+
+    def _draft(self, k: int) -> tuple[list[int], torch.Tensor | None]:
+        drafter = self.request.drafter
+        if drafter is None or k <= 0:
+            return [], None
+        context = DraftContext(tokens=self.request.prompt + self.tokens, sources=self.request.sources)
+        draft = drafter.propose(context, k)
+        tokens = draft.tokens[:k]
+        return tokens, None if draft.probs is None else draft.probs[: len(tokens)]
+
+    def _verify(self, draft: list[int], draft_probs: torch.Tensor | None, logits: torch.Tensor) -> tuple[int, int]:
+        sampling = self.request.sampling
+        if sampling.greedy:
+            return verify_greedy(draft, logits)
+        return verify_sampling(draft, draft_probs, target_probs(logits, sampling), self._generator)
+
+    def _count(self, drafted: int, accepted: int) -> None:
+        self.stats.drafted += drafted
+        self.stats.accepted += accepted
+        self.stats.target_forwards += 1
+        self.stats.steps += 1
+
+    def _emit(self, new: list[int]) -> list[int]:
+        """Append new tokens up to a stop token (excluded) or the length budget; set finish_reason when done."""
+        out = []
+        for token in new:
+            if token in self.request.stop_ids:
+                self.finish_reason = "stop"
+                break
+            out.append(token)
+            if len(self.tokens) + len(out) >= self.request.max_new_tokens:
+                self.finish_reason = "length"
+                break
+        self.tokens.extend(out)
+        return out
+
+
+def generate(target: Target, prompt: Sequence[int], max_new_tokens: int, **options) -> Generation:
+    """Run a generation to completion; options are `GenerationRequest` fields."""
+    generation = Generation(target, GenerationRequest(prompt=list(prompt), max_new_tokens=max_new_tokens, **options))
+    for _ in generation:
+        pass
+    return generation

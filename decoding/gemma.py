@@ -1,0 +1,221 @@
+"""Gemma 3 text decoder in plain PyTorch with a preallocated, roll-back-able KV cache.
+
+Same math as transformers' Gemma3ForCausalLM (weights are taken from it), with fused QKV and gate/up projections,
+one static cache for all layers, sliding-window layers reading only their window, and logits computed only for
+the hidden rows the caller asks for: the 262,144 x 640 output layer is most of the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class GemmaArgs:
+    vocab_size: int
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    hidden_dim: int
+    eps: float
+    sliding_window: int
+    sliding: list[bool]  # per layer: True = local sliding-window attention, False = global
+    rope_local_base: float
+    rope_global_base: float
+    attn_scale: float
+    final_softcap: float | None
+
+    @classmethod
+    def from_hf(cls, config) -> GemmaArgs:
+        rope = config.rope_parameters
+        for kind in ("sliding_attention", "full_attention"):
+            if rope[kind].get("rope_type", "default") != "default":
+                raise ValueError(f"unsupported rope_type {rope[kind]['rope_type']!r} for {kind}")
+        if config.attn_logit_softcapping is not None or config.hidden_activation != "gelu_pytorch_tanh":
+            raise ValueError("unsupported Gemma 3 variant (attention softcapping or a different activation)")
+        return cls(
+            vocab_size=config.vocab_size,
+            dim=config.hidden_size,
+            n_layers=config.num_hidden_layers,
+            n_heads=config.num_attention_heads,
+            n_kv_heads=config.num_key_value_heads,
+            head_dim=config.head_dim,
+            hidden_dim=config.intermediate_size,
+            eps=config.rms_norm_eps,
+            sliding_window=config.sliding_window,
+            sliding=[t == "sliding_attention" for t in config.layer_types],
+            rope_local_base=rope["sliding_attention"]["rope_theta"],
+            rope_global_base=rope["full_attention"]["rope_theta"],
+            attn_scale=config.query_pre_attn_scalar**-0.5,
+            final_softcap=config.final_logit_softcapping,
+        )
+
+
+class RMSNorm(nn.Module):
+    """Gemma's RMSNorm: computed in float32, scaled by (1 + weight)."""
+
+    def __init__(self, weight: Tensor, eps: float):
+        super().__init__()
+        self.scale = nn.Parameter((1.0 + weight.float()), requires_grad=False)
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (xf * self.scale).type_as(x)
+
+
+class KVCache(nn.Module):
+    """Keys/values for every layer, preallocated to `capacity` positions; `length` is the only state to roll back."""
+
+    def __init__(self, n_layers: int, n_kv_heads: int, capacity: int, head_dim: int, dtype: torch.dtype):
+        super().__init__()
+        shape = (n_layers, n_kv_heads, capacity, head_dim)  # [L, Hkv, S, Dh]
+        self.k = torch.zeros(shape, dtype=dtype)
+        self.v = torch.zeros(shape, dtype=dtype)
+        self.length = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[2]
+
+
+def linear(x: Tensor, w: Tensor) -> Tensor:
+    """x [N, in] -> [N, out] for w [out, in]; for a few float32 rows CPU F.linear is slow, w @ x.T is not."""
+    if w.dtype == torch.float32:
+        return torch.mm(w, x.T).T
+    return F.linear(x, w)
+
+
+def rope_table(base: float, head_dim: int, capacity: int) -> tuple[Tensor, Tensor]:
+    """cos, sin: [S, Dh] for the rotate-half RoPE layout."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    freqs = torch.outer(torch.arange(capacity, dtype=torch.float32), inv_freq)  # [S, Dh/2]
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x: [H, T, Dh]; cos/sin: [T, Dh]."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+class Block(nn.Module):
+    def __init__(self, args: GemmaArgs, layer, index: int):
+        super().__init__()
+        attn, mlp = layer.self_attn, layer.mlp
+        self.index = index
+        self.sliding = args.sliding[index]
+        self.n_heads, self.n_kv, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
+        self.scale = args.attn_scale
+        self.wqkv = nn.Parameter(
+            torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).detach(), requires_grad=False
+        )
+        self.wo = nn.Parameter(attn.o_proj.weight.detach(), requires_grad=False)
+        gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach()
+        self.w_gate_up = nn.Parameter(gate_up, requires_grad=False)
+        self.w_down = nn.Parameter(mlp.down_proj.weight.detach(), requires_grad=False)
+        self.q_norm = RMSNorm(attn.q_norm.weight, args.eps)
+        self.k_norm = RMSNorm(attn.k_norm.weight, args.eps)
+        self.attn_in_norm = RMSNorm(layer.input_layernorm.weight, args.eps)
+        self.attn_out_norm = RMSNorm(layer.post_attention_layernorm.weight, args.eps)
+        self.mlp_in_norm = RMSNorm(layer.pre_feedforward_layernorm.weight, args.eps)
+        self.mlp_out_norm = RMSNorm(layer.post_feedforward_layernorm.weight, args.eps)
+
+    def attention(self, x: Tensor, cache: KVCache, start: int, rope: tuple[Tensor, Tensor], mask: Tensor, lo: int):
+        """x: [T, D] at positions start..start+T-1; attends to cache[lo:start+T] under `mask` [T, start+T-lo]."""
+        T = x.shape[0]
+        q_size, kv_size = self.n_heads * self.head_dim, self.n_kv * self.head_dim
+        q, k, v = linear(x, self.wqkv).split([q_size, kv_size, kv_size], dim=-1)
+        q = self.q_norm(q.view(T, self.n_heads, self.head_dim).transpose(0, 1))  # [H, T, Dh]
+        k = self.k_norm(k.view(T, self.n_kv, self.head_dim).transpose(0, 1))  # [Hkv, T, Dh]
+        v = v.view(T, self.n_kv, self.head_dim).transpose(0, 1)  # [Hkv, T, Dh]
+        cos, sin = rope
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        cache.k[self.index, :, start : start + T] = k
+        cache.v[self.index, :, start : start + T] = v
+        keys = cache.k[self.index, :, lo : start + T]  # [Hkv, S, Dh]
+        values = cache.v[self.index, :, lo : start + T]
+        out = F.scaled_dot_product_attention(
+            q.unsqueeze(0), keys.unsqueeze(0), values.unsqueeze(0), attn_mask=mask, scale=self.scale, enable_gqa=True
+        )  # [1, H, T, Dh]
+        return linear(out[0].transpose(0, 1).reshape(T, q_size), self.wo)
+
+    def forward(self, x: Tensor, cache: KVCache, start: int, rope, mask: Tensor, lo: int) -> Tensor:
+        x = x + self.attn_out_norm(self.attention(self.attn_in_norm(x), cache, start, rope, mask, lo))
+        gate, up = linear(self.mlp_in_norm(x), self.w_gate_up).chunk(2, dim=-1)
+        return x + self.mlp_out_norm(linear(F.gelu(gate, approximate="tanh") * up, self.w_down))
+
+
+class Gemma3(nn.Module):
+    """forward(tokens, cache) -> final hidden rows; logits(rows) -> vocabulary scores for just those rows."""
+
+    def __init__(self, hf_model):
+        super().__init__()
+        args = GemmaArgs.from_hf(hf_model.config)
+        decoder = hf_model.model
+        self.args = args
+        self.dtype = decoder.embed_tokens.weight.dtype
+        self.embed = nn.Parameter(decoder.embed_tokens.weight.detach(), requires_grad=False)  # [V, D]
+        self.embed_scale = torch.tensor(args.dim**0.5, dtype=self.dtype)
+        self.blocks = nn.ModuleList(Block(args, layer, i) for i, layer in enumerate(decoder.layers))
+        self.norm = RMSNorm(decoder.norm.weight, args.eps)
+        self.head = hf_model.get_output_embeddings().weight.detach()  # [V, D]; the embedding when tied
+        self._rope_capacity = 0
+
+    def new_cache(self, capacity: int) -> KVCache:
+        self._ensure_rope(capacity)
+        a = self.args
+        return KVCache(a.n_layers, a.n_kv_heads, capacity, a.head_dim, self.dtype)
+
+    def _ensure_rope(self, capacity: int) -> None:
+        if capacity <= self._rope_capacity:
+            return
+        a = self.args
+        self.rope_local = tuple(t.to(self.dtype) for t in rope_table(a.rope_local_base, a.head_dim, capacity))
+        self.rope_global = tuple(t.to(self.dtype) for t in rope_table(a.rope_global_base, a.head_dim, capacity))
+        self._rope_capacity = capacity
+
+    @torch.inference_mode()
+    def forward(self, tokens: Tensor, cache: KVCache) -> Tensor:
+        """tokens: [T] appended at cache.length; returns final-normed hidden states [T, D]."""
+        T, start = tokens.shape[0], cache.length
+        end = start + T
+        if end > cache.capacity:
+            raise ValueError(f"KV cache full: {end} positions needed, capacity {cache.capacity}")
+        positions = torch.arange(start, end)
+        window = self.args.sliding_window
+        lo_local = max(0, start - window + 1)
+        kv_global = torch.arange(0, end)
+        kv_local = kv_global[lo_local:]
+        mask_global = kv_global[None, :] <= positions[:, None]  # [T, end]
+        mask_local = (kv_local[None, :] <= positions[:, None]) & (kv_local[None, :] > positions[:, None] - window)
+        rope_local = (self.rope_local[0][start:end], self.rope_local[1][start:end])
+        rope_global = (self.rope_global[0][start:end], self.rope_global[1][start:end])
+        x = F.embedding(tokens, self.embed) * self.embed_scale  # [T, D]
+        for block in self.blocks:
+            if block.sliding:
+                x = block(x, cache, start, rope_local, mask_local, lo_local)
+            else:
+                x = block(x, cache, start, rope_global, mask_global, 0)
+        cache.length = end
+        return self.norm(x)
+
+    @torch.inference_mode()
+    def logits(self, hidden: Tensor) -> Tensor:
+        """hidden: [N, D] -> float32 logits [N, V]."""
+        rows = hidden.shape[0]
+        if rows == 1 and self.dtype == torch.float32:
+            hidden = hidden.repeat(2, 1)  # the two-row float32 product is several times faster than one row
+        out = linear(hidden, self.head)[:rows].float()
+        if self.args.final_softcap is not None:
+            out = torch.tanh(out / self.args.final_softcap) * self.args.final_softcap
+        return out

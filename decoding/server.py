@@ -1,0 +1,493 @@
+"""OpenAI-compatible HTTP server for the embedded engine (standard library only).
+
+Endpoints: GET /v1/models, POST /v1/completions, POST /v1/chat/completions, streamed (SSE) or not. Connections are
+handled on threads, but generation runs on a single worker thread that takes requests in arrival order.
+
+Extensions: `prediction: {"type": "content", "content": "..."}` is source text the drafters copy from (OpenAI
+Predicted Outputs' shape), `speculation: "off" | "ngram" | "auto"` picks the drafter, `top_k` limits sampling.
+`usage` reports `completion_tokens_details.accepted_prediction_tokens` / `rejected_prediction_tokens` and
+`speculation = {method, drafted, accepted, target_forwards, mean_accepted_length}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import queue
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import torch
+
+from decoding.drafters import SPECULATION_METHODS, make_drafter
+from decoding.engine import Generation, GenerationRequest, SpecStats
+from decoding.model import LoadedModel, load_model
+from decoding.sampling import SamplingParams
+from decoding.target import make_target
+
+DEFAULT_MAX_TOKENS = 512
+MAX_BODY_BYTES = 16 << 20
+
+
+class RequestError(Exception):
+    """A client mistake: becomes a 4xx JSON error naming the offending parameter."""
+
+    def __init__(self, message: str, param: str | None = None, status: int = 400, code: str | None = None):
+        super().__init__(message)
+        self.param, self.status, self.code = param, status, code
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Prompt formatting
+
+
+def _text_content(content, param: str) -> str:
+    """A message/prediction content: a string or a list of {"type": "text", "text": ...} parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
+        if all(isinstance(p.get("text"), str) for p in content):
+            return "".join(p["text"] for p in content)
+    raise RequestError(f"{param} must be a string or a list of text parts", param)
+
+
+def gemma_chat_prompt(messages) -> str:
+    """Gemma's turn format, written by hand because the base model ships no chat template.
+
+    System messages are folded into the next user turn, as Gemma's own template does.
+    """
+    if not isinstance(messages, list) or not messages:
+        raise RequestError("messages must be a non-empty list", "messages")
+    turns, system = [], []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or "role" not in message:
+            raise RequestError(f"messages[{i}] must be an object with a role", f"messages[{i}]")
+        role, text = message["role"], _text_content(message.get("content", ""), f"messages[{i}].content")
+        if role in ("system", "developer"):
+            system.append(text)
+        elif role == "user":
+            turns.append(("user", "\n\n".join([*system, text])))
+            system = []
+        elif role == "assistant":
+            turns.append(("model", text))
+        else:
+            raise RequestError(f"messages[{i}].role {role!r} is not supported", f"messages[{i}].role")
+    if system:
+        turns.append(("user", "\n\n".join(system)))
+    body = "".join(f"<start_of_turn>{role}\n{text}<end_of_turn>\n" for role, text in turns)
+    return body + "<start_of_turn>model\n"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Request parsing
+
+
+def _number(body: dict, name: str, kind, default, lo=None, hi=None):
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise RequestError(f"{name} must be a {'integer' if kind is int else 'number'}", name)
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise RequestError(f"{name} must be between {lo} and {hi}, got {value}", name)
+    return value
+
+
+@dataclass
+class Job:
+    chat: bool
+    prompt: str
+    max_tokens: int
+    sampling: SamplingParams
+    speculation: str
+    prediction: str | None
+    stop: list[str]
+    stream: bool
+    include_usage: bool
+    events: queue.Queue = field(default_factory=queue.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+def parse_request(body, chat: bool, model_name: str) -> Job:
+    """Validate an OpenAI request body into a Job, raising RequestError on the first problem."""
+    if not isinstance(body, dict):
+        raise RequestError("the request body must be a JSON object")
+    if body.get("model") not in (None, model_name):
+        raise RequestError(
+            f"model {body['model']!r} does not exist; this server serves {model_name!r}",
+            "model",
+            status=404,
+            code="model_not_found",
+        )
+    if chat:
+        prompt = gemma_chat_prompt(body.get("messages"))
+    else:
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if not isinstance(prompt, str) or not prompt:
+            raise RequestError("prompt must be a non-empty string", "prompt")
+    for unsupported in ("logprobs", "tools", "functions", "suffix", "echo", "best_of"):
+        if body.get(unsupported) not in (None, False):
+            raise RequestError(f"{unsupported} is not supported by this server", unsupported)
+    if _number(body, "n", int, 1, 1, 1) != 1:
+        raise RequestError("n must be 1", "n")
+    max_tokens = _number(body, "max_completion_tokens", int, None, 1, None)
+    max_tokens = max_tokens or _number(body, "max_tokens", int, DEFAULT_MAX_TOKENS, 1, None)
+    top_p = float(_number(body, "top_p", (int, float), 1.0, 0, 1))
+    if top_p == 0:
+        raise RequestError("top_p must be greater than 0", "top_p")
+    sampling = SamplingParams(
+        temperature=float(_number(body, "temperature", (int, float), 1.0, 0, 2)),
+        top_p=top_p,
+        top_k=_number(body, "top_k", int, 0, 0, None),
+        seed=_number(body, "seed", int, None),
+    )
+    speculation = body.get("speculation", "auto")
+    if speculation not in SPECULATION_METHODS:
+        raise RequestError(f"speculation must be one of {', '.join(SPECULATION_METHODS)}", "speculation")
+    prediction = body.get("prediction")
+    if prediction is not None:
+        if not isinstance(prediction, dict) or prediction.get("type") != "content":
+            raise RequestError('prediction must be {"type": "content", "content": ...}', "prediction")
+        prediction = _text_content(prediction.get("content"), "prediction.content")
+    stop = body.get("stop") or []
+    stop = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
+        raise RequestError("stop must be a non-empty string or a list of up to 4 of them", "stop")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise RequestError("stream must be a boolean", "stream")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise RequestError("stream_options must be an object", "stream_options")
+    return Job(
+        chat, prompt, max_tokens, sampling, speculation, prediction, stop, stream, bool(options.get("include_usage"))
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Generation worker
+
+
+class TextStream:
+    """Incremental detokenization with stop strings: `push(tokens)` returns text that is safe to send."""
+
+    def __init__(self, tokenizer, stop: list[str]):
+        self.tokenizer, self.stop = tokenizer, stop
+        self.tokens: list[int] = []
+        self.sent = 0
+        self.text = ""
+        self.stopped = False
+        self._hold = max((len(s) - 1 for s in stop), default=0)
+
+    def push(self, tokens: list[int], final: bool = False) -> str:
+        self.tokens.extend(tokens)
+        self.text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        end = len(self.text)
+        for s in self.stop:
+            at = self.text.find(s)
+            if at != -1 and at < end:
+                end, self.stopped = at, True
+        if not (self.stopped or final):
+            end -= self._hold
+            while end > self.sent and self.text[end - 1] == "\ufffd":  # wait for the rest of a UTF-8 sequence
+                end -= 1
+        if end <= self.sent:
+            return ""
+        out, self.sent = self.text[self.sent : end], end
+        return out
+
+
+class Service:
+    """The loaded model plus a single worker that runs queued jobs one at a time."""
+
+    def __init__(self, loaded: LoadedModel, target_kind: str = "auto"):
+        self.loaded = loaded
+        self.name = loaded.name
+        self.tokenizer = loaded.tokenizer
+        self.target = make_target(loaded.model, target_kind)
+        self.context_length = getattr(loaded.model.config, "max_position_embeddings", 8192)
+        self.eos_ids = self._special_ids("<eos>", "<end_of_turn>") | {self.tokenizer.eos_token_id}
+        self.jobs: queue.Queue[Job] = queue.Queue()
+        threading.Thread(target=self._work, name="decoding-worker", daemon=True).start()
+
+    def _special_ids(self, *tokens: str) -> set[int]:
+        vocab = self.tokenizer.get_vocab()
+        return {vocab[t] for t in tokens if t in vocab}
+
+    def submit(self, job: Job) -> None:
+        self.jobs.put(job)
+
+    def _work(self) -> None:
+        while True:
+            job = self.jobs.get()
+            try:
+                self._run(job)
+            except RequestError as e:
+                job.events.put(("error", e))
+            except Exception as e:  # a bug must fail this request, not the server
+                job.events.put(("error", RequestError(f"internal error: {e}", status=500, code="internal_error")))
+
+    def _run(self, job: Job) -> None:
+        prompt_ids = self.tokenizer(job.prompt).input_ids
+        if len(prompt_ids) + job.max_tokens > self.context_length:
+            raise RequestError(
+                f"prompt ({len(prompt_ids)} tokens) + max_tokens ({job.max_tokens}) exceeds the context length "
+                f"{self.context_length}",
+                "max_tokens",
+                code="context_length_exceeded",
+            )
+        sources = [self.tokenizer(job.prediction, add_special_tokens=False).input_ids] if job.prediction else []
+        request = GenerationRequest(
+            prompt=prompt_ids,
+            max_new_tokens=job.max_tokens,
+            sampling=job.sampling,
+            drafter=make_drafter(job.speculation),
+            sources=sources,
+            stop_ids=frozenset(self.eos_ids),
+        )
+        generation = Generation(self.target, request)
+        text = TextStream(self.tokenizer, job.stop)
+        for chunk in generation:
+            delta = text.push(chunk)
+            if delta:
+                job.events.put(("delta", delta))
+            if text.stopped or job.cancelled.is_set():
+                break
+        delta = text.push([], final=True)
+        if delta:
+            job.events.put(("delta", delta))
+        finish = "stop" if text.stopped else generation.finish_reason or "stop"
+        job.events.put(("done", (finish, len(prompt_ids), len(text.tokens), generation.stats)))
+
+
+def usage(prompt_tokens: int, completion_tokens: int, stats: SpecStats) -> dict:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "completion_tokens_details": {
+            "accepted_prediction_tokens": stats.accepted,
+            "rejected_prediction_tokens": stats.drafted - stats.accepted,
+        },
+        "speculation": stats.as_dict(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# HTTP
+
+
+class Handler(BaseHTTPRequestHandler):
+    service: Service  # set on the subclass made by make_server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format, *args):  # quiet: one line per request is noise in a terminal agent
+        pass
+
+    def _send_json(self, status: int, payload: dict) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _send_error(self, error: RequestError) -> None:
+        kind = "invalid_request_error" if error.status < 500 else "server_error"
+        self._send_json(
+            error.status, {"error": {"message": str(error), "type": kind, "param": error.param, "code": error.code}}
+        )
+
+    def do_GET(self) -> None:
+        if self.path.rstrip("/") == "/v1/models":
+            model = {"id": self.service.name, "object": "model", "created": 0, "owned_by": "retain"}
+            self._send_json(200, {"object": "list", "data": [model]})
+        else:
+            self._send_error(RequestError(f"no route GET {self.path}", status=404, code="not_found"))
+
+    def do_POST(self) -> None:
+        routes = {"/v1/completions": False, "/v1/chat/completions": True}
+        path = self.path.rstrip("/")
+        try:
+            if path not in routes:
+                raise RequestError(f"no route POST {self.path}", status=404, code="not_found")
+            job = parse_request(self._read_json(), routes[path], self.service.name)
+        except RequestError as e:
+            self._send_error(e)
+            return
+        except Exception as e:  # a malformed request must get an answer, not a dropped connection
+            self._send_error(RequestError(f"could not read the request: {e}"))
+            return
+        self.service.submit(job)
+        if job.stream:
+            self._stream(job)
+        else:
+            self._respond(job)
+
+    def _read_json(self):
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            raise RequestError("a Content-Length header is required", status=411)
+        if int(length) > MAX_BODY_BYTES:
+            raise RequestError(f"request body over {MAX_BODY_BYTES} bytes", status=413)
+        try:
+            return json.loads(self.rfile.read(int(length)))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise RequestError(f"the request body is not valid JSON: {e}") from e
+
+    def _envelope(self, job: Job, rid: str, created: int, chunk: bool) -> dict:
+        obj = ("chat.completion" if job.chat else "text_completion") + (".chunk" if chunk and job.chat else "")
+        return {"id": rid, "object": obj, "created": created, "model": self.service.name}
+
+    def _choice(self, job: Job, text: str | None, finish: str | None, delta: bool) -> dict:
+        if not job.chat:
+            return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+        if delta:
+            return {"index": 0, "delta": {} if text is None else {"content": text}, "finish_reason": finish}
+        return {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+
+    def _respond(self, job: Job) -> None:
+        rid, created, parts = self._new_id(job), int(time.time()), []
+        while True:
+            kind, value = job.events.get()
+            if kind == "delta":
+                parts.append(value)
+            elif kind == "error":
+                self._send_error(value)
+                return
+            else:
+                finish, prompt_tokens, completion_tokens, stats = value
+                payload = self._envelope(job, rid, created, chunk=False)
+                payload["choices"] = [self._choice(job, "".join(parts), finish, delta=False)]
+                payload["usage"] = usage(prompt_tokens, completion_tokens, stats)
+                self._send_json(200, payload)
+                return
+
+    def _stream(self, job: Job) -> None:
+        rid, created = self._new_id(job), int(time.time())
+        first = job.events.get()
+        if first[0] == "error":
+            self._send_error(first[1])
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        try:
+            if job.chat:
+                role = self._envelope(job, rid, created, chunk=True)
+                role["choices"] = [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
+                self._event(role)
+            event = first
+            while True:
+                kind, value = event
+                chunk = self._envelope(job, rid, created, chunk=True)
+                if kind == "delta":
+                    chunk["choices"] = [self._choice(job, value, None, delta=True)]
+                    self._event(chunk)
+                elif kind == "error":
+                    self._event({"error": {"message": str(value), "type": "server_error", "code": value.code}})
+                    break
+                else:
+                    finish, prompt_tokens, completion_tokens, stats = value
+                    chunk["choices"] = [self._choice(job, None, finish, delta=True)]
+                    self._event(chunk)
+                    if job.include_usage:
+                        tail = self._envelope(job, rid, created, chunk=True)
+                        tail["choices"], tail["usage"] = [], usage(prompt_tokens, completion_tokens, stats)
+                        self._event(tail)
+                    break
+                event = job.events.get()
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            job.cancelled.set()  # the client left: stop generating for it
+
+    def _event(self, payload: dict) -> None:
+        self.wfile.write(b"data: " + json.dumps(payload).encode() + b"\n\n")
+        self.wfile.flush()
+
+    @staticmethod
+    def _new_id(job: Job) -> str:
+        return ("chatcmpl-" if job.chat else "cmpl-") + uuid.uuid4().hex[:24]
+
+
+def make_server(service: Service, host: str = "127.0.0.1", port: int = 8765) -> ThreadingHTTPServer:
+    """An HTTP server bound to host:port (0 = any free port) answering with `service`; call serve_forever()."""
+    handler = type("BoundHandler", (Handler,), {"service": service})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    return server
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `agent serve`, shared with `python -m decoding.server`."""
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8765, help="port to listen on (default: 8765; 0 = any free)")
+    parser.add_argument(
+        "--engine",
+        choices=["embedded"],
+        default="embedded",
+        help="decoding engine (default: embedded, this process on the CPU)",
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        metavar="PATH",
+        help="local Hugging Face model directory or .gguf file (default: the embedded Gemma 3 270M)",
+    )
+    parser.add_argument(
+        "--dtype", choices=["float32", "bfloat16"], default="float32", help="weight dtype (default: float32)"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def run_server(
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    model: str | None = None,
+    dtype: str = "float32",
+    threads: int | None = None,
+    engine: str = "embedded",
+) -> None:
+    """Load the model, then serve until interrupted; prints the base URL once ready."""
+    if engine != "embedded":
+        raise ValueError(f"unknown engine {engine!r}; only 'embedded' is available")
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    service = Service(load_model(model, dtype))
+    server = make_server(service, host, port)
+    print(f"Serving {service.name} at http://{host}:{server.server_address[1]}/v1", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m decoding.server", description=__doc__.splitlines()[0])
+    add_serve_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        run_server(args.host, args.port, args.model, args.dtype, args.threads, args.engine)
+    except (FileNotFoundError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""The target model behind one small interface: append tokens, get hidden rows, score chosen rows, roll back.
+
+`GemmaTarget` runs our own Gemma 3 implementation on a static cache; `HFTarget` drives any transformers causal LM
+with its DynamicCache (crop() rolls it back) so `--model PATH` works for other architectures.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from decoding.gemma import Gemma3, KVCache
+
+
+class Target(Protocol):
+    vocab_size: int
+
+    @property
+    def length(self) -> int: ...
+
+    def reset(self, capacity: int) -> None:
+        """Start a new sequence that will hold at most `capacity` positions."""
+
+    def forward(self, tokens: list[int]) -> Tensor:
+        """Append `tokens` to the cache; return their final hidden states [T, D]."""
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """Float32 logits [N, V] for hidden rows [N, D]."""
+
+    def rollback(self, length: int) -> None:
+        """Forget every cached position at or after `length`."""
+
+
+class GemmaTarget:
+    def __init__(self, hf_model):
+        self.model = Gemma3(hf_model)
+        self.vocab_size = self.model.args.vocab_size
+        self.cache: KVCache = self.model.new_cache(1)
+
+    @property
+    def length(self) -> int:
+        return self.cache.length
+
+    def reset(self, capacity: int) -> None:
+        if capacity > self.cache.capacity:
+            self.cache = self.model.new_cache(capacity)
+        self.cache.length = 0
+
+    def forward(self, tokens: list[int]) -> Tensor:
+        return self.model(torch.tensor(tokens, dtype=torch.long), self.cache)
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        return self.model.logits(hidden)
+
+    def rollback(self, length: int) -> None:
+        if not 0 <= length <= self.cache.length:
+            raise ValueError(f"cannot roll back to {length}: cache holds {self.cache.length}")
+        self.cache.length = length
+
+
+class HFTarget:
+    def __init__(self, hf_model):
+        from transformers import DynamicCache
+
+        self._new_cache = DynamicCache
+        self.hf_model = hf_model
+        self.decoder = hf_model.get_decoder()
+        self.head = hf_model.get_output_embeddings()
+        self.softcap = getattr(hf_model.config, "final_logit_softcapping", None)
+        self.vocab_size = self.head.weight.shape[0]
+        self.cache = DynamicCache()
+        self._length = 0
+
+    @property
+    def length(self) -> int:
+        return self._length
+
+    def reset(self, capacity: int) -> None:
+        # A config-less DynamicCache keeps every position in every layer, so crop() can always roll back.
+        self.cache = self._new_cache()
+        self._length = 0
+
+    @torch.inference_mode()
+    def forward(self, tokens: list[int]) -> Tensor:
+        ids = torch.tensor([tokens], dtype=torch.long)
+        positions = torch.arange(self._length, self._length + len(tokens)).unsqueeze(0)
+        out = self.decoder(input_ids=ids, position_ids=positions, cache=self.cache, use_cache=True)
+        self._length += len(tokens)
+        return out.last_hidden_state[0]
+
+    @torch.inference_mode()
+    def logits(self, hidden: Tensor) -> Tensor:
+        out = F.linear(hidden, self.head.weight).float()
+        if self.softcap is not None:
+            out = torch.tanh(out / self.softcap) * self.softcap
+        return out
+
+    def rollback(self, length: int) -> None:
+        if not 0 <= length <= self._length:
+            raise ValueError(f"cannot roll back to {length}: cache holds {self._length}")
+        if length < self._length:
+            self.cache.crop(length - self._length)  # a negative count removes that many trailing positions
+        self._length = length
+
+
+def make_target(hf_model, kind: str = "auto") -> GemmaTarget | HFTarget:
+    """kind: "native" (our Gemma 3), "hf" (transformers forward), or "auto" (native when the model is Gemma 3 text)."""
+    if kind not in ("auto", "native", "hf"):
+        raise ValueError(f"target kind must be auto, native or hf, got {kind!r}")
+    is_gemma3 = getattr(hf_model.config, "model_type", None) == "gemma3_text"
+    if kind == "native" or (kind == "auto" and is_gemma3):
+        if not is_gemma3:
+            raise ValueError(f"the native target supports gemma3_text only, not {hf_model.config.model_type!r}")
+        return GemmaTarget(hf_model)
+    return HFTarget(hf_model)

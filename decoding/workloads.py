@@ -1,0 +1,61 @@
+"""Benchmark and test prompts built from real Python standard-library source.
+
+The embedded 270M is a base model: it does not follow edit instructions, but it keeps copying when the answer is
+seeded with the first lines of the source it should re-emit. The prompts lean on that so outputs stay meaningful.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    prompt: str
+    prediction: str | None = None  # source text handed to the drafters, as in OpenAI Predicted Outputs
+
+
+def _source(module_name: str) -> str:
+    return inspect.getsource(__import__(module_name))
+
+
+def copy_edit(module_name: str = "bisect", seed_lines: int = 4) -> Workload:
+    """A whole stdlib file, then the model re-emitting it with a change, seeded with its first lines."""
+    src = _source(module_name)
+    seed = "".join(src.splitlines(keepends=True)[:seed_lines])
+    prompt = (
+        f"File {module_name}.py:\n```python\n{src}```\n\n"
+        f"The same file, with the parameter `hi` renamed to `high`:\n```python\n{seed}"
+    )
+    return Workload(f"copy-edit:{module_name}", prompt, prediction=src)
+
+
+def ot_edit(module_name: str = "bisect") -> Workload:
+    """An OT edit script over a stdlib file, continued after a few ops that quote the source."""
+    lines = _source(module_name).splitlines(keepends=True)
+    target = next(i for i, line in enumerate(lines) if line.startswith("def "))
+    script = [f"retain({json.dumps(line)})" for line in lines[:target]]
+    script += [f"delete({json.dumps(lines[target])})", f"insert({json.dumps(lines[target].replace('hi=', 'high='))})"]
+    body = "".join(lines)
+    prompt = (
+        f"Source of {module_name}.py:\n```python\n{body}```\n\n"
+        "Edit script renaming `hi` to `high`, one op per source line (retain/delete quote the text they cover):\n"
+        "[\n" + ",\n".join(script) + ',\nretain("'
+    )
+    return Workload(f"ot-edit:{module_name}", prompt, prediction=body)
+
+
+def free_text() -> Workload:
+    """Open-ended prose: nothing to copy, so drafting must not slow it down."""
+    prompt = (
+        "The lighthouse keeper had not spoken to another person in three months. Every evening he climbed the "
+        "spiral stairs, trimmed the wick and watched the ships pass far out at sea. One stormy night,"
+    )
+    return Workload("free-text", prompt)
+
+
+def standard_workloads() -> list[Workload]:
+    return [copy_edit("bisect"), copy_edit("colorsys"), ot_edit("bisect"), free_text()]

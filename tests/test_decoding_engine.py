@@ -1,0 +1,100 @@
+import inspect
+
+import pytest
+import torch
+
+from decoding.drafters import NgramDrafter
+from decoding.engine import generate
+from decoding.model import cache_root, resolve_model_dir
+from decoding.target import GemmaTarget, HFTarget, make_target
+from decoding.workloads import standard_workloads
+
+slow = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def target(embedded_model):
+    return make_target(embedded_model.model)
+
+
+def encode(model, text: str) -> list[int]:
+    return model.tokenizer(text).input_ids
+
+
+@slow
+def test_native_gemma_matches_transformers_logits(embedded_model):
+    ids = encode(embedded_model, inspect.getsource(inspect))[:600]
+    with torch.inference_mode():
+        reference = embedded_model.model(torch.tensor([ids])).logits[0, -8:]
+    native = GemmaTarget(embedded_model.model)
+    native.reset(len(ids))
+    hidden = native.forward(ids)
+    torch.testing.assert_close(native.logits(hidden[-8:]), reference, atol=1e-3, rtol=1e-4)
+
+
+@slow
+@pytest.mark.parametrize("kind", [GemmaTarget, HFTarget])
+def test_rollback_then_recompute_equals_a_fresh_forward(embedded_model, kind):
+    ids = encode(embedded_model, inspect.getsource(inspect.getsource))
+    target = kind(embedded_model.model)
+    target.reset(len(ids) + 8)
+    fresh = target.logits(target.forward(ids))[-6:]
+    # Roll back over the last 6 prompt tokens after appending 5 junk tokens, then recompute them.
+    target.forward([17, 23, 99, 5, 1000])
+    target.rollback(len(ids) - 6)
+    assert target.length == len(ids) - 6
+    again = target.logits(target.forward(ids[-6:]))
+    torch.testing.assert_close(again, fresh, atol=1e-3, rtol=1e-4)
+    assert torch.equal(again.argmax(-1), fresh.argmax(-1))
+    with pytest.raises(ValueError):
+        target.rollback(target.length + 1)
+
+
+@slow
+@pytest.mark.parametrize("workload", standard_workloads(), ids=lambda w: w.name)
+def test_greedy_speculation_is_token_identical_to_plain_decoding(embedded_model, target, workload):
+    ids = encode(embedded_model, workload.prompt)
+    sources = [encode(embedded_model, workload.prediction)[1:]] if workload.prediction else []
+    plain = generate(target, ids, 64)
+    spec = generate(target, ids, 64, drafter=NgramDrafter(), sources=sources)
+    assert spec.tokens == plain.tokens
+    assert plain.stats.target_forwards == len(plain.tokens)
+    if workload.name.startswith("copy-edit"):
+        # Copying from the prompt must actually pay: far fewer target forwards than tokens.
+        assert spec.stats.accepted > 32
+        assert spec.stats.target_forwards < len(spec.tokens) / 2
+
+
+@slow
+def test_speculative_sampling_is_reproducible_and_stops_on_length(embedded_model, target):
+    from decoding.sampling import SamplingParams
+
+    ids = encode(embedded_model, standard_workloads()[0].prompt)
+    params = SamplingParams(temperature=0.8, top_p=0.95, top_k=50, seed=7)
+    first = generate(target, ids, 24, sampling=params, drafter=NgramDrafter())
+    second = generate(target, ids, 24, sampling=params, drafter=NgramDrafter())
+    assert first.tokens == second.tokens
+    assert len(first.tokens) == 24 and first.finish_reason == "length"
+
+
+@slow
+def test_stop_token_ends_generation_and_is_not_emitted(embedded_model, target):
+    ids = encode(embedded_model, standard_workloads()[0].prompt)
+    plain = generate(target, ids, 8)
+    stop = plain.tokens[3]
+    stopped = generate(target, ids, 8, drafter=NgramDrafter(), stop_ids=frozenset({stop}))
+    assert stopped.finish_reason == "stop"
+    assert stopped.tokens == plain.tokens[: plain.tokens.index(stop)]
+
+
+def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("RETAIN_CACHE_DIR", str(tmp_path / "r"))
+    assert cache_root() == tmp_path / "r"
+    monkeypatch.delenv("RETAIN_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert cache_root() == tmp_path / "x" / "retain"
+
+
+def test_model_path_that_is_not_a_model_is_rejected(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        resolve_model_dir(tmp_path)

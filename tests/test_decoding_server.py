@@ -1,0 +1,144 @@
+import json
+import threading
+import urllib.error
+import urllib.request
+
+import pytest
+
+from decoding.server import RequestError, Service, gemma_chat_prompt, make_server, parse_request
+from decoding.workloads import copy_edit
+
+slow = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def base_url(embedded_model):
+    server = make_server(Service(embedded_model), "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+def call(url: str, body=None, raw: bytes | None = None) -> tuple[int, bytes]:
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def sse_events(payload: bytes) -> list:
+    lines = [line[len("data: ") :] for line in payload.decode().split("\n\n") if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    return [json.loads(line) for line in lines[:-1]]
+
+
+@slow
+def test_models_lists_the_embedded_model(base_url):
+    status, body = call(f"{base_url}/models")
+    assert status == 200
+    assert [m["id"] for m in json.loads(body)["data"]] == ["gemma-3-270m"]
+
+
+@slow
+def test_completion_with_prediction_speculates_and_matches_plain_decoding(base_url):
+    workload = copy_edit("bisect")
+    request = {"model": "gemma-3-270m", "prompt": workload.prompt, "max_tokens": 48, "temperature": 0}
+    _, plain = call(f"{base_url}/completions", {**request, "speculation": "off"})
+    status, spec = call(
+        f"{base_url}/completions",
+        {**request, "speculation": "ngram", "prediction": {"type": "content", "content": workload.prediction}},
+    )
+    assert status == 200
+    plain, spec = json.loads(plain), json.loads(spec)
+    assert spec["object"] == "text_completion"
+    assert spec["choices"][0]["text"] == plain["choices"][0]["text"] != ""
+    usage = spec["usage"]
+    assert usage["completion_tokens"] == 48 and spec["choices"][0]["finish_reason"] == "length"
+    assert usage["speculation"]["method"] == "ngram"
+    assert usage["completion_tokens_details"]["accepted_prediction_tokens"] == usage["speculation"]["accepted"] > 16
+    assert usage["speculation"]["target_forwards"] < plain["usage"]["speculation"]["target_forwards"]
+    assert plain["usage"]["speculation"] == {
+        "method": "off",
+        "drafted": 0,
+        "accepted": 0,
+        "target_forwards": 48,  # the prefill yields the first token
+        "mean_accepted_length": 1.0,
+    }
+
+
+@slow
+def test_streamed_chat_with_usage_matches_the_unstreamed_answer(base_url):
+    request = {
+        "messages": [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Name a color."}],
+        "max_tokens": 16,
+        "temperature": 0,
+    }
+    status, whole = call(f"{base_url}/chat/completions", request)
+    assert status == 200
+    whole = json.loads(whole)
+    status, streamed = call(
+        f"{base_url}/chat/completions", {**request, "stream": True, "stream_options": {"include_usage": True}}
+    )
+    assert status == 200
+    events = sse_events(streamed)
+    assert events[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert all(e["object"] == "chat.completion.chunk" for e in events)
+    text = "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"])
+    assert text == whole["choices"][0]["message"]["content"]
+    assert events[-2]["choices"][0]["finish_reason"] == whole["choices"][0]["finish_reason"]
+    assert (
+        events[-1]["choices"] == [] and events[-1]["usage"]["completion_tokens"] == whole["usage"]["completion_tokens"]
+    )
+
+
+@slow
+@pytest.mark.parametrize(
+    "path, body, status, param",
+    [
+        ("completions", b"{not json", 400, None),
+        ("completions", {"prompt": "x", "temperature": "hot"}, 400, "temperature"),
+        ("completions", {"prompt": "x", "speculation": "psychic"}, 400, "speculation"),
+        ("completions", {"prompt": ""}, 400, "prompt"),
+        ("completions", {"prompt": "x", "prediction": {"type": "file"}}, 400, "prediction"),
+        ("completions", {"prompt": "x", "model": "gpt-9"}, 404, "model"),
+        ("chat/completions", {"messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages[0].role"),
+        ("chat/completions", {"messages": []}, 400, "messages"),
+        ("completions", {"prompt": "x", "max_tokens": 10**9}, 400, "max_tokens"),
+        ("embeddings", {"input": "x"}, 404, None),
+    ],
+)
+def test_bad_requests_get_a_json_error_and_the_server_keeps_serving(base_url, path, body, status, param):
+    got, payload = call(f"{base_url}/{path}", raw=body if isinstance(body, bytes) else json.dumps(body).encode())
+    assert got == status
+    error = json.loads(payload)["error"]
+    assert error["param"] == param and error["message"]
+    assert call(f"{base_url}/models")[0] == 200
+
+
+def test_chat_prompt_uses_gemma_turns_and_folds_the_system_message():
+    prompt = gemma_chat_prompt(
+        [
+            {"role": "system", "content": "Be terse."},
+            {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+            {"role": "assistant", "content": "Hello."},
+            {"role": "user", "content": "Bye"},
+        ]
+    )
+    assert prompt == (
+        "<start_of_turn>user\nBe terse.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello.<end_of_turn>\n"
+        "<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n"
+    )
+
+
+def test_request_defaults_and_validation():
+    job = parse_request({"prompt": "x", "stop": "\n"}, chat=False, model_name="m")
+    assert (job.max_tokens, job.sampling.temperature, job.speculation, job.stop) == (512, 1.0, "auto", ["\n"])
+    with pytest.raises(RequestError, match="n must"):
+        parse_request({"prompt": "x", "n": 2}, chat=False, model_name="m")
+    with pytest.raises(RequestError, match="logprobs"):
+        parse_request({"prompt": "x", "logprobs": 2}, chat=False, model_name="m")
