@@ -318,7 +318,7 @@ def _miscounted_scripts(output: str, rng: random.Random, trials: int) -> list[tu
     for i in sorted(rng.sample(counted, min(trials, len(counted)))):
         delta = rng.choice([d for d in MISCOUNTS if ops[i].n + d >= 0])
         script = ops[:i] + [Retain(ops[i].n + delta)] + ops[i + 1 :]
-        found.append((f"miscount {delta:+d}", format_script(script)))
+        found.append(("miscount", format_script(script)))
     return found
 
 
