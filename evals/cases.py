@@ -118,13 +118,14 @@ class _Change:
 def clean_instruction(message: str) -> str:
     """Commit message → instruction: no issue/PR references, trailers or CI tags; at most 600 characters."""
     lines = []
-    for line in message.strip().splitlines():
-        if TRAILER.match(line):
+    for original in message.strip().splitlines():
+        if TRAILER.match(original):
             continue
-        line = SKIP_CI.sub("", ISSUE_REFERENCE.sub("", line))
+        line = SKIP_CI.sub("", ISSUE_REFERENCE.sub("", original))
         line = re.sub(r"\s+([.,;:)])", r"\1", re.sub(r"[ \t]+", " ", line)).strip()
-        if lines and len(re.findall(r"\w", line)) < 3:
-            continue  # a body line left with almost nothing
+        line = re.sub(r"[,;:]+(?=[.!?]|$)", "", line)  # punctuation left dangling where a reference was
+        if lines and line != original.strip() and len(re.findall(r"\w+", line)) < 3:
+            continue  # a body line left with almost nothing once its references are gone
         lines.append(line)
     text = "\n".join(lines).strip()
     text = re.sub(r"\n{3,}", "\n\n", text)
