@@ -141,7 +141,7 @@ def render_search_replace(blocks: list[Block]) -> str:
 
 
 def render_udiff(blocks: list[Block]) -> str:
-    return "".join("@@ ... @@\n" + _text([sign + line for sign, line in block.lines]) for block in blocks)
+    return "".join("@@ ... @@\n" + "".join(_text([sign + line]) for sign, line in block.lines) for block in blocks)
 
 
 def parse_search_replace(text: str) -> list[Block]:
