@@ -196,10 +196,13 @@ def apply_blocks(before: str, blocks: list[Block]) -> str:
         old, new = block.old, block.new
         found = _find_exact(doc, old)
         if found is None:
-            found, indent = _find_loose(doc, old)
+            # as Aider does: outdent both sides by their common indentation, find the old lines under one
+            # indentation prefix, and give the new lines that prefix
+            common = min((len(_indent(line)) for line in old + new if line.strip()), default=0)
+            found, prefix = _find_loose(doc, [line.rstrip()[common:] for line in old])
             if found is None:
                 raise FormatError(f"block {number}: its old lines are not in the file")
-            new = _reindent(new, indent)
+            new = [(prefix + line.rstrip("\n")[common:] if line.strip() else "") + "\n" for line in new]
         end = found + len(old)
         if end == len(doc) and doc and not doc[-1].endswith("\n") and new:
             new = new[:-1] + [new[-1].removesuffix("\n")]  # the file ends without a newline; keep it so
@@ -225,11 +228,9 @@ def _indent(line: str) -> str:
     return line[: len(line) - len(line.lstrip())]
 
 
-def _find_loose(doc: list[str], old: list[str]) -> tuple[int | None, str]:
-    """First position where `old`, outdented, matches the document up to one indentation prefix."""
-    body = [line.rstrip() for line in old]
-    common = min((len(_indent(line)) for line in body if line), default=0)
-    body = [line[common:] for line in body]
+def _find_loose(doc: list[str], body: list[str]) -> tuple[int | None, str]:
+    """First position where the outdented `body` matches the document under one indentation prefix
+    (trailing whitespace ignored; a blank body line matches a blank or whitespace-only line)."""
     if not any(body):
         return None, ""
     first = next(k for k, line in enumerate(body) if line)
@@ -244,13 +245,6 @@ def _find_loose(doc: list[str], old: list[str]) -> tuple[int | None, str]:
         ):
             return i, prefix
     return None, ""
-
-
-def _reindent(lines: list[str], prefix: str) -> list[str]:
-    """New lines written at the model's indentation, moved to the file's (the offset found by `_find_loose`)."""
-    body = [line.rstrip("\n") for line in lines]
-    common = min((len(_indent(line)) for line in body if line.strip()), default=0)
-    return [(prefix + line[common:] if line.strip() else line.strip(" \t")) + "\n" for line in body]
 
 
 def apply_output(fmt: str, before: str, output: str, language: str | None) -> str:
