@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 
-from tools.ot import Retain, format_script, ot_diff
+from tools.ot import Insert, Op, Retain, format_script, is_quoted, ot_diff
 from tools.ot_script import parse_script
 from tools.patch import apply_edit
 
@@ -284,7 +284,8 @@ def reference_output(fmt: str, before: str, after: str) -> str:
 def perturbations(fmt: str, output: str, seed: str, trials: int = 3) -> list[tuple[str, str]]:
     """(kind, perturbed output) pairs: mistakes models make in this format.
 
-    - OT: one count-only retain off by ±1..3 (`trials` different ones, chosen with `seed`);
+    - OT: one count-only retain off by ±1..3 (`trials` different ones, chosen with `seed`), labelled by the
+      op it comes before;
     - search/replace and udiff: `trimmed-whitespace` (blocks written at column 0, trailing spaces dropped)
       and `missing-context` (each block's first context line left out, else its last).
     The whole-file format has none: it has no counts or context to get wrong.
@@ -312,8 +313,20 @@ def _miscounted_scripts(output: str, rng: random.Random, trials: int) -> list[tu
     for i in sorted(rng.sample(counted, min(trials, len(counted)))):
         delta = rng.choice([d for d in MISCOUNTS if ops[i].n + d >= 0])
         script = ops[:i] + [Retain(ops[i].n + delta)] + ops[i + 1 :]
-        found.append(("miscount", format_script(script)))
+        found.append((f"miscount before {_what(ops[i + 1 :])}", format_script(script)))
     return found
+
+
+def _what(following: list[Op]) -> str:
+    """What a miscounted retain comes before: the applier can re-anchor on quoted text (after any inserts)
+    and snap whole-line inserts to line boundaries, but has nothing to go on for an inline insert or a
+    count-only delete."""
+    op = following[0]
+    if is_quoted(next((o for o in following if not isinstance(o, Insert)), None)):
+        return "quoted text"
+    if isinstance(op, Insert):
+        return "line insert" if op.text.endswith("\n") or op.text.startswith("\n") else "inline insert"
+    return "count-only delete"
 
 
 def _trim_whitespace(block: Block) -> Block:

@@ -39,22 +39,25 @@ def measure_case(case: dict, formats: tuple[str, ...], count_tokens: Callable[[s
         entry: dict = {
             "tokens": count_tokens(output),
             "chars": len(output),
-            "applies": _applies(fmt, before, after, output, language),
+            "applies": _outcome(fmt, before, after, output, language) == "exact",
         }
         if fmt in PERTURBABLE:
             entry["perturbed"] = [
-                {"kind": kind, "applies": _applies(fmt, before, after, text, language)}
+                {"kind": kind, "outcome": (outcome := _outcome(fmt, before, after, text, language)),
+                 "applies": outcome == "exact"}
                 for kind, text in perturbations(fmt, output, seed=case["id"], trials=ot_trials)
             ]
         figures[fmt] = entry
     return {"id": case["id"], "language": case.get("language"), "formats": figures, "decode": {}}
 
 
-def _applies(fmt: str, before: str, after: str, output: str, language: str | None) -> bool:
+def _outcome(fmt: str, before: str, after: str, output: str, language: str | None) -> str:
+    """"exact" (gives `after`), "refused" (the applier said no: the file stays as it was) or "wrong" (it
+    applied, but not as intended: the silent failure that costs a user most)."""
     try:
-        return apply_output(fmt, before, output, language) == after
+        return "exact" if apply_output(fmt, before, output, language) == after else "wrong"
     except FormatError:
-        return False
+        return "refused"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -90,17 +93,23 @@ def summarize(results: list[dict], formats: tuple[str, ...]) -> dict:
             trials = [p for r in results for p in r["formats"][fmt]["perturbed"]]
             by_kind: dict[str, Counter] = {}
             for trial in trials:
-                by_kind.setdefault(trial["kind"], Counter())[trial["applies"]] += 1
+                by_kind.setdefault(trial["kind"], Counter())[trial["outcome"]] += 1
             part |= {
                 "perturbed_trials": len(trials),
-                "perturbed_applies": sum(t["applies"] for t in trials) / len(trials) if trials else None,
+                "perturbed_applies": _share(trials, "exact"),
+                "perturbed_wrong": _share(trials, "wrong"),
                 "perturbed_by_kind": {
-                    kind: {"trials": sum(c.values()), "applies": c[True] / sum(c.values())}
+                    kind: {"trials": sum(c.values()), "applies": c["exact"] / sum(c.values()),
+                           "wrong": c["wrong"] / sum(c.values())}
                     for kind, c in sorted(by_kind.items())
                 },
             }
         summary[fmt] = part
     return summary
+
+
+def _share(trials: list[dict], outcome: str) -> float | None:
+    return sum(t["outcome"] == outcome for t in trials) / len(trials) if trials else None
 
 
 def run(
@@ -135,21 +144,24 @@ def render(report: dict, title: str) -> str:
     summary = report["summary"]
     lines = [title, "",
              "| format | tokens median | tokens p90 | saved vs whole median | saved p90 | saved % median "
-             "| applies | applies after perturbation (n) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| applies | perturbed: applies | perturbed: wrong | perturbed n |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for fmt, part in summary.items():
-        perturbed = (f"{share(part['perturbed_applies'])} ({part['perturbed_trials']})"
-                     if part.get("perturbed_trials") else "n/a")
         lines.append(
             f"| {fmt} | {number(part['tokens_median'])} | {number(part['tokens_p90'])} "
             f"| {number(part.get('saved_median'))} | {number(part.get('saved_p90'))} "
-            f"| {share(part.get('saved_share_median'))} | {share(part['applies'])} | {perturbed} |"
+            f"| {share(part.get('saved_share_median'))} | {share(part['applies'])} "
+            f"| {share(part.get('perturbed_applies'))} | {share(part.get('perturbed_wrong'))} "
+            f"| {part.get('perturbed_trials', 'n/a')} |"
         )
     kinds = [(fmt, kind, figures) for fmt, part in summary.items()
              for kind, figures in part.get("perturbed_by_kind", {}).items()]
     if kinds:
-        lines += ["", "| format | perturbation | applies | n |", "|---|---|---|---|"]
-        lines += [f"| {fmt} | {kind} | {share(f['applies'])} | {f['trials']} |" for fmt, kind, f in kinds]
+        lines += ["", "Each format has its own perturbations; \"wrong\" = applied somewhere other than intended "
+                  "(the rest were refused).", "",
+                  "| format | perturbation | applies | wrong | n |", "|---|---|---|---|---|"]
+        lines += [f"| {fmt} | {kind} | {share(f['applies'])} | {share(f['wrong'])} | {f['trials']} |"
+                  for fmt, kind, f in kinds]
     return "\n".join(lines)
 
 

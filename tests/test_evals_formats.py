@@ -151,7 +151,8 @@ def test_miscounted_retains_land_when_the_script_quotes_what_it_deletes():
     case = {"before": before, "after": after, "path": "m.py"}
     quoted = perturbations("ot", reference_output("ot", before, after), seed="x", trials=3)
     counts = perturbations("ot-counts", reference_output("ot-counts", before, after), seed="x", trials=3)
-    assert quoted and counts and all(kind == "miscount" for kind, _ in quoted + counts)
+    assert quoted and all(kind == "miscount before quoted text" for kind, _ in quoted)
+    assert counts and all(kind == "miscount before inline insert" for kind, _ in counts)
     assert all(_applies("ot", case, text) for _, text in quoted)
     assert not any(_applies("ot-counts", case, text) for _, text in counts)
 
