@@ -98,7 +98,7 @@ TRAILER = re.compile(
 ISSUE_REFERENCE = re.compile(
     r"(\(\s*)?"  # an opening parenthesis around the reference goes with it
     r"(\b(fix(es|ed)?|close[sd]?|resolve[sd]?|refs?|see|pr|pull request|issue|gh)\b[\s:]*)?"
-    r"(https?://github\.com/[\w.-]+/[\w.-]+/(issues|pull)/\d+\S*|[\w.-]+/[\w.-]+#\d+|#\d+|\bgh-\d+|\bissue \d+)"
+    r"(https?://github\.com/[\w.-]+/[\w.-]+/(issues|pull)/\d+\S*|[\w.-]+/[\w.-]+/?#\d+|#\d+|\bgh-\d+|\bissue \d+)"
     r"(\s*\))?",
     re.IGNORECASE,
 )
@@ -220,6 +220,17 @@ def _single_file_changes(repo: Path) -> list[_Change]:
     return changes
 
 
+def _repo_name(repo: Path) -> str:
+    """The name in case ids: the origin remote's repository name, else the directory's (`x/.git` → `x`)."""
+    try:
+        url = _git(repo, "config", "--get", "remote.origin.url").decode().strip()
+    except subprocess.CalledProcessError:  # no origin remote
+        url = ""
+    name = url.rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1] if url else repo.name
+    name = name.removesuffix(".git")
+    return name or repo.parent.name
+
+
 def _decode(blob: bytes) -> str | None:
     if b"\0" in blob:
         return None
@@ -235,6 +246,7 @@ def mine_git(repo: Path, limit: int | None = None, skipped: Counter | None = Non
     `skipped` (if given) counts why commits were left out, so a user can see what the rules removed.
     """
     repo = Path(repo).resolve()
+    name = _repo_name(repo)
     skipped = Counter() if skipped is None else skipped
     seen_pairs: set[tuple[str, str]] = set()
     candidates = []
@@ -266,8 +278,8 @@ def mine_git(repo: Path, limit: int | None = None, skipped: Counter | None = Non
             continue
         seen_pairs.add((before, after))
         candidates.append({
-            "id": f"{repo.name}@{change.commit[:10]}:{change.path}",
-            "repo": repo.name,
+            "id": f"{name}@{change.commit[:10]}:{change.path}",
+            "repo": name,
             "commit": change.commit,
             "path": change.path,
             "language": LANGUAGES[Path(change.path).suffix],

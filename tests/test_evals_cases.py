@@ -48,6 +48,7 @@ def test_instruction_cleaning_removes_references_trailers_and_ci_tags():
         "Signed-off-by: A Person <a@example.com>\n"
     )
     assert clean_instruction(message) == "Return None from lookup when the key is missing"
+    assert "repo" not in clean_instruction("Drop trailing None as described in owner/repo/#312.")
     assert clean_instruction("Add retry to fetch (closes #12)\n\nThe loop spun forever, see GH-44.\nPR-URL: x") == (
         "Add retry to fetch\n\nThe loop spun forever."
     )
@@ -168,5 +169,8 @@ def test_mined_cases_have_the_shared_fields_and_exact_texts(history):
 def test_mining_limit_and_a_path_that_is_not_a_repository(history, tmp_path):
     repo, _ = history
     assert len(mine_git(repo.path, limit=2)) == 2
+    repo._git("remote", "add", "origin", "git@github.com:owner/upstream.git")
+    (case,) = mine_git(repo.path, limit=1)
+    assert case["repo"] == "upstream" and case["id"].startswith("upstream@")
     with pytest.raises(subprocess.CalledProcessError):
         mine_git(tmp_path / "nowhere")
