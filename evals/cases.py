@@ -179,14 +179,14 @@ def skip_reason_for_texts(before: str, after: str, diff: str) -> str | None:
     """Why a (before, after, diff) triple is out of range or trivial, or None."""
     lines = before.count("\n") + (0 if before.endswith("\n") or not before else 1)
     if not MIN_FILE_LINES <= lines <= MAX_FILE_LINES:
-        return f"file has {lines} lines (wanted {MIN_FILE_LINES}–{MAX_FILE_LINES})"
+        return f"file not {MIN_FILE_LINES}–{MAX_FILE_LINES} lines"
     if re.sub(r"\s+", "", before) == re.sub(r"\s+", "", after):
         return "whitespace or formatting only"
     changed, hunks, lines_changed = diff_stats(diff)
     if not MIN_DIFF_LINES <= changed <= MAX_DIFF_LINES:
-        return f"diff has {changed} changed lines (wanted {MIN_DIFF_LINES}–{MAX_DIFF_LINES})"
+        return f"diff not {MIN_DIFF_LINES}–{MAX_DIFF_LINES} changed lines"
     if not 1 <= hunks <= MAX_HUNKS:
-        return f"diff has {hunks} hunks (wanted 1–{MAX_HUNKS})"
+        return f"diff not 1–{MAX_HUNKS} hunks"
     if all(VERSION_LINE.match(text) or not text.strip() for _, text in lines_changed):
         return "only version lines changed"
     return None
