@@ -11,10 +11,11 @@ format, since they cost the same few tokens in each):
 - `ot`: the edit script of `tools.ot.ot_diff` (quoted deletes and anchors), one op per line;
 - `ot-counts`: the same script with counts only.
 
-The appliers are the ones each format relies on in practice: search/replace and udiff look for the old
-text line by line, exactly, then with a uniform indentation offset and trailing whitespace ignored
-(Aider's steps), and replace the first match; OT scripts go through the agent's tolerant applier
-(`tools.patch.apply_edit`, syntax check included). `perturbations` gives model-like mistakes for each
+The appliers are the ones each format relies on in practice: search/replace looks for the old text line
+by line, exactly, then with a uniform indentation offset and trailing whitespace ignored (Aider's steps),
+and replaces the first match; udiff hunks go through the same search (Aider adds fuzzy fallbacks for
+udiff, sub-hunks and diff-match-patch, which are not reproduced here); OT scripts go through the agent's
+tolerant applier (`tools.patch.apply_edit`, syntax check included). `perturbations` gives model-like mistakes for each
 format, so the evals can report how well each one survives them.
 """
 
@@ -25,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 
-from tools.ot import Insert, Op, Retain, format_script, is_quoted, ot_diff
+from tools.ot import Insert, Op, OTError, Retain, format_script, is_quoted, ot_diff
 from tools.ot_script import parse_script
 from tools.patch import apply_edit
 
@@ -249,8 +250,6 @@ def _find_loose(doc: list[str], body: list[str]) -> tuple[int | None, str]:
 
 def apply_output(fmt: str, before: str, output: str, language: str | None) -> str:
     """The file after applying `output` in format `fmt`; raises FormatError when it cannot be applied."""
-    from tools.ot import OTError
-
     if fmt == "whole":
         return output
     if fmt == "search-replace":
@@ -330,6 +329,7 @@ def _what(following: list[Op]) -> str:
 
 
 def _trim_whitespace(block: Block) -> Block:
+    """The block as a model that lost the file's indentation writes it: at column 0, no trailing spaces."""
     body = [(sign, line.rstrip("\n").rstrip(" \t")) for sign, line in block.lines]
     common = min((len(_indent(line)) for _, line in body if line.strip()), default=0)
     return Block([(sign, line[common:] + "\n") for sign, line in body])

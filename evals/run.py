@@ -52,8 +52,8 @@ def measure_case(case: dict, formats: tuple[str, ...], count_tokens: Callable[[s
 
 
 def _outcome(fmt: str, before: str, after: str, output: str, language: str | None) -> str:
-    """"exact" (gives `after`), "refused" (the applier said no: the file stays as it was) or "wrong" (it
-    applied, but not as intended: the silent failure that costs a user most)."""
+    """How an output lands: "exact" (it gives `after`), "refused" (the applier said no, so the file stays as
+    it was) or "wrong" (it applied, but not as intended: the silent failure that costs a user most)."""
     try:
         return "exact" if apply_output(fmt, before, output, language) == after else "wrong"
     except FormatError:
