@@ -196,11 +196,19 @@ def _git(repo: Path, *args: str) -> bytes:
     return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True).stdout
 
 
+def default_branch(repo: Path) -> str:
+    """The branch the origin remote calls its default (`origin/HEAD`), else whatever is checked out."""
+    try:
+        return _git(repo, "symbolic-ref", "-q", "--short", "refs/remotes/origin/HEAD").decode().strip()
+    except subprocess.CalledProcessError:  # no origin remote, or it names no default branch
+        return "HEAD"
+
+
 def _single_file_changes(repo: Path) -> list[_Change]:
-    """Non-merge commits reachable from HEAD that modify exactly one regular file in place, newest first."""
-    log = _git(repo, "log", "--no-merges", "--no-renames", "--raw", "--no-abbrev", "--format=%H").decode(
-        "utf-8", "surrogateescape"
-    )
+    """Non-merge commits of the default branch that modify exactly one regular file in place, newest first."""
+    log = _git(
+        repo, "log", "--no-merges", "--no-renames", "--raw", "--no-abbrev", "--format=%H", default_branch(repo), "--"
+    ).decode("utf-8", "surrogateescape")
     entries: dict[str, list[str]] = {}
     order: list[str] = []
     for line in log.splitlines():

@@ -174,3 +174,15 @@ def test_mining_limit_and_a_path_that_is_not_a_repository(history, tmp_path):
     assert case["repo"] == "upstream" and case["id"].startswith("upstream@")
     with pytest.raises(subprocess.CalledProcessError):
         mine_git(tmp_path / "nowhere")
+
+
+def test_mining_reads_the_default_branch_not_the_checked_out_one(history):
+    repo, shas = history
+    repo._git("update-ref", "refs/remotes/origin/main", shas["revert"])
+    repo._git("symbolic-ref", "refs/remotes/origin/HEAD", "refs/remotes/origin/main")
+    repo._git("checkout", "-q", "-b", "feature")
+    feature = repo.change("util.py", "Return zero from util_6 for empty input", "    return number + 6\n",
+                          "    if not number:\n        return 0\n    return number + 6\n")
+    mined = {case["commit"] for case in mine_git(repo.path)}
+    assert mined == {shas["good"], shas["revert"]}  # origin/main ends at the revert; feature is not read
+    assert feature not in mined
