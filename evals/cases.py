@@ -76,7 +76,7 @@ EXCLUDED_DIRS = {"vendor", "node_modules", "dist", "third_party", "testdata"}
 BOT_AUTHOR = re.compile(r"\[bot\]|\bbot\b|dependabot|renovate|github-actions|greenkeeper", re.IGNORECASE)
 FORMATTER = re.compile(
     r"\b(black|prettier|gofmt|goimports|rustfmt|cargo fmt|isort|pre-commit|autopep8|yapf|ruff format)\b"
-    r"|^\s*(re)?format(ting)?\b|^\s*fmt\b",
+    r"|^\s*reformat|^\s*(fmt|style)(\(.*\))?:",  # "Format …" subjects are often about output, so not those
     re.IGNORECASE,
 )
 VERSION_BUMP = re.compile(
@@ -122,11 +122,13 @@ def clean_instruction(message: str) -> str:
         if TRAILER.match(original):
             continue
         line = SKIP_CI.sub("", ISSUE_REFERENCE.sub("", original))
-        line = re.sub(r"\s+([.,;:)])", r"\1", re.sub(r"[ \t]+", " ", line)).strip()
-        line = re.sub(r"[,;:]+(?=[.!?]|$)", "", line)  # punctuation left dangling where a reference was
-        if lines and line != original.strip() and len(re.findall(r"\w+", line)) < 3:
-            continue  # a body line left with almost nothing once its references are gone
-        lines.append(line)
+        if line != original:
+            line = re.sub(r"\s+([.,;:)])", r"\1", re.sub(r"[ \t]+", " ", line)).strip()
+            line = re.sub(r"[,;:]+(?=[.!?]|$)", "", line)  # punctuation left dangling where a reference was
+            line = re.sub(r"\s+(in|at|on|from|per|by|to)(?=[.!?]?$)", "", line)  # and a preposition
+            if lines and len(re.findall(r"\w+", line)) < 3:
+                continue  # a body line left with almost nothing once its references are gone
+        lines.append(line.rstrip())
     text = "\n".join(lines).strip()
     text = re.sub(r"\n{3,}", "\n\n", text)
     if len(text) > MAX_INSTRUCTION:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from evals.cases import clean_instruction, load_cases, load_suite, mine_git
+from evals.cases import clean_instruction, load_cases, load_suite, mine_git, skip_reason_for_message
 
 
 def test_built_in_suite_covers_the_main_languages_with_real_changes():
@@ -48,12 +48,27 @@ def test_instruction_cleaning_removes_references_trailers_and_ci_tags():
         "Signed-off-by: A Person <a@example.com>\n"
     )
     assert clean_instruction(message) == "Return None from lookup when the key is missing"
-    assert "repo" not in clean_instruction("Drop trailing None as described in owner/repo/#312.")
+    assert clean_instruction("Drop the None as described in owner/repo/#312.") == "Drop the None as described."
     assert clean_instruction("Add retry to fetch (closes #12)\n\nThe loop spun forever, see GH-44.\nPR-URL: x") == (
         "Add retry to fetch\n\nThe loop spun forever."
     )
     long = clean_instruction("Explain " + "word " * 300)
     assert len(long) <= 600 and not long.endswith(" ") and long.endswith("word")
+
+
+@pytest.mark.parametrize(("subject", "reason"), [
+    ("Run black over the package", "formatter run"),
+    ("cargo fmt", "formatter run"),
+    ("style: apply prettier to the tests", "formatter run"),
+    ("Release 2.1.0", "version bump or release"),
+    ("Bump version to 1.4", "version bump or release"),
+    ("typo", "low-information message"),
+    ("Update parser.py", "low-information message"),
+    ("Format help text of long options in two columns", None),
+    ("Use a faster regex when parsing versions", None),
+])
+def test_message_rules(subject, reason):
+    assert skip_reason_for_message(subject, clean_instruction(subject), "Dev Eloper <dev@example.com>") == reason
 
 
 # ---- mining ----------------------------------------------------------------------------------------------------
