@@ -72,6 +72,24 @@ def build_parser() -> argparse.ArgumentParser:
     undo_p.add_argument("--force", action="store_true", help="restore even if the file changed since the edit")
     undo_p.set_defaults(handler=_cmd_undo)
 
+    sub.add_parser(
+        "serve",
+        help="serve a model over an OpenAI-compatible API (--engine embedded|vllm; see agent serve --help)",
+        add_help=False,
+    )
+    sub.add_parser("export-embedded", help="write the embedded Gemma 3 270M as a Hugging Face directory",
+                   add_help=False)
+
+    eval_p = sub.add_parser(
+        "eval",
+        help="editing evals: output tokens per edit format, and whether each applies",
+        description="Editing evals: output tokens per edit format, saved vs whole-file rewrites, and correctness.",
+    )
+    from evals import run as eval_run
+
+    eval_run.add_arguments(eval_p)
+    eval_p.set_defaults(handler=eval_run.run_command)
+
     bench_p = sub.add_parser("bench", help="benchmarks (apply: how edits land on real commits)")
     bench_p.set_defaults(handler=lambda args: _usage(bench_p))
     bench_sub = bench_p.add_subparsers(dest="bench", metavar="BENCHMARK")
@@ -163,7 +181,33 @@ def _cmd_undo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _serve(argv: list[str]) -> int:
+    """`agent serve`: the embedded engine in this process, or vLLM as a child process."""
+    engine = argparse.ArgumentParser(add_help=False)
+    engine.add_argument("--engine", choices=("embedded", "vllm"), default="embedded")
+    known, rest = engine.parse_known_args(argv)
+    if known.engine == "vllm":
+        from decoding import vllm_launch
+
+        return vllm_launch.main(rest, prog="agent serve --engine vllm")
+    from decoding import server
+
+    return server.main(rest, prog="agent serve")
+
+
+def _export_embedded(argv: list[str]) -> int:
+    from decoding import export
+
+    return export.main(argv, prog="agent export-embedded")
+
+
+DELEGATED = {"serve": _serve, "export-embedded": _export_embedded}  # subcommands that parse their own options
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:
+        return DELEGATED[argv[0]](argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.handler is None:

@@ -59,6 +59,7 @@ def _dequantize_gguf(gguf_path: Path, out_dir: Path) -> None:
     config = model.config.to_dict()
     config.pop("quantization_config", None)
     config["dtype"] = "float32"
+    config["architectures"] = [type(model).__name__]  # other loaders (vLLM) pick the model class by this
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     tokenizer.save_pretrained(out_dir)
 

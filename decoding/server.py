@@ -437,7 +437,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--engine",
         choices=["embedded"],
         default="embedded",
-        help="decoding engine (default: embedded, this process on the CPU)",
+        help="decoding engine (default: embedded, this process on the CPU; `--engine vllm --help` for vLLM)",
     )
     parser.add_argument(
         "--model",
@@ -477,8 +477,8 @@ def run_server(
         server.server_close()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m decoding.server", description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None, prog: str = "python -m decoding.server") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     add_serve_arguments(parser)
     args = parser.parse_args(argv)
     try:

@@ -208,8 +208,8 @@ def run_command(args: argparse.Namespace) -> int:
     return serve(command, args.host, args.port)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="agent serve --engine vllm", description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None, prog: str = "python -m decoding.vllm_launch") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     add_arguments(parser)
     return run_command(parser.parse_args(argv))
 

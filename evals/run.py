@@ -246,7 +246,7 @@ def run_command(args: argparse.Namespace) -> int:
     if not cases:
         print("agent eval: no cases to measure", file=sys.stderr)
         return 2
-    from evals.tokens import gemma_token_counter
+    from decoding.tokenizer import gemma_token_counter
 
     report = run(cases, args.formats, gemma_token_counter(), OT_TRIALS_QUICK if args.quick else OT_TRIALS)
     print(render(report, f"Edit formats on {source}: minimal correct output, Gemma tokens"))

@@ -89,5 +89,23 @@ def test_undo_reverts_the_last_apply(monkeypatch, capsys, source):
 
 def test_help_lists_every_subcommand():
     out = subprocess.run([sys.executable, "-m", "agent.cli", "--help"], capture_output=True, text=True).stdout
-    for command in ("apply", "ot-diff", "undo", "bench"):
+    for command in ("apply", "ot-diff", "undo", "bench", "serve", "eval", "export-embedded"):
         assert command in out
+
+
+def test_serve_dispatches_by_engine(capsys):
+    assert main(["serve", "--engine", "vllm", "--model", "google/gemma-4-E2B-it", "--print-command"]) == 0
+    assert "--speculative-config" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "--help"])
+    assert info.value.code == 0 and "--dtype" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_export_embedded_writes_a_loadable_directory(tmp_path, capsys, embedded_model):
+    out = tmp_path / "gemma"
+    assert main(["export-embedded", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["Gemma3ForCausalLM"] and (out / "model.safetensors").exists()
+    assert (out / "tokenizer.json").exists()
+    assert main(["export-embedded", str(out)]) == 2 and "not empty" in capsys.readouterr().err

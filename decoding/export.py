@@ -1,0 +1,51 @@
+"""`agent export-embedded OUT_DIR`: the embedded Gemma 3 270M as a plain Hugging Face directory.
+
+vLLM cannot load the GGUF that ships the embedded model; this writes the dequantized float32 weights,
+config and tokenizer where any Hugging Face-format loader (vLLM included) can read them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from decoding.model import embedded_model_dir
+
+ARCHITECTURE = "Gemma3ForCausalLM"
+
+
+def export_embedded(out_dir: Path, *, force: bool = False) -> Path:
+    """Copy the cached embedded model to `out_dir`; refuses a non-empty directory unless `force`."""
+    if out_dir.exists() and any(out_dir.iterdir()) and not force:
+        raise FileExistsError(f"{out_dir} exists and is not empty (use --force to overwrite)")
+    source = embedded_model_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for item in source.iterdir():
+        shutil.copy2(item, out_dir / item.name)
+    config_path = out_dir / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    if not config.get("architectures"):
+        config["architectures"] = [ARCHITECTURE]  # vLLM picks the model class by this key
+    config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return out_dir
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m decoding.export") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument("out_dir", type=Path, help="directory to write (created if missing)")
+    parser.add_argument("--force", action="store_true", help="overwrite files in a non-empty directory")
+    args = parser.parse_args(argv)
+    try:
+        out = export_embedded(args.out_dir, force=args.force)
+    except (FileExistsError, OSError) as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
