@@ -272,9 +272,10 @@ def quoted_run(ops: Sequence[Op], index: int) -> str:
 def anchor(doc: str, ops: list[Op]) -> list[Op]:
     """Add short quoted retains where a miscounted script could otherwise land in the wrong place.
 
-    Two cases: an insert of whole lines that does not sit on a line boundary (diffs sometimes put one
-    inside indentation, where the applier would move it), and a quoted delete whose text recurs nearby
-    (a lone "," or "    "). In both, the end of the retain before it is quoted, as much as needed.
+    Three cases: an inline insert (nothing else says where it goes), an insert of whole lines that does
+    not sit on a line boundary (diffs sometimes put one inside indentation, where the applier would move
+    it), and a quoted delete whose text recurs nearby (a lone "," or "    "). In each, the end of the
+    retain before it is quoted, as much as makes it unique nearby.
     """
     out: list[Op] = []
     pos = 0
@@ -296,7 +297,9 @@ def _anchor_size(doc: str, ops: list[Op], index: int, pos: int, available: int) 
     if isinstance(op, Insert):
         if is_quoted(following) or _on_line_boundary(doc, pos, op.text):
             return 0
-        run, smallest = "", min(available, max(pos - (doc.rfind("\n", 0, pos) + 1), 1))
+        line_start = doc.rfind("\n", 0, pos) + 1
+        whole_lines = op.text.endswith("\n") or op.text.startswith("\n")
+        run, smallest = "", min(available, max(pos - line_start, 1) if whole_lines else 1)
     elif isinstance(op, Delete) and op.text is not None:
         run, smallest = quoted_run(ops, index), 0
     else:
@@ -316,9 +319,10 @@ def _overlaps_itself(doc: str, pattern: str, lo: int, hi: int) -> bool:
 
 
 def _on_line_boundary(doc: str, pos: int, text: str) -> bool:
-    """Whether an insert of `text` at `pos` is one the applier takes as placed (see tools.patch)."""
+    """Whether an insert of `text` at `pos` sits where a miscount could not have put it by mistake: whole
+    lines at a line boundary (see tools.patch). An inline insert never does."""
     if text.endswith("\n"):
         return pos == 0 or doc[pos - 1] == "\n"
     if text.startswith("\n"):
         return pos == len(doc) or doc[pos] == "\n"
-    return True
+    return False
