@@ -81,12 +81,12 @@ def _read_toml(path: Path) -> dict:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    if "api_key" in data:
+        raise ConfigError(f"{path}: keep keys out of files; set api_key_env to the name of a variable holding it")
     known = {f.name: f.type for f in fields(Settings)}
     unknown = sorted(set(data) - set(known))
     if unknown:
         raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    if "api_key" in data:
-        raise ConfigError(f"{path}: keep keys out of files; set api_key_env to the name of a variable holding it")
     return data
 
 

@@ -44,9 +44,32 @@ def run_command(args: argparse.Namespace, count_tokens: Callable[[str], int] | N
     if not workspace_dir.is_dir():
         return _usage(f"workspace {workspace_dir} is not a directory")
     workspace = Workspace(workspace_dir)
+    if args.resume:
+        path = Path(args.transcript) if args.transcript else runs_dir() / f"{args.resume}.jsonl"
+        if not path.is_file():
+            return _usage(f"no transcript for run {args.resume} at {path}")
+        try:
+            events = read_events(path)
+            state = RunState.from_events(events)
+        except (ValueError, KeyError) as exc:
+            return _usage(f"cannot resume from {path}: {exc}")
+        if state.ended and state.ended["status"] == "done":
+            return _usage(f"run {args.resume} already finished (done); nothing to resume")
+        started_with = [e for e in events if e["type"] == "start"][-1]
+    else:
+        if not args.task:
+            return _usage("a task file is needed (agent run TASK.md), or --resume RUN_ID")
+        try:
+            task = Path(args.task).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            return _usage(f"cannot read the task {args.task}: {exc}")
+        state = RunState(uuid.uuid4().hex[:12], task)
+        path = Path(args.transcript) if args.transcript else runs_dir() / f"{state.run_id}.jsonl"
+        started_with = {}
+
     cli = {
-        "model": args.model,
-        "api_base": args.api_base,
+        "model": args.model or started_with.get("model"),  # a resumed run keeps its model unless told otherwise
+        "api_base": args.api_base or (None if args.model else started_with.get("api_base")),
         "max_steps": args.max_steps,
         "max_tokens": args.max_tokens,
         "timeout": args.timeout,
@@ -63,25 +86,6 @@ def run_command(args: argparse.Namespace, count_tokens: Callable[[str], int] | N
         return EXIT_MISCONFIGURED
 
     redact = Redactor()
-    if args.resume:
-        path = Path(args.transcript) if args.transcript else runs_dir() / f"{args.resume}.jsonl"
-        if not path.is_file():
-            return _usage(f"no transcript for run {args.resume} at {path}")
-        try:
-            state = RunState.from_events(read_events(path))
-        except (ValueError, KeyError) as exc:
-            return _usage(f"cannot resume from {path}: {exc}")
-        if state.ended and state.ended["status"] == "done":
-            return _usage(f"run {args.resume} already finished (done); nothing to resume")
-    else:
-        if not args.task:
-            return _usage("a task file is needed (agent run TASK.md), or --resume RUN_ID")
-        try:
-            task = Path(args.task).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            return _usage(f"cannot read the task {args.task}: {exc}")
-        state = RunState(uuid.uuid4().hex[:12], task)
-        path = Path(args.transcript) if args.transcript else runs_dir() / f"{state.run_id}.jsonl"
     transcript = Transcript(path, redact)
     transcript.write(
         "start",

@@ -28,12 +28,11 @@ class Turn:
 class ReplayServer:
     """`with ReplayServer([Turn(...), ...]) as server:` then point a client at `server.url`."""
 
-    model = "replay-model"
-
-    def __init__(self, turns: list[Turn]) -> None:
+    def __init__(self, turns: list[Turn], port: int = 0, model: str = "replay-model") -> None:
         self.turns = list(turns)
+        self.model = model
         self.requests: list[dict] = []
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
@@ -44,6 +43,9 @@ class ReplayServer:
     def __exit__(self, *exc) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
+
+    def serve_forever(self) -> None:
+        self._httpd.serve_forever()
 
     def next_turn(self, body: dict) -> Turn | None:
         self.requests.append(body)
@@ -76,7 +78,7 @@ def _handler(server: ReplayServer):
             if body.get("stream"):
                 self._stream(turn, usage, bool((body.get("stream_options") or {}).get("include_usage")))
             else:
-                self._json(200, _completion(turn, usage))
+                self._json(200, _completion(server.model, turn, usage))
 
         def _json(self, status: int, payload: dict) -> None:
             data = json.dumps(payload).encode()
@@ -92,11 +94,11 @@ def _handler(server: ReplayServer):
             self.send_header("Cache-Control", "no-cache")
             self.end_headers()
             for delta in _deltas(turn):
-                self._event(_chunk([{"index": 0, "delta": delta, "finish_reason": None}]))
+                self._event(_chunk(server.model, [{"index": 0, "delta": delta, "finish_reason": None}]))
             reason = "tool_calls" if turn.tool_calls else "stop"
-            self._event(_chunk([{"index": 0, "delta": {}, "finish_reason": reason}]))
+            self._event(_chunk(server.model, [{"index": 0, "delta": {}, "finish_reason": reason}]))
             if include_usage:
-                self._event(_chunk([], usage))
+                self._event(_chunk(server.model, [], usage))
             self.wfile.write(b"data: [DONE]\n\n")
             self.wfile.flush()
 
@@ -122,15 +124,15 @@ def _deltas(turn: Turn) -> list[dict]:
     return deltas
 
 
-def _chunk(choices: list[dict], usage: dict | None = None) -> dict:
+def _chunk(model: str, choices: list[dict], usage: dict | None = None) -> dict:
     chunk = {"id": "chatcmpl-replay", "object": "chat.completion.chunk", "created": int(time.time())}
-    chunk |= {"model": ReplayServer.model, "choices": choices}
+    chunk |= {"model": model, "choices": choices}
     if usage is not None:
         chunk["usage"] = usage
     return chunk
 
 
-def _completion(turn: Turn, usage: dict) -> dict:
+def _completion(model: str, turn: Turn, usage: dict) -> dict:
     message: dict = {"role": "assistant", "content": turn.text or None}
     if turn.tool_calls:
         message["tool_calls"] = [
@@ -142,7 +144,7 @@ def _completion(turn: Turn, usage: dict) -> dict:
         "id": "chatcmpl-replay",
         "object": "chat.completion",
         "created": int(time.time()),
-        "model": ReplayServer.model,
+        "model": model,
         "choices": [{"index": 0, "message": message, "finish_reason": reason}],
         "usage": usage,
     }
