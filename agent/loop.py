@@ -21,7 +21,7 @@ from tools.workspace import ERROR, OK, REFUSED, PathRefused, ToolResult, Workspa
 SYSTEM_PROMPT = Path(__file__).parent / "prompts" / "system.md"
 EXIT_CODES = {"done": 0, "failed": 1, "budget": 3, "unavailable": 4}
 SHELL_TIMEOUT = 120.0
-TURN_TIMEOUT = 600.0  # one model turn, when the run has no wall-time budget
+TURN_TIMEOUT = 600.0  # one model turn at most
 MAX_PREDICTION_CHARS = 200_000
 NO_ACTION = (
     "Your reply contained no tool block. Act with one of the fenced blocks from the instructions, for "
@@ -130,12 +130,13 @@ class Agent:
         self.count_tokens = count_tokens
         self.confirm = confirm  # asks the user; None when nobody can be asked
         self.progress = progress
+        self._started = time.monotonic()
 
     def run(self, state: RunState) -> Outcome:
-        started, steps, tokens = time.monotonic(), 0, 0
+        self._started, steps, tokens = time.monotonic(), 0, 0
         self._close_interrupted_turn(state)
         while True:
-            spent = self._budget_spent(steps, tokens, started)
+            spent = self._budget_spent(steps, tokens)
             if spent:
                 return self._end(state, Outcome("budget", spent))
             try:
@@ -143,7 +144,7 @@ class Agent:
                     state.messages,
                     tools=tool_specs() if self.native_tools else None,
                     prediction=self._prediction(state),
-                    timeout=self._time_left(started),
+                    timeout=self._time_left(TURN_TIMEOUT),
                 )
             except ModelUnavailable as exc:
                 return self._end(state, Outcome("unavailable", str(exc)))
@@ -177,11 +178,12 @@ class Agent:
         else:
             actions = parse_actions(reply.text)
         results = [(a, self._execute(state, a, reply)) for a in actions if a.tool not in FINISH_TOOLS]
-        finish = next((a for a in actions if a.tool in FINISH_TOOLS), None)
+        finishes = [a for a in actions if a.tool in FINISH_TOOLS]
         outcome = None
-        if finish:
-            outcome, verdict = self._judge(state, finish, [r for _, r in results])
-            results.append((finish, verdict))
+        if finishes:
+            outcome, verdict = self._judge(state, finishes[0], [r for _, r in results])
+            results.append((finishes[0], verdict))
+            results += [(a, ToolResult(ERROR, "ignored: one done or failed per reply")) for a in finishes[1:]]
         self._observe(state, results, native)
         summary = ", ".join(f"{_label(a)} {r.status}" for a, r in results) or "no action"
         self.progress(f"step {state.steps}: {summary} ({reply.usage.get('completion_tokens', '?')} tokens out)")
@@ -263,7 +265,7 @@ class Agent:
                 )
             if not self.confirm(command):
                 return ToolResult(REFUSED, "refused: the user declined to run this command")
-        return self.workspace.shell(command, timeout=SHELL_TIMEOUT)
+        return self.workspace.shell(command, timeout=self._time_left(SHELL_TIMEOUT))
 
     def _edit_record(self, step: int, action: Action, result: ToolResult, reply: Reply) -> dict:
         """The report's view of an edit: where, what, how it landed, and its cost against rewriting the file."""
@@ -314,19 +316,20 @@ class Agent:
         if not last.get("tool_calls"):
             self._add_message(state, {"role": "user", "content": INTERRUPTED})
 
-    def _budget_spent(self, steps: int, tokens: int, started: float) -> str | None:
+    def _budget_spent(self, steps: int, tokens: int) -> str | None:
         if steps >= self.budget.max_steps:
             return f"the step budget ran out ({self.budget.max_steps} model turns)"
         if self.budget.max_tokens is not None and tokens >= self.budget.max_tokens:
             return f"the token budget ran out ({tokens} of {self.budget.max_tokens} tokens used)"
-        if self.budget.timeout is not None and time.monotonic() - started >= self.budget.timeout:
+        if self.budget.timeout is not None and time.monotonic() - self._started >= self.budget.timeout:
             return f"the time budget ran out ({self.budget.timeout:g} s)"
         return None
 
-    def _time_left(self, started: float) -> float:
+    def _time_left(self, limit: float) -> float:
+        """`limit` seconds, or less when the wall-time budget ends sooner."""
         if self.budget.timeout is None:
-            return TURN_TIMEOUT
-        return max(1.0, self.budget.timeout - (time.monotonic() - started))
+            return limit
+        return max(1.0, min(limit, self.budget.timeout - (time.monotonic() - self._started)))
 
     def _prediction(self, state: RunState) -> str | None:
         """The focus file's current text, for servers that draft from it (not with native tools: OpenAI refuses)."""

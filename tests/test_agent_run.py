@@ -272,3 +272,11 @@ def test_model_embedded_starts_the_server_uses_it_and_stops_it(ws, capsys, monke
     url = re.search(r"embedded server ready at (\S+)", err)[1]
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{url}/models", timeout=2)
+
+
+def test_the_token_budget_counts_prompt_and_completion_tokens(ws, capsys):
+    turns = [Turn("```read stats.py```"), Turn("```read README.md```"), Turn("```done\nok\n```")]
+    with ReplayServer(turns) as server:
+        code, _, _, report = run(ws, capsys, server.url, "--max-tokens", "150")
+    assert code == 3 and len(server.requests) == 2
+    assert "token budget ran out (240 of 150 tokens used)" in report["reason"]
