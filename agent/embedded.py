@@ -6,7 +6,9 @@ The server is `python -m decoding.server --host 127.0.0.1 --port PORT`; it is re
 
 from __future__ import annotations
 
+import ctypes
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +19,18 @@ import urllib.request
 from collections.abc import Sequence
 
 SERVER_COMMAND = (sys.executable, "-m", "decoding.server", "--host", "127.0.0.1", "--port", "{port}")
+
+
+def _die_with_parent():
+    """On Linux, a function for the child to call after fork: SIGTERM when the starting thread dies.
+
+    So a server is not left running when the agent is killed or crashes. prctl is looked up here, in the
+    parent, so the child does no library loading between fork and exec.
+    """
+    if sys.platform != "linux":
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return lambda: prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 class EmbeddedServerError(Exception):
@@ -50,7 +64,11 @@ class EmbeddedServer:
 
     def start(self) -> None:
         self._process = subprocess.Popen(
-            self.command, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT
+            self.command,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent(),
         )
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -101,11 +103,17 @@ def run_command(args: argparse.Namespace, count_tokens: Callable[[str], int] | N
             state.messages.append(message)
             transcript.write("message", message=message)
     _progress(f"run {state.run_id}: transcript {path}")
+    main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread:  # a CI timeout (SIGTERM) still stops the server and records the end
+        previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         outcome, model_name = _run(state, settings, workspace, transcript, count_tokens)
     except KeyboardInterrupt:
         outcome, model_name = Outcome("failed", f"interrupted; continue with --resume {state.run_id}"), settings.model
         transcript.write("end", status=outcome.status, exit_code=outcome.exit_code, reason=outcome.reason)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     transcript.close()
 
     report = redact(_report(state, outcome, model_name, time.monotonic() - started, count_tokens is not None))
@@ -189,6 +197,10 @@ def _write_report(target: str | None, report: dict) -> None:
         sys.stdout.write(text)
     else:
         Path(target).write_text(text, encoding="utf-8")
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _ask_on_terminal(command: str) -> bool:

@@ -22,6 +22,7 @@ SYSTEM_PROMPT = Path(__file__).parent / "prompts" / "system.md"
 EXIT_CODES = {"done": 0, "failed": 1, "budget": 3, "unavailable": 4}
 SHELL_TIMEOUT = 120.0
 TURN_TIMEOUT = 600.0  # one model turn at most
+TURN_OUTPUT_TOKENS = 8192  # one reply at most (less when the token budget has less left)
 MAX_PREDICTION_CHARS = 200_000
 NO_ACTION = (
     "Your reply contained no tool block. Act with one of the fenced blocks from the instructions, for "
@@ -144,6 +145,7 @@ class Agent:
                     state.messages,
                     tools=tool_specs() if self.native_tools else None,
                     prediction=self._prediction(state),
+                    max_tokens=self._tokens_left(tokens),
                     timeout=self._time_left(TURN_TIMEOUT),
                 )
             except ModelUnavailable as exc:
@@ -324,6 +326,11 @@ class Agent:
         if self.budget.timeout is not None and time.monotonic() - self._started >= self.budget.timeout:
             return f"the time budget ran out ({self.budget.timeout:g} s)"
         return None
+
+    def _tokens_left(self, used: int) -> int:
+        if self.budget.max_tokens is None:
+            return TURN_OUTPUT_TOKENS
+        return max(1, min(TURN_OUTPUT_TOKENS, self.budget.max_tokens - used))
 
     def _time_left(self, limit: float) -> float:
         """`limit` seconds, or less when the wall-time budget ends sooner."""

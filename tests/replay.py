@@ -23,6 +23,7 @@ class Turn:
     prompt_tokens: int = 100
     completion_tokens: int = 20
     usage_extra: dict = field(default_factory=dict)
+    delay: float = 0.0  # seconds before answering: a turn still being generated
 
 
 class ReplayServer:
@@ -69,6 +70,7 @@ def _handler(server: ReplayServer):
             turn = server.next_turn(body)
             if turn is None:
                 return self._json(400, {"error": {"message": "the replay has no more recorded turns"}})
+            time.sleep(turn.delay)
             usage = {
                 "prompt_tokens": turn.prompt_tokens,
                 "completion_tokens": turn.completion_tokens,

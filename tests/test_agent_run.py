@@ -3,7 +3,10 @@
 import json
 import os
 import re
+import signal
+import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -73,6 +76,7 @@ def test_a_task_completed_with_two_edits(ws, capsys):
 
     first, edit_turn, readme_turn, _ = server.requests
     assert first["stream"] is True and first["stream_options"] == {"include_usage": True}
+    assert first["max_tokens"] == 8192
     assert "prediction" not in first
     assert edit_turn["prediction"] == {"type": "content", "content": STATS}  # the file read last
     assert readme_turn["prediction"]["content"] == (ws / "stats.py").read_text()  # the file edited last
@@ -278,5 +282,49 @@ def test_the_token_budget_counts_prompt_and_completion_tokens(ws, capsys):
     turns = [Turn("```read stats.py```"), Turn("```read README.md```"), Turn("```done\nok\n```")]
     with ReplayServer(turns) as server:
         code, _, _, report = run(ws, capsys, server.url, "--max-tokens", "150")
-    assert code == 3 and len(server.requests) == 2
+    assert code == 3 and [r["max_tokens"] for r in server.requests] == [150, 30]
     assert "token budget ran out (240 of 150 tokens used)" in report["reason"]
+
+
+def _start_agent_process(ws, turns):
+    """`agent run --model embedded` in a child process, once its stand-in server is ready: (process, url)."""
+    (ws.parent / "turns.json").write_text(json.dumps(turns))
+    helper = Path(__file__).parent / "run_with_stand_in.py"
+    argv = [sys.executable, str(helper), str(ws.parent / "turns.json"), str(ws.parent / "task.md")]
+    argv += ["--workspace", str(ws), "--json", str(ws.parent / "report.json")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for line in process.stderr:
+        if match := re.search(r"embedded server ready at (\S+)", line):
+            return process, match[1]
+    raise AssertionError(f"the agent exited ({process.wait()}) before its server was ready")
+
+
+def _refuses_connections(url: str) -> bool:
+    """Whether nothing answers at `url` any more, waiting a while for a dying process to let go of its port."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/models", timeout=2).close()
+        except OSError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_sigterm_mid_turn_stops_the_embedded_server_and_records_the_interruption(ws):
+    process, url = _start_agent_process(ws, [{"text": "```done\nok\n```", "delay": 60}])
+    process.send_signal(signal.SIGTERM)
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == 1 and out.startswith("failed: interrupted; continue with --resume")
+    assert _refuses_connections(url)
+    report = json.loads((ws.parent / "report.json").read_text())
+    events = [json.loads(line) for line in Path(report["transcript"]).read_text().splitlines()]
+    assert events[-1]["type"] == "end" and events[-1]["reason"].startswith("interrupted")
+
+
+def test_a_killed_agent_does_not_leave_the_embedded_server_running(ws):
+    process, url = _start_agent_process(ws, [{"text": "```done\nok\n```", "delay": 60}])
+    process.kill()
+    process.wait()
+    assert _refuses_connections(url)
