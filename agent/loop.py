@@ -29,8 +29,10 @@ NO_ACTION = (
     "example ```read PATH```, ```edit PATH``` with a script, ```shell``` with a command, or ```done``` "
     "with a summary when the task is complete."
 )
-INTERRUPTED = "The run was interrupted before the results of your last reply were recorded. Check the current state of "
-INTERRUPTED += "the files you were changing before you continue."
+INTERRUPTED = (
+    "The run was interrupted before the results of your last reply were recorded. Check the current state "
+    "of the files you were changing before you continue."
+)
 
 
 @dataclass

@@ -17,9 +17,12 @@ from agent import embedded
 from agent.cli import build_parser
 from agent.embedded import free_port
 from agent.headless import run_command
+from agent.loop import Agent, Budget, RunState, first_messages
 from agent.model import Model, ModelUnavailable
+from agent.transcript import Redactor, Transcript
 from tools.ot import OTError
 from tools.ot_script import parse_script
+from tools.workspace import Workspace
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # litellm on newer pydantic
 
@@ -328,3 +331,51 @@ def test_a_killed_agent_does_not_leave_the_embedded_server_running(ws):
     process.kill()
     process.wait()
     assert _refuses_connections(url)
+
+
+def test_resuming_after_a_crash_mid_turn_does_not_replay_its_actions(ws, capsys, tmp_path):
+    transcript = tmp_path / "crashed.jsonl"
+    events = [
+        {"type": "start", "run_id": "crashed", "task": "Fix mean().", "model": "openai/replay-model"},
+        {"type": "message", "message": {"role": "system", "content": "…"}},
+        {"type": "message", "message": {"role": "user", "content": "Fix mean()."}},
+        {"type": "message", "message": {"role": "assistant", "content": f"```edit stats.py\n{FIX_MEAN}\n```"}},
+    ]
+    transcript.write_text("".join(json.dumps(e) + "\n" for e in events))
+    with ReplayServer([Turn("```done\nok\n```")]) as server:
+        argv = ["run", "--resume", "crashed", "--transcript", str(transcript), "--workspace", str(ws)]
+        code = run_command(build_parser().parse_args(argv + ["--api-base", server.url]))
+    assert observation(server.requests[0]).startswith("The run was interrupted before the results")
+    assert (ws / "stats.py").read_text() == STATS  # the unconfirmed edit was not applied behind the model's back
+    assert code == 0
+
+
+def test_json_to_stdout_leaves_stdout_to_the_report_alone(ws, capsys):
+    with ReplayServer([Turn("```done\nok\n```")]) as server:
+        argv = ["run", str(ws.parent / "task.md"), "--workspace", str(ws), "--json", "-"]
+        code = run_command(build_parser().parse_args(argv + ["--model", "openai/m", "--api-base", server.url]))
+    out, err = capsys.readouterr()
+    assert code == 0 and json.loads(out)["status"] == "done" and "step 1: done ok" in err
+
+
+def test_shell_ask_runs_only_what_the_user_approves(ws, tmp_path):
+    asked = []
+
+    def confirm(command: str) -> bool:
+        asked.append(command)
+        return command.startswith("touch approved")
+
+    turns = [Turn("```shell\ntouch approved.txt\n```\n```shell\ntouch declined.txt\n```"), Turn("```done\nok\n```")]
+    with ReplayServer(turns) as server:
+        agent = Agent(
+            Model("openai/replay-model", server.url),
+            Workspace(ws),
+            Transcript(tmp_path / "t.jsonl", Redactor({})),
+            budget=Budget(max_steps=3),
+            shell="ask",
+            confirm=confirm,
+        )
+        outcome = agent.run(RunState("r1", "task", first_messages("task", Workspace(ws))))
+    assert outcome.status == "done" and asked == ["touch approved.txt\n", "touch declined.txt\n"]
+    assert (ws / "approved.txt").exists() and not (ws / "declined.txt").exists()
+    assert "the user declined to run this command" in observation(server.requests[1])
