@@ -1,6 +1,10 @@
 """The plain-text protocol on its own: fenced blocks in, actions out."""
 
+import textwrap
+
+from agent.loop import SYSTEM_PROMPT
 from agent.protocol import action_from_call, parse_actions, tool_specs
+from tools.workspace import Workspace
 
 
 def test_blocks_become_actions_in_order_and_other_fences_are_prose():
@@ -70,3 +74,19 @@ def test_native_tool_calls_are_checked():
     assert "no tool 'rm'" in action_from_call("c1", "rm", "{}").args["error"]
     names = [spec["function"]["name"] for spec in tool_specs()]
     assert names == ["read", "edit", "create", "list", "search", "shell", "done", "failed"]
+
+
+def test_every_example_in_the_system_prompt_parses_and_the_worked_edit_applies(tmp_path):
+    prompt = SYSTEM_PROMPT.read_text()
+    actions = parse_actions(prompt)
+    assert {a.tool for a in actions} == {"read", "list", "search", "shell", "edit", "create", "done", "failed"}
+    (worked,) = [a for a in actions if a.tool == "edit" and a.args["path"] == "stats.py"]
+    stats = "def total(items):\n    return sum(items)\n\n\ndef mean(items):\n    return total(items) / len(items)\n"
+    assert textwrap.indent(stats, "    ").rstrip() in prompt  # the file the example edits is shown as it is
+    (tmp_path / "stats.py").write_text(stats)
+    result = Workspace(tmp_path).edit("stats.py", worked.args["script"])
+    assert result.status == "ok" and result.data["corrections"] == []  # the example counts exactly
+    assert (tmp_path / "stats.py").read_text() == (
+        'def total(items):\n    """Sum of the items."""\n    return sum(items)\n\n\n'
+        "def mean(items):\n    return total(items) / max(len(items), 1)\n"
+    )
