@@ -11,6 +11,8 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+PREDICTION_PROVIDERS = ("openai", "hosted_vllm", "mistral")  # take OpenAI's `prediction` field, or ignore it
+
 
 class ModelUnavailable(Exception):
     """The server cannot be reached, or rejects the model or the key: nothing the agent can fix (exit 4)."""
@@ -54,6 +56,15 @@ class Model:
         # OpenAI-compatible local servers need some key; a placeholder is what they expect
         self.api_key = api_key or ("none" if api_base else None)
 
+    @property
+    def takes_prediction(self) -> bool:
+        """Whether the provider accepts a `prediction` field (others may reject the request for it)."""
+        try:
+            provider = _litellm().get_llm_provider(model=self.name, api_base=self.api_base)[1]
+        except Exception:  # litellm raises for names it cannot place
+            return False
+        return provider in PREDICTION_PROVIDERS
+
     def where(self) -> str:
         return self.api_base or f"the {self.name.split('/')[0]} provider's default endpoint"
 
@@ -85,7 +96,7 @@ class Model:
         kwargs: dict = {"stream": True, "stream_options": {"include_usage": True}}
         if tools:
             kwargs["tools"] = tools
-        if prediction is not None:
+        if prediction is not None and self.takes_prediction:
             kwargs["extra_body"] = {"prediction": {"type": "content", "content": prediction}}
         if max_tokens:
             kwargs["max_tokens"] = max_tokens

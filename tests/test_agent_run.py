@@ -379,3 +379,11 @@ def test_shell_ask_runs_only_what_the_user_approves(ws, tmp_path):
     assert outcome.status == "done" and asked == ["touch approved.txt\n", "touch declined.txt\n"]
     assert (ws / "approved.txt").exists() and not (ws / "declined.txt").exists()
     assert "the user declined to run this command" in observation(server.requests[1])
+
+
+@pytest.mark.parametrize(
+    ("name", "takes"),
+    [("openai/replay-model", True), ("hosted_vllm/google/gemma-4-26B-A4B-it", True), ("anthropic/claude", False)],
+)
+def test_prediction_is_sent_only_to_providers_that_take_it(name, takes):
+    assert Model(name, "http://127.0.0.1:1/v1").takes_prediction is takes
