@@ -42,36 +42,15 @@ def runs_dir() -> Path:
 def run_command(args: argparse.Namespace, count_tokens: Callable[[str], int] | None = None) -> int:
     """The `agent run` handler; `count_tokens` counts with the model's tokenizer for the tokens-saved figures."""
     started = time.monotonic()
-    workspace_dir = Path(args.workspace or ".")
-    if not workspace_dir.is_dir():
-        return _usage(f"workspace {workspace_dir} is not a directory")
-    workspace = Workspace(workspace_dir)
-    if args.resume:
-        path = Path(args.transcript) if args.transcript else runs_dir() / f"{args.resume}.jsonl"
-        if not path.is_file():
-            return _usage(f"no transcript for run {args.resume} at {path}")
-        try:
-            events = read_events(path)
-            state = RunState.from_events(events)
-        except (ValueError, KeyError) as exc:
-            return _usage(f"cannot resume from {path}: {exc}")
-        if state.ended and state.ended["status"] == "done":
-            return _usage(f"run {args.resume} already finished (done); nothing to resume")
-        started_with = [e for e in events if e["type"] == "start"][-1]
-    else:
-        if not args.task:
-            return _usage("a task file is needed (agent run TASK.md), or --resume RUN_ID")
-        try:
-            task = Path(args.task).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            return _usage(f"cannot read the task {args.task}: {exc}")
-        state = RunState(uuid.uuid4().hex[:12], task)
-        path = Path(args.transcript) if args.transcript else runs_dir() / f"{state.run_id}.jsonl"
-        started_with = {}
+    try:
+        state, path, previous = _load_run(args)
+        workspace = _workspace(args.workspace or previous.get("workspace") or ".")
+    except _UsageError as exc:
+        return _usage(str(exc))
 
     cli = {
-        "model": args.model or started_with.get("model"),  # a resumed run keeps its model unless told otherwise
-        "api_base": args.api_base or (None if args.model else started_with.get("api_base")),
+        "model": args.model or previous.get("model"),  # a resumed run keeps its model unless told otherwise
+        "api_base": args.api_base or (None if args.model else previous.get("api_base")),
         "max_steps": args.max_steps,
         "max_tokens": args.max_tokens,
         "timeout": args.timeout,
@@ -105,15 +84,15 @@ def run_command(args: argparse.Namespace, count_tokens: Callable[[str], int] | N
     _progress(f"run {state.run_id}: transcript {path}")
     main_thread = threading.current_thread() is threading.main_thread()
     if main_thread:  # a CI timeout (SIGTERM) still stops the server and records the end
-        previous = signal.signal(signal.SIGTERM, _interrupt)
+        old_handler = signal.signal(signal.SIGTERM, _interrupt)
     try:
         outcome, model_name = _run(state, settings, workspace, transcript, count_tokens)
     except KeyboardInterrupt:
-        outcome, model_name = Outcome("failed", f"interrupted; continue with --resume {state.run_id}"), settings.model
+        outcome, model_name = Outcome("failed", "interrupted"), settings.model
         transcript.write("end", status=outcome.status, exit_code=outcome.exit_code, reason=outcome.reason)
     finally:
         if main_thread:
-            signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGTERM, old_handler)
     transcript.close()
 
     report = redact(_report(state, outcome, model_name, time.monotonic() - started, count_tokens is not None))
@@ -122,8 +101,44 @@ def run_command(args: argparse.Namespace, count_tokens: Callable[[str], int] | N
     if args.json != "-":  # stdout carries the JSON report alone when asked for
         print(f"{outcome.status}: {report['reason']}")
         if outcome.exit_code != 0:
-            print(f"run {state.run_id}; continue it with: agent run --resume {state.run_id}")
+            where = f" --transcript {path}" if args.transcript else ""
+            print(f"run {state.run_id}; continue it with: agent run --resume {state.run_id}{where}")
     return outcome.exit_code
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _load_run(args: argparse.Namespace) -> tuple[RunState, Path, dict]:
+    """The run to carry on (from its transcript) or to start (from the task file), its transcript path, and
+    the settings it was last started with (empty for a new run)."""
+    if args.resume:
+        path = Path(args.transcript) if args.transcript else runs_dir() / f"{args.resume}.jsonl"
+        if not path.is_file():
+            raise _UsageError(f"no transcript for run {args.resume} at {path}")
+        try:
+            events = read_events(path)
+            state = RunState.from_events(events)
+        except (ValueError, KeyError) as exc:
+            raise _UsageError(f"cannot resume from {path}: {exc}") from None
+        if state.ended and state.ended["status"] == "done":
+            raise _UsageError(f"run {args.resume} already finished (done); nothing to resume")
+        return state, path, [e for e in events if e["type"] == "start"][-1]
+    if not args.task:
+        raise _UsageError("a task file is needed (agent run TASK.md), or --resume RUN_ID")
+    try:
+        task = Path(args.task).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _UsageError(f"cannot read the task {args.task}: {exc}") from None
+    state = RunState(uuid.uuid4().hex[:12], task)
+    return state, Path(args.transcript) if args.transcript else runs_dir() / f"{state.run_id}.jsonl", {}
+
+
+def _workspace(directory: str) -> Workspace:
+    if not Path(directory).is_dir():
+        raise _UsageError(f"workspace {directory} is not a directory")
+    return Workspace(directory)
 
 
 def _run(

@@ -152,16 +152,17 @@ def test_a_budget_runs_out_and_the_run_resumes_from_its_transcript(ws, capsys):
     run_id = report["run_id"]
     assert f"agent run --resume {run_id}" in out
 
-    with ReplayServer([Turn("```done\nNothing to change.\n```")]) as server:
-        argv = ["run", "--resume", run_id, "--workspace", str(ws), "--json", str(ws.parent / "report.json")]
-        argv += ["--model", "openai/replay-model", "--api-base", server.url]
+    with ReplayServer([Turn("```read stats.py```"), Turn("```done\nNothing to change.\n```")]) as server:
+        argv = ["run", "--resume", run_id, "--json", str(ws.parent / "report.json"), "--api-base", server.url]
         code = run_command(build_parser().parse_args(argv))
     resumed = json.loads((ws.parent / "report.json").read_text())
     roles = [m["role"] for m in server.requests[0]["messages"]]
     assert roles == ["system", "user", "assistant", "user", "assistant", "user"]
     assert server.requests[0]["messages"][-1]["content"].startswith("[read README.md: ok]")
-    assert code == 0 and resumed["steps"] == 3 and len(resumed["tool_calls"]) == 2
+    assert observation(server.requests[1]).startswith("[read stats.py: ok]")  # in the run's workspace
+    assert code == 0 and resumed["steps"] == 4 and len(resumed["tool_calls"]) == 3
     assert resumed["run_id"] == run_id and resumed["transcript"] == report["transcript"]
+    assert resumed["model"] == "openai/replay-model"  # the model and the workspace come from the transcript
 
     again = build_parser().parse_args(["run", "--resume", run_id, "--workspace", str(ws)])
     assert run_command(again) == 2  # a finished run is not resumed
@@ -319,7 +320,7 @@ def test_sigterm_mid_turn_stops_the_embedded_server_and_records_the_interruption
     process, url = _start_agent_process(ws, [{"text": "```done\nok\n```", "delay": 60}])
     process.send_signal(signal.SIGTERM)
     out, _ = process.communicate(timeout=60)
-    assert process.returncode == 1 and out.startswith("failed: interrupted; continue with --resume")
+    assert process.returncode == 1 and out.startswith("failed: interrupted\nrun ")
     assert _refuses_connections(url)
     report = json.loads((ws.parent / "report.json").read_text())
     events = [json.loads(line) for line in Path(report["transcript"]).read_text().splitlines()]
@@ -343,7 +344,7 @@ def test_resuming_after_a_crash_mid_turn_does_not_replay_its_actions(ws, capsys,
     ]
     transcript.write_text("".join(json.dumps(e) + "\n" for e in events))
     with ReplayServer([Turn("```done\nok\n```")]) as server:
-        argv = ["run", "--resume", "crashed", "--transcript", str(transcript), "--workspace", str(ws)]
+        argv = ["run", "--resume", "crashed", "--transcript", str(transcript), "--workspace", str(ws)]  # not recorded
         code = run_command(build_parser().parse_args(argv + ["--api-base", server.url]))
     assert observation(server.requests[0]).startswith("The run was interrupted before the results")
     assert (ws / "stats.py").read_text() == STATS  # the unconfirmed edit was not applied behind the model's back
