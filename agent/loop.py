@@ -29,6 +29,10 @@ NO_ACTION = (
     "example ```read PATH```, ```edit PATH``` with a script, ```shell``` with a command, or ```done``` "
     "with a summary when the task is complete."
 )
+CUT_OFF = (
+    "Your reply was cut off at the output token limit, so its end was not received. Keep replies short: "
+    "one file's edit per block, and small steps."
+)
 INTERRUPTED = (
     "The run was interrupted before the results of your last reply were recorded. Check the current state "
     "of the files you were changing before you continue."
@@ -188,7 +192,7 @@ class Agent:
             outcome, verdict = self._judge(state, finishes[0], [r for _, r in results])
             results.append((finishes[0], verdict))
             results += [(a, ToolResult(ERROR, "ignored: one done or failed per reply")) for a in finishes[1:]]
-        self._observe(state, results, native)
+        self._observe(state, results, native, cut=reply.finish_reason == "length")
         summary = ", ".join(f"{_label(a)} {r.status}" for a, r in results) or "no action"
         self.progress(f"step {state.steps}: {summary} ({reply.usage.get('completion_tokens', '?')} tokens out)")
         return outcome
@@ -292,16 +296,15 @@ class Agent:
                 record["tokens_saved"] = record["whole_file_tokens"] - record["output_tokens"]
         return record
 
-    def _observe(self, state: RunState, results: list[tuple[Action, ToolResult]], native: bool) -> None:
+    def _observe(self, state: RunState, results: list[tuple[Action, ToolResult]], native: bool, cut: bool) -> None:
         """Send the results back: one tool message per native call, one user message for text blocks."""
         if native:
             for action, result in results:
                 self._add_message(state, {"role": "tool", "tool_call_id": action.call_id, "content": result.output})
             return
-        if not results:
-            self._add_message(state, {"role": "user", "content": NO_ACTION})
-            return
-        parts = [f"[{_label(a)}: {r.status}]\n{r.output}" for a, r in results]
+        parts = [f"[{_label(a)}: {r.status}]\n{r.output}" for a, r in results] or [NO_ACTION]
+        if cut:
+            parts.insert(0, CUT_OFF)
         self._add_message(state, {"role": "user", "content": "\n\n".join(parts)})
 
     # -- bookkeeping ---------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ class Reply:
     text: str
     tool_calls: list[dict] = field(default_factory=list)  # {"id", "name", "arguments" (JSON text)}
     usage: dict = field(default_factory=dict)  # as the server reported it, extra fields (speculation) included
+    finish_reason: str | None = None  # "length" when the reply was cut off at max_tokens
 
 
 def _litellm():
@@ -111,11 +112,12 @@ class Model:
                 **kwargs,
             )
             raw_usage = _tee_raw_usage(stream)
-            text, calls, usage = [], {}, {}
+            text, calls, usage, finish_reason = [], {}, {}, None
             for chunk in stream:
                 if getattr(chunk, "usage", None):
                     usage = chunk.usage.model_dump(exclude_none=True)
                 for choice in chunk.choices:
+                    finish_reason = choice.finish_reason or finish_reason
                     delta = choice.delta
                     if delta.content:
                         text.append(delta.content)
@@ -130,7 +132,7 @@ class Model:
             raise self._classify(exc, litellm) from exc
         usage = raw_usage or usage  # the server's own numbers when they could be read, else litellm's
         tool_calls = [{**c, "id": c["id"] or f"call_{i}"} for i, c in sorted(calls.items())]
-        return Reply("".join(text), tool_calls, usage)
+        return Reply("".join(text), tool_calls, usage, finish_reason)
 
     def _classify(self, exc: Exception, litellm) -> Exception:
         where = f"{self.name} at {self.where()}"

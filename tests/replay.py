@@ -24,6 +24,7 @@ class Turn:
     completion_tokens: int = 20
     usage_extra: dict = field(default_factory=dict)
     delay: float = 0.0  # seconds before answering: a turn still being generated
+    finish_reason: str | None = None  # default: "tool_calls" with tool calls, else "stop"
 
 
 class ReplayServer:
@@ -97,7 +98,7 @@ def _handler(server: ReplayServer):
             self.end_headers()
             for delta in _deltas(turn):
                 self._event(_chunk(server.model, [{"index": 0, "delta": delta, "finish_reason": None}]))
-            reason = "tool_calls" if turn.tool_calls else "stop"
+            reason = turn.finish_reason or ("tool_calls" if turn.tool_calls else "stop")
             self._event(_chunk(server.model, [{"index": 0, "delta": {}, "finish_reason": reason}]))
             if include_usage:
                 self._event(_chunk(server.model, [], usage))
@@ -141,7 +142,7 @@ def _completion(model: str, turn: Turn, usage: dict) -> dict:
             {"id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": json.dumps(args)}}
             for i, (name, args) in enumerate(turn.tool_calls)
         ]
-    reason = "tool_calls" if turn.tool_calls else "stop"
+    reason = turn.finish_reason or ("tool_calls" if turn.tool_calls else "stop")
     return {
         "id": "chatcmpl-replay",
         "object": "chat.completion",

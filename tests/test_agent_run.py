@@ -388,3 +388,12 @@ def test_shell_ask_runs_only_what_the_user_approves(ws, tmp_path):
 )
 def test_prediction_is_sent_only_to_providers_that_take_it(name, takes):
     assert Model(name, "http://127.0.0.1:1/v1").takes_prediction is takes
+
+
+def test_a_reply_cut_off_at_the_output_limit_is_not_applied_and_the_model_is_told(ws, capsys):
+    cut = Turn('```edit stats.py\nretain("return total(items) / ")\ndelete("len(items)")\nins', finish_reason="length")
+    with ReplayServer([cut, Turn("```done\nok\n```")]) as server:
+        code, _, _, report = run(ws, capsys, server.url)
+    told = observation(server.requests[1])
+    assert told.startswith("Your reply was cut off at the output token limit") and "is not closed" in told
+    assert (ws / "stats.py").read_text() == STATS and code == 0
