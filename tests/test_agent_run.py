@@ -397,3 +397,10 @@ def test_a_reply_cut_off_at_the_output_limit_is_not_applied_and_the_model_is_tol
     told = observation(server.requests[1])
     assert told.startswith("Your reply was cut off at the output token limit") and "is not closed" in told
     assert (ws / "stats.py").read_text() == STATS and code == 0
+
+
+def test_the_time_budget_ends_a_turn_that_does_not_finish(ws, capsys):
+    with ReplayServer([Turn("```done\nok\n```", delay=10)]) as server:
+        code, out, _, report = run(ws, capsys, server.url, "--timeout", "1")
+    assert code == 3 and report["status"] == "budget"
+    assert out.startswith("budget: wall time ran out during a model turn")
