@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 PREDICTION_PROVIDERS = ("openai", "hosted_vllm", "mistral")  # take OpenAI's `prediction` field, or ignore it
@@ -90,7 +89,6 @@ class Model:
         prediction: str | None = None,
         max_tokens: int | None = None,
         timeout: float | None = None,
-        on_text: Callable[[str], None] | None = None,
     ) -> Reply:
         """Stream one assistant turn; `prediction` is the text the server may draft from (Predicted Outputs)."""
         litellm = _litellm()
@@ -121,8 +119,6 @@ class Model:
                     delta = choice.delta
                     if delta.content:
                         text.append(delta.content)
-                        if on_text:
-                            on_text(delta.content)
                     for call in delta.tool_calls or []:
                         slot = calls.setdefault(call.index, {"id": None, "name": "", "arguments": ""})
                         slot["id"] = call.id or slot["id"]
