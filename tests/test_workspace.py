@@ -90,9 +90,16 @@ def test_create_refuses_to_overwrite_unless_asked(ws):
     assert (ws.root / "notes.txt").read_text() == "replaced\n"
 
 
-def test_list_globs_inside_and_skips_vcs_folders(ws):
+def test_list_globs_inside_and_skips_vcs_and_dependency_folders(ws):
+    (ws.root / "node_modules" / "left-pad").mkdir(parents=True)
+    (ws.root / "node_modules" / "left-pad" / "index.js").write_text("module.exports = 1\n")
+    (ws.root / "src" / "deep").mkdir()
+    (ws.root / "src" / "deep" / "more.py").write_text("x = 1\n")
     listing = ws.list("**/*")
-    assert listing.output.splitlines() == ["notes.txt", "src/", "src/stats.py"]
+    assert listing.output.splitlines() == ["notes.txt", "src/", "src/deep/", "src/deep/more.py", "src/stats.py"]
+    assert ws.list("src/*.py").output == "src/stats.py"  # one star stays in its folder
+    assert ws.list("**/*.py").output.splitlines() == ["src/deep/more.py", "src/stats.py"]
+    assert ws.list("[n]otes.tx?").output == "notes.txt"
     assert ws.list("../*").status == REFUSED
     assert ws.list("*.rs").output == "no paths match *.rs"
 

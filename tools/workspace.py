@@ -65,16 +65,21 @@ class Workspace:
         return path.relative_to(self.root).as_posix() or "."
 
     def _glob(self, pattern: str) -> list[Path]:
-        """Paths matching `pattern` under the root, skipping VCS and cache folders and anything outside."""
+        """Paths matching `pattern` under the root, without descending into VCS, cache or dependency folders
+        (a walk that prunes them, so a large node_modules costs nothing) or following links outside."""
         if not pattern or Path(pattern).is_absolute() or ".." in Path(pattern).parts:
             raise PathRefused(f"{pattern!r}: a glob relative to the workspace is needed, without '..'")
+        matches = _glob_regex(pattern).fullmatch
         found = []
-        for path in sorted(self.root.glob(pattern)):
-            if SKIPPED_DIRS.intersection(path.relative_to(self.root).parts):
-                continue
-            if Path(os.path.realpath(path)).is_relative_to(self.root):
-                found.append(path)
-        return found
+        for folder, dirs, files in os.walk(self.root):
+            dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRS)
+            base = Path(folder)
+            for name in dirs + files:
+                path = base / name
+                if matches(path.relative_to(self.root).as_posix()):
+                    if Path(os.path.realpath(path)).is_relative_to(self.root):
+                        found.append(path)
+        return sorted(found)
 
     # -- tools ---------------------------------------------------------------------------------------
 
@@ -219,6 +224,32 @@ class Workspace:
             return ToolResult(ERROR, f"timed out after {timeout:g} s and was killed; output so far:\n{output}", data)
         status = OK if process.returncode == 0 else ERROR
         return ToolResult(status, f"exit code {process.returncode}\n{output}", data)
+
+
+def _glob_regex(pattern: str) -> re.Pattern:
+    """A glob as a regular expression: `*` and `?` stay within one path segment, `**/` spans any folders."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[" and (end := pattern.find("]", i + 2)) != -1:
+            body = pattern[i + 1 : end]
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body).replace("\\", "\\\\") + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out))
 
 
 def _refusal(exc: Exception, data: dict | None = None) -> ToolResult:
