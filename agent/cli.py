@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     apply_bench.add_arguments(bench_apply)
     bench_apply.set_defaults(handler=apply_bench.run_command)
+    _add_run_parser(sub)
     return parser
 
 
@@ -202,6 +203,58 @@ def _export_embedded(argv: list[str]) -> int:
 
 
 DELEGATED = {"serve": _serve, "export-embedded": _export_embedded}  # subcommands that parse their own options
+# -- agent run ---------------------------------------------------------------------------------------
+
+RUN_EPILOG = """\
+settings: command line, then RETAIN_MODEL / RETAIN_API_BASE, then agent.toml (workspace, then
+~/.config/retain/agent.toml). --model embedded starts the embedded server on a free loopback port.
+
+exit codes: 0 done and every edit applied, 1 failed or gave up, 2 usage error, 3 a budget ran out,
+4 model server unreachable or misconfigured
+"""
+
+
+def _add_run_parser(sub) -> None:
+    run_p = sub.add_parser(
+        "run",
+        help="carry out the task in TASK.md without asking anything (headless)",
+        description="Run the agent on a task file in a workspace; progress on stderr, the result on stdout.",
+        epilog=RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run_p.add_argument("task", nargs="?", help="the task, a Markdown or text file (not needed with --resume)")
+    run_p.add_argument("--model", help="litellm model name (provider/model), or 'embedded'")
+    run_p.add_argument("--api-base", help="the model server's base URL, e.g. http://127.0.0.1:8000/v1")
+    run_p.add_argument("--workspace", help="the directory to work in (default: the current one)")
+    run_p.add_argument("--max-steps", type=_positive(int), help="model turns at most (default 30)")
+    run_p.add_argument("--max-tokens", type=_positive(int), help="prompt + completion tokens at most")
+    run_p.add_argument("--timeout", type=_positive(float), help="wall-clock seconds at most")
+    run_p.add_argument("--shell", choices=["never", "ask", "auto"], help="run shell commands? (default ask)")
+    run_p.add_argument("--approve", choices=["auto", "never"], help="apply edits? (default auto)")
+    run_p.add_argument("--tools", choices=["auto", "native", "text"], help="native tool calls or fenced blocks")
+    run_p.add_argument("--json", metavar="REPORT", help="write the JSON report here (- for stdout)")
+    run_p.add_argument("--transcript", metavar="FILE", help="JSONL transcript (default: the state dir's runs/)")
+    run_p.add_argument("--resume", metavar="RUN_ID", help="continue a run from its transcript")
+    run_p.set_defaults(handler=_cmd_run)
+
+
+def _positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from agent.headless import run_command
+    from decoding.tokenizer import gemma_token_counter
+
+    # tokens saved are counted with the Gemma tokenizer, loaded on the first edit that needs it
+    return run_command(args, count_tokens=lambda text: gemma_token_counter()(text))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,388 @@
+"""The agent loop: ask the model, run the actions it asks for, send back what happened, until it says
+it is done or gives up, or a budget (model turns, tokens, wall time) runs out.
+
+Everything the loop does is written to the transcript as it happens, and the run's state (messages,
+steps, tool calls, edits, usage) can be rebuilt from those events, which is how `--resume` works.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.model import Model, ModelFailed, ModelTimeout, ModelUnavailable, Reply
+from agent.protocol import FINISH_TOOLS, Action, action_from_call, parse_actions, tool_specs
+from agent.transcript import Transcript
+from tools.edit_file import FileRefused, read_text_file
+from tools.workspace import ERROR, OK, REFUSED, PathRefused, ToolResult, Workspace
+
+SYSTEM_PROMPT = Path(__file__).parent / "prompts" / "system.md"
+EXIT_CODES = {"done": 0, "failed": 1, "budget": 3, "unavailable": 4}
+SHELL_TIMEOUT = 120.0
+TURN_TIMEOUT = 600.0  # one model turn at most
+TURN_OUTPUT_TOKENS = 8192  # one reply at most (less when the token budget has less left)
+MAX_PREDICTION_CHARS = 200_000
+NO_ACTION = (
+    "Your reply contained no tool block. Act with one of the fenced blocks from the instructions, for "
+    "example ```read PATH```, ```edit PATH``` with a script, ```shell``` with a command, or ```done``` "
+    "with a summary when the task is complete."
+)
+CUT_OFF = (
+    "Your reply was cut off at the output token limit, so its end was not received. Keep replies short: "
+    "one file's edit per block, and small steps."
+)
+INTERRUPTED = (
+    "The run was interrupted before the results of your last reply were recorded. Check the current state "
+    "of the files you were changing before you continue."
+)
+
+
+@dataclass
+class Budget:
+    max_steps: int = 30
+    max_tokens: int | None = None  # prompt + completion tokens, summed over turns
+    timeout: float | None = None  # wall-clock seconds
+
+
+@dataclass
+class Outcome:
+    status: str  # "done", "failed", "budget" or "unavailable"
+    reason: str
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.status]
+
+
+@dataclass
+class RunState:
+    """What a run has done so far; rebuilt from its transcript on resume."""
+
+    run_id: str
+    task: str
+    messages: list[dict] = field(default_factory=list)
+    steps: int = 0
+    tool_calls: list[dict] = field(default_factory=list)
+    edits: list[dict] = field(default_factory=list)
+    usage: dict = field(default_factory=dict)
+    focus: str | None = None  # the file last read or changed: the likely target of the next edit
+    ended: dict | None = None  # the last "end" event
+
+    @classmethod
+    def from_events(cls, events: list[dict]) -> RunState:
+        start = next((e for e in events if e["type"] == "start"), None)
+        if start is None:
+            raise ValueError("the transcript has no start event")
+        state = cls(start["run_id"], start["task"])
+        for event in events:
+            kind = event["type"]
+            if kind == "message":
+                state.messages.append(event["message"])
+            elif kind == "turn":
+                state.steps = event["step"]
+                add_usage(state.usage, event["usage"])
+            elif kind == "tool":
+                state.tool_calls.append(event["call"])
+                state.focus = event.get("focus", state.focus)
+                if "edit" in event:
+                    state.edits.append(event["edit"])
+            elif kind == "end":
+                state.ended = event
+        return state
+
+
+def add_usage(total: dict, usage: dict) -> None:
+    """Sum token counts (nested ones too, e.g. speculation stats); means cannot be summed and are left out."""
+    for key, value in usage.items():
+        if isinstance(value, dict):
+            add_usage(total.setdefault(key, {}), value)
+        elif isinstance(value, int | float) and not isinstance(value, bool) and not key.startswith("mean"):
+            total[key] = total.get(key, 0) + value
+        elif not isinstance(value, int | float):
+            total[key] = value
+
+
+def first_messages(task: str, workspace: Workspace) -> list[dict]:
+    top = workspace.list("*").output
+    return [
+        {"role": "system", "content": SYSTEM_PROMPT.read_text(encoding="utf-8")},
+        {"role": "user", "content": f"Workspace top level:\n{top}\n\nTask:\n{task}"},
+    ]
+
+
+class Agent:
+    def __init__(
+        self,
+        model: Model,
+        workspace: Workspace,
+        transcript: Transcript,
+        *,
+        budget: Budget,
+        shell: str = "ask",
+        approve: str = "auto",
+        native_tools: bool = False,
+        count_tokens: Callable[[str], int] | None = None,
+        confirm: Callable[[str], bool] | None = None,
+        progress: Callable[[str], None] = lambda line: None,
+    ) -> None:
+        self.model = model
+        self.workspace = workspace
+        self.transcript = transcript
+        self.budget = budget
+        self.shell = shell  # "never", "ask" (needs `confirm`), "auto"
+        self.approve = approve  # "auto" applies edits, "never" only shows what they would do
+        self.native_tools = native_tools
+        self.count_tokens = count_tokens
+        self.confirm = confirm  # asks the user; None when nobody can be asked
+        self.progress = progress
+        self._started = time.monotonic()
+
+    def run(self, state: RunState) -> Outcome:
+        self._started, steps, tokens = time.monotonic(), 0, 0
+        self._close_interrupted_turn(state)
+        while True:
+            spent = self._budget_spent(steps, tokens)
+            if spent:
+                return self._end(state, Outcome("budget", spent))
+            try:
+                reply = self.model.complete(
+                    state.messages,
+                    tools=tool_specs() if self.native_tools else None,
+                    prediction=self._prediction(state),
+                    max_tokens=self._tokens_left(tokens),
+                    timeout=self._time_left(TURN_TIMEOUT),
+                )
+            except ModelUnavailable as exc:
+                return self._end(state, Outcome("unavailable", str(exc)))
+            except ModelTimeout as exc:
+                return self._end(state, Outcome("budget", f"wall time ran out during a model turn: {exc}"))
+            except ModelFailed as exc:
+                return self._end(state, Outcome("failed", str(exc)))
+            steps += 1
+            state.steps += 1
+            tokens += reply.usage.get("total_tokens", 0)
+            add_usage(state.usage, reply.usage)
+            self.transcript.write("turn", step=state.steps, usage=reply.usage)
+            outcome = self._act(state, reply)
+            if outcome:
+                return self._end(state, outcome)
+
+    # -- one turn ------------------------------------------------------------------------------------
+
+    def _act(self, state: RunState, reply: Reply) -> Outcome | None:
+        """Record the reply, run its actions, send back their results; an Outcome when the run ends."""
+        message: dict = {"role": "assistant", "content": reply.text}
+        if reply.tool_calls:
+            message["tool_calls"] = [
+                {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+                for c in reply.tool_calls
+            ]
+        self._add_message(state, message)
+        native = bool(reply.tool_calls)
+        if native:
+            actions = [action_from_call(c["id"], c["name"], c["arguments"]) for c in reply.tool_calls]
+        else:
+            actions = parse_actions(reply.text)
+        results = [(a, self._execute(state, a, reply)) for a in actions if a.tool not in FINISH_TOOLS]
+        finishes = [a for a in actions if a.tool in FINISH_TOOLS]
+        outcome = None
+        if finishes:
+            outcome, verdict = self._judge(state, finishes[0], [r for _, r in results])
+            results.append((finishes[0], verdict))
+            results += [(a, ToolResult(ERROR, "ignored: one done or failed per reply")) for a in finishes[1:]]
+        self._observe(state, results, native, cut=reply.finish_reason == "length")
+        summary = ", ".join(f"{_label(a)} {r.status}" for a, r in results) or "no action"
+        self.progress(f"step {state.steps}: {summary} ({reply.usage.get('completion_tokens', '?')} tokens out)")
+        return outcome
+
+    def _judge(self, state: RunState, finish: Action, results: list[ToolResult]) -> tuple[Outcome | None, ToolResult]:
+        """Accept `done` only when this reply's actions succeeded and the last edit of every file applied."""
+        summary = str(finish.args.get("summary", "")).strip()
+        if finish.tool == "failed":
+            return Outcome("failed", f"the model gave up: {summary}"), ToolResult(OK, "run ended as failed")
+        if any(r.status != OK for r in results):
+            return None, ToolResult(ERROR, "not accepted: an action in the same reply did not succeed; fix it first")
+        last = {}
+        for edit in state.edits:
+            last[edit["file"]] = edit["status"]
+        unapplied = sorted(f for f, status in last.items() if status != OK)
+        if unapplied and self.approve == "never":
+            reason = f"the model declared the task done, but its edits were not applied (--approve never): {unapplied}"
+            return Outcome("failed", reason), ToolResult(REFUSED, "run ended: edits not approved")
+        if unapplied:
+            message = f"not accepted: the last edit of {', '.join(unapplied)} did not apply; fix it first"
+            return None, ToolResult(ERROR, message)
+        return Outcome("done", summary), ToolResult(OK, "run ended as done")
+
+    def _execute(self, state: RunState, action: Action, reply: Reply) -> ToolResult:
+        try:
+            result = self._dispatch(action)
+        except _BadArguments as exc:
+            result = ToolResult(ERROR, str(exc))
+        result.output = self.transcript.redact(result.output)
+        event: dict = {"step": state.steps, "call": _call_record(state.steps, action, result)}
+        if action.tool in ("read", "edit", "create") and result.status == OK:
+            state.focus = event["focus"] = result.data["file"]
+        if action.tool == "edit":
+            event["edit"] = self._edit_record(state.steps, action, result, reply)
+            state.edits.append(event["edit"])
+        state.tool_calls.append(event["call"])
+        self.transcript.write("tool", **event)
+        return result
+
+    def _dispatch(self, action: Action) -> ToolResult:
+        args, ws = action.args, self.workspace
+        if action.tool == "invalid":
+            return ToolResult(ERROR, args["error"])
+        if action.tool == "read":
+            start, end = _arg(args, "start_line", int, None), _arg(args, "end_line", int, None)
+            return ws.read(_arg(args, "path", str), start, end)
+        if action.tool == "edit":
+            path, script = _arg(args, "path", str), _arg(args, "script", str)
+            if self.approve == "auto":
+                return ws.edit(path, script)
+            preview = ws.edit(path, script, dry_run=True)
+            if preview.status != OK:
+                return preview
+            note = "not applied: edits are not approved in this run (--approve never). It "
+            return ToolResult(REFUSED, note + preview.output, preview.data)
+        if action.tool == "create":
+            overwrite = _arg(args, "overwrite", bool, False)
+            if self.approve == "never":
+                return ToolResult(REFUSED, "not written: edits are not approved in this run (--approve never)")
+            return ws.create(_arg(args, "path", str), _arg(args, "content", str), overwrite=overwrite)
+        if action.tool == "list":
+            return ws.list(_arg(args, "pattern", str, "**/*"))
+        if action.tool == "search":
+            return ws.search(_arg(args, "regex", str), _arg(args, "glob", str, "**/*"))
+        if action.tool == "shell":
+            return self._shell(_arg(args, "command", str))
+        raise _BadArguments(f"there is no tool {action.tool!r}")
+
+    def _shell(self, command: str) -> ToolResult:
+        if self.shell == "never":
+            return ToolResult(REFUSED, "refused: shell commands are disabled in this run (--shell never)")
+        if self.shell == "ask":
+            if self.confirm is None:
+                return ToolResult(
+                    REFUSED,
+                    "refused: shell commands need approval in this run (--shell ask) and nobody is at a terminal "
+                    "to approve them; continue without running commands",
+                )
+            if not self.confirm(command):
+                return ToolResult(REFUSED, "refused: the user declined to run this command")
+        return self.workspace.shell(command, timeout=self._time_left(SHELL_TIMEOUT))
+
+    def _edit_record(self, step: int, action: Action, result: ToolResult, reply: Reply) -> dict:
+        """The report's view of an edit: where, what, how it landed, and its cost against rewriting the file."""
+        script = str(action.args.get("script", ""))
+        record = {
+            "step": step,
+            "file": result.data.get("file", str(action.args.get("path"))),
+            "script": self.transcript.redact(script),
+            "status": result.status,
+            "corrections": result.data.get("corrections", []),
+            "turn_output_tokens": reply.usage.get("completion_tokens"),
+            "output_tokens": None,
+            "whole_file_tokens": None,
+            "tokens_saved": None,
+        }
+        if self.count_tokens is not None:
+            record["output_tokens"] = self.count_tokens(script)
+            if result.status == OK and result.file_text is not None:
+                record["whole_file_tokens"] = self.count_tokens(result.file_text)
+                record["tokens_saved"] = record["whole_file_tokens"] - record["output_tokens"]
+        return record
+
+    def _observe(self, state: RunState, results: list[tuple[Action, ToolResult]], native: bool, cut: bool) -> None:
+        """Send the results back: one tool message per native call, one user message for text blocks."""
+        if native:
+            for action, result in results:
+                self._add_message(state, {"role": "tool", "tool_call_id": action.call_id, "content": result.output})
+            return
+        parts = [f"[{_label(a)}: {r.status}]\n{r.output}" for a, r in results] or [NO_ACTION]
+        if cut:
+            parts.insert(0, CUT_OFF)
+        self._add_message(state, {"role": "user", "content": "\n\n".join(parts)})
+
+    # -- bookkeeping ---------------------------------------------------------------------------------
+
+    def _add_message(self, state: RunState, message: dict) -> None:
+        state.messages.append(message)
+        self.transcript.write("message", message=message)
+
+    def _close_interrupted_turn(self, state: RunState) -> None:
+        """On resume after a crash mid-turn, answer the last reply so the conversation is well-formed."""
+        last = state.messages[-1] if state.messages else None
+        if not last or last["role"] != "assistant":
+            return
+        for call in last.get("tool_calls") or []:
+            self._add_message(state, {"role": "tool", "tool_call_id": call["id"], "content": INTERRUPTED})
+        if not last.get("tool_calls"):
+            self._add_message(state, {"role": "user", "content": INTERRUPTED})
+
+    def _budget_spent(self, steps: int, tokens: int) -> str | None:
+        if steps >= self.budget.max_steps:
+            return f"the step budget ran out ({self.budget.max_steps} model turns)"
+        if self.budget.max_tokens is not None and tokens >= self.budget.max_tokens:
+            return f"the token budget ran out ({tokens} of {self.budget.max_tokens} tokens used)"
+        if self.budget.timeout is not None and time.monotonic() - self._started >= self.budget.timeout:
+            return f"the time budget ran out ({self.budget.timeout:g} s)"
+        return None
+
+    def _tokens_left(self, used: int) -> int:
+        if self.budget.max_tokens is None:
+            return TURN_OUTPUT_TOKENS
+        return max(1, min(TURN_OUTPUT_TOKENS, self.budget.max_tokens - used))
+
+    def _time_left(self, limit: float) -> float:
+        """`limit` seconds, or less when the wall-time budget ends sooner."""
+        if self.budget.timeout is None:
+            return limit
+        return max(1.0, min(limit, self.budget.timeout - (time.monotonic() - self._started)))
+
+    def _prediction(self, state: RunState) -> str | None:
+        """The focus file's current text, for servers that draft from it (not with native tools: OpenAI refuses)."""
+        if self.native_tools or state.focus is None:
+            return None
+        try:
+            text = read_text_file(self.workspace.resolve(state.focus)).text
+        except (PathRefused, FileRefused):
+            return None
+        return text if len(text) <= MAX_PREDICTION_CHARS else None
+
+    def _end(self, state: RunState, outcome: Outcome) -> Outcome:
+        self.transcript.write("end", status=outcome.status, exit_code=outcome.exit_code, reason=outcome.reason)
+        return outcome
+
+
+class _BadArguments(Exception):
+    pass
+
+
+_MISSING = object()
+
+
+def _arg(args: dict, name: str, kind: type, default=_MISSING):
+    value = args.get(name, default)
+    if value is _MISSING:
+        raise _BadArguments(f"missing argument {name!r}")
+    if value is not default and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+        raise _BadArguments(f"argument {name!r} must be {kind.__name__}, not {type(value).__name__}")
+    return value
+
+
+def _label(action: Action) -> str:
+    target = action.args.get("path") or action.args.get("pattern") or action.args.get("regex") or ""
+    if action.tool == "shell":
+        target = str(action.args.get("command", "")).splitlines()[0][:60] if action.args.get("command") else ""
+    return f"{action.tool} {target}".strip()
+
+
+def _call_record(step: int, action: Action, result: ToolResult) -> dict:
+    """A tool call for the report: long arguments cut, the first line of the observation as its summary."""
+    args = {k: (v if not isinstance(v, str) or len(v) <= 200 else v[:200] + "…") for k, v in action.args.items()}
+    first_line = result.output.splitlines()[0] if result.output else ""
+    return {"step": step, "tool": action.tool, "args": args, "status": result.status, "summary": first_line[:200]}

@@ -1,0 +1,180 @@
+"""One streamed model turn through litellm, with errors sorted by what the caller should do.
+
+litellm is imported on first use (with its cost map read locally, not fetched): it takes seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+
+PREDICTION_PROVIDERS = ("openai", "hosted_vllm", "mistral")  # take OpenAI's `prediction` field, or ignore it
+
+
+class ModelUnavailable(Exception):
+    """The server cannot be reached, or rejects the model or the key: nothing the agent can fix (exit 4)."""
+
+
+class ModelTimeout(Exception):
+    """The turn did not finish within the time left (exit 3)."""
+
+
+class ModelFailed(Exception):
+    """The server answered with an error for this request (exit 1)."""
+
+
+@dataclass
+class Reply:
+    text: str
+    tool_calls: list[dict] = field(default_factory=list)  # {"id", "name", "arguments" (JSON text)}
+    usage: dict = field(default_factory=dict)  # as the server reported it, extra fields (speculation) included
+    finish_reason: str | None = None  # "length" when the reply was cut off at max_tokens
+
+
+def _litellm():
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    litellm.suppress_debug_info = True
+    return litellm
+
+
+def supports_native_tools(model: str) -> bool:
+    """Whether litellm knows this model to take native tool calls (unknown models: no)."""
+    try:
+        return bool(_litellm().supports_function_calling(model=model))
+    except Exception:  # litellm raises for models missing from its map
+        return False
+
+
+class Model:
+    def __init__(self, name: str, api_base: str | None = None, api_key: str | None = None) -> None:
+        self.name = name
+        self.api_base = api_base.rstrip("/") if api_base else None
+        # OpenAI-compatible local servers need some key; a placeholder is what they expect
+        self.api_key = api_key or ("none" if api_base else None)
+
+    @property
+    def takes_prediction(self) -> bool:
+        """Whether the provider accepts a `prediction` field (others may reject the request for it)."""
+        try:
+            provider = _litellm().get_llm_provider(model=self.name, api_base=self.api_base)[1]
+        except Exception:  # litellm raises for names it cannot place
+            return False
+        return provider in PREDICTION_PROVIDERS
+
+    def where(self) -> str:
+        return self.api_base or f"the {self.name.split('/')[0]} provider's default endpoint"
+
+    def check_reachable(self, timeout: float = 10) -> None:
+        """Fail fast with the URL when an OpenAI-compatible server is not listening (only with an api_base)."""
+        if not self.api_base:
+            return
+        try:
+            with urllib.request.urlopen(f"{self.api_base}/models", timeout=timeout):
+                pass
+        except urllib.error.HTTPError:
+            return  # something answers; the completion request will say what is wrong
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ModelUnavailable(f"model server unreachable at {self.api_base}: {reason}") from None
+
+    def complete(
+        self,
+        messages: list[dict],
+        *,
+        tools: list[dict] | None = None,
+        prediction: str | None = None,
+        max_tokens: int | None = None,
+        timeout: float | None = None,
+    ) -> Reply:
+        """Stream one assistant turn; `prediction` is the text the server may draft from (Predicted Outputs)."""
+        litellm = _litellm()
+        kwargs: dict = {"stream": True, "stream_options": {"include_usage": True}}
+        if tools:
+            kwargs["tools"] = tools
+        if prediction is not None and self.takes_prediction:
+            kwargs["extra_body"] = {"prediction": {"type": "content", "content": prediction}}
+        if max_tokens:
+            kwargs["max_tokens"] = max_tokens
+        try:
+            stream = litellm.completion(
+                model=self.name,
+                messages=messages,
+                api_base=self.api_base,
+                api_key=self.api_key,
+                timeout=timeout,
+                max_retries=0,
+                **kwargs,
+            )
+            raw_usage = _tee_raw_usage(stream)
+            text, calls, usage, finish_reason = [], {}, {}, None
+            for chunk in stream:
+                if getattr(chunk, "usage", None):
+                    usage = chunk.usage.model_dump(exclude_none=True)
+                for choice in chunk.choices:
+                    finish_reason = choice.finish_reason or finish_reason
+                    delta = choice.delta
+                    if delta.content:
+                        text.append(delta.content)
+                    for call in delta.tool_calls or []:
+                        slot = calls.setdefault(call.index, {"id": None, "name": "", "arguments": ""})
+                        slot["id"] = call.id or slot["id"]
+                        slot["name"] += call.function.name or ""
+                        slot["arguments"] += call.function.arguments or ""
+        except Exception as exc:
+            raise self._classify(exc, litellm) from exc
+        usage = raw_usage or usage  # the server's own numbers when they could be read, else litellm's
+        tool_calls = [{**c, "id": c["id"] or f"call_{i}"} for i, c in sorted(calls.items())]
+        return Reply("".join(text), tool_calls, usage, finish_reason)
+
+    def _classify(self, exc: Exception, litellm) -> Exception:
+        where = f"{self.name} at {self.where()}"
+        if isinstance(exc, litellm.Timeout):
+            return ModelTimeout(f"{where}: no complete answer in time ({exc})")
+        if _connection_failure(exc):
+            return ModelUnavailable(f"model server unreachable at {self.where()}: {exc}")
+        unavailable = (
+            litellm.AuthenticationError,
+            litellm.PermissionDeniedError,
+            litellm.NotFoundError,
+            litellm.ServiceUnavailableError,
+        )
+        if isinstance(exc, unavailable):
+            return ModelUnavailable(f"{where} rejected the request: {exc}")
+        return ModelFailed(f"{where}: {exc}")
+
+
+def _connection_failure(exc: BaseException) -> bool:
+    """Whether a connection error (refused, reset, DNS) lies anywhere in the exception's chain."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, ConnectionError) or type(exc).__name__ in ("APIConnectionError", "ConnectError"):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _tee_raw_usage(stream) -> dict:
+    """Keep the server's raw usage fields that litellm's Usage drops (our server's `speculation` stats).
+
+    litellm's stream wrapper reads the provider's chunks from `completion_stream`; reading them on the way
+    through is the one place the extra fields are still there. Other providers simply report none.
+    """
+    found: dict = {}
+    inner = getattr(stream, "completion_stream", None)
+    if inner is None:
+        return found
+
+    def tee():
+        for chunk in inner:
+            usage = getattr(chunk, "usage", None)
+            if usage is not None and hasattr(usage, "model_dump"):
+                found.update(usage.model_dump(exclude_none=True))
+            yield chunk
+
+    stream.completion_stream = tee()
+    return found
