@@ -404,3 +404,20 @@ def test_the_time_budget_ends_a_turn_that_does_not_finish(ws, capsys):
         code, out, _, report = run(ws, capsys, server.url, "--timeout", "1")
     assert code == 3 and report["status"] == "budget"
     assert out.startswith("budget: wall time ran out during a model turn")
+
+
+@pytest.mark.slow
+def test_agent_run_against_the_real_embedded_server(ws, tmp_path, embedded_model):
+    """The plumbing end to end: the embedded server starts, streams, reports usage and speculation stats,
+    and stops. The 270M base model is not expected to solve the task: the token budget ends the run."""
+    report = tmp_path / "embedded.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "run", str(ws.parent / "task.md"), "--workspace", str(ws),
+         "--model", "embedded", "--max-tokens", "64", "--json", str(report)],
+        capture_output=True, text=True, timeout=600, env=os.environ | {"PYTHONUNBUFFERED": "1"},
+    )
+    assert result.returncode == 3, result.stderr[-2000:]
+    data = json.loads(report.read_text())
+    assert data["status"] == "budget" and data["model"].startswith("openai/")
+    assert 0 < data["usage"]["completion_tokens"] <= 64
+    assert data["usage"]["speculation"]["method"]
