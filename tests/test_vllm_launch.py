@@ -9,6 +9,7 @@ import textwrap
 
 import pytest
 
+from agent.embedded import free_port
 from decoding import vllm_launch
 from decoding.vllm_launch import GEMMA4_SIZES, LaunchError, build_command, gemma_size, main, serve
 
@@ -96,18 +97,10 @@ STAND_IN = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_a_crash_reports_the_exit_status_and_the_end_of_the_log(tmp_path, capsys):
     script = tmp_path / "stand_in.py"
     script.write_text(STAND_IN)
-    port = _free_port()
+    port = free_port()
     code = serve([sys.executable, str(script), str(port), "crash"], "127.0.0.1", port, ready_timeout=30)
     assert code == 3
     assert "boom: CUDA out of memory" in capsys.readouterr().err
@@ -116,7 +109,7 @@ def test_a_crash_reports_the_exit_status_and_the_end_of_the_log(tmp_path, capsys
 def test_serve_prints_the_url_when_ready_and_forwards_sigterm(tmp_path):
     script = tmp_path / "stand_in.py"
     script.write_text(STAND_IN)
-    port = _free_port()
+    port = free_port()
     launcher = subprocess.Popen(
         [sys.executable, "-c", "import sys; from decoding.vllm_launch import serve; "
          f"sys.exit(serve([sys.executable, {str(script)!r}, '{port}', 'serve'], '127.0.0.1', {port}))"],
