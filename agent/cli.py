@@ -16,6 +16,18 @@ EXIT_USAGE = 2
 EXIT_UNRESOLVABLE = 3  # the script cannot be placed on the file (malformed, ambiguous, out of range)
 EXIT_BROKEN = 4  # the edit would add syntax errors
 
+TOP_EPILOG = """\
+examples:
+  agent run task.md --model embedded      # a task, headless, on the embedded Gemma 3 270M (CPU)
+  agent run task.md --model hosted_vllm/google/gemma-4-26B-A4B-it --api-base http://127.0.0.1:8000/v1
+  agent serve                             # the embedded model at http://127.0.0.1:8765/v1
+  agent serve --engine vllm --model google/gemma-4-26B-A4B-it   # Gemma 4 with its MTP assistant
+  agent apply notes.txt edit.ot           # apply an edit script to a file; agent undo reverts it
+  agent eval --quick                      # output tokens per edit format on the built-in suite
+
+`agent COMMAND --help` explains each command.
+"""
+
 APPLY_EPILOG = """\
 edit script: operations separated by commas or newlines, optionally in [ ]:
   retain(N)         keep N code points          retain("text")  keep exactly this text
@@ -35,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agent",
         description="Retain: a local coding agent that edits files with operational-transform edit scripts.",
+        epilog=TOP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.set_defaults(handler=None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
