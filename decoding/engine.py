@@ -88,8 +88,8 @@ class Generation:
             budget = req.max_new_tokens - len(self.tokens)
             draft, draft_probs = self._draft(min(adaptive.k, budget - 1))
             base = target.length
-            logits = target.logits(target.forward([pending, *draft]))  # [k+1, V]
-            accepted, pending = self._verify(draft, draft_probs, logits)
+            hidden = target.forward([pending, *draft])  # [k+1, D]
+            accepted, pending = self._verify_rows(draft, draft_probs, hidden)
             target.rollback(base + 1 + accepted)
             adaptive.update(len(draft), accepted)
             self._count(len(draft), accepted)
@@ -105,6 +105,22 @@ class Generation:
         draft = drafter.propose(context, k)
         tokens = draft.tokens[:k]
         return tokens, None if draft.probs is None else draft.probs[: len(tokens)]
+
+    def _verify_rows(self, draft: list[int], draft_probs: torch.Tensor | None, hidden: torch.Tensor):
+        """Verify from hidden rows [k+1, D], scoring them `target.logit_chunk` rows at a time under greedy.
+
+        When output-layer cost grows with rows (float32 on CPU), rows after the first rejection are never scored.
+        """
+        chunk = self.target.logit_chunk
+        if not self.request.sampling.greedy or not chunk or chunk > len(draft):
+            return self._verify(draft, draft_probs, self.target.logits(hidden))
+        start = 0
+        while True:
+            end = min(start + chunk, len(draft) + 1)
+            accepted, token = verify_greedy(draft[start : end - 1], self.target.logits(hidden[start:end]))
+            if end == len(draft) + 1 or start + accepted < end - 1 or token != draft[end - 1]:
+                return start + accepted, token
+            start = end  # the chunk's last row confirmed draft[end - 1]; the next row predicts draft[end]
 
     def _verify(self, draft: list[int], draft_probs: torch.Tensor | None, logits: torch.Tensor) -> tuple[int, int]:
         sampling = self.request.sampling

@@ -14,9 +14,15 @@ from torch import Tensor
 
 from decoding.gemma import Gemma3, KVCache
 
+# Rows per output-layer product when verifying greedily. On CPU a float32 product is compute-bound past two rows
+# (cost grows with rows, so stop scoring after the first rejection); a bfloat16 one is memory-bound and flat
+# (score all rows at once: 0).
+LOGIT_CHUNK = {torch.float32: 4}
+
 
 class Target(Protocol):
     vocab_size: int
+    logit_chunk: int  # rows per output-layer product under greedy verification; 0 = all at once
 
     @property
     def length(self) -> int: ...
@@ -38,6 +44,7 @@ class GemmaTarget:
     def __init__(self, hf_model):
         self.model = Gemma3(hf_model)
         self.vocab_size = self.model.args.vocab_size
+        self.logit_chunk = LOGIT_CHUNK.get(self.model.dtype, 0)
         self.cache: KVCache = self.model.new_cache(1)
 
     @property
@@ -71,6 +78,7 @@ class HFTarget:
         self.head = hf_model.get_output_embeddings()
         self.softcap = getattr(hf_model.config, "final_logit_softcapping", None)
         self.vocab_size = self.head.weight.shape[0]
+        self.logit_chunk = LOGIT_CHUNK.get(self.head.weight.dtype, 0)
         self.cache = DynamicCache()
         self._length = 0
 

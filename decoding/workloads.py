@@ -22,14 +22,11 @@ def _source(module_name: str) -> str:
     return inspect.getsource(__import__(module_name))
 
 
-def copy_edit(module_name: str = "bisect", seed_lines: int = 4) -> Workload:
-    """A whole stdlib file, then the model re-emitting it with a change, seeded with its first lines."""
+def copy_edit(module_name: str, change: str, seed_lines: int = 4) -> Workload:
+    """A whole stdlib file, then the model re-emitting it with `change`, seeded with its first lines."""
     src = _source(module_name)
     seed = "".join(src.splitlines(keepends=True)[:seed_lines])
-    prompt = (
-        f"File {module_name}.py:\n```python\n{src}```\n\n"
-        f"The same file, with the parameter `hi` renamed to `high`:\n```python\n{seed}"
-    )
+    prompt = f"File {module_name}.py:\n```python\n{src}```\n\nThe same file, {change}:\n```python\n{seed}"
     return Workload(f"copy-edit:{module_name}", prompt, prediction=src)
 
 
@@ -49,13 +46,18 @@ def ot_edit(module_name: str = "bisect") -> Workload:
 
 
 def free_text() -> Workload:
-    """Open-ended prose: nothing to copy, so drafting must not slow it down."""
-    prompt = (
-        "The lighthouse keeper had not spoken to another person in three months. Every evening he climbed the "
-        "spiral stairs, trimmed the wick and watched the ships pass far out at sea. One stormy night,"
-    )
-    return Workload("free-text", prompt)
+    """Open-ended prose: nothing to copy, so drafting must not slow it down.
+
+    Under greedy decoding the 270M base model soon repeats its own sentences, which n-gram drafting then exploits;
+    this prompt is the least repetitive of those tried.
+    """
+    return Workload("free-text", "The history of the printing press begins in")
 
 
 def standard_workloads() -> list[Workload]:
-    return [copy_edit("bisect"), copy_edit("colorsys"), ot_edit("bisect"), free_text()]
+    return [
+        copy_edit("bisect", "with the parameter `hi` renamed to `high`"),
+        copy_edit("colorsys", "with the helper `_v` renamed to `_hue_to_value`"),
+        ot_edit("bisect"),
+        free_text(),
+    ]

@@ -55,13 +55,13 @@ def test_rollback_then_recompute_equals_a_fresh_forward(embedded_model, kind):
 def test_greedy_speculation_is_token_identical_to_plain_decoding(embedded_model, target, workload):
     ids = encode(embedded_model, workload.prompt)
     sources = [encode(embedded_model, workload.prediction)[1:]] if workload.prediction else []
-    plain = generate(target, ids, 64)
-    spec = generate(target, ids, 64, drafter=NgramDrafter(), sources=sources)
+    plain = generate(target, ids, 48)
+    spec = generate(target, ids, 48, drafter=NgramDrafter(), sources=sources)
     assert spec.tokens == plain.tokens
     assert plain.stats.target_forwards == len(plain.tokens)
     if workload.name.startswith("copy-edit"):
         # Copying from the prompt must actually pay: far fewer target forwards than tokens.
-        assert spec.stats.accepted > 32
+        assert spec.stats.accepted > 24
         assert spec.stats.target_forwards < len(spec.tokens) / 2
 
 

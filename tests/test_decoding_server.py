@@ -6,7 +6,7 @@ import urllib.request
 import pytest
 
 from decoding.server import RequestError, Service, gemma_chat_prompt, make_server, parse_request
-from decoding.workloads import copy_edit
+from decoding.workloads import standard_workloads
 
 slow = pytest.mark.slow
 
@@ -46,7 +46,7 @@ def test_models_lists_the_embedded_model(base_url):
 
 @slow
 def test_completion_with_prediction_speculates_and_matches_plain_decoding(base_url):
-    workload = copy_edit("bisect")
+    workload = standard_workloads()[0]
     request = {"model": "gemma-3-270m", "prompt": workload.prompt, "max_tokens": 48, "temperature": 0}
     _, plain = call(f"{base_url}/completions", {**request, "speculation": "off"})
     status, spec = call(
