@@ -104,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     eval_run.add_arguments(eval_p)
     eval_p.set_defaults(handler=eval_run.run_command)
 
-    bench_p = sub.add_parser("bench", help="benchmarks (apply: how edits land on real commits)")
+    bench_p = sub.add_parser(
+        "bench", help="benchmarks (apply: how edits land on real commits; decode: speculative decoding speed)"
+    )
     bench_p.set_defaults(handler=lambda args: _usage(bench_p))
     bench_sub = bench_p.add_subparsers(dest="bench", metavar="BENCHMARK")
     bench_apply = bench_sub.add_parser(
@@ -116,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     apply_bench.add_arguments(bench_apply)
     bench_apply.set_defaults(handler=apply_bench.run_command)
+    bench_sub.add_parser(
+        "decode", help="plain vs speculative decoding vs transformers' prompt lookup, side by side", add_help=False
+    )
     _add_run_parser(sub)
     return parser
 
@@ -216,7 +221,6 @@ def _export_embedded(argv: list[str]) -> int:
     return export.main(argv, prog="agent export-embedded")
 
 
-DELEGATED = {"serve": _serve, "export-embedded": _export_embedded}  # subcommands that parse their own options
 # -- agent run ---------------------------------------------------------------------------------------
 
 RUN_EPILOG = """\
@@ -271,10 +275,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run_command(args, count_tokens=lambda text: gemma_token_counter()(text))
 
 
+def _bench_decode(argv: list[str]) -> int:
+    from decoding import bench
+
+    return bench.main(argv, prog="agent bench decode")
+
+
+# subcommands that parse their own options, by the words that name them
+DELEGATED = {("serve",): _serve, ("export-embedded",): _export_embedded, ("bench", "decode"): _bench_decode}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in DELEGATED:
-        return DELEGATED[argv[0]](argv[1:])
+    for words, handler in DELEGATED.items():
+        if tuple(argv[: len(words)]) == words:
+            return handler(argv[len(words) :])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.handler is None:

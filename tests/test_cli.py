@@ -89,7 +89,7 @@ def test_undo_reverts_the_last_apply(monkeypatch, capsys, source):
 
 def test_help_lists_every_subcommand():
     out = subprocess.run([sys.executable, "-m", "agent.cli", "--help"], capture_output=True, text=True).stdout
-    for command in ("apply", "ot-diff", "undo", "bench", "serve", "eval", "export-embedded"):
+    for command in ("apply", "ot-diff", "undo", "bench", "serve", "eval", "export-embedded", "run"):
         assert command in out
 
 
@@ -109,3 +109,9 @@ def test_export_embedded_writes_a_loadable_directory(tmp_path, capsys, embedded_
     assert config["architectures"] == ["Gemma3ForCausalLM"] and (out / "model.safetensors").exists()
     assert (out / "tokenizer.json").exists()
     assert main(["export-embedded", str(out)]) == 2 and "not empty" in capsys.readouterr().err
+
+
+def test_bench_decode_is_delegated_with_its_own_options(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "decode", "--help"])
+    assert info.value.code == 0 and "agent bench decode" in capsys.readouterr().out
