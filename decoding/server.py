@@ -477,16 +477,20 @@ def run_server(
         server.server_close()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m decoding.server", description=__doc__.splitlines()[0])
-    add_serve_arguments(parser)
-    args = parser.parse_args(argv)
+def serve_from_args(args: argparse.Namespace) -> int:
+    """Serve with options added by `add_serve_arguments`; a bad option or model path is an error, exit status 2."""
     try:
         run_server(args.host, args.port, args.model, args.dtype, args.threads, args.engine)
     except (FileNotFoundError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m decoding.server", description=__doc__.splitlines()[0])
+    add_serve_arguments(parser)
+    return serve_from_args(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
