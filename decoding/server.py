@@ -133,10 +133,9 @@ def parse_request(body, chat: bool, model_name: str) -> Job:
         if not isinstance(prompt, str) or not prompt:
             raise RequestError("prompt must be a non-empty string", "prompt")
     for unsupported in ("logprobs", "tools", "functions", "suffix", "echo", "best_of"):
-        if body.get(unsupported) not in (None, False):
+        if body.get(unsupported):  # absent, null, false or empty all mean "not used"
             raise RequestError(f"{unsupported} is not supported by this server", unsupported)
-    if _number(body, "n", int, 1, 1, 1) != 1:
-        raise RequestError("n must be 1", "n")
+    _number(body, "n", int, 1, 1, 1)  # one choice per request
     max_tokens = _number(body, "max_completion_tokens", int, None, 1, None)
     max_tokens = max_tokens or _number(body, "max_tokens", int, DEFAULT_MAX_TOKENS, 1, None)
     top_p = float(_number(body, "top_p", (int, float), 1.0, 0, 1))

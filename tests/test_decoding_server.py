@@ -142,6 +142,7 @@ def test_request_defaults_and_validation():
         parse_request({"prompt": "x", "n": 2}, chat=False, model_name="m")
     with pytest.raises(RequestError, match="logprobs"):
         parse_request({"prompt": "x", "logprobs": 2}, chat=False, model_name="m")
+    assert parse_request({"prompt": "x", "tools": [], "logprobs": False}, chat=False, model_name="m").prompt == "x"
 
 
 def test_serve_reports_a_bad_model_path_and_exits_2(tmp_path, capsys):
