@@ -176,12 +176,11 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lookup", type=int, default=10, help="prompt_lookup_num_tokens for the transformers peer")
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "python -m decoding.bench") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    add_bench_arguments(parser)
-    args = parser.parse_args(argv)
+def bench_from_args(args: argparse.Namespace) -> int:
+    """Run the benchmark for options added by `add_bench_arguments`; exit status 1 if any output diverged."""
     if min(args.max_tokens, args.repeats, *args.threads) < 1:
-        parser.error("--max-tokens, --repeats and --threads must be >= 1")
+        print("error: --max-tokens, --repeats and --threads must be >= 1", file=sys.stderr)
+        return 2
     print(format_table([]))
     rows = run_bench(args.dtype, args.threads, args.max_tokens, args.model, args.lookup, args.repeats)
     print()
@@ -191,6 +190,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m decoding.benc
         with open(args.json, "w") as f:
             json.dump([asdict(r) for r in rows], f, indent=2)
     return 0 if all(r.matches_plain for r in rows if r.method != PEER) else 1
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m decoding.bench") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    add_bench_arguments(parser)
+    return bench_from_args(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

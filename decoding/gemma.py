@@ -86,8 +86,11 @@ class KVCache(nn.Module):
         return self.k.shape[2]
 
 
-def linear(x: Tensor, w: Tensor) -> Tensor:
-    """x [N, in] -> [N, out] for w [out, in]; for a few float32 rows CPU F.linear is slow, w @ x.T is not."""
+def head_linear(x: Tensor, w: Tensor) -> Tensor:
+    """x [N, in] -> [N, out] for the output layer w [out, in].
+
+    For a few float32 rows against this 262,144-row matrix CPU F.linear is several times slower than w @ x.T.
+    """
     if w.dtype == torch.float32:
         return torch.mm(w, x.T).T
     return F.linear(x, w)
@@ -134,7 +137,7 @@ class Block(nn.Module):
         """x: [T, D] at positions start..start+T-1; attends to cache[lo:start+T] under `mask` [T, start+T-lo]."""
         T = x.shape[0]
         q_size, kv_size = self.n_heads * self.head_dim, self.n_kv * self.head_dim
-        q, k, v = linear(x, self.wqkv).split([q_size, kv_size, kv_size], dim=-1)
+        q, k, v = F.linear(x, self.wqkv).split([q_size, kv_size, kv_size], dim=-1)
         q = self.q_norm(q.view(T, self.n_heads, self.head_dim).transpose(0, 1))  # [H, T, Dh]
         k = self.k_norm(k.view(T, self.n_kv, self.head_dim).transpose(0, 1))  # [Hkv, T, Dh]
         v = v.view(T, self.n_kv, self.head_dim).transpose(0, 1)  # [Hkv, T, Dh]
@@ -147,12 +150,12 @@ class Block(nn.Module):
         out = F.scaled_dot_product_attention(
             q.unsqueeze(0), keys.unsqueeze(0), values.unsqueeze(0), attn_mask=mask, scale=self.scale, enable_gqa=True
         )  # [1, H, T, Dh]
-        return linear(out[0].transpose(0, 1).reshape(T, q_size), self.wo)
+        return F.linear(out[0].transpose(0, 1).reshape(T, q_size), self.wo)
 
     def forward(self, x: Tensor, cache: KVCache, start: int, rope, mask: Tensor, lo: int) -> Tensor:
         x = x + self.attn_out_norm(self.attention(self.attn_in_norm(x), cache, start, rope, mask, lo))
-        gate, up = linear(self.mlp_in_norm(x), self.w_gate_up).chunk(2, dim=-1)
-        return x + self.mlp_out_norm(linear(F.gelu(gate, approximate="tanh") * up, self.w_down))
+        gate, up = F.linear(self.mlp_in_norm(x), self.w_gate_up).chunk(2, dim=-1)
+        return x + self.mlp_out_norm(F.linear(F.gelu(gate, approximate="tanh") * up, self.w_down))
 
 
 class Gemma3(nn.Module):
@@ -215,7 +218,7 @@ class Gemma3(nn.Module):
         rows = hidden.shape[0]
         if rows == 1 and self.dtype == torch.float32:
             hidden = hidden.repeat(2, 1)  # the two-row float32 product is several times faster than one row
-        out = linear(hidden, self.head)[:rows].float()
+        out = head_linear(hidden, self.head)[:rows].float()
         if self.args.final_softcap is not None:
             out = torch.tanh(out / self.args.final_softcap) * self.args.final_softcap
         return out

@@ -133,10 +133,9 @@ def parse_request(body, chat: bool, model_name: str) -> Job:
         if not isinstance(prompt, str) or not prompt:
             raise RequestError("prompt must be a non-empty string", "prompt")
     for unsupported in ("logprobs", "tools", "functions", "suffix", "echo", "best_of"):
-        if body.get(unsupported) not in (None, False):
+        if body.get(unsupported):  # absent, null, false or empty all mean "not used"
             raise RequestError(f"{unsupported} is not supported by this server", unsupported)
-    if _number(body, "n", int, 1, 1, 1) != 1:
-        raise RequestError("n must be 1", "n")
+    _number(body, "n", int, 1, 1, 1)  # one choice per request
     max_tokens = _number(body, "max_completion_tokens", int, None, 1, None)
     max_tokens = max_tokens or _number(body, "max_tokens", int, DEFAULT_MAX_TOKENS, 1, None)
     top_p = float(_number(body, "top_p", (int, float), 1.0, 0, 1))
@@ -477,16 +476,20 @@ def run_server(
         server.server_close()
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "python -m decoding.server") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    add_serve_arguments(parser)
-    args = parser.parse_args(argv)
+def serve_from_args(args: argparse.Namespace) -> int:
+    """Serve with options added by `add_serve_arguments`; a bad option or model path is an error, exit status 2."""
     try:
         run_server(args.host, args.port, args.model, args.dtype, args.threads, args.engine)
     except (FileNotFoundError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m decoding.server") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    add_serve_arguments(parser)
+    return serve_from_args(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -142,3 +142,18 @@ def test_request_defaults_and_validation():
         parse_request({"prompt": "x", "n": 2}, chat=False, model_name="m")
     with pytest.raises(RequestError, match="logprobs"):
         parse_request({"prompt": "x", "logprobs": 2}, chat=False, model_name="m")
+    assert parse_request({"prompt": "x", "tools": [], "logprobs": False}, chat=False, model_name="m").prompt == "x"
+
+
+def test_serve_reports_a_bad_model_path_and_exits_2(tmp_path, capsys):
+    from decoding.server import main
+
+    assert main(["--model", str(tmp_path / "missing"), "--port", "0"]) == 2
+    assert "config.json" in capsys.readouterr().err
+
+
+def test_bench_rejects_a_zero_thread_count(capsys):
+    from decoding.bench import main
+
+    assert main(["--threads", "0"]) == 2
+    assert "--threads" in capsys.readouterr().err
