@@ -157,3 +157,28 @@ def test_bench_rejects_a_zero_thread_count(capsys):
 
     assert main(["--threads", "0"]) == 2
     assert "--threads" in capsys.readouterr().err
+
+
+@slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_streamed_chat_through_litellm(base_url, monkeypatch):
+    """The real client stack: litellm's hosted_vllm provider, streaming, against this server."""
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    chunks = litellm.completion(
+        model="hosted_vllm/gemma-3-270m",
+        api_base=base_url,
+        messages=[{"role": "user", "content": "Count: one, two, three,"}],
+        max_tokens=12,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    parts, usage = [], None
+    for chunk in chunks:
+        if chunk.choices and chunk.choices[0].delta.content:
+            parts.append(chunk.choices[0].delta.content)
+        usage = getattr(chunk, "usage", None) or usage
+    assert "".join(parts).strip()
+    assert usage is not None and 0 < usage.completion_tokens <= 12
