@@ -27,8 +27,8 @@ from pathlib import Path
 
 from evals.cases import DEFAULT_CASES, load_cases
 from tools.edit_file import apply_script_to_file
-from tools.ot import Insert, Op, OTError, Retain, format_script, is_quoted, ot_diff
-from tools.patch import apply_edit
+from tools.ot import Op, OTError, Retain, format_script, is_line_insert, is_quoted, ot_diff
+from tools.patch import apply_edit, without_blank_lines
 from tools.syntax import language_for
 
 PERTURBATIONS = (-3, -2, -1, 1, 2, 3)
@@ -62,14 +62,6 @@ def _perturbed(ops: list[Op], kind) -> Iterator[tuple[int, int, list[Op]]]:
                     yield i, delta, ops[:i] + [Retain(ops[i].n + delta)] + ops[i + 1 :]
 
 
-def _is_line_insert(op: Op) -> bool:
-    return isinstance(op, Insert) and (op.text.endswith("\n") or op.text.startswith("\n"))
-
-
-def _without_blank_lines(text: str) -> list[str]:
-    return [line for line in text.split("\n") if line.strip()]
-
-
 def _outcome(before: str, after: str, script: list[Op], language: str | None, blank_ok: bool) -> str:
     try:
         got = apply_edit(before, script, language).after
@@ -77,7 +69,7 @@ def _outcome(before: str, after: str, script: list[Op], language: str | None, bl
         return "refused"
     if got == after:
         return "exact"
-    if blank_ok and _without_blank_lines(got) == _without_blank_lines(after):
+    if blank_ok and without_blank_lines(got) == without_blank_lines(after):
         return "blank-lines"
     return "misplaced"
 
@@ -107,7 +99,7 @@ def run(cases: list[dict], progress: bool = True) -> dict:
             exact.add(_outcome(before, after, ops, language, blank_ok=False), case["id"])
             for i, delta, script in _perturbed(ops, is_quoted):
                 quoted.add(_outcome(before, after, script, language, blank_ok=False), f"{case['id']} op {i} {delta:+d}")
-            for i, delta, script in _perturbed(ops, _is_line_insert):
+            for i, delta, script in _perturbed(ops, is_line_insert):
                 line_insert.add(
                     _outcome(before, after, script, language, blank_ok=True), f"{case['id']} op {i} {delta:+d}"
                 )

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 
-from tools.ot import Insert, Op, OTError, Retain, format_script, is_quoted, ot_diff
+from tools.ot import Insert, Op, OTError, Retain, format_script, is_line_insert, is_quoted, ot_diff
 from tools.ot_script import parse_script
 from tools.patch import apply_edit
 
@@ -324,7 +324,7 @@ def _what(following: list[Op]) -> str:
     if is_quoted(next((o for o in following if not isinstance(o, Insert)), None)):
         return "quoted text"
     if isinstance(op, Insert):
-        return "line insert" if op.text.endswith("\n") or op.text.startswith("\n") else "inline insert"
+        return "line insert" if is_line_insert(op) else "inline insert"
     return "count-only delete"
 
 

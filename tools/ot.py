@@ -295,11 +295,10 @@ def _anchor_size(doc: str, ops: list[Op], index: int, pos: int, available: int) 
     op = ops[index]
     following = ops[index + 1] if index + 1 < len(ops) else None
     if isinstance(op, Insert):
-        if is_quoted(following) or _on_line_boundary(doc, pos, op.text):
+        if is_quoted(following) or on_line_boundary(doc, pos, op.text):
             return 0
         line_start = doc.rfind("\n", 0, pos) + 1
-        whole_lines = op.text.endswith("\n") or op.text.startswith("\n")
-        run, smallest = "", min(available, max(pos - line_start, 1) if whole_lines else 1)
+        run, smallest = "", min(available, max(pos - line_start, 1) if is_line_insert(op) else 1)
     elif isinstance(op, Delete) and op.text is not None:
         run, smallest = quoted_run(ops, index), 0
     else:
@@ -318,9 +317,15 @@ def _overlaps_itself(doc: str, pattern: str, lo: int, hi: int) -> bool:
     return first >= 0 and doc.find(pattern, first + 1, hi) >= 0
 
 
-def _on_line_boundary(doc: str, pos: int, text: str) -> bool:
-    """Whether an insert of `text` at `pos` sits where a miscount could not have put it by mistake: whole
-    lines at a line boundary (see tools.patch). An inline insert never does."""
+def is_line_insert(op: Op | None) -> bool:
+    """An insert of whole lines: its text ends with a newline (it goes at a line start) or begins with one
+    (it goes at a line end)."""
+    return isinstance(op, Insert) and (op.text.endswith("\n") or op.text.startswith("\n"))
+
+
+def on_line_boundary(doc: str, pos: int, text: str) -> bool:
+    """Whether an insert of `text` at `pos` sits where whole lines belong: text ending with a newline at a
+    line start, text beginning with one at a line end. Inline text is never on a line boundary."""
     if text.endswith("\n"):
         return pos == 0 or doc[pos - 1] == "\n"
     if text.startswith("\n"):

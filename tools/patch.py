@@ -17,7 +17,19 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from tools.ot import Delete, Insert, Op, OTError, Retain, apply, format_op, is_quoted, quoted_run
+from tools.ot import (
+    Delete,
+    Insert,
+    Op,
+    OTError,
+    Retain,
+    apply,
+    format_op,
+    is_line_insert,
+    is_quoted,
+    on_line_boundary,
+    quoted_run,
+)
 from tools.syntax import SyntaxProblem, added_problems, language_name, syntax_problems
 
 QUOTE_RADIUS = 32  # code points around the cursor searched first for quoted text
@@ -241,14 +253,10 @@ class _Resolver:
     def _place_insert(self, index: int, op: Insert, pos: int, done: int, forced: dict) -> int:
         """Where an insert after a count-only retain belongs: whole lines on a line boundary, words whole."""
         doc, text = self.doc, op.text
-        if text.endswith("\n"):
-            is_boundary = lambda q: q == 0 or doc[q - 1] == "\n"  # noqa: E731
-        elif text.startswith("\n"):
-            is_boundary = lambda q: q == len(doc) or doc[q] == "\n"  # noqa: E731
-        else:
+        if not is_line_insert(op):
             return self._place_inline(index, op, pos, done, forced)
         lo, hi = max(done, pos - SNAP_RADIUS), min(len(doc), pos + SNAP_RADIUS)
-        candidates = [q for q in range(lo, hi + 1) if is_boundary(q)]
+        candidates = [q for q in range(lo, hi + 1) if on_line_boundary(doc, q, text)]
         if not candidates or candidates == [pos]:
             return pos
         fits = lambda q: _indent_fits(doc, q, text)  # noqa: E731
@@ -306,7 +314,7 @@ class _Resolver:
         best = min(rank.values())
         best_candidates = [c for c in viable if rank[c] == best]
         nearest = abs(best_candidates[0] - pos)
-        same = _without_blank_lines if lines else str
+        same = without_blank_lines if lines else str
         tied = {same(trials[c][0]): c for c in reversed(best_candidates) if lines or abs(c - pos) == nearest}
         if len(tied) == 1:
             return best_candidates[0]
@@ -344,7 +352,7 @@ class _Resolver:
             kind, why = "anchor", "the quoted text is there"
         elif found == len(doc) and expected > len(doc):
             kind, why = "end-of-file", "the counts ran past the end of the file"
-        elif isinstance(op, Insert) and (op.text.endswith("\n") or op.text.startswith("\n")):
+        elif is_line_insert(op):
             kind, why = "line-boundary", "an insert of whole lines goes on a line boundary"
         else:
             kind, why = "word-boundary", "inserting there would split a word and break the syntax"
@@ -378,7 +386,8 @@ def _indent_fits(doc: str, offset: int, text: str) -> bool:
     return after.lstrip().startswith(_CLOSERS) and width > len(_indent(after))
 
 
-def _without_blank_lines(text: str) -> str:
+def without_blank_lines(text: str) -> str:
+    """`text` with its blank lines removed: two results that differ only in blank lines compare equal."""
     return "\n".join(line for line in text.split("\n") if line.strip())
 
 
