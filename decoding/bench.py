@@ -17,13 +17,14 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from decoding.drafters import NgramDrafter
+from decoding.drafters import SPECULATION_METHODS, make_drafter
 from decoding.engine import generate
 from decoding.model import load_model
 from decoding.target import make_target
 from decoding.workloads import Workload, standard_workloads
 
 PEER = "transformers-pld"
+DRAFTED_METHODS = [m for m in SPECULATION_METHODS if m not in ("off", "auto")]  # "auto" names one of these
 
 
 @dataclass
@@ -83,11 +84,10 @@ def bench_workload(
     ids = tok(workload.prompt).input_ids
     sources = [tok(workload.prediction, add_special_tokens=False).input_ids] if workload.prediction else []
     eos = tok.eos_token_id
-    runs = {
-        "plain": lambda: _ours(target, ids, sources, max_new, None, eos),
-        "ngram": lambda: _ours(target, ids, sources, max_new, NgramDrafter(), eos),
-        PEER: lambda: _peer(loaded.model, ids, max_new, eos, lookup),
-    }
+    runs = {"plain": lambda: _ours(target, ids, sources, max_new, None, eos)}
+    for method in DRAFTED_METHODS:  # a fresh drafter per run: drafters may follow one generation
+        runs[method] = lambda m=method: _ours(target, ids, sources, max_new, make_drafter(m, tokenizer=tok), eos)
+    runs[PEER] = lambda: _peer(loaded.model, ids, max_new, eos, lookup)
     results = {}
     for _ in range(repeats):  # interleaved, best of `repeats`: other work on the CPU only ever adds time
         for name, run in runs.items():
@@ -161,7 +161,7 @@ def run_bench(
             bench_workload(loaded, target, workloads[-1], 8, dtype, n, lookup)  # warm-up
             for workload in workloads:
                 rows += bench_workload(loaded, target, workload, max_new_tokens, dtype, n, lookup, repeats)
-                echo(format_table(rows[-3:]).split("\n", 2)[-1])
+                echo(format_table(rows[-(len(DRAFTED_METHODS) + 2) :]).split("\n", 2)[-1])
     return rows
 
 

@@ -6,14 +6,20 @@ text:
 - inside a quoted `delete("…` or `retain("…`: the source text at the cursor (the quote copies it);
 - inside an `insert("…`: the rest of the source line that the line being inserted is copying, found by
   the longest suffix of the inserted text that occurs in the source near the cursor.
-Proposals are JSON-escaped, as they appear inside the script's string literals. The engine turns them into
-draft tokens; the target model verifies them, so a wrong proposal costs speed, never correctness.
+Proposals are JSON-escaped, as they appear inside the script's string literals, and end at the end of the
+source line (scripts quote line by line, and what follows the quote is the script's own syntax).
+
+`CursorTokenDrafter` is the engine's face of it: it finds the script being written in the decoded context (after
+the last ```edit fence or a line holding only `[`), turns the proposal into draft tokens, and fills the rest of the
+draft by prompt lookup. The target model verifies every draft, so a wrong proposal costs speed, never correctness.
 """
 
 from __future__ import annotations
 
 import json
+import re
 
+from decoding.drafters import Draft, DraftContext, NgramDrafter
 from tools.ot import Delete, Insert, Retain
 from tools.ot_script import ScriptParser, ScriptSyntaxError
 
@@ -66,7 +72,7 @@ class CursorDrafter:
         if start is None:
             return ""
         end = start + len(typed)
-        return self.source[end : end + self.max_chars]
+        return _through_line_end(self.source[end : end + self.max_chars])
 
     def _line_continuation(self, typed: str) -> str:
         """The rest of the source line that the insert is copying, if its tail occurs in the source."""
@@ -74,9 +80,7 @@ class CursorDrafter:
             tail = typed[-size:]
             found = _nearest(self.source, tail, self._cursor)
             if found is not None:
-                rest = self.source[found + size :]
-                line_end = rest.find("\n")
-                return rest[: line_end + 1 if line_end >= 0 else len(rest)][: self.max_chars]
+                return _through_line_end(self.source[found + size : found + size + self.max_chars])
         return ""
 
 
@@ -89,6 +93,72 @@ def _nearest(source: str, text: str, cursor: int) -> int | None:
     return min(candidates, key=lambda at: abs(at - cursor)) if candidates else None
 
 
+def _through_line_end(text: str) -> str:
+    line_end = text.find("\n")
+    return text if line_end < 0 else text[: line_end + 1]
+
+
 def _escape(text: str) -> str:
     """Text as it appears inside a JSON string literal (without the quotes)."""
     return json.dumps(text, ensure_ascii=False)[1:-1]
+
+
+# Where a script starts: after an ```edit fence line (the agent's text protocol) or a line that is only `[`.
+_SCRIPT_START = re.compile(r"^(?:`{3,}edit[^\n]*|[ \t]*\[[ \t]*)\n", re.M)
+
+
+class CursorTokenDrafter:
+    """Edit-aware drafts for the engine: the cursor proposal as tokens, then prompt lookup for the rest.
+
+    Outside an edit script, or with no source to follow (no prediction text), this is plain prompt lookup. One
+    instance follows one generation: the context only grows between calls.
+    """
+
+    name = "cursor"
+
+    def __init__(self, tokenizer, n_min: int = 2, n_max: int = 6) -> None:
+        self.tokenizer = tokenizer
+        self.lookup = NgramDrafter(n_min=n_min, n_max=n_max)
+        self._source_ids: list[int] | None = None
+        self._script_start = -1
+        self._cursor: CursorDrafter | None = None
+
+    def propose(self, context: DraftContext, k: int) -> Draft:
+        tokens = self._cursor_tokens(context)[:k]
+        if len(tokens) < k:
+            rest = DraftContext(tokens=context.tokens + tokens, sources=context.sources)
+            tokens += self.lookup.propose(rest, k - len(tokens)).tokens
+        return Draft(tokens)
+
+    def _cursor_tokens(self, context: DraftContext) -> list[int]:
+        if not context.sources:
+            return []
+        text = self.tokenizer.decode(context.tokens, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # the last token ends inside a UTF-8 sequence
+            return []
+        drafter = self._follow(context.sources[0], text)
+        if drafter is None:
+            return []
+        proposal = drafter.propose(text[self._script_start :])
+        return self._continuation_ids(context.tokens[-1], proposal) if proposal else []
+
+    def _follow(self, source_ids: list[int], text: str) -> CursorDrafter | None:
+        """The CursorDrafter of the script being written in `text`, started afresh at each new script."""
+        starts = list(_SCRIPT_START.finditer(text))
+        if not starts:
+            return None
+        start = starts[-1].end()
+        if self._cursor is None or start != self._script_start or source_ids is not self._source_ids:
+            source = self.tokenizer.decode(source_ids, skip_special_tokens=True)
+            self._cursor, self._script_start, self._source_ids = CursorDrafter(source), start, source_ids
+        return self._cursor
+
+    def _continuation_ids(self, last: int, proposal: str) -> list[int]:
+        """Tokens of `proposal` as the model would write them after token `last`.
+
+        Tokenized together with `last` where that keeps `last` whole (so the first proposed token merges as the
+        model's would); where `last` ends mid-token (`op` before `en(`), the proposal is tokenized on its own.
+        """
+        encode = self.tokenizer
+        ids = encode(self.tokenizer.decode([last]) + proposal, add_special_tokens=False).input_ids
+        return ids[1:] if ids and ids[0] == last else encode(proposal, add_special_tokens=False).input_ids

@@ -1,8 +1,8 @@
 """Drafters: cheap guesses of the next tokens that the target model then verifies in one forward.
 
 Every drafter has `propose(context, k) -> Draft`. The n-gram lookup itself is a pure function over token id lists
-(`ngram_lookup`) so other engines can share it. Edit-aware (`cursor`), multi-token-prediction (`mtp`) and per-step
-`hybrid` drafters plug in through `make_drafter` once they exist.
+(`ngram_lookup`) so other engines can share it. The edit-aware `cursor` drafter lives in `decoding.cursor`;
+multi-token-prediction (`mtp`) and per-step `hybrid` drafters plug in through `make_drafter`.
 """
 
 from __future__ import annotations
@@ -105,13 +105,23 @@ class AdaptiveK:
         self.k = min(self.k_max, self.k * 2) if accepted == drafted else max(self.k_min, accepted + 1)
 
 
-SPECULATION_METHODS = ("off", "ngram", "auto")
+SPECULATION_METHODS = ("off", "ngram", "cursor", "auto")
 
 
-def make_drafter(method: str, n_min: int = 2, n_max: int = 6) -> Drafter | None:
-    """The drafter for a speculation method; None for "off". "auto" is n-gram until the cursor/MTP drafters land."""
+def make_drafter(method: str, *, tokenizer=None, n_min: int = 2, n_max: int = 6) -> Drafter | None:
+    """The drafter for a speculation method; None for "off".
+
+    "cursor" follows edit scripts through the source and needs the tokenizer; "auto" is "cursor" when a tokenizer
+    is given, else "ngram".
+    """
     if method == "off":
         return None
-    if method in ("ngram", "auto"):
+    if method == "ngram" or (method == "auto" and tokenizer is None):
         return NgramDrafter(n_min=n_min, n_max=n_max)
+    if method in ("cursor", "auto"):
+        if tokenizer is None:
+            raise ValueError("the cursor drafter needs the tokenizer to read the edit script")
+        from decoding.cursor import CursorTokenDrafter  # cursor builds on this module
+
+        return CursorTokenDrafter(tokenizer, n_min=n_min, n_max=n_max)
     raise ValueError(f"unknown speculation method {method!r}; expected one of {', '.join(SPECULATION_METHODS)}")

@@ -4,7 +4,8 @@ Endpoints: GET /v1/models, POST /v1/completions, POST /v1/chat/completions, stre
 handled on threads, but generation runs on a single worker thread that takes requests in arrival order.
 
 Extensions: `prediction: {"type": "content", "content": "..."}` is source text the drafters copy from (OpenAI
-Predicted Outputs' shape), `speculation: "off" | "ngram" | "auto"` picks the drafter, `top_k` limits sampling.
+Predicted Outputs' shape), `speculation: "off" | "ngram" | "cursor" | "auto"` picks the drafter,
+`top_k` limits sampling.
 `usage` reports `completion_tokens_details.accepted_prediction_tokens` / `rejected_prediction_tokens` and
 `speculation = {method, drafted, accepted, target_forwards, mean_accepted_length}`.
 """
@@ -247,7 +248,7 @@ class Service:
             prompt=prompt_ids,
             max_new_tokens=job.max_tokens,
             sampling=job.sampling,
-            drafter=make_drafter(job.speculation),
+            drafter=make_drafter(job.speculation, tokenizer=self.tokenizer),
             sources=sources,
             stop_ids=frozenset(self.eos_ids),
         )

@@ -2,7 +2,10 @@
 
 import json
 
-from decoding.cursor import CursorDrafter
+import pytest
+
+from decoding.cursor import CursorDrafter, CursorTokenDrafter
+from decoding.drafters import DraftContext
 from tools.ot import format_script, ot_diff
 
 SOURCE = '''def parse(line):
@@ -64,7 +67,36 @@ def test_following_a_real_script_the_quotes_are_drafted_many_characters_per_step
 
 
 def test_proposals_are_json_escaped():
-    source = 'say("hi")\n\tdone\n'
+    source = 'say("hi",\t1)\ndone\n'
     proposal = CursorDrafter(source).propose('delete("say(')
-    assert proposal == '\\"hi\\")\\n\\tdone\\n'
-    assert json.loads(f'"{proposal}"') == '"hi")\n\tdone\n'
+    assert proposal == '\\"hi\\",\\t1)\\n'
+    assert json.loads(f'"{proposal}"') == '"hi",\t1)\n'
+
+
+def test_a_proposal_ends_with_its_source_line():
+    proposal = CursorDrafter(SOURCE).propose('delete("def parse(')
+    assert proposal == "line):\\n"
+
+
+@pytest.mark.slow
+def test_the_token_drafter_drafts_the_rest_of_the_quoted_source_line(embedded_model):
+    tok = embedded_model.tokenizer
+    drafter = CursorTokenDrafter(tok)
+    source_ids = tok(SOURCE, add_special_tokens=False).input_ids
+    script = 'retain("def parse(line):\\n")\nretain(95)\ndelete("    with op'
+    written = tok(f"Edit:\n```edit config.py\n{script}", add_special_tokens=False).input_ids
+    draft = drafter.propose(DraftContext(tokens=written, sources=[source_ids]), k=40)
+    text = tok.decode(draft.tokens)
+    assert text.startswith("en(path) as handle:\\n")  # the rest of the source line, JSON-escaped
+
+
+def test_outside_a_script_the_token_drafter_is_prompt_lookup():
+    class Chars:  # a tokenizer with one token per character is enough to follow the text
+        def decode(self, ids, skip_special_tokens=True):
+            return "".join(map(chr, ids))
+
+        def __call__(self, text, add_special_tokens=False):
+            return type("Encoding", (), {"input_ids": [ord(c) for c in text]})
+
+    context = DraftContext(tokens=[ord(c) for c in "abcdXYZ abcd"], sources=[[ord(c) for c in "unrelated"]])
+    assert CursorTokenDrafter(Chars()).propose(context, k=3).tokens == [ord(c) for c in "XYZ"]

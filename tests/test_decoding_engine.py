@@ -3,7 +3,7 @@ import inspect
 import pytest
 import torch
 
-from decoding.drafters import NgramDrafter
+from decoding.drafters import NgramDrafter, make_drafter
 from decoding.engine import generate
 from decoding.model import cache_root, resolve_model_dir
 from decoding.target import GemmaTarget, HFTarget, make_target
@@ -50,16 +50,24 @@ def test_rollback_then_recompute_equals_a_fresh_forward(embedded_model, kind):
         target.rollback(target.length + 1)
 
 
+@pytest.fixture(scope="module")
+def plain_outputs(target, embedded_model):
+    return {w.name: generate(target, encode(embedded_model, w.prompt), 48) for w in standard_workloads()}
+
+
 @slow
+@pytest.mark.parametrize("method", ["ngram", "cursor"])
 @pytest.mark.parametrize("workload", standard_workloads(), ids=lambda w: w.name)
-def test_greedy_speculation_is_token_identical_to_plain_decoding(embedded_model, target, workload):
+def test_greedy_speculation_is_token_identical_to_plain_decoding(
+    embedded_model, target, plain_outputs, workload, method
+):
     ids = encode(embedded_model, workload.prompt)
     sources = [encode(embedded_model, workload.prediction)[1:]] if workload.prediction else []
-    plain = generate(target, ids, 48)
-    spec = generate(target, ids, 48, drafter=NgramDrafter(), sources=sources)
+    plain = plain_outputs[workload.name]
+    spec = generate(target, ids, 48, drafter=make_drafter(method, tokenizer=embedded_model.tokenizer), sources=sources)
     assert spec.tokens == plain.tokens
     assert plain.stats.target_forwards == len(plain.tokens)
-    if workload.name.startswith("copy-edit"):
+    if workload.name.startswith(("copy-edit", "ot-edit")):
         # Copying from the prompt must actually pay: far fewer target forwards than tokens.
         assert spec.stats.accepted > 24
         assert spec.stats.target_forwards < len(spec.tokens) / 2
