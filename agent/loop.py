@@ -230,7 +230,7 @@ class Agent:
             results.append((finishes[0], verdict))
             results += [(a, ToolResult(ERROR, "ignored: one done or failed per reply")) for a in finishes[1:]]
         self._observe(state, results, native, cut=reply.finish_reason == "length")
-        summary = ", ".join(f"{_label(a)} {r.status}" for a, r in results) or "no action"
+        summary = ", ".join(f"{action_label(a)} {r.status}" for a, r in results) or "no action"
         self.progress(f"step {state.steps}: {summary} ({reply.usage.get('completion_tokens', '?')} tokens out)")
         return outcome
 
@@ -361,7 +361,7 @@ class Agent:
             for action, result in results:
                 self._add_message(state, {"role": "tool", "tool_call_id": action.call_id, "content": result.output})
             return
-        parts = [f"[{_label(a)}: {r.status}]\n{r.output}" for a, r in results] or [NO_ACTION]
+        parts = [f"[{action_label(a)}: {r.status}]\n{r.output}" for a, r in results] or [NO_ACTION]
         if cut:
             parts.insert(0, CUT_OFF)
         self._add_message(state, {"role": "user", "content": "\n\n".join(parts)})
@@ -433,7 +433,8 @@ def _arg(args: dict, name: str, kind: type, default=_MISSING):
     return value
 
 
-def _label(action: Action) -> str:
+def action_label(action: Action) -> str:
+    """A tool call in a few words: the tool and its path, pattern or the command's first line."""
     target = action.args.get("path") or action.args.get("pattern") or action.args.get("regex") or ""
     if action.tool == "shell":
         target = str(action.args.get("command", "")).splitlines()[0][:60] if action.args.get("command") else ""

@@ -71,7 +71,7 @@ class Workspace:
     def rel(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix() or "."
 
-    def _glob(self, pattern: str) -> list[Path]:
+    def glob(self, pattern: str) -> list[Path]:
         """Paths matching `pattern` under the root, without descending into VCS, cache or dependency folders
         (a walk that prunes them, so a large node_modules costs nothing) or following links outside."""
         if not pattern or Path(pattern).is_absolute() or ".." in Path(pattern).parts:
@@ -183,7 +183,7 @@ class Workspace:
     def list(self, pattern: str = "**/*") -> ToolResult:
         """Paths matching a glob (relative to the root), directories with a trailing `/`, bounded."""
         try:
-            paths = self._glob(pattern)
+            paths = self.glob(pattern)
         except PathRefused as exc:
             return _refusal(exc)
         entries = [self.rel(path) + ("/" if path.is_dir() else "") for path in paths]
@@ -200,7 +200,7 @@ class Workspace:
         except re.error as exc:
             return ToolResult(ERROR, f"invalid regular expression {regex!r}: {exc}")
         try:
-            paths = [path for path in self._glob(pattern) if path.is_file()]
+            paths = [path for path in self.glob(pattern) if path.is_file()]
         except PathRefused as exc:
             return _refusal(exc)
         hits, total = [], 0
