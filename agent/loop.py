@@ -85,7 +85,9 @@ class RunState:
         state = cls(start["run_id"], start["task"])
         for event in events:
             kind = event["type"]
-            if kind == "message":
+            if kind == "message" and event.get("amends_last") and state.messages:
+                state.messages[-1] = event["message"]  # a message that grew (a prompt added to an observation)
+            elif kind == "message":
                 state.messages.append(event["message"])
             elif kind == "turn":
                 state.steps = event["step"]

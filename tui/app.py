@@ -14,15 +14,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from textual import work
+from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.message import Message
 from textual.reactive import reactive
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Markdown
-from textual.widgets.markdown import MarkdownStream
+from textual.widgets import Footer, Header
 
 from agent.config import Settings
 from agent.embedded import EmbeddedServer, EmbeddedServerError
@@ -65,6 +64,10 @@ class TextArrived(Message):
     def __init__(self, text: str, at: float) -> None:
         super().__init__()
         self.text, self.at = text, at
+
+
+class ShowText(Message):
+    """Time to show the reply text received since the last time (at most 20 times a second)."""
 
 
 class TurnEnded(Message):
@@ -128,7 +131,7 @@ class RetainApp(App):
         self.applied: list[Path] = []  # files of this session's applied edits, oldest first, for ctrl+z
         self.for_model: list[str] = []  # what the user did between prompts, told with the next one
         self.reply: AssistantMessage | None = None
-        self.stream: MarkdownStream | None = None
+        self.unshown: list[str] = []  # reply text received but not yet in the Markdown widget
 
     # -- layout and start ------------------------------------------------------------------------------
 
@@ -229,7 +232,8 @@ class RetainApp(App):
 
     # -- prompts and runs --------------------------------------------------------------------------
 
-    async def on_input_submitted(self, event: PromptInput.Submitted) -> None:
+    @on(PromptInput.Submitted, "#prompt")
+    async def send_prompt(self, event: PromptInput.Submitted) -> None:
         prompt = event.value.strip()
         if not prompt:
             return
@@ -311,8 +315,18 @@ class RetainApp(App):
         if self.reply is None:
             self.reply = AssistantMessage()
             await self.add(self.reply)
-            self.stream = Markdown.get_stream(self.reply)
-        await self.stream.write(message.text)
+        if not self.unshown:  # batched: rendering Markdown on every token would fall behind a fast model
+            self.set_timer(1 / 20, lambda: self.post_message(ShowText()))
+        self.unshown.append(message.text)
+
+    async def on_show_text(self, message: ShowText) -> None:
+        await self.show_text()
+
+    async def show_text(self) -> None:
+        if self.reply is not None and self.unshown:
+            text = "".join(self.unshown)
+            self.unshown.clear()
+            await self.reply.append(text)
 
     async def on_turn_ended(self, message: TurnEnded) -> None:
         self.stats.turn(message.usage, message.at)
@@ -338,9 +352,8 @@ class RetainApp(App):
         self.refresh_status()
 
     async def end_reply(self) -> None:
-        if self.stream is not None:
-            await self.stream.stop()
-        self.stream, self.reply = None, None
+        await self.show_text()
+        self.reply = None
 
     async def add(self, widget) -> None:
         await self.query_one("#conversation", VerticalScroll).mount(widget)

@@ -89,9 +89,11 @@ class FilePicker(ModalScreen[str | None]):
         self._show("")
 
     def on_input_changed(self, event: Input.Changed) -> None:
+        event.stop()
         self._show(event.value)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
         matches = self.query_one(OptionList)
         if matches.option_count:
             self.dismiss(matches.get_option_at_index(matches.highlighted or 0).id)

@@ -88,7 +88,13 @@ class Session:
             for message in first_messages(prompt, self.workspace):
                 self._add(message)
             return self.state
-        self._add({"role": "user", "content": prompt})
+        last = self.state.messages[-1] if self.state.messages else None
+        if last is not None and last["role"] == "user":  # roles must alternate for many chat templates
+            merged = {"role": "user", "content": f"{last['content']}\n\n{prompt}"}
+            self.state.messages[-1] = merged
+            self.transcript.write("message", message=merged, amends_last=True)
+        else:
+            self._add({"role": "user", "content": prompt})
         return self.state
 
     def _add(self, message: dict) -> None:

@@ -85,12 +85,12 @@ class ToolCall(Collapsible):
             added, removed = diff_counts(diff)
             title += f"  +{added} −{removed}"
             notes = "".join(f"note: {note}\n" for note in result.data.get("notes", []))
-            body = Static(Text(notes, style="yellow") + diff_text(diff, result.data["file"]))
+            body = Static(Text(notes, style="yellow") + diff_text(diff, result.data["file"]), classes="output")
         else:
-            lines = result.output.count("\n") + 1
+            lines = len(result.output.splitlines())
             if lines > 1:
                 title += f"  ({lines} lines)"
-            body = Static(Text(fold(result.output)))
+            body = Static(Text(fold(result.output)), classes="output")
         # failures stay open, so the applier's message is read without a click
         super().__init__(body, title=title, collapsed=result.status == OK)
         self.add_class(result.status)
