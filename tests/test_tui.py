@@ -221,3 +221,20 @@ def test_the_first_frame_does_not_wait_for_the_embedded_server(ws, monkeypatch):
         assert app.model.name == "openai/stand-in" and notes(app)[-1] == "● done: ok"
 
     drive(app, scenario)
+
+
+def test_agent_alone_without_a_terminal_prints_the_help(capsys):
+    from agent.cli import main
+
+    assert main([]) == 2 and "agent tui" in capsys.readouterr().out
+
+
+def test_agent_tui_without_a_model_says_how_to_configure_one(tmp_path, monkeypatch, capsys):
+    from agent.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RETAIN_MODEL", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    assert main(["tui"]) == 4
+    err = capsys.readouterr().err
+    assert err.startswith("agent tui: no model is configured") and "--model embedded" in err

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from rich.style import Style
 from rich.syntax import Syntax
-from rich.text import Text
+from rich.text import Span, Text
 from textual.message import Message
 from textual.widgets import Collapsible, Input, Markdown, Static
 
@@ -21,8 +22,8 @@ def diff_text(diff: str, path: str) -> Text:
     lines = diff.splitlines()
     body = [line for line in lines if line[:1] in " +-" and not line.startswith(("+++ ", "--- "))]
     code = "\n".join(line[1:] for line in body)
-    syntax = Syntax(code, Syntax.guess_lexer(path, code), theme="monokai")
-    highlighted = syntax.highlight(code).split("\n") if body else []
+    highlighted = _foreground(Syntax(code, Syntax.guess_lexer(path, code), theme="monokai").highlight(code))
+    highlighted = highlighted.split("\n") if body else []
     out, index = Text(), 0
     for line in lines:
         if line.startswith(("+++ ", "--- ")):
@@ -43,6 +44,18 @@ def diff_text(diff: str, path: str) -> Text:
             out.append(line + "\n", style="dim")
     out.rstrip()
     return out
+
+
+def _foreground(text: Text) -> Text:
+    """The highlighting's colours without the theme's background, so the diff's shading shows."""
+    text.style = ""
+    text.spans = [
+        Span(span.start, span.end, Style(color=span.style.color, bold=span.style.bold, italic=span.style.italic))
+        if isinstance(span.style, Style)
+        else span
+        for span in text.spans
+    ]
+    return text
 
 
 def diff_counts(diff: str) -> tuple[int, int]:
