@@ -13,7 +13,7 @@ from tui_helpers import FIX_MEAN, FIXED, SIZE, SPECULATION, STATS, make_app, mak
 from agent import embedded
 from agent.config import Settings
 from tui.app import RetainApp
-from tui.screens import EditApproval, FilePicker, SessionPicker
+from tui.screens import CommandApproval, EditApproval, FilePicker, SessionPicker
 from tui.session import list_sessions, sessions_dir
 from tui.widgets import AssistantMessage, Note, StatusBar, ToolCall, UserMessage
 
@@ -157,6 +157,25 @@ def test_auto_approve_then_ctrl_z_undoes_the_last_edit_and_the_model_is_told(ws)
     told = server.requests[2]["messages"][-1]["content"]
     assert told.endswith("\n\n(I undid your last edit of stats.py; it is back as it was before that edit.)\nthanks")
     assert (ws / "stats.py").read_text() == STATS
+
+
+def test_a_shell_command_runs_only_once_the_user_approves_it(ws):
+    turns = [Turn("```shell\ntouch approved.txt\n```\n```shell\ntouch refused.txt\n```"), Turn("```done\nok\n```")]
+
+    async def scenario(pilot):
+        app = pilot.app
+        await send(pilot, "touch two files")
+        await until(pilot, lambda: isinstance(app.screen, CommandApproval), what="the first command")
+        assert str(app.screen.query_one("#command").render()) == "touch approved.txt"
+        await pilot.press("y")
+        await until(pilot, lambda: isinstance(app.screen, CommandApproval) and len(app.query(ToolCall)) == 1)
+        await pilot.press("n")
+        await until(pilot, lambda: not app.running, what="the run to end")
+        assert tool_titles(app) == ["✓ shell touch approved.txt  exit 0", "⊘ shell touch refused.txt"]
+
+    with ReplayServer(turns) as server:
+        drive(make_app(ws, server.url), scenario)
+    assert (ws / "approved.txt").exists() and not (ws / "refused.txt").exists()
 
 
 def test_at_opens_a_fuzzy_file_picker_that_inserts_the_path(ws):

@@ -30,7 +30,18 @@ async def up_to_the_approval(pilot) -> None:
     await send(pilot, "make mean() safe for empty lists")
     await until(pilot, lambda: isinstance(app.screen, EditApproval), what="the approval screen")
     await until(pilot, lambda: not app.unshown, what="the reply shown")
-    await pilot.pause(0.2)
+    await settled(pilot)
+
+
+async def settled(pilot) -> None:
+    """Wait until the conversation's layout and scroll position stop changing (slow under load)."""
+    conversation = pilot.app.query_one("#conversation")
+    last, steady = None, 0
+    while steady < 3:
+        await pilot.pause(0.1)
+        await pilot.wait_for_scheduled_animations()
+        now = (conversation.scroll_offset, conversation.virtual_size, len(conversation.children))
+        steady, last = (steady + 1 if now == last else 0), now
 
 
 def test_the_diff_approval_screen(snap_compare, tmp_path):
@@ -44,7 +55,7 @@ def test_the_main_screen_after_an_approved_edit(snap_compare, tmp_path):
         await up_to_the_approval(pilot)
         await pilot.press("y")
         await until(pilot, lambda: not pilot.app.running, what="the run to end")
-        await pilot.pause(0.2)
+        await settled(pilot)
 
     with ReplayServer(TURNS) as server:
         app = make_app(make_workspace(tmp_path), server.url, clock=lambda: 0.0)

@@ -132,20 +132,22 @@ class RetainApp(App):
         self.for_model: list[str] = []  # what the user did between prompts, told with the next one
         self.reply: AssistantMessage | None = None
         self.unshown: list[str] = []  # reply text received but not yet in the Markdown widget
+        self.conversation = VerticalScroll(Note(WELCOME, id="welcome"), id="conversation")
+        self.prompt = PromptInput(placeholder="Ask for a change …  (@ inserts a file path)", id="prompt")
+        self.status_bar = StatusBar(id="status")
 
     # -- layout and start ------------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
         yield Header()
-        with VerticalScroll(id="conversation"):
-            yield Note(WELCOME, id="welcome")
-        yield PromptInput(placeholder="Ask for a change …  (@ inserts a file path)", id="prompt")
-        yield StatusBar(id="status")
+        yield self.conversation
+        yield self.prompt
+        yield self.status_bar
         yield Footer()
 
     def on_mount(self) -> None:
         self.sub_title = self.workspace.root.name
-        self.query_one("#conversation", VerticalScroll).anchor()
+        self.conversation.anchor()
         self.connecting = ("connecting to the model server …", self.clock())
         self.refresh_status()
         self.set_interval(0.5, self.refresh_status)
@@ -159,7 +161,7 @@ class RetainApp(App):
                 self.notify(f"no session {self.resume_id} in this workspace", severity="error")
         elif earlier:
             self.push_screen(SessionPicker(earlier), callback=self.resume)
-        self.query_one(PromptInput).focus()
+        self.prompt.focus()
 
     @work(thread=True, group="connect")
     def connect(self) -> None:
@@ -192,7 +194,9 @@ class RetainApp(App):
         self.refresh_status()
 
     def refresh_status(self) -> None:
-        status = self.query_one(StatusBar)
+        status = self.status_bar
+        if not status.is_attached:  # the app is closing
+            return
         if self.connecting:
             line, since = self.connecting
             status.update(f" {line} ({self.clock() - since:.0f} s)")
@@ -356,7 +360,7 @@ class RetainApp(App):
         self.reply = None
 
     async def add(self, widget) -> None:
-        await self.query_one("#conversation", VerticalScroll).mount(widget)
+        await self.conversation.mount(widget)
 
     # -- actions -----------------------------------------------------------------------------------
 
@@ -365,7 +369,9 @@ class RetainApp(App):
         if not self.running or self.cancel is None or self.cancel.is_set():
             return
         self.cancel.set()
+        self.stats.reply_stopped()
         await self.end_reply()
+        self.refresh_status()
 
     async def action_undo(self) -> None:
         if self.running:
@@ -397,7 +403,6 @@ class RetainApp(App):
     async def action_pick_file(self) -> None:
         paths = await asyncio.to_thread(lambda: workspace_files(self.workspace.root, self.workspace.glob("**/*")))
         chosen = await self.push_screen_wait(FilePicker(paths))
-        prompt = self.query_one(PromptInput)
         if chosen:
-            prompt.insert_text_at_cursor(chosen + " ")
-        prompt.focus()
+            self.prompt.insert_text_at_cursor(chosen + " ")
+        self.prompt.focus()

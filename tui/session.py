@@ -143,6 +143,10 @@ class Stats:
             return None
         return self.stream_chars / self.chars_per_token / (now - self.stream_first)
 
+    def reply_stopped(self) -> None:
+        """The reply was cut short: no usage comes for it, and the live estimate ends."""
+        self.stream_first, self.stream_chars = None, 0
+
     def turn(self, usage: dict, now: float) -> None:
         completion = int(usage.get("completion_tokens") or 0)
         if self.stream_first is not None and now > self.stream_first and completion:

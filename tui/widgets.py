@@ -100,6 +100,8 @@ class ToolCall(Collapsible):
             notes = "".join(f"note: {note}\n" for note in result.data.get("notes", []))
             body = Static(Text(notes, style="yellow") + diff_text(diff, result.data["file"]), classes="output")
         else:
+            if "exit_code" in result.data:  # a command
+                title += f"  exit {result.data['exit_code']}"
             lines = len(result.output.splitlines())
             if lines > 1:
                 title += f"  ({lines} lines)"
