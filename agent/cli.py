@@ -243,19 +243,24 @@ def _add_run_parser(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run_p.add_argument("task", nargs="?", help="the task, a Markdown or text file (not needed with --resume)")
-    run_p.add_argument("--model", help="litellm model name (provider/model), or 'embedded'")
-    run_p.add_argument("--api-base", help="the model server's base URL, e.g. http://127.0.0.1:8000/v1")
+    _add_agent_options(run_p)
     run_p.add_argument("--workspace", help="the directory to work in (default: the current one)")
-    run_p.add_argument("--max-steps", type=_positive(int), help="model turns at most (default 30)")
     run_p.add_argument("--max-tokens", type=_positive(int), help="prompt + completion tokens at most")
     run_p.add_argument("--timeout", type=_positive(float), help="wall-clock seconds at most")
-    run_p.add_argument("--shell", choices=["never", "ask", "auto"], help="run shell commands? (default ask)")
     run_p.add_argument("--approve", choices=["auto", "never"], help="apply edits? (default auto)")
-    run_p.add_argument("--tools", choices=["auto", "native", "text"], help="native tool calls or fenced blocks")
     run_p.add_argument("--json", metavar="REPORT", help="write the JSON report here (- for stdout)")
     run_p.add_argument("--transcript", metavar="FILE", help="JSONL transcript (default: the state dir's runs/)")
     run_p.add_argument("--resume", metavar="RUN_ID", help="continue a run from its transcript")
     run_p.set_defaults(handler=_cmd_run)
+
+
+def _add_agent_options(parser: argparse.ArgumentParser) -> None:
+    """The model and loop settings `agent run` and `agent tui` share."""
+    parser.add_argument("--model", help="litellm model name (provider/model), or 'embedded'")
+    parser.add_argument("--api-base", help="the model server's base URL, e.g. http://127.0.0.1:8000/v1")
+    parser.add_argument("--max-steps", type=_positive(int), help="model turns per task at most (default 30)")
+    parser.add_argument("--shell", choices=["never", "ask", "auto"], help="run shell commands? (default ask)")
+    parser.add_argument("--tools", choices=["auto", "native", "text"], help="native tool calls or fenced blocks")
 
 
 def _positive(kind):
@@ -296,11 +301,7 @@ def _add_tui_parser(sub) -> None:
         epilog=TUI_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    tui_p.add_argument("--model", help="litellm model name (provider/model), or 'embedded'")
-    tui_p.add_argument("--api-base", help="the model server's base URL, e.g. http://127.0.0.1:8000/v1")
-    tui_p.add_argument("--max-steps", type=_positive(int), help="model turns per prompt at most (default 30)")
-    tui_p.add_argument("--shell", choices=["never", "ask", "auto"], help="run shell commands? (default ask)")
-    tui_p.add_argument("--tools", choices=["auto", "native", "text"], help="native tool calls or fenced blocks")
+    _add_agent_options(tui_p)
     tui_p.add_argument("--resume", metavar="SESSION", help="continue this session")
     tui_p.add_argument("--new", action="store_true", help="start a new session without listing earlier ones")
     tui_p.set_defaults(handler=_cmd_tui)

@@ -12,6 +12,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from textual import on, work
@@ -42,50 +43,52 @@ WELCOME = (
 OUTCOME_ICONS = {"done": "●", "failed": "✗", "budget": "◐", "unavailable": "✗", "cancelled": "■"}
 
 
+# what the connecting and agent threads post to the app (Textual messages may be dataclasses)
+
+
+@dataclass
 class Connecting(Message):
-    def __init__(self, line: str) -> None:
-        super().__init__()
-        self.line = line
+    line: str
 
 
+@dataclass
 class Connected(Message):
-    def __init__(self, model: Model, server: EmbeddedServer | None, native: bool) -> None:
-        super().__init__()
-        self.model, self.server, self.native = model, server, native
+    model: Model
+    server: EmbeddedServer | None
+    native: bool
 
 
+@dataclass
 class ConnectFailed(Message):
-    def __init__(self, reason: str) -> None:
-        super().__init__()
-        self.reason = reason
+    reason: str
 
 
+@dataclass
 class TextArrived(Message):
-    def __init__(self, text: str, at: float) -> None:
-        super().__init__()
-        self.text, self.at = text, at
+    text: str
+    at: float
 
 
 class ShowText(Message):
     """Time to show the reply text received since the last time (at most 20 times a second)."""
 
 
+@dataclass
 class TurnEnded(Message):
-    def __init__(self, usage: dict, at: float) -> None:
-        super().__init__()
-        self.usage, self.at = usage, at
+    usage: dict
+    at: float
 
 
+@dataclass
 class ToolFinished(Message):
-    def __init__(self, action: Action, result: ToolResult, edit: dict | None) -> None:
-        super().__init__()
-        self.action, self.result, self.edit = action, result, edit
+    action: Action
+    result: ToolResult
+    edit: dict | None
 
 
+@dataclass
 class RunEnded(Message):
-    def __init__(self, outcome: Outcome) -> None:
-        super().__init__()
-        self.outcome = outcome
+    outcome: Outcome
 
 
 class RetainApp(App):
