@@ -322,6 +322,8 @@ def _cmd_tui(args: argparse.Namespace) -> int:
         return 4
     app = RetainApp(settings, workspace, resume=args.resume, list_earlier=not args.new, count_tokens=_count_tokens)
     app.run()
+    if app.session.transcript is not None:
+        print(f"session {app.session.session_id}; continue it with: agent tui --resume {app.session.session_id}")
     return EXIT_OK
 
 

@@ -132,7 +132,7 @@ class SessionPicker(ModalScreen[SessionInfo | None]):
             options = [Option("+ new session", id="")]
             for info in self.sessions.values():
                 when = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.started))
-                options.append(Option(f"{when}  {info.title[:70]}", id=info.session_id))
+                options.append(Option(f"{when}  {info.session_id}  {info.title[:60]}", id=info.session_id))
             yield OptionList(*options, id="sessions")
         yield Footer()
 
