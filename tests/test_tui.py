@@ -12,6 +12,7 @@ from tui_helpers import FIX_MEAN, FIXED, SIZE, SPECULATION, STATS, make_app, mak
 
 from agent import embedded
 from agent.config import Settings
+from agent.embedded import free_port
 from tui.app import RetainApp
 from tui.screens import CommandApproval, EditApproval, FilePicker, SessionPicker
 from tui.session import list_sessions, sessions_dir
@@ -257,3 +258,16 @@ def test_agent_tui_without_a_model_says_how_to_configure_one(tmp_path, monkeypat
     assert main(["tui"]) == 4
     err = capsys.readouterr().err
     assert err.startswith("agent tui: no model is configured") and "--model embedded" in err
+
+
+def test_an_unreachable_server_is_reported_in_the_app_with_the_fix(ws):
+    url = f"http://127.0.0.1:{free_port()}/v1"
+
+    async def scenario(pilot):
+        app = pilot.app
+        await until(pilot, lambda: len(notes(app)) == 2, what="the connection failure")
+        assert notes(app)[-1].startswith(f"✗ model server unreachable at {url}")
+        assert "agent tui --model embedded" in notes(app)[-1]
+        assert "openai/replay-model: not connected" in str(app.query_one(StatusBar).render())
+
+    drive(make_app(ws, url), scenario)

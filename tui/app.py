@@ -40,6 +40,10 @@ WELCOME = (
     "Ask for a change in this workspace. Edits are shown as diffs before they are written "
     "(y approve, n reject); ctrl+z undoes the last one."
 )
+FIX_UNREACHABLE = (
+    "fix: start the model server, or point --api-base (or RETAIN_API_BASE, or api_base in agent.toml) at one that "
+    "is running; `agent tui --model embedded` starts the embedded server"
+)
 OUTCOME_ICONS = {"done": "●", "failed": "✗", "budget": "◐", "unavailable": "✗", "cancelled": "■"}
 
 
@@ -193,8 +197,9 @@ class RetainApp(App):
     async def on_connect_failed(self, message: ConnectFailed) -> None:
         self.connecting = None
         self.pending = None
-        await self.add(Note(f"✗ {message.reason}", classes="error"))
+        self.stats.model = f"{self.settings.model}: not connected"
         self.refresh_status()
+        await self.add(Note(f"✗ {message.reason}\n{FIX_UNREACHABLE}", classes="error"))
 
     def refresh_status(self) -> None:
         status = self.status_bar
