@@ -38,9 +38,12 @@ class EditApproval(ModalScreen[str]):
     def compose(self) -> ComposeResult:
         proposal = self.proposal
         added, removed = diff_counts(proposal.diff)
-        verb = "Create" if proposal.tool == "create" and proposal.diff.startswith("--- a/") else "Apply"
+        if proposal.tool == "create":
+            question = f"Write {proposal.file} whole?  +{added} −{removed}"
+        else:
+            question = f"Apply this edit to {proposal.file}?  +{added} −{removed}"
         with Vertical(id="dialog"):
-            yield Label(f"{verb} this edit to {proposal.file}?  +{added} −{removed}", id="question")
+            yield Label(question, id="question")
             if proposal.notes:
                 yield Static(Text("\n".join(f"note: {note}" for note in proposal.notes)), id="notes")
             with VerticalScroll(id="diff"):
