@@ -134,6 +134,7 @@ class RetainApp(App):
         self.connecting: tuple[str, float] | None = None  # the progress line and when connecting began
         self.cancel: threading.Event | None = None
         self.running = False
+        self.closed = False
         self.pending: str | None = None  # a prompt sent before the model server answered
         self.applied: list[Path] = []  # files of this session's applied edits, oldest first, for ctrl+z
         self.for_model: list[str] = []  # what the user did between prompts, told with the next one
@@ -179,6 +180,9 @@ class RetainApp(App):
         except (ModelUnavailable, EmbeddedServerError) as exc:
             self.post_message(ConnectFailed(str(exc)))
             return
+        if self.closed and server is not None:  # the app was closed while the server started
+            server.stop()
+            return
         self.post_message(Connected(model, server, native))
 
     def on_connecting(self, message: Connecting) -> None:
@@ -217,6 +221,7 @@ class RetainApp(App):
             self.refresh_status()
 
     async def on_unmount(self) -> None:
+        self.closed = True
         if self.cancel is not None:
             self.cancel.set()
         if self.server is not None:
