@@ -18,6 +18,7 @@ EXIT_BROKEN = 4  # the edit would add syntax errors
 
 TOP_EPILOG = """\
 examples:
+  agent                                   # the terminal app in this directory (same as agent tui)
   agent run task.md --model embedded      # a task, headless, on the embedded Gemma 3 270M (CPU)
   agent run task.md --model hosted_vllm/google/gemma-4-26B-A4B-it --api-base http://127.0.0.1:8000/v1
   agent serve                             # the embedded model at http://127.0.0.1:8765/v1
@@ -122,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         "decode", help="plain vs speculative decoding vs transformers' prompt lookup, side by side", add_help=False
     )
     _add_run_parser(sub)
+    _add_tui_parser(sub)
     return parser
 
 
@@ -241,19 +243,24 @@ def _add_run_parser(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run_p.add_argument("task", nargs="?", help="the task, a Markdown or text file (not needed with --resume)")
-    run_p.add_argument("--model", help="litellm model name (provider/model), or 'embedded'")
-    run_p.add_argument("--api-base", help="the model server's base URL, e.g. http://127.0.0.1:8000/v1")
+    _add_agent_options(run_p)
     run_p.add_argument("--workspace", help="the directory to work in (default: the current one)")
-    run_p.add_argument("--max-steps", type=_positive(int), help="model turns at most (default 30)")
     run_p.add_argument("--max-tokens", type=_positive(int), help="prompt + completion tokens at most")
     run_p.add_argument("--timeout", type=_positive(float), help="wall-clock seconds at most")
-    run_p.add_argument("--shell", choices=["never", "ask", "auto"], help="run shell commands? (default ask)")
     run_p.add_argument("--approve", choices=["auto", "never"], help="apply edits? (default auto)")
-    run_p.add_argument("--tools", choices=["auto", "native", "text"], help="native tool calls or fenced blocks")
     run_p.add_argument("--json", metavar="REPORT", help="write the JSON report here (- for stdout)")
     run_p.add_argument("--transcript", metavar="FILE", help="JSONL transcript (default: the state dir's runs/)")
     run_p.add_argument("--resume", metavar="RUN_ID", help="continue a run from its transcript")
     run_p.set_defaults(handler=_cmd_run)
+
+
+def _add_agent_options(parser: argparse.ArgumentParser) -> None:
+    """The model and loop settings `agent run` and `agent tui` share."""
+    parser.add_argument("--model", help="litellm model name (provider/model), or 'embedded'")
+    parser.add_argument("--api-base", help="the model server's base URL, e.g. http://127.0.0.1:8000/v1")
+    parser.add_argument("--max-steps", type=_positive(int), help="model turns per task at most (default 30)")
+    parser.add_argument("--shell", choices=["never", "ask", "auto"], help="run shell commands? (default ask)")
+    parser.add_argument("--tools", choices=["auto", "native", "text"], help="native tool calls or fenced blocks")
 
 
 def _positive(kind):
@@ -269,10 +276,62 @@ def _positive(kind):
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from agent.headless import run_command
-    from decoding.tokenizer import gemma_token_counter
 
     # tokens saved are counted with the Gemma tokenizer, loaded on the first edit that needs it
-    return run_command(args, count_tokens=lambda text: gemma_token_counter()(text))
+    return run_command(args, count_tokens=_count_tokens)
+
+
+# -- agent tui --------------------------------------------------------------------------------------
+
+TUI_EPILOG = """\
+keys: enter send · esc stop the model · y / n approve or reject an edit · ctrl+t auto-approve
+      ctrl+z undo the last edit · @ insert a file path · ctrl+q quit
+
+The workspace is the current directory. Model settings are those of agent run (--model, RETAIN_MODEL,
+agent.toml); --model embedded starts the embedded server while the app opens. Sessions are kept in the
+state dir's sessions/ and offered for resuming at start.
+"""
+
+
+def _add_tui_parser(sub) -> None:
+    tui_p = sub.add_parser(
+        "tui",
+        help="the terminal app: a conversation with the agent, every edit shown before it is written",
+        description="Open the Retain app in the current directory (also what `agent` alone does).",
+        epilog=TUI_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_agent_options(tui_p)
+    tui_p.add_argument("--resume", metavar="SESSION", help="continue this session")
+    tui_p.add_argument("--new", action="store_true", help="start a new session without listing earlier ones")
+    tui_p.set_defaults(handler=_cmd_tui)
+
+
+def _cmd_tui(args: argparse.Namespace) -> int:
+    from agent.config import ConfigError, load_settings, require_model
+    from tui.app import RetainApp
+
+    workspace = Path.cwd()
+    cli = {"model": args.model, "api_base": args.api_base, "max_steps": args.max_steps, "shell": args.shell,
+           "tools": args.tools}
+    try:
+        settings = load_settings(cli, workspace)
+        require_model(settings)
+    except ConfigError as exc:
+        print(f"agent tui: {exc}", file=sys.stderr)
+        return 4
+    app = RetainApp(settings, workspace, resume=args.resume, list_earlier=not args.new, count_tokens=_count_tokens)
+    app.run()
+    if app.session.transcript is not None:
+        print(f"session {app.session.session_id}; continue it with: agent tui --resume {app.session.session_id}")
+    return EXIT_OK
+
+
+def _count_tokens(text: str) -> int:
+    """Gemma tokens, the tokenizer loaded on the first edit (not while the app opens)."""
+    from decoding.tokenizer import gemma_token_counter
+
+    return gemma_token_counter()(text)
 
 
 def _bench_decode(argv: list[str]) -> int:
@@ -291,6 +350,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if tuple(argv[: len(words)]) == words:
             return handler(argv[len(words) :])
     parser = build_parser()
+    if not argv and sys.stdin.isatty() and sys.stdout.isatty():
+        argv = ["tui"]  # `agent` alone at a terminal opens the app
     args = parser.parse_args(argv)
     if args.handler is None:
         parser.print_help()

@@ -145,18 +145,10 @@ def _run(
     state: RunState, settings: Settings, workspace: Workspace, transcript: Transcript, count_tokens
 ) -> tuple[Outcome, str]:
     """Start the embedded server if asked for, check the model server answers, then run the loop."""
-    server = None
-    name, api_base = settings.model, settings.api_base
+    server, name = None, settings.model
     try:
-        if name == "embedded":
-            _progress("starting the embedded model server …")
-            server = EmbeddedServer()
-            server.start()
-            name, api_base = f"openai/{server.model_id}", server.api_base
-            _progress(f"embedded server ready at {api_base} ({server.model_id})")
-        model = Model(name, api_base, settings.api_key)
-        model.check_reachable()
-        native = settings.tools == "native" or (settings.tools == "auto" and supports_native_tools(name))
+        model, server, native = open_model(settings, _progress)
+        name = model.name
         agent = Agent(
             model,
             workspace,
@@ -179,6 +171,27 @@ def _run(
     if outcome.status == "unavailable":
         outcome.reason += f"\n{FIX_UNREACHABLE}"
     return outcome, name
+
+
+def open_model(settings: Settings, progress: Callable[[str], None]) -> tuple[Model, EmbeddedServer | None, bool]:
+    """The model the settings name, answering: (model, the embedded server started for it or None, whether to
+    use native tool calls). The caller stops the server; on any failure here it is already stopped."""
+    name, api_base = settings.model, settings.api_base
+    server = EmbeddedServer() if name == "embedded" else None
+    try:
+        if server is not None:
+            progress("starting the embedded model server …")
+            server.start()
+            name, api_base = f"openai/{server.model_id}", server.api_base
+            progress(f"embedded server ready at {api_base} ({server.model_id})")
+        model = Model(name, api_base, settings.api_key)
+        model.check_reachable()
+        native = settings.tools == "native" or (settings.tools == "auto" and supports_native_tools(name))
+    except BaseException:  # an interrupt too: never leave the server running
+        if server is not None:
+            server.stop()
+        raise
+    return model, server, native
 
 
 def _report(state: RunState, outcome: Outcome, model: str, wall_time: float, counted: bool) -> dict:

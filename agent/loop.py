@@ -3,23 +3,28 @@ it is done or gives up, or a budget (model turns, tokens, wall time) runs out.
 
 Everything the loop does is written to the transcript as it happens, and the run's state (messages,
 steps, tool calls, edits, usage) can be rebuilt from those events, which is how `--resume` works.
+
+A front end watches and steers a run through optional hooks: reply text as it streams (`on_text`), each
+finished turn (`on_turn`) and tool call (`on_tool`), a yes/no on every edit before it is written
+(`approve_edit`), and a `cancel` event that ends the run between turns or mid-stream.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.model import Model, ModelFailed, ModelTimeout, ModelUnavailable, Reply
+from agent.model import Model, ModelCancelled, ModelFailed, ModelTimeout, ModelUnavailable, Reply
 from agent.protocol import FINISH_TOOLS, Action, action_from_call, parse_actions, tool_specs
 from agent.transcript import Transcript
 from tools.edit_file import FileRefused, read_text_file
 from tools.workspace import ERROR, OK, REFUSED, PathRefused, ToolResult, Workspace
 
 SYSTEM_PROMPT = Path(__file__).parent / "prompts" / "system.md"
-EXIT_CODES = {"done": 0, "failed": 1, "budget": 3, "unavailable": 4}
+EXIT_CODES = {"done": 0, "failed": 1, "budget": 3, "unavailable": 4, "cancelled": 1}
 SHELL_TIMEOUT = 120.0
 TURN_TIMEOUT = 600.0  # one model turn at most
 TURN_OUTPUT_TOKENS = 8192  # one reply at most (less when the token budget has less left)
@@ -33,6 +38,8 @@ CUT_OFF = (
     "Your reply was cut off at the output token limit, so its end was not received. Keep replies short: "
     "one file's edit per block, and small steps."
 )
+CANCELLED_NOTE = "\n\n[the user stopped this reply before it was finished]"
+DECLINED = "not applied: the user rejected this edit; {file} is unchanged. Do not retry it as it is."
 INTERRUPTED = (
     "The run was interrupted before the results of your last reply were recorded. Check the current state "
     "of the files you were changing before you continue."
@@ -48,7 +55,7 @@ class Budget:
 
 @dataclass
 class Outcome:
-    status: str  # "done", "failed", "budget" or "unavailable"
+    status: str  # "done", "failed", "budget", "unavailable" or "cancelled"
     reason: str
 
     @property
@@ -78,7 +85,9 @@ class RunState:
         state = cls(start["run_id"], start["task"])
         for event in events:
             kind = event["type"]
-            if kind == "message":
+            if kind == "message" and event.get("amends_last") and state.messages:
+                state.messages[-1] = event["message"]  # a message that grew (a prompt added to an observation)
+            elif kind == "message":
                 state.messages.append(event["message"])
             elif kind == "turn":
                 state.steps = event["step"]
@@ -104,6 +113,16 @@ def add_usage(total: dict, usage: dict) -> None:
             total[key] = value
 
 
+@dataclass
+class EditProposal:
+    """An edit placed and checked by the applier but not written yet: what an approver is shown."""
+
+    tool: str  # "edit" or "create"
+    file: str
+    diff: str  # unified diff of the file as it would be written
+    notes: list[str]  # the applier's corrections and notes, as the model is told them
+
+
 def first_messages(task: str, workspace: Workspace) -> list[dict]:
     top = workspace.list("*").output
     return [
@@ -126,6 +145,11 @@ class Agent:
         count_tokens: Callable[[str], int] | None = None,
         confirm: Callable[[str], bool] | None = None,
         progress: Callable[[str], None] = lambda line: None,
+        on_text: Callable[[str], None] | None = None,
+        on_turn: Callable[[Reply], None] | None = None,
+        on_tool: Callable[[Action, ToolResult], None] | None = None,
+        approve_edit: Callable[[EditProposal], bool] | None = None,
+        cancel: threading.Event | None = None,
     ) -> None:
         self.model = model
         self.workspace = workspace
@@ -137,12 +161,19 @@ class Agent:
         self.count_tokens = count_tokens
         self.confirm = confirm  # asks the user; None when nobody can be asked
         self.progress = progress
+        self.on_text = on_text  # reply text as it streams in
+        self.on_turn = on_turn  # each finished model turn (its usage carries the server's speculation stats)
+        self.on_tool = on_tool  # each tool call with its full result
+        self.approve_edit = approve_edit  # asked before each edit is written (with approve "auto"); False rejects
+        self.cancel = cancel  # set from another thread to end the run at the next chunk or between turns
         self._started = time.monotonic()
 
     def run(self, state: RunState) -> Outcome:
         self._started, steps, tokens = time.monotonic(), 0, 0
         self._close_interrupted_turn(state)
         while True:
+            if self.cancel is not None and self.cancel.is_set():
+                return self._end(state, Outcome("cancelled", "stopped by the user"))
             spent = self._budget_spent(steps, tokens)
             if spent:
                 return self._end(state, Outcome("budget", spent))
@@ -153,7 +184,13 @@ class Agent:
                     prediction=self._prediction(state),
                     max_tokens=self._tokens_left(tokens),
                     timeout=self._time_left(TURN_TIMEOUT),
+                    on_text=self.on_text,
+                    cancel=self.cancel,
                 )
+            except ModelCancelled as exc:
+                if exc.text:  # what the user saw stays in the conversation, marked as cut short
+                    self._add_message(state, {"role": "assistant", "content": exc.text + CANCELLED_NOTE})
+                return self._end(state, Outcome("cancelled", "stopped by the user while the model was writing"))
             except ModelUnavailable as exc:
                 return self._end(state, Outcome("unavailable", str(exc)))
             except ModelTimeout as exc:
@@ -165,6 +202,8 @@ class Agent:
             tokens += reply.usage.get("total_tokens", 0)
             add_usage(state.usage, reply.usage)
             self.transcript.write("turn", step=state.steps, usage=reply.usage)
+            if self.on_turn is not None:
+                self.on_turn(reply)
             outcome = self._act(state, reply)
             if outcome:
                 return self._end(state, outcome)
@@ -193,7 +232,7 @@ class Agent:
             results.append((finishes[0], verdict))
             results += [(a, ToolResult(ERROR, "ignored: one done or failed per reply")) for a in finishes[1:]]
         self._observe(state, results, native, cut=reply.finish_reason == "length")
-        summary = ", ".join(f"{_label(a)} {r.status}" for a, r in results) or "no action"
+        summary = ", ".join(f"{action_label(a)} {r.status}" for a, r in results) or "no action"
         self.progress(f"step {state.steps}: {summary} ({reply.usage.get('completion_tokens', '?')} tokens out)")
         return outcome
 
@@ -206,7 +245,8 @@ class Agent:
             return None, ToolResult(ERROR, "not accepted: an action in the same reply did not succeed; fix it first")
         last = {}
         for edit in state.edits:
-            last[edit["file"]] = edit["status"]
+            if not edit.get("declined"):  # an edit the user rejected is not one the model must land
+                last[edit["file"]] = edit["status"]
         unapplied = sorted(f for f, status in last.items() if status != OK)
         if unapplied and self.approve == "never":
             reason = f"the model declared the task done, but its edits were not applied (--approve never): {unapplied}"
@@ -230,6 +270,8 @@ class Agent:
             state.edits.append(event["edit"])
         state.tool_calls.append(event["call"])
         self.transcript.write("tool", **event)
+        if self.on_tool is not None:
+            self.on_tool(action, result)
         return result
 
     def _dispatch(self, action: Action) -> ToolResult:
@@ -241,18 +283,26 @@ class Agent:
             return ws.read(_arg(args, "path", str), start, end)
         if action.tool == "edit":
             path, script = _arg(args, "path", str), _arg(args, "script", str)
-            if self.approve == "auto":
+            if self.approve == "auto" and self.approve_edit is None:
                 return ws.edit(path, script)
             preview = ws.edit(path, script, dry_run=True)
             if preview.status != OK:
                 return preview
+            if self.approve == "auto":
+                return self._if_approved(action.tool, preview, lambda: ws.edit(path, script))
             note = "not applied: edits are not approved in this run (--approve never). It "
             return ToolResult(REFUSED, note + preview.output, preview.data)
         if action.tool == "create":
+            path, content = _arg(args, "path", str), _arg(args, "content", str)
             overwrite = _arg(args, "overwrite", bool, False)
             if self.approve == "never":
                 return ToolResult(REFUSED, "not written: edits are not approved in this run (--approve never)")
-            return ws.create(_arg(args, "path", str), _arg(args, "content", str), overwrite=overwrite)
+            if self.approve_edit is None:
+                return ws.create(path, content, overwrite=overwrite)
+            preview = ws.create(path, content, overwrite=overwrite, dry_run=True)
+            if preview.status != OK:
+                return preview
+            return self._if_approved(action.tool, preview, lambda: ws.create(path, content, overwrite=overwrite))
         if action.tool == "list":
             return ws.list(_arg(args, "pattern", str, "**/*"))
         if action.tool == "search":
@@ -260,6 +310,15 @@ class Agent:
         if action.tool == "shell":
             return self._shell(_arg(args, "command", str))
         raise _BadArguments(f"there is no tool {action.tool!r}")
+
+    def _if_approved(self, tool: str, preview: ToolResult, write: Callable[[], ToolResult]) -> ToolResult:
+        """Write the previewed edit if the approver says yes; an edit that changes nothing is not asked about."""
+        if preview.file_text is None:
+            return preview
+        data = preview.data
+        if self.approve_edit(EditProposal(tool, data["file"], data["diff"], data["notes"])):
+            return write()
+        return ToolResult(REFUSED, DECLINED.format(file=data["file"]), {**data, "declined": True})
 
     def _shell(self, command: str) -> ToolResult:
         if self.shell == "never":
@@ -289,6 +348,8 @@ class Agent:
             "whole_file_tokens": None,
             "tokens_saved": None,
         }
+        if result.data.get("declined"):
+            record["declined"] = True
         if self.count_tokens is not None:
             record["output_tokens"] = self.count_tokens(script)
             if result.status == OK and result.file_text is not None:
@@ -302,7 +363,7 @@ class Agent:
             for action, result in results:
                 self._add_message(state, {"role": "tool", "tool_call_id": action.call_id, "content": result.output})
             return
-        parts = [f"[{_label(a)}: {r.status}]\n{r.output}" for a, r in results] or [NO_ACTION]
+        parts = [f"[{action_label(a)}: {r.status}]\n{r.output}" for a, r in results] or [NO_ACTION]
         if cut:
             parts.insert(0, CUT_OFF)
         self._add_message(state, {"role": "user", "content": "\n\n".join(parts)})
@@ -374,7 +435,8 @@ def _arg(args: dict, name: str, kind: type, default=_MISSING):
     return value
 
 
-def _label(action: Action) -> str:
+def action_label(action: Action) -> str:
+    """A tool call in a few words: the tool and its path, pattern or the command's first line."""
     target = action.args.get("path") or action.args.get("pattern") or action.args.get("regex") or ""
     if action.tool == "shell":
         target = str(action.args.get("command", "")).splitlines()[0][:60] if action.args.get("command") else ""

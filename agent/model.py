@@ -6,8 +6,10 @@ litellm is imported on first use (with its cost map read locally, not fetched): 
 from __future__ import annotations
 
 import os
+import threading
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 PREDICTION_PROVIDERS = ("openai", "hosted_vllm", "mistral")  # take OpenAI's `prediction` field, or ignore it
@@ -23,6 +25,14 @@ class ModelTimeout(Exception):
 
 class ModelFailed(Exception):
     """The server answered with an error for this request (exit 1)."""
+
+
+class ModelCancelled(Exception):
+    """The turn was cancelled while it streamed; `text` is what had arrived by then."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__("cancelled while the model was writing")
+        self.text = text
 
 
 @dataclass
@@ -89,8 +99,14 @@ class Model:
         prediction: str | None = None,
         max_tokens: int | None = None,
         timeout: float | None = None,
+        on_text: Callable[[str], None] | None = None,
+        cancel: threading.Event | None = None,
     ) -> Reply:
-        """Stream one assistant turn; `prediction` is the text the server may draft from (Predicted Outputs)."""
+        """Stream one assistant turn; `prediction` is the text the server may draft from (Predicted Outputs).
+
+        `on_text` gets each piece of reply text as it arrives. Setting `cancel` stops reading at the next
+        chunk and closes the connection (a server that notices stops generating), raising ModelCancelled.
+        """
         litellm = _litellm()
         kwargs: dict = {"stream": True, "stream_options": {"include_usage": True}}
         if tools:
@@ -109,9 +125,12 @@ class Model:
                 max_retries=0,
                 **kwargs,
             )
+            close = getattr(getattr(stream, "completion_stream", None), "close", None)
             raw_usage = _tee_raw_usage(stream)
             text, calls, usage, finish_reason = [], {}, {}, None
             for chunk in stream:
+                if cancel is not None and cancel.is_set():
+                    break
                 if getattr(chunk, "usage", None):
                     usage = chunk.usage.model_dump(exclude_none=True)
                 for choice in chunk.choices:
@@ -119,6 +138,8 @@ class Model:
                     delta = choice.delta
                     if delta.content:
                         text.append(delta.content)
+                        if on_text is not None:
+                            on_text(delta.content)
                     for call in delta.tool_calls or []:
                         slot = calls.setdefault(call.index, {"id": None, "name": "", "arguments": ""})
                         slot["id"] = call.id or slot["id"]
@@ -126,6 +147,10 @@ class Model:
                         slot["arguments"] += call.function.arguments or ""
         except Exception as exc:
             raise self._classify(exc, litellm) from exc
+        if cancel is not None and cancel.is_set():
+            if close is not None:
+                close()
+            raise ModelCancelled("".join(text))
         usage = raw_usage or usage  # the server's own numbers when they could be read, else litellm's
         tool_calls = [{**c, "id": c["id"] or f"call_{i}"} for i, c in sorted(calls.items())]
         return Reply("".join(text), tool_calls, usage, finish_reason)

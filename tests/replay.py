@@ -24,6 +24,7 @@ class Turn:
     completion_tokens: int = 20
     usage_extra: dict = field(default_factory=dict)
     delay: float = 0.0  # seconds before answering: a turn still being generated
+    chunk_delay: float = 0.0  # seconds between streamed deltas: a model still writing
     finish_reason: str | None = None  # default: "tool_calls" with tool calls, else "stop"
 
 
@@ -34,6 +35,7 @@ class ReplayServer:
         self.turns = list(turns)
         self.model = model
         self.requests: list[dict] = []
+        self.dropped = 0  # streams the client closed before their end
         self._httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
@@ -63,7 +65,7 @@ def _handler(server: ReplayServer):
             try:
                 super().handle()
             except (BrokenPipeError, ConnectionResetError):
-                pass  # the client gave up on a turn (a timeout test): nothing to answer
+                server.dropped += 1  # the client gave up on a turn (a timeout or a cancel): nothing to answer
 
         def do_GET(self) -> None:
             if self.path.rstrip("/") != "/v1/models":
@@ -104,6 +106,7 @@ def _handler(server: ReplayServer):
             self.end_headers()
             for delta in _deltas(turn):
                 self._event(_chunk(server.model, [{"index": 0, "delta": delta, "finish_reason": None}]))
+                time.sleep(turn.chunk_delay)
             reason = turn.finish_reason or ("tool_calls" if turn.tool_calls else "stop")
             self._event(_chunk(server.model, [{"index": 0, "delta": {}, "finish_reason": reason}]))
             if include_usage:

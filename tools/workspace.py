@@ -15,7 +15,14 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tools.edit_file import FileRefused, Journal, apply_script_to_file, atomic_write, read_text_file
+from tools.edit_file import (
+    FileRefused,
+    Journal,
+    apply_script_to_file,
+    atomic_write,
+    read_text_file,
+    unified_diff,
+)
 from tools.ot import OTError
 
 MAX_READ_CHARS = 60_000  # a read shows at most this much text; ask for a line range to see the rest
@@ -64,7 +71,7 @@ class Workspace:
     def rel(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix() or "."
 
-    def _glob(self, pattern: str) -> list[Path]:
+    def glob(self, pattern: str) -> list[Path]:
         """Paths matching `pattern` under the root, without descending into VCS, cache or dependency folders
         (a walk that prunes them, so a large node_modules costs nothing) or following links outside."""
         if not pattern or Path(pattern).is_absolute() or ".." in Path(pattern).parts:
@@ -125,20 +132,25 @@ class Workspace:
                 message += "\nThe file is unchanged."
             return ToolResult(ERROR, message, {"file": path, "script": script, "corrections": []})
         name = self.rel(result.path)
+        messages = [c.message for c in result.edit.corrections] + result.edit.notes
         data = {
             "file": name,
             "script": script,
             "corrections": [c.to_dict() for c in result.edit.corrections],
+            "notes": messages,
+            "diff": result.diff,
             "written": result.written,
         }
-        notes = "".join(f"note: {line}\n" for line in [c.message for c in result.edit.corrections] + result.edit.notes)
+        notes = "".join(f"note: {line}\n" for line in messages)
         if result.edit.after == result.edit.before:
             return ToolResult(OK, f"{notes}the script leaves {name} unchanged", data)
         verb = "would change" if dry_run else "applied to"
         return ToolResult(OK, f"{verb} {name}:\n{notes}{result.diff}", data, result.edit.after)
 
-    def create(self, path: str, content: str, *, overwrite: bool = False) -> ToolResult:
-        """Write a new file; an existing one is replaced only with `overwrite` (and journaled for undo)."""
+    def create(self, path: str, content: str, *, overwrite: bool = False, dry_run: bool = False) -> ToolResult:
+        """Write a new file; an existing one is replaced only with `overwrite` (and journaled for undo).
+
+        `dry_run` checks the same and returns the diff in `data["diff"]`, writing nothing."""
         try:
             target = self.resolve(path)
         except PathRefused as exc:
@@ -152,6 +164,15 @@ class Workspace:
                 f"{name} already exists; change it with an edit script, or overwrite it to replace it whole",
                 {"file": name},
             )
+        if dry_run:
+            before, notes = "", []
+            if target.exists():
+                try:
+                    before = read_text_file(target).text
+                except FileRefused as exc:
+                    notes.append(f"the current content is not shown: {exc}")
+            diff = unified_diff(before, content, name)
+            return ToolResult(OK, f"would write {name}:\n{diff}", {"file": name, "diff": diff, "notes": notes}, content)
         target.parent.mkdir(parents=True, exist_ok=True)
         data = content.encode("utf-8")
         if target.exists():
@@ -162,7 +183,7 @@ class Workspace:
     def list(self, pattern: str = "**/*") -> ToolResult:
         """Paths matching a glob (relative to the root), directories with a trailing `/`, bounded."""
         try:
-            paths = self._glob(pattern)
+            paths = self.glob(pattern)
         except PathRefused as exc:
             return _refusal(exc)
         entries = [self.rel(path) + ("/" if path.is_dir() else "") for path in paths]
@@ -179,7 +200,7 @@ class Workspace:
         except re.error as exc:
             return ToolResult(ERROR, f"invalid regular expression {regex!r}: {exc}")
         try:
-            paths = [path for path in self._glob(pattern) if path.is_file()]
+            paths = [path for path in self.glob(pattern) if path.is_file()]
         except PathRefused as exc:
             return _refusal(exc)
         hits, total = [], 0

@@ -1,0 +1,273 @@
+"""The Retain app driven with Textual's pilot against the replay server: prompts, streamed replies, edit
+approval, cancelling, undo, the file picker, sessions and startup."""
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from replay import ReplayServer, Turn
+from tui_helpers import FIX_MEAN, FIXED, SIZE, SPECULATION, STATS, make_app, make_workspace, send, until, words
+
+from agent import embedded
+from agent.config import Settings
+from agent.embedded import free_port
+from tui.app import RetainApp
+from tui.screens import CommandApproval, EditApproval, FilePicker, SessionPicker
+from tui.session import list_sessions, sessions_dir
+from tui.widgets import AssistantMessage, Note, StatusBar, ToolCall, UserMessage
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # litellm on newer pydantic
+
+
+@pytest.fixture
+def ws(tmp_path):
+    return make_workspace(tmp_path)
+
+
+def drive(app, scenario):
+    async def main():
+        async with app.run_test(size=SIZE) as pilot:
+            await scenario(pilot)
+
+    asyncio.run(main())
+
+
+def replies(app) -> list[str]:
+    return [m.source for m in app.query(AssistantMessage)]
+
+
+def notes(app) -> list[str]:
+    return [str(n.render()) for n in app.query(Note)]
+
+
+def tool_titles(app) -> list[str]:
+    return [t.title for t in app.query(ToolCall)]
+
+
+def test_a_prompt_streams_the_answer_and_an_approved_edit_is_written(ws):
+    turns = [
+        Turn("Let me read **stats.py** first.\n```read stats.py```"),
+        Turn(f"```edit stats.py\n{FIX_MEAN}\n```", completion_tokens=31, usage_extra={"speculation": SPECULATION}),
+        Turn("```done\nmean() no longer divides by zero.\n```", usage_extra={"speculation": SPECULATION}),
+    ]
+
+    async def scenario(pilot):
+        app = pilot.app
+        await send(pilot, "make mean() safe for empty lists")
+        await until(pilot, lambda: isinstance(app.screen, EditApproval), what="the approval screen")
+        assert (ws / "stats.py").read_text() == STATS  # shown before anything is written
+        question = str(app.screen.query_one("#question").render())
+        assert question == "Apply this edit to stats.py?  +1 −1"
+        assert "moved from line 1, column 1 (offset 0) to line 6" in str(app.screen.query_one("#notes").render())
+        shown_diff = str(app.screen.query_one("#diff Static").render())
+        assert "-     return total(items) / len(items)" in shown_diff
+        assert "+     return total(items) / max(len(items), 1)" in shown_diff
+        await pilot.press("y")
+        await until(pilot, lambda: not app.running, what="the run to end")
+        assert (ws / "stats.py").read_text() == FIXED
+        assert [str(m.render()) for m in app.query(UserMessage)] == ["› make mean() safe for empty lists"]
+        assert replies(app)[0] == "Let me read **stats.py** first.\n```read stats.py```"
+        assert tool_titles(app) == ["✓ read stats.py  (7 lines)", "✓ edit stats.py  +1 −1"]
+        assert notes(app)[-1] == "● done: mean() no longer divides by zero."
+        status = str(app.query_one(StatusBar).render())
+        assert "openai/replay-model" in status and "accept 75%" in status and "mean run 2.50" in status
+        saved = words(FIXED) - words(FIX_MEAN)
+        assert f"saved {saved} tok ({saved / words(FIXED):.0%} vs rewrites)" in status
+
+    with ReplayServer(turns) as server:
+        drive(make_app(ws, server.url), scenario)
+    assert server.requests[0]["messages"][-1]["content"].endswith("Task:\nmake mean() safe for empty lists")
+
+
+def test_a_rejected_edit_leaves_the_file_unchanged_and_a_refused_one_shows_the_applier_message(ws):
+    turns = [
+        Turn('```edit stats.py\ndelete("no such text")\n```'),
+        Turn(f"```edit stats.py\n{FIX_MEAN}\n```"),
+        Turn("```done\nLeft unchanged as asked.\n```"),
+    ]
+
+    async def scenario(pilot):
+        app = pilot.app
+        await send(pilot, "fix mean")
+        await until(pilot, lambda: isinstance(app.screen, EditApproval), what="the approval screen")
+        await pilot.press("n")
+        await until(pilot, lambda: not app.running, what="the run to end")
+        refused, rejected = app.query(ToolCall)
+        assert refused.title == "✗ edit stats.py  (2 lines)" and not refused.collapsed  # open: the message is read
+        assert "The file is unchanged." in str(refused.query_one(".output").render())
+        assert rejected.title.startswith("⊘ edit stats.py") and not rejected.collapsed
+        assert "the user rejected this edit" in str(rejected.query_one(".output").render())
+
+    with ReplayServer(turns) as server:
+        drive(make_app(ws, server.url), scenario)
+    assert (ws / "stats.py").read_text() == STATS
+    assert "the user rejected this edit" in server.requests[2]["messages"][-1]["content"]
+
+
+def test_esc_stops_the_model_mid_stream_and_the_next_prompt_works(ws):
+    long_reply = "I will look at every function in turn and explain each. " * 30 + "```read stats.py```"
+    turns = [Turn(long_reply, chunk_delay=0.02), Turn("```done\nHello again.\n```")]
+
+    async def scenario(pilot):
+        app = pilot.app
+        await send(pilot, "explain the code")
+        await until(pilot, lambda: replies(app) and len(replies(app)[0]) > 20, what="streamed text")
+        streamed = replies(app)[0]
+        assert long_reply.startswith(streamed) and len(streamed) < len(long_reply)  # arriving in pieces
+        await pilot.press("escape")
+        await until(pilot, lambda: not app.running, what="the run to stop")
+        assert notes(app)[-1] == "■ cancelled: stopped by the user while the model was writing"
+        assert len(replies(app)[0]) < len(long_reply) and tool_titles(app) == []
+        await send(pilot, "say hello")
+        await until(pilot, lambda: not app.running and len(notes(app)) >= 3, what="the second run")
+        assert notes(app)[-1] == "● done: Hello again."
+
+    with ReplayServer(turns) as server:
+        drive(make_app(ws, server.url), scenario)
+    assert server.dropped == 1 and len(server.requests) == 2
+    last_two = server.requests[1]["messages"][-2:]
+    assert last_two[0]["role"] == "assistant" and "[the user stopped this reply" in last_two[0]["content"]
+    assert last_two[1] == {"role": "user", "content": "say hello"}  # after a cut reply, roles still alternate
+
+
+def test_auto_approve_then_ctrl_z_undoes_the_last_edit_and_the_model_is_told(ws):
+    turns = [
+        Turn(f"```edit stats.py\n{FIX_MEAN}\n```"),
+        Turn("```done\nFixed.\n```"),
+        Turn("```done\nNoted.\n```"),
+    ]
+
+    async def scenario(pilot):
+        app = pilot.app
+        await pilot.press("ctrl+t")
+        assert app.auto_approve and "auto-approve" in str(app.query_one(StatusBar).render())
+        await send(pilot, "fix mean")
+        await until(pilot, lambda: not app.running and app.applied, what="the edit")
+        assert not isinstance(app.screen, EditApproval) and (ws / "stats.py").read_text() == FIXED
+        await pilot.press("ctrl+z")
+        await until(pilot, lambda: (ws / "stats.py").read_text() == STATS, what="the undo")
+        assert notes(app)[-1] == "↶ undid the last edit of stats.py (+1 −1)"
+        await pilot.press("ctrl+z")  # nothing left of this session to undo
+        await send(pilot, "thanks")
+        await until(pilot, lambda: not app.running and len(server.requests) == 3, what="the next run")
+
+    with ReplayServer(turns) as server:
+        drive(make_app(ws, server.url), scenario)
+    told = server.requests[2]["messages"][-1]["content"]
+    assert told.endswith("\n\n(I undid your last edit of stats.py; it is back as it was before that edit.)\nthanks")
+    assert (ws / "stats.py").read_text() == STATS
+
+
+def test_a_shell_command_runs_only_once_the_user_approves_it(ws):
+    turns = [Turn("```shell\ntouch approved.txt\n```\n```shell\ntouch refused.txt\n```"), Turn("```done\nok\n```")]
+
+    async def scenario(pilot):
+        app = pilot.app
+        await send(pilot, "touch two files")
+        await until(pilot, lambda: isinstance(app.screen, CommandApproval), what="the first command")
+        assert str(app.screen.query_one("#command").render()) == "touch approved.txt"
+        await pilot.press("y")
+        await until(pilot, lambda: isinstance(app.screen, CommandApproval) and len(app.query(ToolCall)) == 1)
+        await pilot.press("n")
+        await until(pilot, lambda: not app.running, what="the run to end")
+        assert tool_titles(app) == ["✓ shell touch approved.txt  exit 0", "⊘ shell touch refused.txt"]
+
+    with ReplayServer(turns) as server:
+        drive(make_app(ws, server.url), scenario)
+    assert (ws / "approved.txt").exists() and not (ws / "refused.txt").exists()
+
+
+def test_at_opens_a_fuzzy_file_picker_that_inserts_the_path(ws):
+    (ws / "src").mkdir()
+    (ws / "src" / "statistics_helpers.py").write_text("x = 1\n")
+
+    async def scenario(pilot):
+        app = pilot.app
+        await pilot.press(*"look at ", "@")
+        await until(pilot, lambda: isinstance(app.screen, FilePicker), what="the picker")
+        await pilot.press(*"sthelp")
+        await pilot.pause(0.1)
+        await pilot.press("enter")
+        await until(pilot, lambda: not isinstance(app.screen, FilePicker), what="the picker to close")
+        assert app.query_one("#prompt").value == "look at src/statistics_helpers.py "
+
+    with ReplayServer([]) as server:
+        drive(make_app(ws, server.url), scenario)
+
+
+def test_sessions_are_listed_at_start_and_resume_the_conversation(ws):
+    async def first(pilot):
+        await send(pilot, "read the stats module")
+        await until(pilot, lambda: not pilot.app.running, what="the run")
+
+    with ReplayServer([Turn("```read stats.py```"), Turn("```done\nRead it.\n```")]) as server:
+        drive(make_app(ws, server.url), first)
+    (info,) = list_sessions(ws)
+    assert info.title == "read the stats module"
+
+    async def second(pilot):
+        app = pilot.app
+        await until(pilot, lambda: isinstance(app.screen, SessionPicker), what="the session list")
+        await pilot.press("down", "enter")
+        await until(pilot, lambda: app.query(UserMessage), what="the earlier conversation")
+        assert str(app.query_one(UserMessage).render()) == "› read the stats module"
+        assert notes(app)[-1] == "● Read it."
+        await send(pilot, "and the README?")
+        await until(pilot, lambda: not app.running and len(server.requests) == 1, what="the run")
+
+    with ReplayServer([Turn("```done\nIt has a title.\n```")]) as server:
+        drive(make_app(ws, server.url), second)
+    messages = server.requests[0]["messages"]
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert messages[-1]["content"] == "[done: ok]\nrun ended as done\n\nand the README?"  # roles alternate
+    assert len(list(sessions_dir().glob("*.jsonl"))) == 1  # the same session carried on
+    events = [json.loads(line) for line in info.path.read_text().splitlines()]
+    assert [e["text"] for e in events if e["type"] == "prompt"] == ["read the stats module", "and the README?"]
+
+
+def test_the_first_frame_does_not_wait_for_the_embedded_server(ws, monkeypatch):
+    stand_in = Path(__file__).parent / "stand_in_server.py"
+    slow = f"sleep 2 && exec {sys.executable} {stand_in} --host 127.0.0.1 --port {{port}}"
+    monkeypatch.setattr(embedded, "SERVER_COMMAND", ("bash", "-c", slow))
+    app = RetainApp(Settings(model="embedded", tools="text"), ws, list_earlier=False)
+
+    async def scenario(pilot):
+        assert app.model is None  # the app is up while the server starts
+        await until(pilot, lambda: "starting the embedded model server" in str(app.query_one(StatusBar).render()))
+        await pilot.press(*"hello", "enter")  # sent as soon as the server answers
+        await until(pilot, lambda: app.model is not None and not app.running and notes(app)[1:], what="the run")
+        assert app.model.name == "openai/stand-in" and notes(app)[-1] == "● done: ok"
+
+    drive(app, scenario)
+
+
+def test_agent_alone_without_a_terminal_prints_the_help(capsys):
+    from agent.cli import main
+
+    assert main([]) == 2 and "agent tui" in capsys.readouterr().out
+
+
+def test_agent_tui_without_a_model_says_how_to_configure_one(tmp_path, monkeypatch, capsys):
+    from agent.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RETAIN_MODEL", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    assert main(["tui"]) == 4
+    err = capsys.readouterr().err
+    assert err.startswith("agent tui: no model is configured") and "--model embedded" in err
+
+
+def test_an_unreachable_server_is_reported_in_the_app_with_the_fix(ws):
+    url = f"http://127.0.0.1:{free_port()}/v1"
+
+    async def scenario(pilot):
+        app = pilot.app
+        await until(pilot, lambda: len(notes(app)) == 2, what="the connection failure")
+        assert notes(app)[-1].startswith(f"✗ model server unreachable at {url}")
+        assert "agent tui --model embedded" in notes(app)[-1]
+        assert "openai/replay-model: not connected" in str(app.query_one(StatusBar).render())
+
+    drive(make_app(ws, url), scenario)
