@@ -159,10 +159,12 @@ def _connection_failure(exc: BaseException) -> bool:
 
 
 def _tee_raw_usage(stream) -> dict:
-    """Keep the server's raw usage fields that litellm's Usage drops (our server's `speculation` stats).
+    """Keep the server's raw usage fields that litellm's Usage drops: speculation stats.
 
+    Our server puts `speculation` in `usage`; vLLM puts per-request `metrics.speculative_decoding` next to it on
+    the final chunk (when started with `--per-request-spec-decode-metrics`, as `agent serve --engine vllm` does).
     litellm's stream wrapper reads the provider's chunks from `completion_stream`; reading them on the way
-    through is the one place the extra fields are still there. Other providers simply report none.
+    through is the one place these fields are still there. Other providers simply report none.
     """
     found: dict = {}
     inner = getattr(stream, "completion_stream", None)
@@ -174,7 +176,27 @@ def _tee_raw_usage(stream) -> dict:
             usage = getattr(chunk, "usage", None)
             if usage is not None and hasattr(usage, "model_dump"):
                 found.update(usage.model_dump(exclude_none=True))
+            metrics = _as_dict(getattr(chunk, "metrics", None))
+            if metrics.get("speculative_decoding"):
+                found["speculation"] = speculation_from_vllm(metrics["speculative_decoding"])
             yield chunk
 
     stream.completion_stream = tee()
     return found
+
+
+def _as_dict(value) -> dict:
+    if hasattr(value, "model_dump"):
+        return value.model_dump()
+    return value if isinstance(value, dict) else {}
+
+
+def speculation_from_vllm(metrics: dict) -> dict:
+    """vLLM's per-request `speculative_decoding` metrics in the shape of our server's `speculation` stats."""
+    return {
+        "method": "vllm",
+        "drafted": metrics.get("num_draft_tokens", 0),
+        "accepted": metrics.get("num_accepted_draft_tokens", 0),
+        "verify_steps": metrics.get("num_spec_steps", 0),
+        "mean_accepted_length": round(metrics.get("mean_acceptance_length", 1.0), 3),
+    }
