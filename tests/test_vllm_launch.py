@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -171,3 +172,16 @@ def test_serve_prints_the_url_when_ready_and_forwards_sigterm(tmp_path):
         assert "exited with status" in launcher.stderr.read()
     finally:
         launcher.kill()
+
+
+def test_the_readmes_size_table_is_what_the_launcher_uses():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    rows = {}
+    for line in readme.splitlines():
+        cells = [cell.strip().strip("`") for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 6 and cells[0] in GEMMA4_SIZES:
+            rows[cells[0]] = cells
+    assert set(rows) == set(GEMMA4_SIZES)
+    for key, size in GEMMA4_SIZES.items():
+        assert rows[key] == [key, size.model, size.assistant, str(size.k), str(size.max_model_len),
+                             str(size.tensor_parallel_size)]
