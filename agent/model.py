@@ -184,15 +184,28 @@ def _connection_failure(exc: BaseException) -> bool:
 
 
 def _tee_raw_usage(stream) -> dict:
-    """Keep the server's raw usage fields that litellm's Usage drops (our server's `speculation` stats).
+    """Keep the server's raw fields that litellm's chunks drop: speculation stats.
 
-    litellm's stream wrapper reads the provider's chunks from `completion_stream`; reading them on the way
-    through is the one place the extra fields are still there. Other providers simply report none.
+    Our server puts `speculation` in `usage`; vLLM puts per-request `metrics.speculative_decoding` next to it on
+    the final chunk (when started with `--per-request-spec-decode-metrics`, as `agent serve --engine vllm` does).
+    litellm's stream wrapper reads the provider's chunks from `completion_stream`, whose OpenAI-style handler turns
+    each raw chunk into a `ModelResponseStream` with `chunk_parser`; those are the places the fields are still
+    there. Other providers simply report none.
     """
     found: dict = {}
     inner = getattr(stream, "completion_stream", None)
     if inner is None:
         return found
+    parse = getattr(inner, "chunk_parser", None)
+    if callable(parse):
+
+        def parse_keeping_metrics(chunk):
+            metrics = chunk.get("metrics") if isinstance(chunk, dict) else None
+            if isinstance(metrics, dict) and metrics.get("speculative_decoding"):
+                found["speculation"] = speculation_from_vllm(metrics["speculative_decoding"])
+            return parse(chunk)
+
+        inner.chunk_parser = parse_keeping_metrics
 
     def tee():
         for chunk in inner:
@@ -203,3 +216,14 @@ def _tee_raw_usage(stream) -> dict:
 
     stream.completion_stream = tee()
     return found
+
+
+def speculation_from_vllm(metrics: dict) -> dict:
+    """vLLM's per-request `speculative_decoding` metrics in the shape of our server's `speculation` stats."""
+    return {
+        "method": "vllm",
+        "drafted": metrics.get("num_draft_tokens", 0),
+        "accepted": metrics.get("num_accepted_draft_tokens", 0),
+        "verify_steps": metrics.get("num_spec_steps", 0),
+        "mean_accepted_length": round(metrics.get("mean_acceptance_length", 1.0), 3),
+    }

@@ -1,7 +1,9 @@
 """`agent export-embedded OUT_DIR`: the embedded Gemma 3 270M as a plain Hugging Face directory.
 
 vLLM cannot load the GGUF that ships the embedded model; this writes the dequantized float32 weights,
-config and tokenizer where any Hugging Face-format loader (vLLM included) can read them.
+config and tokenizer where any Hugging Face-format loader (vLLM included) can read them. The base model ships
+no chat template, so the tokenizer gets one that renders chats as the embedded server does
+(`decoding.server.gemma_chat_prompt`), so both engines see the same prompt for the same messages.
 """
 
 from __future__ import annotations
@@ -15,6 +17,20 @@ from pathlib import Path
 from decoding.model import embedded_model_dir
 
 ARCHITECTURE = "Gemma3ForCausalLM"
+# Gemma's turns; system messages fold into the next user turn (as gemma_chat_prompt does)
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% set ns = namespace(system=[]) %}"
+    "{% for m in messages %}"
+    "{% set text = m['content'] if m['content'] is string "
+    "else ((m['content'] or []) | map(attribute='text') | join('')) %}"
+    "{% if m['role'] in ['system', 'developer'] %}{% set ns.system = ns.system + [text] %}"
+    "{% elif m['role'] == 'user' %}"
+    "<start_of_turn>user\n{{ (ns.system + [text]) | join('\n\n') }}<end_of_turn>\n{% set ns.system = [] %}"
+    "{% elif m['role'] == 'assistant' %}<start_of_turn>model\n{{ text }}<end_of_turn>\n"
+    "{% endif %}{% endfor %}"
+    "{% if ns.system %}<start_of_turn>user\n{{ ns.system | join('\n\n') }}<end_of_turn>\n{% endif %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
 
 
 def export_embedded(out_dir: Path, *, force: bool = False) -> Path:
@@ -30,6 +46,10 @@ def export_embedded(out_dir: Path, *, force: bool = False) -> Path:
     if not config.get("architectures"):
         config["architectures"] = [ARCHITECTURE]  # vLLM picks the model class by this key
     config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    tokenizer_path = out_dir / "tokenizer_config.json"
+    tokenizer = json.loads(tokenizer_path.read_text(encoding="utf-8"))
+    tokenizer.setdefault("chat_template", CHAT_TEMPLATE)
+    tokenizer_path.write_text(json.dumps(tokenizer, indent=2), encoding="utf-8")
     return out_dir
 
 

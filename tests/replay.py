@@ -23,6 +23,7 @@ class Turn:
     prompt_tokens: int = 100
     completion_tokens: int = 20
     usage_extra: dict = field(default_factory=dict)
+    final_chunk_extra: dict = field(default_factory=dict)  # top-level fields of the usage chunk, e.g. vLLM's metrics
     delay: float = 0.0  # seconds before answering: a turn still being generated
     chunk_delay: float = 0.0  # seconds between streamed deltas: a model still writing
     finish_reason: str | None = None  # default: "tool_calls" with tool calls, else "stop"
@@ -110,7 +111,7 @@ def _handler(server: ReplayServer):
             reason = turn.finish_reason or ("tool_calls" if turn.tool_calls else "stop")
             self._event(_chunk(server.model, [{"index": 0, "delta": {}, "finish_reason": reason}]))
             if include_usage:
-                self._event(_chunk(server.model, [], usage))
+                self._event(_chunk(server.model, [], usage) | turn.final_chunk_extra)
             self.wfile.write(b"data: [DONE]\n\n")
             self.wfile.flush()
 

@@ -108,6 +108,7 @@ def test_export_embedded_writes_a_loadable_directory(tmp_path, capsys, embedded_
     config = json.loads((out / "config.json").read_text())
     assert config["architectures"] == ["Gemma3ForCausalLM"] and (out / "model.safetensors").exists()
     assert (out / "tokenizer.json").exists()
+    assert "<start_of_turn>" in json.loads((out / "tokenizer_config.json").read_text())["chat_template"]
     assert main(["export-embedded", str(out)]) == 2 and "not empty" in capsys.readouterr().err
 
 

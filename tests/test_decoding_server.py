@@ -182,3 +182,24 @@ def test_a_streamed_chat_through_litellm(base_url, monkeypatch):
         usage = getattr(chunk, "usage", None) or usage
     assert "".join(parts).strip()
     assert usage is not None and 0 < usage.completion_tokens <= 12
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [{"role": "user", "content": "hi"}],
+        [{"role": "system", "content": "S"}, {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+         {"role": "user", "content": [{"type": "text", "text": "c"}, {"type": "text", "text": "d"}]}],
+        [{"role": "developer", "content": "only instructions"}],
+    ],
+)
+def test_the_exported_chat_template_renders_turns_as_this_server_does(messages):
+    """vLLM serves the exported model with this template; both engines must see the same prompt."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from decoding.export import CHAT_TEMPLATE
+
+    # the environment transformers renders chat templates in
+    template = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(CHAT_TEMPLATE)
+    rendered = template.render(messages=messages, bos_token="<bos>", add_generation_prompt=True)
+    assert rendered == "<bos>" + gemma_chat_prompt(messages)

