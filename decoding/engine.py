@@ -51,12 +51,20 @@ class GenerationRequest:
     stop_ids: frozenset[int] = frozenset()
     k_max: int = 16
     k_start: int = 4
+    # Forced output (evals): drafts are verified against these tokens instead of the target's choice, while the
+    # target still runs every verify forward, so forwards and time are those of a model that writes exactly this.
+    reference: list[int] | None = None
 
     def __post_init__(self):
         if not self.prompt:
             raise ValueError("the prompt must contain at least one token")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.reference is not None and self.max_new_tokens > len(self.reference):
+            raise ValueError(
+                f"a reference-forced generation ends with its reference: max_new_tokens ({self.max_new_tokens}) "
+                f"must not exceed its {len(self.reference)} tokens"
+            )
 
 
 class Generation:
@@ -112,21 +120,39 @@ class Generation:
         When output-layer cost grows with rows (float32 on CPU), rows after the first rejection are never scored.
         """
         chunk = self.target.logit_chunk
-        if not self.request.sampling.greedy or not chunk or chunk > len(draft):
+        if not self._greedy or not chunk or chunk > len(draft):
             return self._verify(draft, draft_probs, self.target.logits(hidden))
         start = 0
         while True:
             end = min(start + chunk, len(draft) + 1)
-            accepted, token = verify_greedy(draft[start : end - 1], self.target.logits(hidden[start:end]))
+            accepted, token = self._verify_greedy(draft[start : end - 1], self.target.logits(hidden[start:end]), start)
             if end == len(draft) + 1 or start + accepted < end - 1 or token != draft[end - 1]:
                 return start + accepted, token
             start = end  # the chunk's last row confirmed draft[end - 1]; the next row predicts draft[end]
 
     def _verify(self, draft: list[int], draft_probs: torch.Tensor | None, logits: torch.Tensor) -> tuple[int, int]:
-        sampling = self.request.sampling
-        if sampling.greedy:
+        if self._greedy:
+            return self._verify_greedy(draft, logits)
+        return verify_sampling(draft, draft_probs, target_probs(logits, self.request.sampling), self._generator)
+
+    @property
+    def _greedy(self) -> bool:
+        return self.request.sampling.greedy or self.request.reference is not None
+
+    def _verify_greedy(self, draft: list[int], logits: torch.Tensor, offset: int = 0) -> tuple[int, int]:
+        """`verify_greedy`; under a reference, the draft's agreeing prefix with it and the reference's next token.
+
+        `offset`: where `draft` starts within the current draft (chunked verification).
+        """
+        reference = self.request.reference
+        if reference is None:
             return verify_greedy(draft, logits)
-        return verify_sampling(draft, draft_probs, target_probs(logits, sampling), self._generator)
+        at = len(self.tokens) + offset
+        expected = reference[at : at + len(draft) + 1]
+        accepted = 0
+        while accepted < len(draft) and draft[accepted] == expected[accepted]:
+            accepted += 1
+        return accepted, expected[accepted]
 
     def _count(self, drafted: int, accepted: int) -> None:
         self.stats.drafted += drafted

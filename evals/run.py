@@ -25,8 +25,9 @@ from evals.cases import load_cases, load_suite, mine_git
 from evals.formats import FORMATS, PERTURBABLE, FormatError, apply_output, perturbations, reference_output
 from tools.syntax import language_for
 
-DRAFTERS_AVAILABLE = ("none",)
 OT_TRIALS, OT_TRIALS_QUICK = 3, 1  # miscounted-retain perturbations per OT script
+MAX_TOKENS, QUICK_MAX_TOKENS = 128, 32  # new tokens per free-running generation
+LIVE_MAX_TOKENS = 4096  # per live reply
 
 
 def measure_case(case: dict, formats: tuple[str, ...], count_tokens: Callable[[str], int], ot_trials: int) -> dict:
@@ -112,6 +113,24 @@ def _share(trials: list[dict], outcome: str) -> float | None:
     return sum(t["outcome"] == outcome for t in trials) / len(trials) if trials else None
 
 
+class Progress:
+    """A one-line progress bar on stderr: `step(label)` before each unit of work, `close()` at the end."""
+
+    def __init__(self, total: int, what: str, enabled: bool = True) -> None:
+        self.total, self.what, self.enabled, self.done = total, what, enabled and total > 0, 0
+
+    def step(self, label: str) -> None:
+        self.done += 1
+        if self.enabled:
+            filled = 30 * self.done // self.total
+            print(f"\r  {self.what} [{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} {label[:60]:<60}",
+                  end="", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.enabled:
+            print(file=sys.stderr)
+
+
 def run(
     cases: list[dict],
     formats: tuple[str, ...],
@@ -119,39 +138,86 @@ def run(
     ot_trials: int = OT_TRIALS,
     progress: bool = True,
 ) -> dict:
-    """The full report: `{"cases": [per-case figures], "summary": {format: figures}}`."""
+    """The formats report: `{"cases": [per-case figures], "summary": {"formats": {format: figures}}}`."""
+    bar = Progress(len(cases), "formats", progress)
     results = []
-    for number, case in enumerate(cases, 1):
-        if progress:
-            done = 30 * number // len(cases)
-            print(f"\r  [{'#' * done}{'.' * (30 - done)}] {number}/{len(cases)} {case['id'][:60]:<60}",
-                  end="", file=sys.stderr, flush=True)
+    for case in cases:
+        bar.step(case["id"])
         results.append(measure_case(case, formats, count_tokens, ot_trials))
-    if progress:
-        print(file=sys.stderr)
-    return {"cases": results, "summary": summarize(results, formats) if results else {}}
+    bar.close()
+    return {"cases": results, "summary": {"formats": summarize(results, formats) if results else {}}}
+
+
+def run_decode(
+    report: dict, cases: list[dict], loaded, decode_formats: tuple[str, ...], drafters: tuple[str, ...],
+    max_tokens: int, progress: bool = True,
+) -> None:
+    """Add the decoding evals to `report`: reference-forced per case (`decode` of the decoded cases; the others
+    keep an empty one), free-running per workload, and their summaries."""
+    from decoding.workloads import standard_workloads
+    from evals.decode import Decoder, decode_case, free_running, summarize_forced, summarize_free
+
+    decoder = Decoder(loaded)
+    by_id = {case["id"]: case for case in report["cases"]}
+    workloads = standard_workloads()
+    bar = Progress(len(cases) * len(decode_formats) * len(drafters) + len(workloads) * len(drafters), "decoding",
+                   progress)
+    for case in cases:
+        by_id[case["id"]]["decode"] = decode_case(decoder, case, decode_formats, drafters, bar.step)
+    free = free_running(decoder, drafters, max_tokens, workloads, bar.step)
+    bar.close()
+    report["free_running"] = free
+    report["summary"]["decode"] = {
+        "cases": len(cases),
+        "formats": list(decode_formats),
+        "drafters": list(drafters),
+        "reference_forced": summarize_forced(report["cases"], decode_formats, drafters),
+        "free_running": summarize_free(free),
+        "max_tokens": max_tokens,
+    }
+
+
+def run_live(report: dict, cases: list[dict], model, max_tokens: int, timeout: float, progress: bool = True) -> None:
+    """Add each case's live figures (`live`) and their summary to `report`."""
+    from evals import live
+
+    by_id = {case["id"]: case for case in report["cases"]}
+    bar = Progress(len(cases), "live", progress)
+    figures = []
+    for case in cases:
+        bar.step(case["id"])
+        figures.append(live.run_case(case, model, max_tokens, timeout))
+        by_id[case["id"]]["live"] = figures[-1]
+    bar.close()
+    report["summary"]["live"] = {"model": model.name, "api_base": model.api_base} | live.summarize(figures)
+
+
+def _number(value) -> str:
+    return "n/a" if value is None else f"{value:,.0f}"
+
+
+def _share(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _times(value) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
 
 
 def render(report: dict, title: str) -> str:
-    """Markdown: tokens and apply rates per format, then apply rates per perturbation kind."""
-
-    def number(value) -> str:
-        return "n/a" if value is None else f"{value:,.0f}"
-
-    def share(value) -> str:
-        return "n/a" if value is None else f"{100 * value:.1f}%"
-
-    summary = report["summary"]
+    """Markdown: tokens and apply rates per format, apply rates per perturbation kind, then the decoding and live
+    tables when they were measured."""
+    summary = report["summary"]["formats"]
     lines = [title, "",
              "| format | tokens median | tokens p90 | saved vs whole median | saved p90 | saved % median "
              "| applies | perturbed: applies | perturbed: wrong | perturbed n |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for fmt, part in summary.items():
         lines.append(
-            f"| {fmt} | {number(part['tokens_median'])} | {number(part['tokens_p90'])} "
-            f"| {number(part.get('saved_median'))} | {number(part.get('saved_p90'))} "
-            f"| {share(part.get('saved_share_median'))} | {share(part['applies'])} "
-            f"| {share(part.get('perturbed_applies'))} | {share(part.get('perturbed_wrong'))} "
+            f"| {fmt} | {_number(part['tokens_median'])} | {_number(part['tokens_p90'])} "
+            f"| {_number(part.get('saved_median'))} | {_number(part.get('saved_p90'))} "
+            f"| {_share(part.get('saved_share_median'))} | {_share(part['applies'])} "
+            f"| {_share(part.get('perturbed_applies'))} | {_share(part.get('perturbed_wrong'))} "
             f"| {part.get('perturbed_trials', 'n/a')} |"
         )
     kinds = [(fmt, kind, figures) for fmt, part in summary.items()
@@ -160,20 +226,66 @@ def render(report: dict, title: str) -> str:
         lines += ["", "Each format has its own perturbations; \"wrong\" = applied somewhere other than intended "
                   "(the rest were refused).", "",
                   "| format | perturbation | applies | wrong | n |", "|---|---|---|---|---|"]
-        lines += [f"| {fmt} | {kind} | {share(f['applies'])} | {share(f['wrong'])} | {f['trials']} |"
+        lines += [f"| {fmt} | {kind} | {_share(f['applies'])} | {_share(f['wrong'])} | {f['trials']} |"
                   for fmt, kind, f in kinds]
+    if "decode" in report["summary"]:
+        lines += ["", *render_decode(report["summary"]["decode"])]
+    if "live" in report["summary"]:
+        lines += ["", *render_live(report["summary"]["live"])]
     return "\n".join(lines)
 
 
-def plot(report: dict, out: Path) -> None:
-    """A PNG with the distribution of output tokens per format (log scale)."""
+def render_decode(decode: dict) -> list[str]:
+    """The reference-forced and free-running tables, side by side in one report."""
+    head = ("| {what} | drafter | tokens | target forwards | tokens / forward | forwards: off ÷ this "
+            "| decode s | speedup vs off | speedup median |")
+    rule = "|---|---|---|---|---|---|---|---|---|"
+
+    def rows(name: str, per_drafter: dict) -> list[str]:
+        return [f"| {name} | {drafter} | {_number(t['tokens'])} | {_number(t['target_forwards'])} "
+                f"| {t['tokens_per_forward']:.2f} | {_times(t.get('forwards_vs_off'))} | {t['seconds']:.1f} "
+                f"| {_times(t.get('speedup_vs_off'))} | {_times(t.get('speedup_vs_off_median'))} |"
+                for drafter, t in per_drafter.items()]
+
+    lines = [f"Decoding, reference-forced on {decode['cases']} edits: the embedded Gemma 3 270M verifies each "
+             "format's minimal correct output as if it wrote it. This estimates the speedup for a model that "
+             "writes this output; it is not the 270M's own output.", "", head.format(what="format"), rule]
+    for fmt, per_drafter in decode["reference_forced"].items():
+        lines += rows(fmt, per_drafter)
+    lines += ["", f"Decoding, free-running: the model's own greedy output on copy-heavy prompts (up to "
+              f"{decode['max_tokens']} tokens), true end-to-end figures.", "",
+              head.format(what="workload").replace("| speedup median |", "| same output as off |"), rule]
+    for name, per_drafter in decode["free_running"].items():
+        lines += [row.rsplit("|", 2)[0] + f"| {'yes' if per_drafter[drafter]['same_as_off'] else 'NO'} |"
+                  for row, drafter in zip(rows(name, per_drafter), per_drafter, strict=True)]
+    lines += ["", "Target forwards include the prompt's; decode seconds run from the first token to the last "
+              "(the prompt is prefilled once per case and shared). Speedup = off's decode time ÷ this drafter's."]
+    return lines
+
+
+def render_live(live: dict) -> list[str]:
+    acceptance = live["acceptance"]
+    return [f"Live model {live['model']} at {live['api_base'] or 'its default endpoint'}: {live['cases']} edits "
+            "through the agent's edit turn", "",
+            "| exact file | edit applied | syntax valid | errors | output tokens median | seconds median "
+            "| drafted | accepted | acceptance |",
+            "|---|---|---|---|---|---|---|---|---|",
+            f"| {_share(live['exact'])} | {_share(live['applied'])} | {_share(live['syntax_valid'])} "
+            f"| {live['errors']} | {_number(live['output_tokens_median'])} | {live['seconds_median']:.1f} "
+            f"| {_number(live['drafted'])} | {_number(live['accepted'])} | {_share(acceptance)} |"]
+
+
+def plot(report: dict, out: Path) -> list[Path]:
+    """PNGs: the distribution of output tokens per format (log scale) at `out`, and, when decoding was
+    measured, the speedup per drafter at `<out stem>-speedup.png`. Returns the paths written."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib import ticker
 
-    formats = list(report["summary"])
+    summary = report["summary"]["formats"]
+    formats = list(summary)
     data = [[case["formats"][fmt]["tokens"] or 1 for case in report["cases"]] for fmt in formats]
     figure, axes = plt.subplots(figsize=(8, 4.5))
     axes.boxplot(data, tick_labels=formats, showfliers=True)
@@ -183,8 +295,43 @@ def plot(report: dict, out: Path) -> None:
     axes.set_ylabel("output tokens (Gemma tokenizer, log scale)")
     axes.set_title(f"Minimal correct output per edit format, {len(report['cases'])} edits")
     for x, fmt in enumerate(formats, 1):
-        median = report["summary"][fmt]["tokens_median"]
+        median = summary[fmt]["tokens_median"]
         axes.annotate(f"{median:,.0f}", (x, median), xytext=(12, 0), textcoords="offset points", va="center")
+    figure.tight_layout()
+    figure.savefig(out, dpi=120)
+    plt.close(figure)
+    written = [out]
+    if "decode" in report["summary"]:
+        written.append(out.with_name(f"{out.stem}-speedup.png"))
+        plot_speedup(report["summary"]["decode"], written[-1])
+    return written
+
+
+def plot_speedup(decode: dict, out: Path) -> None:
+    """Grouped bars: speedup vs no drafting per drafter (decode time; the dot marks the ratio of forwards), for
+    each reference-forced format and each free-running workload."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = [(f"{fmt}\n(forced)", per) for fmt, per in decode["reference_forced"].items()]
+    groups += [(f"{name}\n(free)", per) for name, per in decode["free_running"].items()]
+    drafters = [d for d in decode["drafters"] if d != "off"]
+    figure, axes = plt.subplots(figsize=(max(8.0, 1.3 * len(groups) + 2), 4.8))
+    width = 0.8 / max(len(drafters), 1)
+    for i, drafter in enumerate(drafters):
+        xs = [g + (i - (len(drafters) - 1) / 2) * width for g in range(len(groups))]
+        speed = [per[drafter].get("speedup_vs_off") or 0 for _, per in groups]
+        forwards = [per[drafter].get("forwards_vs_off") or 0 for _, per in groups]
+        bars = axes.bar(xs, speed, width, label=f"{drafter}: decode time")
+        axes.scatter(xs, forwards, color=bars.patches[0].get_facecolor(), edgecolor="black", zorder=3, s=24)
+    axes.axhline(1.0, color="grey", linewidth=0.8)
+    axes.set_xticks(range(len(groups)), [name for name, _ in groups], fontsize=8)
+    axes.set_ylabel("speedup vs no drafting (×)")
+    axes.set_title(f"Speedup per drafter; forced = estimate for a model writing that output "
+                   f"({decode['cases']} edits)\ndots: target forwards, off ÷ drafter", fontsize=10)
+    axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(out, dpi=120)
     plt.close(figure)
@@ -198,6 +345,23 @@ def _names(value: str, known: tuple[str, ...], what: str) -> tuple[str, ...]:
     return names
 
 
+def _drafters(value: str) -> tuple[str, ...]:
+    """The drafters named in --drafters: "none", "all" or a comma-separated list (checked against the engine's)."""
+    from evals.decode import available_drafters
+
+    if value.strip() == "none":
+        return ()
+    return available_drafters() if value.strip() == "all" else _names(value, available_drafters(), "drafter")
+
+
+def one_per_language(cases: list[dict]) -> list[dict]:
+    """The first case of each language: a small spread for --quick decoding."""
+    seen: dict[str, dict] = {}
+    for case in cases:
+        seen.setdefault(case.get("language") or "", case)
+    return list(seen.values())
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--cases", type=Path, metavar="FILE", help="JSONL cases (default: the built-in suite)")
@@ -205,21 +369,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="mine cases from the history of this local git repository")
     parser.add_argument("--formats", type=lambda v: _names(v, FORMATS, "format"), default=FORMATS,
                         help=f"comma-separated formats (default: {','.join(FORMATS)})")
-    parser.add_argument("--drafters", default="none",
-                        help="comma-separated drafters for decoding evals; only 'none' (formats only) for now")
+    parser.add_argument("--drafters", default=None,
+                        help="comma-separated drafters timed on the embedded model (off, ngram, … as the engine "
+                             "has them), 'all', or 'none' for formats only (default: all; none with --model)")
+    parser.add_argument("--decode-formats", type=lambda v: _names(v, FORMATS, "format"), default=None,
+                        help="formats whose reference output is decoded, reference-forced (default: every format "
+                             "but whole, which costs one forward per token of the file; ot with --quick)")
     parser.add_argument("--limit", type=int, help="use at most N cases")
     parser.add_argument("--quick", action="store_true",
-                        help=f"{OT_TRIALS_QUICK} miscount perturbation per OT script instead of {OT_TRIALS}")
+                        help=f"{OT_TRIALS_QUICK} miscount perturbation per OT script instead of {OT_TRIALS}; decode "
+                             f"one case per language, the ot format only, up to {QUICK_MAX_TOKENS} free-running "
+                             "tokens")
+    parser.add_argument("--max-tokens", type=int, default=None,
+                        help=f"new tokens per free-running generation (default: {MAX_TOKENS}) and per live reply "
+                             f"(default: {LIVE_MAX_TOKENS})")
+    parser.add_argument("--model", metavar="M",
+                        help="also run every case through the agent's edit turn on this live model (a litellm "
+                             "name, or 'embedded' to start the embedded server)")
+    parser.add_argument("--api-base", metavar="URL", help="the live model's OpenAI-compatible endpoint")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds per live reply (default: 600)")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write every per-case figure as JSON")
-    parser.add_argument("--plot", type=Path, metavar="OUT.png", help="also draw tokens per format as a PNG")
+    parser.add_argument("--plot", type=Path, metavar="OUT.png",
+                        help="also draw tokens per format as a PNG (and the speedup per drafter beside it, "
+                             "OUT-speedup.png)")
 
 
-def run_command(args: argparse.Namespace) -> int:
-    drafters = [name.strip() for name in args.drafters.split(",") if name.strip()]
-    if any(name not in DRAFTERS_AVAILABLE for name in drafters):
-        print(f"agent eval: --drafters {args.drafters}: decoding evals are not available in this build "
-              "(they need the embedded engine); use --drafters none to measure formats only", file=sys.stderr)
-        return 2
+def _load_cases(args: argparse.Namespace) -> tuple[list[dict], str] | None:
     if args.from_git:
         skipped: Counter = Counter()
         try:
@@ -227,33 +402,86 @@ def run_command(args: argparse.Namespace) -> int:
         except subprocess.CalledProcessError as exc:
             detail = exc.stderr.decode("utf-8", "replace").strip() if exc.stderr else str(exc)
             print(f"agent eval: cannot read the git history of {args.from_git}: {detail}", file=sys.stderr)
-            return 2
+            return None
         except OSError as exc:
             print(f"agent eval: cannot run git on {args.from_git}: {exc}", file=sys.stderr)
-            return 2
+            return None
         reasons = ", ".join(f"{reason} {n}" for reason, n in skipped.most_common())
         print(f"mined {len(cases)} cases from {args.from_git} (skipped: {reasons or 'none'})", file=sys.stderr)
-        source = f"{len(cases)} edits mined from {args.from_git}"
-    elif args.cases:
+        return cases, f"{len(cases)} edits mined from {args.from_git}"
+    if args.cases:
         if not args.cases.exists():
             print(f"agent eval: no cases file at {args.cases}", file=sys.stderr)
-            return 2
+            return None
         cases = load_cases(args.cases, args.limit)
-        source = f"{len(cases)} edits from {args.cases}"
-    else:
-        cases = load_suite(limit=args.limit)
-        source = f"the built-in suite ({len(cases)} edits)"
+        return cases, f"{len(cases)} edits from {args.cases}"
+    cases = load_suite(limit=args.limit)
+    return cases, f"the built-in suite ({len(cases)} edits)"
+
+
+def run_command(args: argparse.Namespace) -> int:
+    if args.limit is not None and args.limit < 1 or args.max_tokens is not None and args.max_tokens < 1:
+        print("agent eval: --limit and --max-tokens must be >= 1", file=sys.stderr)
+        return 2
+    if args.api_base and not args.model:
+        print("agent eval: --api-base needs --model (the model to ask at that endpoint)", file=sys.stderr)
+        return 2
+    loaded_cases = _load_cases(args)
+    if loaded_cases is None:
+        return 2
+    cases, source = loaded_cases
     if not cases:
         print("agent eval: no cases to measure", file=sys.stderr)
+        return 2
+    try:
+        drafters = _drafters(args.drafters or ("none" if args.model else "all"))
+    except argparse.ArgumentTypeError as exc:
+        print(f"agent eval: --drafters: {exc}", file=sys.stderr)
         return 2
     from decoding.tokenizer import gemma_token_counter
 
     report = run(cases, args.formats, gemma_token_counter(), OT_TRIALS_QUICK if args.quick else OT_TRIALS)
+    if drafters:
+        from decoding.model import load_model
+
+        decode_formats = args.decode_formats or (("ot",) if args.quick else tuple(f for f in FORMATS if f != "whole"))
+        print("loading the embedded model …", file=sys.stderr)
+        run_decode(report, one_per_language(cases) if args.quick else cases, load_model(), decode_formats, drafters,
+                   args.max_tokens or (QUICK_MAX_TOKENS if args.quick else MAX_TOKENS))
+    if args.model:
+        status = _live(report, cases, args)
+        if status:
+            return status
     print(render(report, f"Edit formats on {source}: minimal correct output, Gemma tokens"))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
     if args.plot:
         plot(report, args.plot)
+    return 0
+
+
+def _live(report: dict, cases: list[dict], args: argparse.Namespace) -> int:
+    """Run the live evals (starting the embedded server for --model embedded); 4 when the model is unreachable."""
+    from agent.embedded import EmbeddedServer, EmbeddedServerError
+    from agent.model import Model, ModelUnavailable
+
+    server = None
+    try:
+        name, api_base = args.model, args.api_base
+        if name == "embedded" and not api_base:
+            print("starting the embedded model server …", file=sys.stderr)
+            server = EmbeddedServer()
+            server.start()
+            name, api_base = f"openai/{server.model_id}", server.api_base
+        model = Model(name, api_base)
+        model.check_reachable()
+        run_live(report, cases, model, args.max_tokens or LIVE_MAX_TOKENS, args.timeout)
+    except (ModelUnavailable, EmbeddedServerError) as exc:
+        print(f"agent eval: {exc}", file=sys.stderr)
+        return 4
+    finally:
+        if server is not None:
+            server.stop()
     return 0
 
 

@@ -1,0 +1,242 @@
+"""Decoding evals on the embedded model: target forwards and decode time per drafter.
+
+Reference-forced: for each case and edit format, the target verifies drafts against that format's minimal
+correct output (`GenerationRequest.reference`), as if the model wrote exactly that text. Every verify forward
+really runs, so forwards and time are honest; what is assumed is the output. The figures estimate the speedup
+for a model that writes this output, not for the embedded 270M, which cannot write edits.
+
+Free-running: the copy-heavy workloads of `decoding.workloads`, greedy, the model's own output: true
+end-to-end numbers, reported beside the forced ones.
+
+Times are decode time after the prompt: every drafter sees the same prompt, so it is prefilled once
+(`PromptCache`) and its cost is left out of the comparison.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+from decoding.drafters import SPECULATION_METHODS, make_drafter
+from decoding.engine import Generation, GenerationRequest
+from decoding.server import gemma_chat_prompt
+from decoding.target import Target, make_target
+from decoding.workloads import Workload, standard_workloads
+from evals.formats import reference_output
+
+ALIASES = ("auto",)  # speculation methods that only name another one
+EDIT_SCRIPT = (
+    "Reply with an edit script: a cursor walks the file from its start, one operation per line. retain(N) or "
+    'retain("text") keeps text, delete("text") or delete(N) removes it, insert("text") adds text at the cursor. '
+    "Strings are JSON strings; counts are Unicode code points. Whatever the script does not reach is kept."
+)
+FORMAT_INSTRUCTIONS = {
+    "whole": "Reply with the whole file after the change, and nothing else.",
+    "search-replace": (
+        "Reply with SEARCH/REPLACE blocks: a line `<<<<<<< SEARCH`, the exact lines to change with just enough "
+        "context to be unique, a line `=======`, the new lines, a line `>>>>>>> REPLACE`."
+    ),
+    "udiff": (
+        "Reply with a unified diff without line numbers: each hunk starts with `@@ ... @@`, then context lines "
+        "start with a space, removed lines with `-`, added lines with `+`."
+    ),
+    "ot": EDIT_SCRIPT + " Quote the text you delete, and a little text right before each change.",
+    "ot-counts": EDIT_SCRIPT + " Use counts only.",
+}
+
+
+def available_drafters() -> tuple[str, ...]:
+    """Every speculation method the engine has ("off" first), aliases left out."""
+    return tuple(method for method in SPECULATION_METHODS if method not in ALIASES)
+
+
+def edit_prompt(case: dict, fmt: str) -> str:
+    """A compact version of the agent's edit turn: the file as read, the task, how to answer, in Gemma's format.
+
+    The format's instruction comes last, so the prompts of one case share the file as a common prefix.
+    """
+    before = case["before"]
+    user = (
+        f"{case.get('path', 'file')}: {len(before.splitlines())} lines, {len(before)} code points\n{before}\n\n"
+        f"Task: {case.get('instruction') or 'make the change'}\n\n{FORMAT_INSTRUCTIONS[fmt]}"
+    )
+    return gemma_chat_prompt([{"role": "user", "content": user}])
+
+
+class PromptCache:
+    """A `Target` that keeps its KV cache between generations: a new generation resumes from the longest prefix
+    its prompt shares with what the cache holds, so the drafters compared on one prompt (and the formats of one
+    file) prefill it once. Every forward it skips was already computed for the same tokens."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.vocab_size = target.vocab_size
+        self.logit_chunk = target.logit_chunk
+        self.capacity = 0
+        self.held: list[int] = []  # the tokens in the cache, position by position
+        self._new_sequence = False
+
+    @property
+    def length(self) -> int:
+        return self.target.length
+
+    def reset(self, capacity: int) -> None:
+        if capacity > self.capacity:
+            self.target.reset(capacity)
+            self.capacity, self.held = capacity, []
+        self._new_sequence = True
+
+    def forward(self, tokens: list[int]):
+        """Hidden rows [T', D] for the tokens it had to compute: all of them, or after a new sequence's cached
+        prefix (always at least the last one, which is all a generation reads of its prompt)."""
+        if self._new_sequence:
+            self._new_sequence = False
+            keep = 0
+            while keep < min(len(self.held), len(tokens) - 1) and self.held[keep] == tokens[keep]:
+                keep += 1
+            self.rollback(keep)
+            tokens = tokens[keep:]
+        hidden = self.target.forward(tokens)
+        self.held += tokens
+        return hidden
+
+    def logits(self, hidden):
+        return self.target.logits(hidden)
+
+    def rollback(self, length: int) -> None:
+        self.target.rollback(length)
+        del self.held[length:]
+
+
+class Decoder:
+    """The embedded model with its tokenizer, ready to time generations per drafter."""
+
+    def __init__(self, loaded) -> None:
+        self.tokenizer = loaded.tokenizer
+        self.target = PromptCache(make_target(loaded.model))
+        vocab = self.tokenizer.get_vocab()
+        self.end_of_turn = vocab["<end_of_turn>"]
+        self.stop_ids = frozenset({self.end_of_turn, self.tokenizer.eos_token_id})
+
+    def prompt_ids(self, text: str) -> list[int]:
+        return self.tokenizer(text).input_ids
+
+    def text_ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def generate(
+        self, prompt: list[int], drafter: str, max_new_tokens: int, sources: Sequence[list[int]] = (),
+        reference: list[int] | None = None,
+    ) -> tuple[dict, list[int]]:
+        """One greedy generation: its figures (tokens, target forwards, decode seconds, drafted, accepted) and
+        its tokens. `seconds` runs from the first token (the prompt's forward) to the end."""
+        request = GenerationRequest(
+            prompt=prompt, max_new_tokens=max_new_tokens, drafter=make_drafter(drafter), sources=list(sources),
+            stop_ids=self.stop_ids, reference=reference,
+        )
+        generation = Generation(self.target, request)
+        started = None
+        for _ in generation:
+            started = started or time.perf_counter()
+        stats = generation.stats
+        figures = {
+            "tokens": len(generation.tokens) + (generation.finish_reason == "stop"),  # the stop token is written too
+            "target_forwards": stats.target_forwards,
+            "seconds": round(time.perf_counter() - started, 4) if started else 0.0,
+            "drafted": stats.drafted,
+            "accepted": stats.accepted,
+        }
+        return figures, generation.tokens
+
+
+def decode_case(
+    decoder: Decoder, case: dict, formats: Sequence[str], drafters: Sequence[str],
+    step: Callable[[str], None] = lambda label: None,
+) -> dict:
+    """Reference-forced figures of one case: `{drafter: {"target_forwards", "seconds", "formats": {fmt: …}}}`,
+    the top-level pair summed over the formats decoded. Drafters take turns on each format, so load from other
+    work on the machine falls on all of them alike."""
+    sources = [decoder.text_ids(case["before"])]  # what the agent sends as `prediction`
+    jobs = []
+    for fmt in formats:
+        reference = decoder.text_ids(reference_output(fmt, case["before"], case["after"])) + [decoder.end_of_turn]
+        jobs.append((fmt, decoder.prompt_ids(edit_prompt(case, fmt)), reference))
+    decoder.target.reset(max(len(prompt) + len(reference) + 1 for _, prompt, reference in jobs))
+    result = {drafter: {"target_forwards": 0, "seconds": 0.0, "formats": {}} for drafter in drafters}
+    for fmt, prompt, reference in jobs:
+        for drafter in drafters:
+            step(f"{case['id']} {fmt} {drafter}")
+            figures, tokens = decoder.generate(prompt, drafter, len(reference), sources, reference)
+            if tokens + [decoder.end_of_turn] != reference:
+                raise AssertionError(f"{case['id']} {fmt} {drafter}: the forced output differs from its reference")
+            entry = result[drafter]
+            entry["formats"][fmt] = figures
+            entry["target_forwards"] += figures["target_forwards"]
+            entry["seconds"] = round(entry["seconds"] + figures["seconds"], 4)
+    return result
+
+
+def free_running(
+    decoder: Decoder, drafters: Sequence[str], max_tokens: int, workloads: Sequence[Workload] | None = None,
+    step: Callable[[str], None] = lambda label: None,
+) -> dict:
+    """Greedy generations of the model's own output per workload: `{workload: {drafter: figures}}`, each with
+    `same_as_off` (speculative decoding must not change greedy output)."""
+    results: dict[str, dict] = {}
+    for workload in workloads if workloads is not None else standard_workloads():
+        prompt = decoder.prompt_ids(workload.prompt)
+        sources = [decoder.text_ids(workload.prediction)] if workload.prediction else []
+        decoder.target.reset(len(prompt) + max_tokens + 1)
+        rows, plain = {}, None
+        for drafter in drafters:
+            step(f"{workload.name} {drafter}")
+            figures, tokens = decoder.generate(prompt, drafter, max_tokens, sources)
+            plain = tokens if plain is None else plain
+            rows[drafter] = figures | {"same_as_off": tokens == plain}
+        results[workload.name] = rows
+    return results
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return round(numerator / denominator, 3) if denominator else None
+
+
+def compare(figures: dict[str, dict]) -> dict[str, dict]:
+    """Per drafter, totals over `figures[drafter]` (a list of per-run figures) and the ratios to "off"."""
+    totals = {}
+    for drafter, runs in figures.items():
+        totals[drafter] = {
+            "runs": len(runs),
+            "tokens": sum(run["tokens"] for run in runs),
+            "target_forwards": sum(run["target_forwards"] for run in runs),
+            "seconds": round(sum(run["seconds"] for run in runs), 3),
+        }
+    off = totals.get("off")
+    for drafter, total in totals.items():
+        total["tokens_per_forward"] = _ratio(total["tokens"], total["target_forwards"])
+        if off is not None:
+            total["forwards_vs_off"] = _ratio(off["target_forwards"], total["target_forwards"])
+            total["speedup_vs_off"] = _ratio(off["seconds"], total["seconds"])
+            pairs = zip(figures["off"], figures[drafter], strict=True)
+            per_run = [value for a, b in pairs if (value := _ratio(a["seconds"], b["seconds"])) is not None]
+            total["speedup_vs_off_median"] = round(statistics.median(per_run), 3) if per_run else None
+    return totals
+
+
+def summarize_forced(results: list[dict], formats: Sequence[str], drafters: Sequence[str]) -> dict:
+    """`{format: {drafter: totals and ratios to off}}` over the cases that were decoded."""
+    decoded = [r["decode"] for r in results if r.get("decode")]
+    return {
+        fmt: compare({drafter: [case[drafter]["formats"][fmt] for case in decoded] for drafter in drafters})
+        for fmt in formats
+    } if decoded else {}
+
+
+def summarize_free(free: dict) -> dict:
+    """`{workload: {drafter: totals, ratios to off and same_as_off}}`."""
+    summary = {}
+    for name, rows in free.items():
+        totals = compare({drafter: [figures] for drafter, figures in rows.items()})
+        summary[name] = {drafter: totals[drafter] | {"same_as_off": rows[drafter]["same_as_off"]} for drafter in rows}
+    return summary
