@@ -27,6 +27,7 @@ from tools.syntax import language_for
 
 OT_TRIALS, OT_TRIALS_QUICK = 3, 1  # miscounted-retain perturbations per OT script
 MAX_TOKENS, QUICK_MAX_TOKENS = 128, 32  # new tokens per free-running generation
+QUICK_WORKLOADS = 3  # free-running workloads with --quick (the shortest prompts)
 LIVE_MAX_TOKENS = 4096  # per live reply
 
 
@@ -150,16 +151,17 @@ def run(
 
 def run_decode(
     report: dict, cases: list[dict], loaded, decode_formats: tuple[str, ...], drafters: tuple[str, ...],
-    max_tokens: int, progress: bool = True,
+    max_tokens: int, workloads: int | None = None, progress: bool = True,
 ) -> None:
     """Add the decoding evals to `report`: reference-forced per case (`decode` of the decoded cases; the others
-    keep an empty one), free-running per workload, and their summaries."""
+    keep an empty one), free-running on the `workloads` standard workloads with the shortest prompts (all: None;
+    none when `max_tokens` is 0), and their summaries."""
     from decoding.workloads import standard_workloads
     from evals.decode import Decoder, decode_case, free_running, summarize_forced, summarize_free
 
     decoder = Decoder(loaded)
     by_id = {case["id"]: case for case in report["cases"]}
-    workloads = standard_workloads()
+    workloads = sorted(standard_workloads(), key=lambda w: len(w.prompt))[:workloads] if max_tokens else []
     bar = Progress(len(cases) * len(decode_formats) * len(drafters) + len(workloads) * len(drafters), "decoding",
                    progress)
     for case in cases:
@@ -196,7 +198,7 @@ def _number(value) -> str:
     return "n/a" if value is None else f"{value:,.0f}"
 
 
-def _share(value) -> str:
+def _percent(value) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
@@ -216,8 +218,8 @@ def render(report: dict, title: str) -> str:
         lines.append(
             f"| {fmt} | {_number(part['tokens_median'])} | {_number(part['tokens_p90'])} "
             f"| {_number(part.get('saved_median'))} | {_number(part.get('saved_p90'))} "
-            f"| {_share(part.get('saved_share_median'))} | {_share(part['applies'])} "
-            f"| {_share(part.get('perturbed_applies'))} | {_share(part.get('perturbed_wrong'))} "
+            f"| {_percent(part.get('saved_share_median'))} | {_percent(part['applies'])} "
+            f"| {_percent(part.get('perturbed_applies'))} | {_percent(part.get('perturbed_wrong'))} "
             f"| {part.get('perturbed_trials', 'n/a')} |"
         )
     kinds = [(fmt, kind, figures) for fmt, part in summary.items()
@@ -226,7 +228,7 @@ def render(report: dict, title: str) -> str:
         lines += ["", "Each format has its own perturbations; \"wrong\" = applied somewhere other than intended "
                   "(the rest were refused).", "",
                   "| format | perturbation | applies | wrong | n |", "|---|---|---|---|---|"]
-        lines += [f"| {fmt} | {kind} | {_share(f['applies'])} | {_share(f['wrong'])} | {f['trials']} |"
+        lines += [f"| {fmt} | {kind} | {_percent(f['applies'])} | {_percent(f['wrong'])} | {f['trials']} |"
                   for fmt, kind, f in kinds]
     if "decode" in report["summary"]:
         lines += ["", *render_decode(report["summary"]["decode"])]
@@ -252,9 +254,10 @@ def render_decode(decode: dict) -> list[str]:
              "writes this output; it is not the 270M's own output.", "", head.format(what="format"), rule]
     for fmt, per_drafter in decode["reference_forced"].items():
         lines += rows(fmt, per_drafter)
-    lines += ["", f"Decoding, free-running: the model's own greedy output on copy-heavy prompts (up to "
-              f"{decode['max_tokens']} tokens), true end-to-end figures.", "",
-              head.format(what="workload").replace("| speedup median |", "| same output as off |"), rule]
+    if decode["free_running"]:
+        lines += ["", f"Decoding, free-running: the model's own greedy output on copy-heavy prompts (up to "
+                  f"{decode['max_tokens']} tokens), true end-to-end figures.", "",
+                  head.format(what="workload").replace("| speedup median |", "| same output as off |"), rule]
     for name, per_drafter in decode["free_running"].items():
         lines += [row.rsplit("|", 2)[0] + f"| {'yes' if per_drafter[drafter]['same_as_off'] else 'NO'} |"
                   for row, drafter in zip(rows(name, per_drafter), per_drafter, strict=True)]
@@ -270,9 +273,9 @@ def render_live(live: dict) -> list[str]:
             "| exact file | edit applied | syntax valid | errors | output tokens median | seconds median "
             "| drafted | accepted | acceptance |",
             "|---|---|---|---|---|---|---|---|---|",
-            f"| {_share(live['exact'])} | {_share(live['applied'])} | {_share(live['syntax_valid'])} "
+            f"| {_percent(live['exact'])} | {_percent(live['applied'])} | {_percent(live['syntax_valid'])} "
             f"| {live['errors']} | {_number(live['output_tokens_median'])} | {live['seconds_median']:.1f} "
-            f"| {_number(live['drafted'])} | {_number(live['accepted'])} | {_share(acceptance)} |"]
+            f"| {_number(live['drafted'])} | {_number(live['accepted'])} | {_percent(acceptance)} |"]
 
 
 def plot(report: dict, out: Path) -> list[Path]:
@@ -378,11 +381,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, help="use at most N cases")
     parser.add_argument("--quick", action="store_true",
                         help=f"{OT_TRIALS_QUICK} miscount perturbation per OT script instead of {OT_TRIALS}; decode "
-                             f"one case per language, the ot format only, up to {QUICK_MAX_TOKENS} free-running "
-                             "tokens")
+                             f"one case per language, the ot format only, {QUICK_WORKLOADS} free-running workloads "
+                             f"of up to {QUICK_MAX_TOKENS} tokens")
     parser.add_argument("--max-tokens", type=int, default=None,
-                        help=f"new tokens per free-running generation (default: {MAX_TOKENS}) and per live reply "
-                             f"(default: {LIVE_MAX_TOKENS})")
+                        help=f"new tokens per free-running generation (default: {MAX_TOKENS}; 0 skips them) and "
+                             f"per live reply (default: {LIVE_MAX_TOKENS})")
     parser.add_argument("--model", metavar="M",
                         help="also run every case through the agent's edit turn on this live model (a litellm "
                              "name, or 'embedded' to start the embedded server)")
@@ -420,8 +423,8 @@ def _load_cases(args: argparse.Namespace) -> tuple[list[dict], str] | None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    if args.limit is not None and args.limit < 1 or args.max_tokens is not None and args.max_tokens < 1:
-        print("agent eval: --limit and --max-tokens must be >= 1", file=sys.stderr)
+    if args.limit is not None and args.limit < 1 or args.max_tokens is not None and args.max_tokens < 0:
+        print("agent eval: --limit must be >= 1 and --max-tokens >= 0", file=sys.stderr)
         return 2
     if args.api_base and not args.model:
         print("agent eval: --api-base needs --model (the model to ask at that endpoint)", file=sys.stderr)
@@ -446,8 +449,9 @@ def run_command(args: argparse.Namespace) -> int:
 
         decode_formats = args.decode_formats or (("ot",) if args.quick else tuple(f for f in FORMATS if f != "whole"))
         print("loading the embedded model …", file=sys.stderr)
+        max_tokens = args.max_tokens if args.max_tokens is not None else QUICK_MAX_TOKENS if args.quick else MAX_TOKENS
         run_decode(report, one_per_language(cases) if args.quick else cases, load_model(), decode_formats, drafters,
-                   args.max_tokens or (QUICK_MAX_TOKENS if args.quick else MAX_TOKENS))
+                   max_tokens, QUICK_WORKLOADS if args.quick else None)
     if args.model:
         status = _live(report, cases, args)
         if status:

@@ -1,0 +1,195 @@
+"""Decoding evals: reference forcing in the engine, the prompt cache, per-drafter figures, and the live-model eval."""
+
+import json
+
+import pytest
+import torch
+from replay import ReplayServer, Turn
+
+from decoding.drafters import Draft, DraftContext
+from decoding.engine import generate
+from evals.cases import load_suite
+from evals.decode import PromptCache, available_drafters, edit_prompt
+from evals.formats import reference_output
+from evals.run import main
+
+VOCAB = 64
+
+
+class CountingTarget:
+    """A tiny deterministic target: it predicts (last token + 1) % VOCAB and logs the rows of every forward."""
+
+    vocab_size = VOCAB
+
+    def __init__(self, logit_chunk: int = 0) -> None:
+        self.logit_chunk = logit_chunk
+        self.cache: list[int] = []
+        self.forwards: list[int] = []  # rows per forward
+
+    @property
+    def length(self) -> int:
+        return len(self.cache)
+
+    def reset(self, capacity: int) -> None:
+        self.cache = []
+
+    def forward(self, tokens: list[int]) -> torch.Tensor:
+        self.forwards.append(len(tokens))
+        self.cache += tokens
+        return torch.tensor(tokens, dtype=torch.float32).unsqueeze(1)  # [T, 1]: the token itself
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        nxt = (hidden[:, 0].long() + 1) % VOCAB
+        return torch.nn.functional.one_hot(nxt, VOCAB).float()
+
+    def rollback(self, length: int) -> None:
+        del self.cache[length:]
+
+
+class Oracle:
+    """Drafts the reference's continuation exactly, except at positions in `miss`."""
+
+    name = "oracle"
+
+    def __init__(self, prompt: list[int], reference: list[int], miss: frozenset[int] = frozenset()) -> None:
+        self.prompt, self.reference, self.miss = prompt, reference, miss
+
+    def propose(self, context: DraftContext, k: int) -> Draft:
+        at = len(context.tokens) - len(self.prompt)
+        return Draft([VOCAB - 1 if at + i in self.miss else t for i, t in enumerate(self.reference[at : at + k])])
+
+
+PROMPT = [1, 2, 3]
+REFERENCE = [10, 30, 7, 7, 7, 50, 20, 21, 22, 23, 5, 9, 63]  # ends with the stop token 63
+STOP = frozenset({63})
+
+
+def test_forced_generation_writes_the_reference_with_one_forward_per_token_when_plain():
+    target = CountingTarget()
+    gen = generate(target, PROMPT, len(REFERENCE), reference=REFERENCE, stop_ids=STOP)
+    assert gen.tokens == REFERENCE[:-1] and gen.finish_reason == "stop"
+    assert gen.stats.target_forwards == len(REFERENCE) == len(target.forwards)
+    free = generate(CountingTarget(), PROMPT, 5)
+    assert free.tokens == [4, 5, 6, 7, 8]  # without a reference the target's own choice wins
+
+
+@pytest.mark.parametrize("chunk", [0, 2])
+def test_forced_verification_accepts_the_drafts_that_match_and_still_runs_every_row(chunk):
+    target = CountingTarget(logit_chunk=chunk)
+    oracle = generate(target, PROMPT, len(REFERENCE), reference=REFERENCE, stop_ids=STOP,
+                      drafter=Oracle(PROMPT, REFERENCE))
+    assert oracle.tokens == REFERENCE[:-1]
+    assert oracle.stats.target_forwards < len(REFERENCE) / 2
+    assert oracle.stats.accepted == oracle.stats.drafted  # every drafted token was the reference's
+    assert sum(target.forwards) == len(PROMPT) + oracle.stats.drafted + oracle.stats.steps
+
+    target = CountingTarget(logit_chunk=chunk)
+    missing = generate(target, PROMPT, len(REFERENCE), reference=REFERENCE, stop_ids=STOP,
+                       drafter=Oracle(PROMPT, REFERENCE, miss=frozenset({2, 6, 9})))
+    assert missing.tokens == REFERENCE[:-1]  # a wrong draft costs forwards, never the output
+    assert missing.stats.accepted < missing.stats.drafted
+    assert oracle.stats.target_forwards < missing.stats.target_forwards < len(REFERENCE)
+    assert sum(target.forwards) == len(PROMPT) + missing.stats.drafted + missing.stats.steps
+
+
+def test_forced_generation_cannot_run_past_its_reference():
+    with pytest.raises(ValueError, match="reference"):
+        generate(CountingTarget(), PROMPT, len(REFERENCE) + 1, reference=REFERENCE)
+
+
+def test_prompt_cache_prefills_a_shared_prefix_once_and_changes_nothing():
+    plain_target = CountingTarget()
+    plain = [generate(plain_target, prompt, 6).tokens for prompt in ([1, 2, 3, 4], [1, 2, 3, 4], [1, 2, 9])]
+    cached_target = CountingTarget()
+    cache = PromptCache(cached_target)
+    cached = [generate(cache, prompt, 6).tokens for prompt in ([1, 2, 3, 4], [1, 2, 3, 4], [1, 2, 9])]
+    assert cached == plain
+    assert cached_target.forwards[0] == 4  # the first prompt in full
+    # the same prompt again: all but its last token come from the cache; then the shared [1, 2]
+    assert sum(cached_target.forwards) == sum(plain_target.forwards) - 3 - 2
+
+
+def test_drafters_come_from_the_engine_and_prompts_share_the_file_as_prefix():
+    assert available_drafters()[:2] == ("off", "ngram") and "auto" not in available_drafters()
+    case = load_suite()[0]
+    ot, whole = edit_prompt(case, "ot"), edit_prompt(case, "whole")
+    assert case["before"] in ot and case["instruction"] in ot and "retain(" in ot
+    shared = len(ot) - len(ot.split(case["instruction"])[1])
+    assert ot[:shared] == whole[:shared] and ot.endswith("<start_of_turn>model\n")
+
+
+def test_cli_refuses_unknown_drafters(capsys):
+    assert main(["--drafters", "ngram,telepathy", "--limit", "1"]) == 2
+    assert "telepathy" in capsys.readouterr().err
+
+
+def test_live_eval_applies_the_reply_and_reports_speculation(tmp_path, capsys):
+    cases = load_suite(limit=2)
+    good = reference_output("ot", cases[0]["before"], cases[0]["after"])
+    speculation = {"method": "ngram", "drafted": 40, "accepted": 30, "target_forwards": 12}
+    turns = [Turn(f"```edit {cases[0]['path']}\n{good}\n```", completion_tokens=25,
+                  usage_extra={"speculation": speculation}),
+             Turn(f"```edit {cases[1]['path']}\ndelete(\"no such text\")\n```", completion_tokens=9)]
+    out = tmp_path / "live.json"
+    with ReplayServer(turns) as server:
+        status = main(["--limit", "2", "--formats", "ot", "--model", "openai/replay-model", "--api-base", server.url,
+                       "--json", str(out)])
+        sent = server.requests
+    assert status == 0
+    assert sent[0]["prediction"] == {"type": "content", "content": cases[0]["before"]}
+    assert sent[0]["messages"][0]["role"] == "system" and cases[0]["before"] in sent[0]["messages"][-1]["content"]
+    report = json.loads(out.read_text())
+    first, second = (case["live"] for case in report["cases"])
+    assert first["exact"] and first["applied"] and first["syntax_valid"] and first["output_tokens"] == 25
+    assert first["speculation"] == speculation
+    assert not second["exact"] and not second["applied"] and "refused" in second["error"]
+    live = report["summary"]["live"]
+    assert live["exact"] == 0.5 and live["drafted"] == 40 and live["accepted"] == 30
+    assert "| 50.0% | 50.0% |" in capsys.readouterr().out
+
+
+def test_live_eval_reports_an_unreachable_server(capsys):
+    from agent.embedded import free_port
+
+    assert main(["--limit", "1", "--model", "openai/m", "--api-base", f"http://127.0.0.1:{free_port()}/v1"]) == 4
+    assert "unreachable" in capsys.readouterr().err
+
+
+SMALL_BEFORE = "def area(w, h):\n    return w * h\n\n\ndef perimeter(w, h):\n    return 2 * (w + h)\n"
+SMALL_CASE = {"id": "small", "path": "shapes.py", "language": "python", "instruction": "Multiply h by w in area.",
+              "before": SMALL_BEFORE, "after": SMALL_BEFORE.replace("return w * h", "return h * w")}
+
+
+@pytest.mark.slow
+def test_quick_cli_decodes_with_every_drafter(tmp_path, capsys, monkeypatch, embedded_model):
+    monkeypatch.setattr("decoding.model.load_model", lambda *args, **kwargs: embedded_model)
+    cases, out, png = tmp_path / "cases.jsonl", tmp_path / "eval.json", tmp_path / "tokens.png"
+    cases.write_text(json.dumps(SMALL_CASE) + "\n")
+    argv = ["--cases", str(cases), "--quick", "--max-tokens", "0", "--json", str(out), "--plot", str(png)]
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert "reference-forced" in table and "estimates the speedup for a model that writes this output" in table
+    report = json.loads(out.read_text())
+    decode = report["cases"][0]["decode"]
+    assert set(decode) == set(available_drafters())
+    for figures in decode.values():
+        assert isinstance(figures["target_forwards"], int) and isinstance(figures["seconds"], float)
+    tokens = report["cases"][0]["formats"]["ot"]["tokens"]
+    off = decode["off"]["formats"]["ot"]
+    assert off["target_forwards"] == off["tokens"] == tokens + 1  # one forward per token, the stop token included
+    assert all(figures["target_forwards"] <= off["target_forwards"] for figures in decode.values())
+    assert report["summary"]["decode"]["reference_forced"]["ot"]["off"]["speedup_vs_off"] == 1.0
+    assert (tmp_path / "tokens-speedup.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_free_running_is_lossless_and_copying_pays(embedded_model):
+    from decoding.workloads import Workload
+    from evals.decode import Decoder, free_running
+
+    source = SMALL_BEFORE * 3
+    copy = Workload("copy", f"File shapes.py:\n```python\n{source}```\n\nThe same file:\n```python\ndef area(w, h):\n",
+                    prediction=source)
+    rows = free_running(Decoder(embedded_model), ("off", "ngram"), 24, [copy])["copy"]
+    assert rows["ngram"]["same_as_off"] and rows["off"]["target_forwards"] == rows["off"]["tokens"]
+    assert rows["ngram"]["target_forwards"] < rows["off"]["target_forwards"] / 2
