@@ -1,7 +1,8 @@
 """Decoding evals on the embedded model: target forwards and decode time per drafter.
 
 Reference-forced: for each case and edit format, the target verifies drafts against that format's minimal
-correct output (`GenerationRequest.reference`), as if the model wrote exactly that text. Every verify forward
+correct output in the fenced block the agent's protocol writes it in (`GenerationRequest.reference`), as if
+the model wrote exactly that text. Every verify forward
 really runs, so forwards and time are honest; what is assumed is the output. The figures estimate the speedup
 for a model that writes this output, not for the embedded 270M, which cannot write edits.
 
@@ -44,6 +45,9 @@ FORMAT_INSTRUCTIONS = {
     "ot": EDIT_SCRIPT + " Quote the text you delete, and a little text right before each change.",
     "ot-counts": EDIT_SCRIPT + " Use counts only.",
 }
+# The fenced block each format is written in, as in the agent's text protocol (`edit` and `overwrite` are its tools).
+FENCE_TOOLS = {"whole": "overwrite", "search-replace": "search-replace", "udiff": "diff", "ot": "edit",
+               "ot-counts": "edit"}
 
 
 def available_drafters() -> tuple[str, ...]:
@@ -56,12 +60,24 @@ def edit_prompt(case: dict, fmt: str) -> str:
 
     The format's instruction comes last, so the prompts of one case share the file as a common prefix.
     """
-    before = case["before"]
+    before, path = case["before"], _path(case)
     user = (
-        f"{case.get('path', 'file')}: {len(before.splitlines())} lines, {len(before)} code points\n{before}\n\n"
-        f"Task: {case.get('instruction') or 'make the change'}\n\n{FORMAT_INSTRUCTIONS[fmt]}"
+        f"{path}: {len(before.splitlines())} lines, {len(before)} code points\n{before}\n\n"
+        f"Task: {case.get('instruction') or 'make the change'}\n\n{FORMAT_INSTRUCTIONS[fmt]} Write it in one "
+        f"block: a line ```{FENCE_TOOLS[fmt]} {path}, then your answer, then a line ```."
     )
     return gemma_chat_prompt([{"role": "user", "content": user}])
+
+
+def written_output(case: dict, fmt: str) -> str:
+    """What a model answering `edit_prompt` writes: the format's minimal correct output in its fenced block."""
+    output = reference_output(fmt, case["before"], case["after"])
+    newline = "\n" if output and not output.endswith("\n") else ""
+    return f"```{FENCE_TOOLS[fmt]} {_path(case)}\n{output}{newline}```"
+
+
+def _path(case: dict) -> str:
+    return case.get("path") or "file"
 
 
 class PromptCache:
@@ -132,8 +148,8 @@ class Decoder:
         """One greedy generation: its figures (tokens, target forwards, decode seconds, drafted, accepted) and
         its tokens. `seconds` runs from the first token (the prompt's forward) to the end."""
         request = GenerationRequest(
-            prompt=prompt, max_new_tokens=max_new_tokens, drafter=make_drafter(drafter), sources=list(sources),
-            stop_ids=self.stop_ids, reference=reference,
+            prompt=prompt, max_new_tokens=max_new_tokens, drafter=make_drafter(drafter, tokenizer=self.tokenizer),
+            sources=list(sources), stop_ids=self.stop_ids, reference=reference,
         )
         generation = Generation(self.target, request)
         started = None
@@ -160,7 +176,7 @@ def decode_case(
     sources = [decoder.text_ids(case["before"])]  # what the agent sends as `prediction`
     jobs = []
     for fmt in formats:
-        reference = decoder.text_ids(reference_output(fmt, case["before"], case["after"])) + [decoder.end_of_turn]
+        reference = decoder.text_ids(written_output(case, fmt)) + [decoder.end_of_turn]
         jobs.append((fmt, decoder.prompt_ids(edit_prompt(case, fmt)), reference))
     decoder.target.reset(max(len(prompt) + len(reference) + 1 for _, prompt, reference in jobs))
     result = {drafter: {"target_forwards": 0, "seconds": 0.0, "formats": {}} for drafter in drafters}
