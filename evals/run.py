@@ -27,7 +27,8 @@ from tools.syntax import language_for
 
 OT_TRIALS, OT_TRIALS_QUICK = 3, 1  # miscounted-retain perturbations per OT script
 MAX_TOKENS, QUICK_MAX_TOKENS = 128, 32  # new tokens per free-running generation
-QUICK_WORKLOADS = 3  # free-running workloads with --quick (the shortest prompts)
+QUICK_WORKLOADS = 2  # free-running workloads with --quick (the shortest prompts)
+QUICK_LANGUAGES = 3  # cases decoded with --quick: the first case of each of the first languages
 LIVE_MAX_TOKENS = 4096  # per live reply
 
 
@@ -357,11 +358,12 @@ def _drafters(value: str) -> tuple[str, ...]:
     return available_drafters() if value.strip() == "all" else _names(value, available_drafters(), "drafter")
 
 
-def one_per_language(cases: list[dict]) -> list[dict]:
-    """The first case of each language: a small spread for --quick decoding."""
+def one_per_language(cases: list[dict], languages: int) -> list[dict]:
+    """The first case of each of the first `languages` languages: a small spread for --quick decoding."""
     seen: dict[str, dict] = {}
     for case in cases:
-        seen.setdefault(case.get("language") or "", case)
+        if len(seen) < languages:
+            seen.setdefault(case.get("language") or "", case)
     return list(seen.values())
 
 
@@ -381,8 +383,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, help="use at most N cases")
     parser.add_argument("--quick", action="store_true",
                         help=f"{OT_TRIALS_QUICK} miscount perturbation per OT script instead of {OT_TRIALS}; decode "
-                             f"one case per language, the ot format only, {QUICK_WORKLOADS} free-running workloads "
-                             f"of up to {QUICK_MAX_TOKENS} tokens")
+                             f"one case in each of {QUICK_LANGUAGES} languages, the ot format only, and "
+                             f"{QUICK_WORKLOADS} free-running workloads of up to {QUICK_MAX_TOKENS} tokens")
     parser.add_argument("--max-tokens", type=int, default=None,
                         help=f"new tokens per free-running generation (default: {MAX_TOKENS}; 0 skips them) and "
                              f"per live reply (default: {LIVE_MAX_TOKENS})")
@@ -450,8 +452,9 @@ def run_command(args: argparse.Namespace) -> int:
         decode_formats = args.decode_formats or (("ot",) if args.quick else tuple(f for f in FORMATS if f != "whole"))
         print("loading the embedded model …", file=sys.stderr)
         max_tokens = args.max_tokens if args.max_tokens is not None else QUICK_MAX_TOKENS if args.quick else MAX_TOKENS
-        run_decode(report, one_per_language(cases) if args.quick else cases, load_model(), decode_formats, drafters,
-                   max_tokens, QUICK_WORKLOADS if args.quick else None)
+        decoded = one_per_language(cases, QUICK_LANGUAGES) if args.quick else cases
+        run_decode(report, decoded, load_model(), decode_formats, drafters, max_tokens,
+                   QUICK_WORKLOADS if args.quick else None)
     if args.model:
         status = _live(report, cases, args)
         if status:

@@ -165,7 +165,8 @@ def test_quick_cli_decodes_reference_forced_per_drafter(tmp_path, capsys, monkey
     monkeypatch.setattr("decoding.model.load_model", lambda *args, **kwargs: embedded_model)
     cases, out, png = tmp_path / "cases.jsonl", tmp_path / "eval.json", tmp_path / "tokens.png"
     cases.write_text(json.dumps(SMALL_CASE) + "\n")
-    argv = ["--cases", str(cases), "--quick", "--drafters", "off,cursor", "--max-tokens", "0", "--json", str(out), "--plot", str(png)]
+    argv = ["--cases", str(cases), "--quick", "--drafters", "off,cursor", "--max-tokens", "0", "--json", str(out),
+            "--plot", str(png)]
     assert main(argv) == 0
     table = capsys.readouterr().out
     assert "reference-forced" in table and "estimates the speedup for a model that writes this output" in table
