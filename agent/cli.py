@@ -24,7 +24,7 @@ examples:
   agent serve                             # the embedded model at http://127.0.0.1:8765/v1
   agent serve --engine vllm --model google/gemma-4-26B-A4B-it   # Gemma 4 with its MTP assistant
   agent apply notes.txt edit.ot           # apply an edit script to a file; agent undo reverts it
-  agent eval --quick                      # output tokens per edit format on the built-in suite
+  agent eval --quick                      # tokens per edit format, decoding speed per drafter
 
 `agent COMMAND --help` explains each command.
 """
@@ -97,8 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     eval_p = sub.add_parser(
         "eval",
-        help="editing evals: output tokens per edit format, and whether each applies",
-        description="Editing evals: output tokens per edit format, saved vs whole-file rewrites, and correctness.",
+        help="editing evals: output tokens per edit format, whether each applies, decoding speed per drafter",
+        description="Editing evals: output tokens per edit format, saved vs whole-file rewrites, and correctness; "
+        "target forwards and decode time per drafter on the embedded model (reference-forced and free-running); "
+        "optionally each case on a live model.",
     )
     from evals import run as eval_run
 

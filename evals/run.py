@@ -27,7 +27,7 @@ from tools.syntax import language_for
 
 OT_TRIALS, OT_TRIALS_QUICK = 3, 1  # miscounted-retain perturbations per OT script
 MAX_TOKENS, QUICK_MAX_TOKENS = 128, 32  # new tokens per free-running generation
-QUICK_WORKLOADS = 2  # free-running workloads with --quick (the shortest prompts)
+QUICK_WORKLOADS = 1  # free-running workloads with --quick (copy-heavy, the shortest prompts)
 QUICK_LANGUAGES = 3  # cases decoded with --quick: the first case of each of the first languages
 LIVE_MAX_TOKENS = 4096  # per live reply
 
@@ -155,14 +155,15 @@ def run_decode(
     max_tokens: int, workloads: int | None = None, progress: bool = True,
 ) -> None:
     """Add the decoding evals to `report`: reference-forced per case (`decode` of the decoded cases; the others
-    keep an empty one), free-running on the `workloads` standard workloads with the shortest prompts (all: None;
-    none when `max_tokens` is 0), and their summaries."""
+    keep an empty one), free-running on the standard workloads (only the `workloads` copy-heavy ones with the
+    shortest prompts when given; none when `max_tokens` is 0), and their summaries."""
     from decoding.workloads import standard_workloads
     from evals.decode import Decoder, decode_case, free_running, summarize_forced, summarize_free
 
     decoder = Decoder(loaded)
     by_id = {case["id"]: case for case in report["cases"]}
-    workloads = sorted(standard_workloads(), key=lambda w: len(w.prompt))[:workloads] if max_tokens else []
+    workloads = standard_workloads() if workloads is None else copy_heavy(standard_workloads())[:workloads]
+    workloads = workloads if max_tokens else []
     bar = Progress(len(cases) * len(decode_formats) * len(drafters) + len(workloads) * len(drafters), "decoding",
                    progress)
     for case in cases:
@@ -178,6 +179,11 @@ def run_decode(
         "free_running": summarize_free(free),
         "max_tokens": max_tokens,
     }
+
+
+def copy_heavy(workloads: list) -> list:
+    """The workloads with source text to copy from, shortest prompt first."""
+    return sorted((w for w in workloads if w.prediction), key=lambda w: len(w.prompt))
 
 
 def run_live(report: dict, cases: list[dict], model, max_tokens: int, timeout: float, progress: bool = True) -> None:
@@ -384,7 +390,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help=f"{OT_TRIALS_QUICK} miscount perturbation per OT script instead of {OT_TRIALS}; decode "
                              f"one case in each of {QUICK_LANGUAGES} languages, the ot format only, and "
-                             f"{QUICK_WORKLOADS} free-running workloads of up to {QUICK_MAX_TOKENS} tokens")
+                             f"{QUICK_WORKLOADS} copy-heavy free-running workload of up to {QUICK_MAX_TOKENS} tokens")
     parser.add_argument("--max-tokens", type=int, default=None,
                         help=f"new tokens per free-running generation (default: {MAX_TOKENS}; 0 skips them) and "
                              f"per live reply (default: {LIVE_MAX_TOKENS})")
