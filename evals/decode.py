@@ -2,9 +2,9 @@
 
 Reference-forced: for each case and edit format, the target verifies drafts against that format's minimal
 correct output in the fenced block the agent's protocol writes it in (`GenerationRequest.reference`), as if
-the model wrote exactly that text. Every verify forward
-really runs, so forwards and time are honest; what is assumed is the output. The figures estimate the speedup
-for a model that writes this output, not for the embedded 270M, which cannot write edits.
+the model wrote exactly that text. Every verify forward really runs, so forwards and time are honest; what
+is assumed is the output. The figures estimate the speedup for a model that writes this output, not for the
+embedded 270M, which cannot write edits.
 
 Free-running: the copy-heavy workloads of `decoding.workloads`, greedy, the model's own output: true
 end-to-end numbers, reported beside the forced ones.

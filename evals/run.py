@@ -1,13 +1,16 @@
-"""Editing evals: output tokens per edit format, and whether each format's output applies.
+"""Editing evals: output tokens per edit format, whether each format's output applies, and decoding speed.
 
 For every case (a file before and after one edit) and every format (`evals.formats`), the eval takes the
 minimal correct output, counts its tokens with the embedded Gemma tokenizer, applies it with that format's
 own applier and checks the result is exactly `after`; then it applies model-like perturbations of it
 (miscounted OT retains, trimmed whitespace, missing context lines) and checks again. These are the costs
-of outputs a model would have to write, not of outputs a model wrote.
+of outputs a model would have to write, not of outputs a model wrote. Then, per drafter, the embedded
+model's target forwards and decode time, reference-forced and free-running (`evals.decode`), and with
+`--model` each case through the agent's edit turn on a live server (`evals.live`).
 
-Run: `agent eval [--cases FILE | --from-git REPO] [--formats …] [--drafters none] [--limit N] [--quick]
-[--json OUT] [--plot OUT.png]`. Without `--cases` or `--from-git` it runs the built-in suite.
+Run: `agent eval [--cases FILE | --from-git REPO] [--formats …] [--drafters …] [--limit N] [--quick]
+[--json OUT] [--plot OUT.png] [--model M --api-base URL]`. Without `--cases` or `--from-git` it runs the
+built-in suite.
 """
 
 from __future__ import annotations
