@@ -213,6 +213,7 @@ def train(head, embed, out_weight, data, args, deadline: float, device: str) -> 
                 f"top-1 vs target {' '.join(f'{a:.3f}' for a in agree)}, lr {lr:.2e}, "
                 f"{seen / elapsed:.0f} positions/s, {elapsed / 60:.1f} min"
             )
+    log(f"trained {step} steps on {seen} positions in {(time.monotonic() - start) / 60:.1f} min")
     return {"steps": step, "positions_seen": seen, "train_minutes": round((time.monotonic() - start) / 60, 2)}
 
 
@@ -387,7 +388,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m decoding.trai
             file=sys.stderr,
         )
         return 2
-    run(args)
+    threads = torch.get_num_threads()
+    try:
+        run(args)
+    finally:
+        torch.set_num_threads(threads)
     return 0
 
 
