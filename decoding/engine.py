@@ -87,7 +87,7 @@ class Generation:
         req, target = self.request, self.target
         target.reset(len(req.prompt) + req.max_new_tokens + 1)
         hidden = target.forward(req.prompt)  # [T, D]
-        self._fresh_hidden.append(hidden)
+        self._keep_for_drafter(hidden)
         self.stats.target_forwards += 1
         _, pending = self._verify([], None, target.logits(hidden[-1:]))
         chunk = self._emit([pending])
@@ -101,12 +101,17 @@ class Generation:
             hidden = target.forward([pending, *draft])  # [k+1, D]
             accepted, pending = self._verify_rows(draft, draft_probs, hidden)
             target.rollback(base + 1 + accepted)
-            self._fresh_hidden.append(hidden[: accepted + 1])
+            self._keep_for_drafter(hidden[: accepted + 1])
             adaptive.update(len(draft), accepted)
             self._count(len(draft), accepted, source)
             chunk = self._emit([*draft[:accepted], pending])
             if chunk:
                 yield chunk
+
+    def _keep_for_drafter(self, hidden: torch.Tensor) -> None:
+        """Hidden rows [n, D] of newly cached positions, handed to the drafter with its next `DraftContext`."""
+        if self.request.drafter is not None:
+            self._fresh_hidden.append(hidden)
 
     def _draft(self, k: int) -> tuple[list[int], torch.Tensor | None, str | None]:
         drafter = self.request.drafter
