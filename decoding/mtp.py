@@ -273,11 +273,15 @@ class MTPDrafter:
 
     name = "mtp"
     k_max_default = 4  # longer drafts are rarely all accepted, and each verified row costs output-layer time
+    min_confidence_default = 0.0
 
-    def __init__(self, shared: SharedHead, k_max: int | None = None):
+    def __init__(self, shared: SharedHead, k_max: int | None = None, min_confidence: float | None = None):
         self.shared = shared
         self.head = shared.head
         self.k_max = k_max or self.k_max_default
+        # Stop drafting at the first token the head gives less than this probability (over its slice): each verified
+        # row costs the target output-layer time, so an unlikely token is cheaper not drafted.
+        self.min_confidence = self.min_confidence_default if min_confidence is None else min_confidence
         self._start = 0  # absolute position of the first cached row
         self._keys: Tensor | None = None  # [1, H, S, Dh]
         self._values: Tensor | None = None
@@ -339,7 +343,11 @@ class MTPDrafter:
         tokens: list[int] = []
         for i in range(min(k, self.k_max)):
             feature = head.finish(x, q, self._keys, self._values, None)  # [1, 1, D]; the newest row sees all
-            token = int(head.token_ids[torch.argmax(feature[0, 0] @ shared.out_weight.T)])
+            probs = torch.softmax(feature[0, 0] @ shared.out_weight.T, dim=-1)  # [K]
+            best = int(torch.argmax(probs))
+            if probs[best] < self.min_confidence:
+                break
+            token = int(head.token_ids[best])
             tokens.append(token)
             if i + 1 == min(k, self.k_max):
                 break
