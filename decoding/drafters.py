@@ -1,8 +1,8 @@
 """Drafters: cheap guesses of the next tokens that the target model then verifies in one forward.
 
 Every drafter has `propose(context, k) -> Draft`. The n-gram lookup itself is a pure function over token id lists
-(`ngram_lookup`) so other engines can share it. The edit-aware `cursor` drafter lives in `decoding.cursor`;
-multi-token-prediction (`mtp`) and per-step `hybrid` drafters plug in through `make_drafter`.
+(`ngram_lookup`) so other engines can share it. The edit-aware `cursor` drafter lives in `decoding.cursor`, the
+multi-token-prediction head in `decoding.mtp`; the per-step `hybrid` drafter here combines them.
 """
 
 from __future__ import annotations
@@ -10,21 +10,31 @@ from __future__ import annotations
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from decoding.mtp import MTPDrafter
 
 
 @dataclass
 class Draft:
     tokens: list[int]
     probs: Tensor | None = None  # [k, V] draft distribution; None = deterministic (one-hot on tokens)
+    source: str | None = None  # which drafter produced it, when a drafter combines several
+    # True when the drafter chose the length itself (the MTP head): the engine's adaptive k then learns nothing from it
+    self_sized: bool = False
 
 
 @dataclass
 class DraftContext:
     tokens: list[int]  # everything the target has seen or will see next: prompt + output so far
     sources: list[list[int]] = field(default_factory=list)  # extra text to copy from, e.g. the prediction content
+    # The target's final hidden states [n, D] of the positions it cached since the previous proposal, in order; the
+    # last row is the one whose logits produced tokens[-1]. None when the engine does not provide them.
+    hidden: Tensor | None = None
+    limit: int | None = None  # the most draft tokens still useful (the length budget); None = no limit
 
 
 class Drafter(Protocol):
@@ -105,23 +115,65 @@ class AdaptiveK:
         self.k = min(self.k_max, self.k * 2) if accepted == drafted else max(self.k_min, accepted + 1)
 
 
-SPECULATION_METHODS = ("off", "ngram", "cursor", "auto")
+@dataclass
+class HybridDrafter:
+    """Per step: the source-based draft when it is trusted, else the MTP head's draft.
+
+    The source-based drafter (the edit-aware cursor drafter given a tokenizer, else prompt lookup) only takes
+    prompt-lookup matches of at least `trust` tokens; what it proposes is copied (long drafts, cheap). When it has
+    nothing, the MTP head guesses from the target's state. The head sees every step's hidden rows either way, so its
+    cache stays whole. Without a head (a target it was not trained for) it is the source-based drafter alone.
+    """
+
+    source: Drafter
+    mtp: MTPDrafter | None = None
+    name: str = "hybrid"
+
+    def propose(self, context: DraftContext, k: int) -> Draft:
+        ready = self.mtp is not None and self.mtp.observe(context)
+        copied = self.source.propose(context, k)
+        if copied.tokens or not ready:
+            return Draft(copied.tokens, source=copied.source or self.source.name)
+        return self.mtp.draft(context)
 
 
-def make_drafter(method: str, *, tokenizer=None, n_min: int = 2, n_max: int = 6) -> Drafter | None:
-    """The drafter for a speculation method; None for "off".
+SPECULATION_METHODS = ("off", "ngram", "cursor", "mtp", "hybrid", "auto")
+TRUSTED_MATCH = 3  # prompt-lookup match length (tokens) that hybrid copies rather than asking the MTP head
 
-    "cursor" follows edit scripts through the source and needs the tokenizer; "auto" is "cursor" when a tokenizer
-    is given, else "ngram".
+
+def make_drafter(method: str, *, tokenizer=None, target=None, n_min: int = 2, n_max: int = 6) -> Drafter | None:
+    """The drafter for a speculation method; None for "off". "auto" is "hybrid".
+
+    "cursor" follows edit scripts through the source and needs the tokenizer. "mtp" needs the `target` its head was
+    trained for (else MTPError). "hybrid" copies with the cursor drafter (prompt lookup without a tokenizer) and asks
+    the MTP head otherwise; with no target, or a head that does not fit it, it is the copying drafter alone.
     """
     if method == "off":
         return None
-    if method == "ngram" or (method == "auto" and tokenizer is None):
+    if method == "ngram":
         return NgramDrafter(n_min=n_min, n_max=n_max)
-    if method in ("cursor", "auto"):
+    if method == "cursor":
         if tokenizer is None:
             raise ValueError("the cursor drafter needs the tokenizer to read the edit script")
         from decoding.cursor import CursorTokenDrafter  # cursor builds on this module
 
         return CursorTokenDrafter(tokenizer, n_min=n_min, n_max=n_max)
+    if method == "mtp":
+        from decoding.mtp import MTPDrafter, MTPError, shared_head  # mtp builds on this module
+
+        if target is None:
+            raise MTPError("the mtp drafter needs the target model")
+        return MTPDrafter(shared_head(target))
+    if method in ("hybrid", "auto"):
+        from decoding.mtp import MTPDrafter, MTPError, shared_head
+
+        trusted = max(n_min, TRUSTED_MATCH)
+        source = make_drafter("cursor" if tokenizer else "ngram", tokenizer=tokenizer, n_min=trusted, n_max=n_max)
+        mtp = None
+        if target is not None:
+            try:
+                mtp = MTPDrafter(shared_head(target))
+            except MTPError:
+                mtp = None
+        return HybridDrafter(source=source, mtp=mtp)
     raise ValueError(f"unknown speculation method {method!r}; expected one of {', '.join(SPECULATION_METHODS)}")

@@ -25,6 +25,9 @@ class SpecStats:
     accepted: int = 0
     target_forwards: int = 0  # including the prefill
     steps: int = 0  # decode forwards; each emits accepted + 1 tokens
+    accepted_by: dict[str, int] = field(default_factory=dict)  # accepted draft tokens per drafter that proposed them
+    drafted_at: list[int] = field(default_factory=list)  # drafts reaching position i (0-based), accepted or not
+    accepted_at: list[int] = field(default_factory=list)  # drafts whose token at position i was accepted
 
     @property
     def mean_accepted_length(self) -> float:
@@ -38,7 +41,12 @@ class SpecStats:
             "accepted": self.accepted,
             "target_forwards": self.target_forwards,
             "mean_accepted_length": round(self.mean_accepted_length, 3),
+            "accepted_by": dict(self.accepted_by),
         }
+
+    def acceptance_at(self) -> list[float]:
+        """Per draft position: accepted / reached (a position is reached when every earlier one was accepted)."""
+        return [a / d if d else 0.0 for a, d in zip(self.accepted_at, self.drafted_at, strict=True)]
 
 
 @dataclass
@@ -76,6 +84,7 @@ class Generation:
         self.tokens: list[int] = []
         self.finish_reason: str | None = None
         self.stats = SpecStats(method=request.drafter.name if request.drafter else "off")
+        self._fresh_hidden: list[torch.Tensor] = []  # target rows [n, D] not yet handed to the drafter
         self._generator = torch.Generator()
         if request.sampling.seed is not None:
             self._generator.manual_seed(request.sampling.seed)
@@ -86,6 +95,7 @@ class Generation:
         req, target = self.request, self.target
         target.reset(len(req.prompt) + req.max_new_tokens + 1)
         hidden = target.forward(req.prompt)  # [T, D]
+        self._keep_for_drafter(hidden)
         self.stats.target_forwards += 1
         _, pending = self._verify([], None, target.logits(hidden[-1:]))
         chunk = self._emit([pending])
@@ -94,25 +104,39 @@ class Generation:
         adaptive = AdaptiveK(k_max=req.k_max, k=req.k_start)
         while self.finish_reason is None:
             budget = req.max_new_tokens - len(self.tokens)
-            draft, draft_probs = self._draft(min(adaptive.k, budget - 1))
+            draft, draft_probs, source, self_sized = self._draft(min(adaptive.k, budget - 1), budget - 1)
             base = target.length
             hidden = target.forward([pending, *draft])  # [k+1, D]
             accepted, pending = self._verify_rows(draft, draft_probs, hidden)
             target.rollback(base + 1 + accepted)
-            adaptive.update(len(draft), accepted)
-            self._count(len(draft), accepted)
+            self._keep_for_drafter(hidden[: accepted + 1])
+            if not self_sized:
+                adaptive.update(len(draft), accepted)
+            self._count(len(draft), accepted, source)
             chunk = self._emit([*draft[:accepted], pending])
             if chunk:
                 yield chunk
 
-    def _draft(self, k: int) -> tuple[list[int], torch.Tensor | None]:
+    def _keep_for_drafter(self, hidden: torch.Tensor) -> None:
+        """Hidden rows [n, D] of newly cached positions, handed to the drafter with its next `DraftContext`."""
+        if self.request.drafter is not None:
+            self._fresh_hidden.append(hidden)
+
+    def _draft(self, k: int, limit: int) -> tuple[list[int], torch.Tensor | None, str | None, bool]:
+        """The next draft (at most `limit` tokens; `k` is the adaptive length asked for), its probabilities, the
+        drafter that made it and whether that drafter sized it itself."""
         drafter = self.request.drafter
         if drafter is None or k <= 0:
-            return [], None
-        context = DraftContext(tokens=self.request.prompt + self.tokens, sources=self.request.sources)
+            return [], None, None, False
+        hidden = torch.cat(self._fresh_hidden) if len(self._fresh_hidden) > 1 else self._fresh_hidden[0]
+        self._fresh_hidden = []
+        context = DraftContext(
+            tokens=self.request.prompt + self.tokens, sources=self.request.sources, hidden=hidden, limit=limit
+        )
         draft = drafter.propose(context, k)
-        tokens = draft.tokens[:k]
-        return tokens, None if draft.probs is None else draft.probs[: len(tokens)]
+        tokens = draft.tokens[: limit if draft.self_sized else k]
+        probs = None if draft.probs is None else draft.probs[: len(tokens)]
+        return tokens, probs, draft.source or drafter.name, draft.self_sized
 
     def _verify_rows(self, draft: list[int], draft_probs: torch.Tensor | None, hidden: torch.Tensor):
         """Verify from hidden rows [k+1, D], scoring them `target.logit_chunk` rows at a time under greedy.
@@ -154,11 +178,20 @@ class Generation:
             accepted += 1
         return accepted, expected[accepted]
 
-    def _count(self, drafted: int, accepted: int) -> None:
-        self.stats.drafted += drafted
-        self.stats.accepted += accepted
-        self.stats.target_forwards += 1
-        self.stats.steps += 1
+    def _count(self, drafted: int, accepted: int, source: str | None) -> None:
+        stats = self.stats
+        stats.drafted += drafted
+        stats.accepted += accepted
+        stats.target_forwards += 1
+        stats.steps += 1
+        if source is not None and drafted:
+            stats.accepted_by[source] = stats.accepted_by.get(source, 0) + accepted
+        for at in range(min(drafted, accepted + 1)):  # positions reached: all accepted ones and the first rejection
+            if at == len(stats.drafted_at):
+                stats.drafted_at.append(0)
+                stats.accepted_at.append(0)
+            stats.drafted_at[at] += 1
+            stats.accepted_at[at] += at < accepted
 
     def _emit(self, new: list[int]) -> list[int]:
         """Append new tokens up to a stop token (excluded) or the length budget; set finish_reason when done."""

@@ -4,10 +4,10 @@ Endpoints: GET /v1/models, POST /v1/completions, POST /v1/chat/completions, stre
 handled on threads, but generation runs on a single worker thread that takes requests in arrival order.
 
 Extensions: `prediction: {"type": "content", "content": "..."}` is source text the drafters copy from (OpenAI
-Predicted Outputs' shape), `speculation: "off" | "ngram" | "cursor" | "auto"` picks the drafter,
-`top_k` limits sampling.
-`usage` reports `completion_tokens_details.accepted_prediction_tokens` / `rejected_prediction_tokens` and
-`speculation = {method, drafted, accepted, target_forwards, mean_accepted_length}`.
+Predicted Outputs' shape), `speculation: "off" | "ngram" | "cursor" | "mtp" | "hybrid" | "auto"` picks the drafter
+(auto = hybrid), `top_k` limits sampling. `usage` reports `completion_tokens_details.accepted_prediction_tokens` /
+`rejected_prediction_tokens` and `speculation = {method, drafted, accepted, target_forwards, mean_accepted_length,
+accepted_by}` (accepted draft tokens per drafter that proposed them, e.g. {"ngram": 40, "mtp": 12}).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import torch
 from decoding.drafters import SPECULATION_METHODS, make_drafter
 from decoding.engine import Generation, GenerationRequest, SpecStats
 from decoding.model import LoadedModel, load_model
+from decoding.mtp import MTPError
 from decoding.sampling import SamplingParams
 from decoding.target import make_target
 
@@ -244,11 +245,15 @@ class Service:
                 code="context_length_exceeded",
             )
         sources = [self.tokenizer(job.prediction, add_special_tokens=False).input_ids] if job.prediction else []
+        try:
+            drafter = make_drafter(job.speculation, tokenizer=self.tokenizer, target=self.target)
+        except MTPError as e:
+            raise RequestError(str(e), "speculation") from e
         request = GenerationRequest(
             prompt=prompt_ids,
             max_new_tokens=job.max_tokens,
             sampling=job.sampling,
-            drafter=make_drafter(job.speculation, tokenizer=self.tokenizer),
+            drafter=drafter,
             sources=sources,
             stop_ids=frozenset(self.eos_ids),
         )

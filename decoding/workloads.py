@@ -45,6 +45,15 @@ def ot_edit(module_name: str = "bisect") -> Workload:
     return Workload(f"ot-edit:{module_name}", prompt, prediction=body)
 
 
+def code_continuation(module_name: str = "textwrap", lines: int = 120) -> Workload:
+    """The first `lines` lines of a stdlib file the MTP head never trained on, continued: nothing to copy from.
+
+    The module must be among `decoding.train_mtp.HELD_OUT_MODULES` (a test checks it).
+    """
+    head = "".join(_source(module_name).splitlines(keepends=True)[:lines])
+    return Workload(f"code-continuation:{module_name}", f"File {module_name}.py:\n```python\n{head}")
+
+
 def free_text() -> Workload:
     """Open-ended prose: nothing to copy, so drafting must not slow it down.
 
@@ -59,5 +68,6 @@ def standard_workloads() -> list[Workload]:
         copy_edit("bisect", "with the parameter `hi` renamed to `high`"),
         copy_edit("colorsys", "with the helper `_v` renamed to `_hue_to_value`"),
         ot_edit("bisect"),
+        code_continuation("textwrap"),
         free_text(),
     ]

@@ -19,6 +19,8 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 
+import torch
+
 from decoding.drafters import SPECULATION_METHODS, make_drafter
 from decoding.engine import Generation, GenerationRequest
 from decoding.server import gemma_chat_prompt
@@ -46,8 +48,13 @@ FORMAT_INSTRUCTIONS = {
     "ot-counts": EDIT_SCRIPT + " Use counts only.",
 }
 # The fenced block each format is written in, as in the agent's text protocol (`edit` and `overwrite` are its tools).
-FENCE_TOOLS = {"whole": "overwrite", "search-replace": "search-replace", "udiff": "diff", "ot": "edit",
-               "ot-counts": "edit"}
+FENCE_TOOLS = {
+    "whole": "overwrite",
+    "search-replace": "search-replace",
+    "udiff": "diff",
+    "ot": "edit",
+    "ot-counts": "edit",
+}
 
 
 def available_drafters() -> tuple[str, ...]:
@@ -83,7 +90,9 @@ def _path(case: dict) -> str:
 class PromptCache:
     """A `Target` that keeps its KV cache between generations: a new generation resumes from the longest prefix
     its prompt shares with what the cache holds, so the drafters compared on one prompt (and the formats of one
-    file) prefill it once. Every forward it skips was already computed for the same tokens."""
+    file) prefill it once. Every forward it skips was already computed for the same tokens, and it hands back the
+    hidden rows it kept for them, so a drafter that reads hidden states (the MTP head) sees what an uncached
+    target would give it."""
 
     def __init__(self, target: Target) -> None:
         self.target = target
@@ -91,6 +100,7 @@ class PromptCache:
         self.logit_chunk = target.logit_chunk
         self.capacity = 0
         self.held: list[int] = []  # the tokens in the cache, position by position
+        self.held_hidden: list[torch.Tensor] = []  # their hidden rows [n, D], in forward order
         self._new_sequence = False
 
     @property
@@ -100,22 +110,34 @@ class PromptCache:
     def reset(self, capacity: int) -> None:
         if capacity > self.capacity:
             self.target.reset(capacity)
-            self.capacity, self.held = capacity, []
+            self.capacity, self.held, self.held_hidden = capacity, [], []
         self._new_sequence = True
 
-    def forward(self, tokens: list[int]):
-        """Hidden rows [T', D] for the tokens it had to compute: all of them, or after a new sequence's cached
-        prefix (always at least the last one, which is all a generation reads of its prompt)."""
+    def forward(self, tokens: list[int]) -> torch.Tensor:
+        """Hidden rows [T, D] for `tokens`; a new sequence computes only what follows its cached prefix (always at
+        least its last token)."""
+        keep = 0
         if self._new_sequence:
             self._new_sequence = False
-            keep = 0
             while keep < min(len(self.held), len(tokens) - 1) and self.held[keep] == tokens[keep]:
                 keep += 1
             self.rollback(keep)
-            tokens = tokens[keep:]
-        hidden = self.target.forward(tokens)
-        self.held += tokens
-        return hidden
+        hidden = self.target.forward(tokens[keep:])
+        self.held += tokens[keep:]
+        self.held_hidden.append(hidden)
+        if not keep:
+            return hidden
+        return torch.cat([*self._held_rows(keep), hidden])
+
+    def _held_rows(self, length: int) -> list[torch.Tensor]:
+        """The kept hidden rows of the first `length` positions, as a list of blocks."""
+        blocks, total = [], 0
+        for block in self.held_hidden:
+            if total >= length:
+                break
+            blocks.append(block[: length - total])
+            total += blocks[-1].shape[0]
+        return blocks
 
     def logits(self, hidden):
         return self.target.logits(hidden)
@@ -123,6 +145,7 @@ class PromptCache:
     def rollback(self, length: int) -> None:
         self.target.rollback(length)
         del self.held[length:]
+        self.held_hidden = self._held_rows(length)
 
 
 class Decoder:
@@ -142,14 +165,22 @@ class Decoder:
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
     def generate(
-        self, prompt: list[int], drafter: str, max_new_tokens: int, sources: Sequence[list[int]] = (),
+        self,
+        prompt: list[int],
+        drafter: str,
+        max_new_tokens: int,
+        sources: Sequence[list[int]] = (),
         reference: list[int] | None = None,
     ) -> tuple[dict, list[int]]:
         """One greedy generation: its figures (tokens, target forwards, decode seconds, drafted, accepted) and
         its tokens. `seconds` runs from the first token (the prompt's forward) to the end."""
         request = GenerationRequest(
-            prompt=prompt, max_new_tokens=max_new_tokens, drafter=make_drafter(drafter, tokenizer=self.tokenizer),
-            sources=list(sources), stop_ids=self.stop_ids, reference=reference,
+            prompt=prompt,
+            max_new_tokens=max_new_tokens,
+            drafter=make_drafter(drafter, tokenizer=self.tokenizer, target=self.target.target),
+            sources=list(sources),
+            stop_ids=self.stop_ids,
+            reference=reference,
         )
         generation = Generation(self.target, request)
         started = None
@@ -167,7 +198,10 @@ class Decoder:
 
 
 def decode_case(
-    decoder: Decoder, case: dict, formats: Sequence[str], drafters: Sequence[str],
+    decoder: Decoder,
+    case: dict,
+    formats: Sequence[str],
+    drafters: Sequence[str],
     step: Callable[[str], None] = lambda label: None,
 ) -> dict:
     """Reference-forced figures of one case: `{drafter: {"target_forwards", "seconds", "formats": {fmt: …}}}`,
@@ -194,7 +228,10 @@ def decode_case(
 
 
 def free_running(
-    decoder: Decoder, drafters: Sequence[str], max_tokens: int, workloads: Sequence[Workload] | None = None,
+    decoder: Decoder,
+    drafters: Sequence[str],
+    max_tokens: int,
+    workloads: Sequence[Workload] | None = None,
     step: Callable[[str], None] = lambda label: None,
 ) -> dict:
     """Greedy generations of the model's own output per workload: `{workload: {drafter: figures}}`, each with
@@ -243,10 +280,14 @@ def compare(figures: dict[str, dict]) -> dict[str, dict]:
 def summarize_forced(results: list[dict], formats: Sequence[str], drafters: Sequence[str]) -> dict:
     """`{format: {drafter: totals and ratios to off}}` over the cases that were decoded."""
     decoded = [r["decode"] for r in results if r.get("decode")]
-    return {
-        fmt: compare({drafter: [case[drafter]["formats"][fmt] for case in decoded] for drafter in drafters})
-        for fmt in formats
-    } if decoded else {}
+    return (
+        {
+            fmt: compare({drafter: [case[drafter]["formats"][fmt] for case in decoded] for drafter in drafters})
+            for fmt in formats
+        }
+        if decoded
+        else {}
+    )
 
 
 def summarize_free(free: dict) -> dict:

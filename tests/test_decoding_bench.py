@@ -1,6 +1,6 @@
 import pytest
 
-from decoding.bench import PEER, bench_workload, format_table
+from decoding.bench import PEER, Row, bench_workload, format_table, mtp_held_out_note, rounding_note
 from decoding.target import make_target
 from decoding.workloads import standard_workloads
 
@@ -9,9 +9,29 @@ from decoding.workloads import standard_workloads
 def test_bench_runs_every_method_on_the_same_prompt_and_compares_outputs(embedded_model):
     workload = standard_workloads()[-1]  # free text: a short prompt keeps this quick
     rows = bench_workload(embedded_model, make_target(embedded_model.model), workload, 12, "float32", 2, lookup=10)
-    assert [r.method for r in rows] == ["plain", "ngram", "cursor", PEER]
+    assert [r.method for r in rows] == ["plain", "ngram", "cursor", "mtp", "hybrid", PEER]
     assert all(r.tokens == 12 and r.matches_plain for r in rows)
     assert rows[0].speedup_vs_plain == 1.0 and rows[-1].ratio_vs_peer == 1.0
     assert rows[1].mean_accepted_length >= 1.0 and rows[0].mean_accepted_length == 1.0
+    mtp = rows[3]
+    assert mtp.acceptance_at and 0 < mtp.draft_ms_per_token and set(mtp.accepted_by) <= {"mtp"}
     table = format_table(rows)
     assert "free-text" in table and "NO" not in table
+
+
+@pytest.mark.slow
+def test_bench_gives_one_mtp_row_per_draft_length(embedded_model):
+    workload = standard_workloads()[-1]
+    target = make_target(embedded_model.model)
+    rows = bench_workload(embedded_model, target, workload, 6, "float32", 2, 10, methods=["mtp"], mtp_k=[1, 3])
+    assert [r.method for r in rows] == ["plain", "mtp-k1", "mtp-k3"]
+    assert all(len(r.acceptance_at) <= k for r, k in zip(rows[1:], (1, 3), strict=True))
+
+
+def test_bench_notes_give_the_heads_held_out_figures_and_explain_bfloat16_mismatches():
+    assert mtp_held_out_note(["ngram"]) == ""
+    note = mtp_held_out_note(["hybrid"])
+    assert "teacher-forced" in note and "k=3" in note
+    same = Row("bfloat16", 2, "w", "ngram", 8, 1.0, 8.0, matches_plain=True)
+    diverged = Row("bfloat16", 2, "w", "mtp", 8, 1.0, 8.0, matches_plain=False)
+    assert rounding_note([same]) == "" and "rounds differently" in rounding_note([same, diverged])

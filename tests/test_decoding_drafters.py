@@ -68,5 +68,6 @@ def test_adaptive_k_grows_on_full_accepts_and_shrinks_on_misses():
 def test_make_drafter_names_the_unknown_method():
     assert make_drafter("off") is None
     assert make_drafter("ngram").name == "ngram"
+    assert make_drafter("auto").name == "hybrid"
     with pytest.raises(ValueError, match="'magic'"):
         make_drafter("magic")

@@ -109,6 +109,16 @@ def test_prompt_cache_prefills_a_shared_prefix_once_and_changes_nothing():
     assert sum(cached_target.forwards) == sum(plain_target.forwards) - 3 - 2
 
 
+def test_prompt_cache_hands_back_the_hidden_rows_of_the_cached_prefix():
+    target = CountingTarget()
+    cache = PromptCache(target)
+    generate(cache, [1, 2, 3, 4], 6)  # leaves [1, 2, 3, 4, 5, ...] cached, with rollbacks on the way
+    cache.reset(8)  # no bigger than before: the cache is kept
+    hidden = cache.forward([1, 2, 3, 7])
+    assert target.forwards[-1] == 1  # only the new last token was computed
+    assert hidden[:, 0].tolist() == [1, 2, 3, 7]  # yet every prompt row comes back, as from an uncached target
+
+
 def test_drafters_come_from_the_engine_and_prompts_share_the_file_as_prefix():
     assert available_drafters()[:2] == ("off", "ngram") and "auto" not in available_drafters()
     case = load_suite()[0]
