@@ -7,6 +7,7 @@ multi-token-prediction head in `decoding.mtp`; the per-step `hybrid` drafter her
 
 from __future__ import annotations
 
+import time
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -117,24 +118,55 @@ class AdaptiveK:
 
 @dataclass
 class HybridDrafter:
-    """Per step: the source-based draft when it is trusted, else the MTP head's draft.
+    """Per step: the source-based draft when it is trusted, else the MTP head's draft or a short lookup, whichever
+    has been paying better.
 
     The source-based drafter (the edit-aware cursor drafter given a tokenizer, else prompt lookup) only takes
-    prompt-lookup matches of at least `trust` tokens; what it proposes is copied (long drafts, cheap). When it has
-    nothing, the MTP head guesses from the target's state. The head sees every step's hidden rows either way, so its
-    cache stays whole. Without a head (a target it was not trained for) it is the source-based drafter alone.
+    prompt-lookup matches of at least `trust` tokens; what it proposes is copied (long drafts, cheap). Otherwise
+    the step is a choice between two arms: the MTP head's guess, and `fallback` (the same lookup down to 2-token
+    matches, often nothing). Whether the head pays depends on the machine (on a CPU in float32 every verified row
+    costs output-layer time; in bfloat16 rows are nearly free), so the choice is measured: tokens per second of
+    the steps each arm drafted, from one proposal to the next, the better arm taken and the other retried every
+    `explore_every` choices. The head sees every step's hidden rows either way (cached only when it drafts).
+    Without a head (a target it was not trained for) it is the source-based drafters alone.
     """
 
     source: Drafter
     mtp: MTPDrafter | None = None
+    fallback: Drafter | None = None
+    explore_every: int = 8
     name: str = "hybrid"
+    rates: dict[str, float] = field(default_factory=dict)  # arm -> tokens/s of its steps (moving average)
+    _choices: int = 0
+    _previous: tuple[float, int, str | None] = (0.0, 0, None)  # (time, context length, arm) of the last proposal
 
     def propose(self, context: DraftContext, k: int) -> Draft:
+        self._score(len(context.tokens))
         ready = self.mtp is not None and self.mtp.observe(context)
         copied = self.source.propose(context, k)
-        if copied.tokens or not ready:
-            return Draft(copied.tokens, source=copied.source or self.source.name)
-        return self.mtp.draft(context)
+        arm = None if copied.tokens else self._choose() if ready else "lookup"
+        self._previous = (time.perf_counter(), len(context.tokens), arm if ready else None)
+        if arm == "mtp":
+            return self.mtp.draft(context)
+        if arm == "lookup" and self.fallback is not None:
+            copied = self.fallback.propose(context, k)
+        return Draft(copied.tokens, source=copied.source or self.source.name)
+
+    def _score(self, length: int) -> None:
+        """Credit the previous step's arm with the tokens it emitted per second (its draft and verify forward)."""
+        then, then_length, arm = self._previous
+        if arm is None:
+            return
+        rate = (length - then_length) / max(time.perf_counter() - then, 1e-6)
+        self.rates[arm] = rate if arm not in self.rates else 0.75 * self.rates[arm] + 0.25 * rate
+
+    def _choose(self) -> str:
+        self._choices += 1
+        for arm in ("mtp", "lookup"):
+            if arm not in self.rates:
+                return arm
+        best, other = sorted(("mtp", "lookup"), key=lambda a: -self.rates[a])
+        return other if self._choices % self.explore_every == 0 else best
 
 
 SPECULATION_METHODS = ("off", "ngram", "cursor", "mtp", "hybrid", "auto")
@@ -145,8 +177,9 @@ def make_drafter(method: str, *, tokenizer=None, target=None, n_min: int = 2, n_
     """The drafter for a speculation method; None for "off". "auto" is "hybrid".
 
     "cursor" follows edit scripts through the source and needs the tokenizer. "mtp" needs the `target` its head was
-    trained for (else MTPError). "hybrid" copies with the cursor drafter (prompt lookup without a tokenizer) and asks
-    the MTP head otherwise; with no target, or a head that does not fit it, it is the copying drafter alone.
+    trained for (else MTPError). "hybrid" copies with the cursor drafter (prompt lookup without a tokenizer) and
+    otherwise asks the MTP head or a short lookup, whichever pays (`HybridDrafter`); with no target, or a head that
+    does not fit it, it is the copying drafters alone.
     """
     if method == "off":
         return None
@@ -168,12 +201,14 @@ def make_drafter(method: str, *, tokenizer=None, target=None, n_min: int = 2, n_
         from decoding.mtp import MTPDrafter, MTPError, shared_head
 
         trusted = max(n_min, TRUSTED_MATCH)
-        source = make_drafter("cursor" if tokenizer else "ngram", tokenizer=tokenizer, n_min=trusted, n_max=n_max)
+        copying = "cursor" if tokenizer else "ngram"
+        source = make_drafter(copying, tokenizer=tokenizer, n_min=trusted, n_max=n_max)
+        fallback = NgramDrafter(n_min=n_min, n_max=trusted - 1) if n_min < trusted else None
         mtp = None
         if target is not None:
             try:
                 mtp = MTPDrafter(shared_head(target))
             except MTPError:
                 mtp = None
-        return HybridDrafter(source=source, mtp=mtp)
+        return HybridDrafter(source=source, mtp=mtp, fallback=fallback)
     raise ValueError(f"unknown speculation method {method!r}; expected one of {', '.join(SPECULATION_METHODS)}")

@@ -55,7 +55,7 @@ class Norm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * (1.0 + self.weight)
+        return F.rms_norm(x, (x.shape[-1],), 1.0 + self.weight, self.eps)
 
 
 class MTPHead(nn.Module):
@@ -94,7 +94,7 @@ class MTPHead(nn.Module):
         B, T, _ = x.shape
         c = self.config
         q, k, v = self.wqkv(self.attn_norm(x)).view(B, T, 3, c.n_heads, c.head_dim).unbind(2)
-        cos, sin = self.rope(positions)
+        cos, sin = (t.to(x.dtype) for t in self.rope(positions))
         q = apply_rope(self.q_norm(q.transpose(1, 2)), cos, sin)
         k = apply_rope(self.k_norm(k.transpose(1, 2)), cos, sin)
         return q, k, v.transpose(1, 2)
@@ -242,12 +242,17 @@ def embedding_tables(target) -> tuple[Tensor, Tensor]:
     raise MTPError(f"the MTP drafter needs a GemmaTarget or HFTarget, not {type(target).__name__}")
 
 
-class SharedHead:
-    """A loaded head bound to one target: the float32 output slice [K, D] is built once and shared by drafters."""
+DRAFT_DTYPE = torch.bfloat16  # drafting reads the head's weights once per token; halving the bytes halves its time
 
-    def __init__(self, head: MTPHead, embed: Tensor, output: Tensor, manifest: dict):
-        self.head, self.embed, self.manifest = head, embed, manifest
-        self.out_weight = output[head.token_ids].float()  # [K, D]
+
+class SharedHead:
+    """A loaded head bound to one target, in DRAFT_DTYPE: the output slice [K, D] is built once, shared by drafters.
+
+    Drafts need not be exact (the target verifies them), so the head runs in bfloat16 whatever the target's dtype."""
+
+    def __init__(self, head: MTPHead, embed: Tensor, output: Tensor, manifest: dict, dtype=DRAFT_DTYPE):
+        self.head, self.embed, self.manifest, self.dtype = head.to(dtype), embed, manifest, dtype
+        self.out_weight = output[head.token_ids].to(dtype)  # [K, D]
 
 
 _LOADED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -267,11 +272,12 @@ def shared_head(target, manifest_path: Path | None = None) -> SharedHead:
 class MTPDrafter:
     """Drafts with the head; one instance per generation (it holds that generation's small KV cache).
 
-    `observe(context)` feeds the hidden rows the target produced since the last call into the head's cache;
-    `propose` observes, then drafts `k_max` tokens (fewer at the context's length limit or at the first token below
-    `min_confidence`) chaining the head on its own outputs. The head sizes its drafts itself and ignores the engine's
-    adaptive `k`: its misses are scattered rather than in runs, so a k that shrinks after each miss starves it, and
-    on a CPU in bfloat16 a verify forward of 5 rows costs about what one row does.
+    `observe(context)` takes the hidden rows the target produced since the last call (cached in the head's KV cache
+    when a draft next needs them); `propose` observes, then drafts `k_max` tokens (fewer at the context's length
+    limit or at the first token below `min_confidence`) chaining the head on its own outputs. The head sizes its
+    drafts itself and ignores the engine's adaptive `k`: its misses are scattered rather than in runs, so a k that
+    shrinks after each miss starves it, and on a CPU in bfloat16 a verify forward of 4 rows costs about what one
+    row does.
     """
 
     name = "mtp"
@@ -289,13 +295,30 @@ class MTPDrafter:
         self._keys: Tensor | None = None  # [1, H, S, Dh]
         self._values: Tensor | None = None
         self._last: tuple[Tensor, Tensor] | None = None  # (x, q) of the newest target-fed row: [1, 1, D], [1, H, 1, Dh]
+        self._pending: list[Tensor] = []  # target rows [n, D] observed but not yet cached, in order
+        self._pending_rows = 0
+
+    def observe(self, context: DraftContext) -> bool:
+        """Take the target rows new in `context`; False when there is nothing to draft from (no hidden states).
+
+        The rows wait until a draft needs them, so while `hybrid` copies the head costs nothing."""
+        hidden = context.hidden
+        if hidden is not None and hidden.shape[0]:
+            self._pending.append(hidden)
+            self._pending_rows += hidden.shape[0]
+            window = self.head.config.window
+            if self._pending_rows > window:  # rows older than the window would be dropped anyway
+                self._pending = [torch.cat(self._pending)[-window:]]
+                self._pending_rows = window
+        return self._last is not None or self._pending_rows > 0
 
     @torch.inference_mode()
-    def observe(self, context: DraftContext) -> bool:
-        """Cache the new target rows; False when there is nothing to draft from (no hidden states)."""
-        hidden = context.hidden
-        if hidden is None or hidden.shape[0] == 0:
-            return False
+    def _catch_up(self, context: DraftContext) -> None:
+        """Cache the waiting rows (positions up to len(context.tokens) - 2) in the head's KV cache."""
+        if not self._pending:
+            return
+        hidden = torch.cat(self._pending) if len(self._pending) > 1 else self._pending[0]
+        self._pending, self._pending_rows = [], 0
         window = self.head.config.window
         n_all, length = hidden.shape[0], len(context.tokens)
         start = length - 1 - n_all  # position of hidden's first row
@@ -307,14 +330,14 @@ class MTPDrafter:
         else:
             keep = start - self._start
             self._keys, self._values = self._keys[:, :, :keep], self._values[:, :, :keep]
-        rows = hidden[-n:].float().unsqueeze(0)  # [1, n, D]
+        dtype = self.shared.dtype
+        rows = hidden[-n:].to(dtype).unsqueeze(0)  # [1, n, D]
         next_ids = torch.tensor(context.tokens[first + 1 : length], dtype=torch.long)
-        x = self.head.fused_input(rows, F.embedding(next_ids, self.shared.embed).float().unsqueeze(0))
+        x = self.head.fused_input(rows, F.embedding(next_ids, self.shared.embed).to(dtype).unsqueeze(0))
         q, k, v = self.head.project(x, torch.arange(first, length - 1))
         self._append(k, v)
         self._trim()
         self._last = (x[:, -1:], q[:, :, -1:])
-        return True
 
     @property
     def _end(self) -> int:
@@ -327,7 +350,7 @@ class MTPDrafter:
             self._keys, self._values = torch.cat([self._keys, k], dim=2), torch.cat([self._values, v], dim=2)
 
     def _trim(self) -> None:
-        """Keep the last `window` target-fed rows (drafted rows beyond them are dropped by the next observe)."""
+        """Keep the last `window` target-fed rows (drafted rows beyond them are dropped by the next catch-up)."""
         excess = self._keys.shape[2] - self.head.config.window
         if excess > 0:
             self._keys, self._values = self._keys[:, :, excess:], self._values[:, :, excess:]
@@ -341,22 +364,23 @@ class MTPDrafter:
     @torch.inference_mode()
     def draft(self, context: DraftContext) -> Draft:
         """Up to `k_max` tokens after `context`, which `observe` has already seen."""
+        self._catch_up(context)
         head, shared = self.head, self.shared
         x, q = self._last
         tokens: list[int] = []
         length = self.k_max if context.limit is None else min(self.k_max, context.limit)
         for i in range(length):
             feature = head.finish(x, q, self._keys, self._values, None)  # [1, 1, D]; the newest row sees all
-            probs = torch.softmax(feature[0, 0] @ shared.out_weight.T, dim=-1)  # [K]
-            best = int(torch.argmax(probs))
-            if probs[best] < self.min_confidence:
+            logits = feature[0, 0] @ shared.out_weight.T  # [K]
+            best = int(torch.argmax(logits))
+            if self.min_confidence and torch.softmax(logits, dim=-1)[best] < self.min_confidence:
                 break
             token = int(head.token_ids[best])
             tokens.append(token)
             if i + 1 == length:
                 break
             position = torch.tensor([len(context.tokens) - 1 + i])
-            x = head.fused_input(feature, F.embedding(torch.tensor([[token]]), shared.embed).float())
+            x = head.fused_input(feature, F.embedding(torch.tensor([[token]]), shared.embed).to(shared.dtype))
             q, key, value = head.project(x, position)
             self._append(key, value)
         return Draft(tokens, source=self.name, self_sized=True)

@@ -1,4 +1,5 @@
 import json
+import time
 
 import pytest
 import torch
@@ -33,7 +34,7 @@ def tiny_head(window: int = 16) -> MTPHead:
 
 
 def tiny_drafter(head: MTPHead, embed: torch.Tensor) -> MTPDrafter:
-    return MTPDrafter(SharedHead(head, embed, embed, {}), k_max=5)
+    return MTPDrafter(SharedHead(head, embed, embed, {}, dtype=torch.float32), k_max=5)
 
 
 def test_chain_mask_sees_the_target_fed_prefix_and_its_own_chain():
@@ -84,8 +85,27 @@ def test_hybrid_copies_trusted_matches_and_otherwise_asks_the_head():
     guessed = hybrid.propose(DraftContext([1, 5, 6, 7, 40], [source], hidden=torch.randn(1, D)), 1)
     assert guessed.source == "mtp" and len(guessed.tokens) == 5  # the head sizes its drafts: k_max, not k
     assert make_drafter("auto").mtp is None  # no target: prompt lookup alone
+    assert make_drafter("auto").propose(DraftContext([1, 5, 6, 1, 5]), 2).tokens == [6, 1]  # down to 2-token matches
     with pytest.raises(MTPError, match="needs the target"):
         make_drafter("mtp")
+
+
+def test_hybrid_takes_the_arm_that_pays_and_retries_the_other():
+    head, embed = tiny_head(), torch.randn(V, D)
+    hybrid = HybridDrafter(NgramDrafter(n_min=3), tiny_drafter(head, embed), NgramDrafter(n_min=2, n_max=2))
+    assert hybrid._choose() == "mtp"  # each arm is measured first
+    hybrid.rates["mtp"] = 1.0
+    assert hybrid._choose() == "lookup"
+    hybrid.rates = {"mtp": 10.0, "lookup": 30.0}
+    picks = [hybrid._choose() for _ in range(16)]
+    assert picks.count("mtp") == 2  # the slower arm every 8th choice only
+    hybrid._previous = (time.perf_counter() - 0.5, 10, "mtp")
+    hybrid._score(30)  # that step emitted 20 tokens in a little over 0.5 s
+    assert 17.0 < hybrid.rates["mtp"] < 17.5  # a moving average: 0.75 * 10 + 0.25 * (about 40)
+    hybrid.rates = {"mtp": 10.0, "lookup": 30.0}
+    short = DraftContext([1, 5, 6, 1, 5], hidden=torch.randn(1, D))  # a 2-token match: not trusted, so a choice
+    draft = hybrid.propose(short, 2)
+    assert (draft.tokens, draft.source) == ([6, 1], "ngram")
 
 
 def test_save_load_checks_the_sha256_and_the_target(tmp_path):
