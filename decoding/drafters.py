@@ -122,19 +122,19 @@ class HybridDrafter:
     has been paying better.
 
     The source-based drafter (the edit-aware cursor drafter given a tokenizer, else prompt lookup) only takes
-    prompt-lookup matches of at least `trust` tokens; what it proposes is copied (long drafts, cheap). Otherwise
+    prompt-lookup matches of at least 3 tokens; what it proposes is copied (long drafts, cheap). Otherwise
     the step is a choice between two arms: the MTP head's guess, and `fallback` (the same lookup down to 2-token
     matches, often nothing). Whether the head pays depends on the machine (on a CPU in float32 every verified row
     costs output-layer time; in bfloat16 rows are nearly free), so the choice is measured: tokens per second of
-    the steps each arm drafted, from one proposal to the next, the better arm taken and the other retried every
-    `explore_every` choices. The head sees every step's hidden rows either way (cached only when it drafts).
-    Without a head (a target it was not trained for) it is the source-based drafters alone.
+    the steps each arm drafted, from one proposal to the next, the better arm taken and the other retried at
+    choices 4, 8, 16, ... (so a losing arm costs a few steps per generation, and a change of pace is noticed).
+    The head sees every step's hidden rows either way (cached only when it drafts). Without a head (a target it
+    was not trained for) it is the source-based drafters alone.
     """
 
     source: Drafter
     mtp: MTPDrafter | None = None
     fallback: Drafter | None = None
-    explore_every: int = 8
     name: str = "hybrid"
     rates: dict[str, float] = field(default_factory=dict)  # arm -> tokens/s of its steps (moving average)
     _choices: int = 0
@@ -166,7 +166,7 @@ class HybridDrafter:
             if arm not in self.rates:
                 return arm
         best, other = sorted(("mtp", "lookup"), key=lambda a: -self.rates[a])
-        return other if self._choices % self.explore_every == 0 else best
+        return other if self._choices & (self._choices - 1) == 0 else best  # retried at choices 4, 8, 16, ...
 
 
 SPECULATION_METHODS = ("off", "ngram", "cursor", "mtp", "hybrid", "auto")
