@@ -74,7 +74,7 @@ def test_completion_with_prediction_speculates_and_matches_plain_decoding(base_u
 
 @slow
 def test_hybrid_reports_which_drafter_each_accepted_token_came_from(base_url):
-    workload = standard_workloads()[0]  # a copy edit: prompt lookup copies most, the MTP head fills the gaps
+    workload = standard_workloads()[0]  # a copy edit: the cursor drafter copies most
     request = {"model": "gemma-3-270m", "prompt": workload.prompt, "max_tokens": 48, "temperature": 0}
     _, plain = call(f"{base_url}/completions", {**request, "speculation": "off"})
     status, spec = call(
@@ -85,8 +85,8 @@ def test_hybrid_reports_which_drafter_each_accepted_token_came_from(base_url):
     plain, spec = json.loads(plain), json.loads(spec)
     assert spec["choices"][0]["text"] == plain["choices"][0]["text"]
     stats = spec["usage"]["speculation"]
-    assert stats["method"] == "hybrid" and set(stats["accepted_by"]) <= {"ngram", "mtp"}
-    assert sum(stats["accepted_by"].values()) == stats["accepted"] and stats["accepted_by"]["ngram"] > 16
+    assert stats["method"] == "hybrid" and set(stats["accepted_by"]) <= {"cursor", "ngram", "mtp"}
+    assert sum(stats["accepted_by"].values()) == stats["accepted"] and stats["accepted_by"]["cursor"] > 16
 
 
 @slow
