@@ -33,7 +33,7 @@ def cache_root() -> Path:
     return Path.home() / ".cache" / "retain"
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while block := f.read(1 << 20):
@@ -105,7 +105,7 @@ def gguf_model_dir(gguf_path: Path) -> Path:
         local.symlink_to(gguf_path.resolve())
         return local
 
-    return _build_cache(_sha256(gguf_path), gguf_path.stem, link)
+    return _build_cache(sha256_file(gguf_path), gguf_path.stem, link)
 
 
 def resolve_model_dir(model: str | os.PathLike | None) -> Path:

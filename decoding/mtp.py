@@ -13,7 +13,6 @@ loading checks the weights' sha256 and that the target's embedding is the one it
 
 from __future__ import annotations
 
-import hashlib
 import json
 import weakref
 from dataclasses import asdict, dataclass
@@ -25,6 +24,7 @@ from torch import Tensor, nn
 
 from decoding.drafters import Draft, DraftContext
 from decoding.gemma import apply_rope, rope_table
+from decoding.model import sha256_file
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_MANIFEST = WEIGHTS_DIR / "mtp-gemma-3-270m.json"
@@ -145,14 +145,6 @@ def chain_mask(T: int, step: int) -> Tensor:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Files: weights (safetensors) + manifest (JSON)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def embedding_fingerprint(embed: Tensor) -> list[float]:
