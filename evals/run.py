@@ -9,8 +9,8 @@ model's target forwards and decode time, reference-forced and free-running (`eva
 `--model` each case through the agent's edit turn on a live server (`evals.live`).
 
 Run: `agent eval [--cases FILE | --from-git REPO] [--formats …] [--drafters …] [--limit N] [--quick]
-[--json OUT] [--plot OUT.png] [--model M --api-base URL]`. Without `--cases` or `--from-git` it runs the
-built-in suite.
+[--json OUT [--resume]] [--plot OUT.png] [--model M --api-base URL]`. Without `--cases` or `--from-git` it
+runs the built-in suite. A long decoding run rewrites OUT after each case; `--resume` continues it.
 """
 
 from __future__ import annotations
@@ -155,22 +155,30 @@ def run(
 
 def run_decode(
     report: dict, cases: list[dict], loaded, decode_formats: tuple[str, ...], drafters: tuple[str, ...],
-    max_tokens: int, workloads: int | None = None, progress: bool = True,
+    max_tokens: int, workloads: int | None = None, progress: bool = True, done: dict[str, dict] | None = None,
+    checkpoint: Callable[[], None] = lambda: None,
 ) -> None:
     """Add the decoding evals to `report`: reference-forced per case (`decode` of the decoded cases; the others
     keep an empty one), free-running on the standard workloads (only the `workloads` copy-heavy ones with the
-    shortest prompts when given; none when `max_tokens` is 0), and their summaries."""
+    shortest prompts when given; none when `max_tokens` is 0), and their summaries. Cases in `done` (id → the
+    figures of an earlier run) keep those figures; `checkpoint()` runs after each case decoded."""
     from decoding.workloads import standard_workloads
     from evals.decode import Decoder, decode_case, free_running, summarize_forced, summarize_free
 
     decoder = Decoder(loaded)
+    done = done or {}
     by_id = {case["id"]: case for case in report["cases"]}
     workloads = standard_workloads() if workloads is None else copy_heavy(standard_workloads())[:workloads]
     workloads = workloads if max_tokens else []
-    bar = Progress(len(cases) * len(decode_formats) * len(drafters) + len(workloads) * len(drafters), "decoding",
+    todo = [case for case in cases if case["id"] not in done]
+    bar = Progress(len(todo) * len(decode_formats) * len(drafters) + len(workloads) * len(drafters), "decoding",
                    progress)
     for case in cases:
+        if case["id"] in done:
+            by_id[case["id"]]["decode"] = done[case["id"]]
+            continue
         by_id[case["id"]]["decode"] = decode_case(decoder, case, decode_formats, drafters, bar.step)
+        checkpoint()
     free = free_running(decoder, drafters, max_tokens, workloads, bar.step)
     bar.close()
     report["free_running"] = free
@@ -182,6 +190,29 @@ def run_decode(
         "free_running": summarize_free(free),
         "max_tokens": max_tokens,
     }
+
+
+def decoded_before(path: Path, formats: tuple[str, ...], drafters: tuple[str, ...]) -> dict[str, dict]:
+    """The reference-forced figures in an earlier JSON report that cover every format and drafter asked for,
+    by case id; none when there is no report yet. Raises ValueError for a file that is not such a report."""
+    if not path.exists():
+        return {}
+    try:
+        cases = json.loads(path.read_text(encoding="utf-8"))["cases"]
+        return {
+            case["id"]: case["decode"] for case in cases
+            if case.get("decode") and all(fmt in case["decode"].get(drafter, {}).get("formats", {})
+                                          for drafter in drafters for fmt in formats)
+        }
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{path} is not a JSON report of agent eval ({type(exc).__name__}: {exc})") from exc
+
+
+def write_report(report: dict, path: Path) -> None:
+    """Write the JSON report all at once, so an interrupted run leaves the last complete one."""
+    from tools.edit_file import atomic_write
+
+    atomic_write(path, json.dumps(report, indent=2, ensure_ascii=False).encode("utf-8"))
 
 
 def copy_heavy(workloads: list) -> list:
@@ -402,7 +433,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "name, or 'embedded' to start the embedded server)")
     parser.add_argument("--api-base", metavar="URL", help="the live model's OpenAI-compatible endpoint")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per live reply (default: 600)")
-    parser.add_argument("--json", type=Path, metavar="OUT", help="also write every per-case figure as JSON")
+    parser.add_argument("--json", type=Path, metavar="OUT",
+                        help="also write every per-case figure as JSON (rewritten after each case decoded)")
+    parser.add_argument("--resume", action="store_true",
+                        help="with --json OUT: keep the reference-forced figures of the cases OUT already has "
+                             "(same formats and drafters) and decode only the others")
     parser.add_argument("--plot", type=Path, metavar="OUT.png",
                         help="also draw tokens per format as a PNG (and the speedup per drafter beside it, "
                              "OUT-speedup.png)")
@@ -440,6 +475,12 @@ def run_command(args: argparse.Namespace) -> int:
     if args.api_base and not args.model:
         print("agent eval: --api-base needs --model (the model to ask at that endpoint)", file=sys.stderr)
         return 2
+    if args.resume and not args.json:
+        print("agent eval: --resume needs --json OUT (the report to continue)", file=sys.stderr)
+        return 2
+    if args.json and not args.json.parent.is_dir():
+        print(f"agent eval: --json: no directory {args.json.parent} to write {args.json.name} in", file=sys.stderr)
+        return 2
     loaded_cases = _load_cases(args)
     if loaded_cases is None:
         return 2
@@ -459,18 +500,29 @@ def run_command(args: argparse.Namespace) -> int:
         from decoding.model import load_model
 
         decode_formats = args.decode_formats or (("ot",) if args.quick else tuple(f for f in FORMATS if f != "whole"))
-        print("loading the embedded model …", file=sys.stderr)
+        done = {}
+        if args.resume:
+            try:
+                done = decoded_before(args.json, decode_formats, drafters)
+            except ValueError as exc:
+                print(f"agent eval: --resume: {exc}", file=sys.stderr)
+                return 2
         max_tokens = args.max_tokens if args.max_tokens is not None else QUICK_MAX_TOKENS if args.quick else MAX_TOKENS
         decoded = one_per_language(cases, QUICK_LANGUAGES) if args.quick else cases
+        if args.resume:
+            kept = sum(case["id"] in done for case in decoded)
+            print(f"resuming {args.json}: {kept} of {len(decoded)} cases decoded already", file=sys.stderr)
+        print("loading the embedded model …", file=sys.stderr)
         run_decode(report, decoded, load_model(), decode_formats, drafters, max_tokens,
-                   QUICK_WORKLOADS if args.quick else None)
+                   QUICK_WORKLOADS if args.quick else None, done=done,
+                   checkpoint=(lambda: write_report(report, args.json)) if args.json else lambda: None)
     if args.model:
         status = _live(report, cases, args)
         if status:
             return status
     print(render(report, f"Edit formats on {source}: minimal correct output, Gemma tokens"))
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+        write_report(report, args.json)
     if args.plot:
         plot(report, args.plot)
     return 0

@@ -204,3 +204,63 @@ def test_free_running_is_lossless_and_copying_pays(embedded_model):
     rows = free_running(Decoder(embedded_model), ("off", "ngram"), 24, [copy])["copy"]
     assert rows["ngram"]["same_as_off"] and rows["off"]["target_forwards"] == rows["off"]["tokens"]
     assert rows["ngram"]["target_forwards"] < rows["off"]["target_forwards"] / 2
+
+
+class Interrupted(Exception):
+    pass
+
+
+def fake_decoding(monkeypatch, decoded: list[str], stop_at: str | None = None) -> None:
+    """Decoding without a model: each case's figures name it; `stop_at` raises as if the run were killed there."""
+    import evals.decode
+
+    def decode_case(decoder, case, formats, drafters, step):
+        if case["id"] == stop_at:
+            raise Interrupted
+        decoded.append(case["id"])
+        return {d: {"target_forwards": len(case["id"]), "seconds": 1.0,
+                    "formats": {f: {"tokens": 9, "target_forwards": len(case["id"]), "seconds": 1.0}
+                                for f in formats}} for d in drafters}
+
+    monkeypatch.setattr(evals.decode, "Decoder", lambda loaded: None)
+    monkeypatch.setattr(evals.decode, "decode_case", decode_case)
+    monkeypatch.setattr("decoding.model.load_model", lambda *args, **kwargs: None)
+
+
+def test_an_interrupted_decoding_run_keeps_its_cases_and_resume_decodes_only_the_rest(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "eval.json"
+    argv = ["--limit", "3", "--formats", "ot", "--decode-formats", "ot", "--drafters", "off,ngram",
+            "--max-tokens", "0", "--json", str(out)]
+    ids = [case["id"] for case in load_suite(limit=3)]
+    decoded: list[str] = []
+    fake_decoding(monkeypatch, decoded, stop_at=ids[2])
+    with pytest.raises(Interrupted):
+        main(argv)
+    assert decoded == ids[:2]
+    saved = json.loads(out.read_text())["cases"]
+    assert [bool(case["decode"]) for case in saved] == [True, True, False]
+
+    decoded.clear()
+    fake_decoding(monkeypatch, decoded)
+    assert main([*argv, "--resume"]) == 0
+    assert decoded == ids[2:]
+    assert "2 of 3 cases decoded already" in capsys.readouterr().err
+    report = json.loads(out.read_text())
+    forced = report["summary"]["decode"]["reference_forced"]["ot"]["off"]
+    assert forced["runs"] == 3 and forced["target_forwards"] == sum(len(i) for i in ids)
+
+    decoded.clear()  # asking for a drafter the report lacks decodes every case again
+    assert main([*argv, "--drafters", "off,cursor", "--resume"]) == 0
+    assert decoded == ids
+
+
+def test_resume_needs_a_report_it_can_read(tmp_path, capsys):
+    assert main(["--limit", "1", "--resume"]) == 2
+    assert "--resume needs --json" in capsys.readouterr().err
+    bad = tmp_path / "eval.json"
+    bad.write_text('{"cases": 3}')
+    assert main(["--limit", "1", "--drafters", "off", "--json", str(bad), "--resume"]) == 2
+    assert "is not a JSON report of agent eval" in capsys.readouterr().err
+    assert bad.read_text() == '{"cases": 3}'
+    assert main(["--limit", "1", "--json", str(tmp_path / "no" / "eval.json")]) == 2
+    assert "no directory" in capsys.readouterr().err
