@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from evals.cases import DEFAULT_CASES, load_cases
+from evals.progress import Progress
 from tools.edit_file import apply_script_to_file
 from tools.ot import Op, OTError, Retain, format_script, is_line_insert, is_quoted, ot_diff
 from tools.patch import apply_edit, without_blank_lines
@@ -89,10 +90,10 @@ MALFORMATIONS = {
 def run(cases: list[dict], progress: bool = True) -> dict:
     exact, quoted, line_insert, malformed = Tally(), Tally(), Tally(), Tally()
     rng = random.Random(0)
+    bar = Progress(len(cases), "cases", progress)
     with tempfile.TemporaryDirectory() as tmp:
-        for number, case in enumerate(cases, 1):
-            if progress:
-                print(f"\r  case {number}/{len(cases)}", end="", file=sys.stderr, flush=True)
+        for case in cases:
+            bar.step(case["id"])
             before, after = case["before"], case["after"]
             language = language_for(case.get("path") or case.get("language", ""))
             ops = ot_diff(before, after)
@@ -113,8 +114,7 @@ def run(cases: list[dict], progress: bool = True) -> dict:
             except OTError:
                 outcome = "refused, unchanged" if path.read_bytes() == original else "refused, FILE CHANGED"
             malformed.add(outcome, f"{case['id']} ({name})")
-    if progress:
-        print(file=sys.stderr)
+    bar.close()
     return {
         "cases": len(cases),
         "exact": _summary(exact),

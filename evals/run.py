@@ -26,6 +26,7 @@ from pathlib import Path
 
 from evals.cases import load_cases, load_suite, mine_git
 from evals.formats import FORMATS, PERTURBABLE, FormatError, apply_output, perturbations, reference_output
+from evals.progress import Progress
 from tools.syntax import language_for
 
 OT_TRIALS, OT_TRIALS_QUICK = 3, 1  # miscounted-retain perturbations per OT script
@@ -116,24 +117,6 @@ def summarize(results: list[dict], formats: tuple[str, ...]) -> dict:
 
 def _share(trials: list[dict], outcome: str) -> float | None:
     return sum(t["outcome"] == outcome for t in trials) / len(trials) if trials else None
-
-
-class Progress:
-    """A one-line progress bar on stderr: `step(label)` before each unit of work, `close()` at the end."""
-
-    def __init__(self, total: int, what: str, enabled: bool = True) -> None:
-        self.total, self.what, self.enabled, self.done = total, what, enabled and total > 0, 0
-
-    def step(self, label: str) -> None:
-        self.done += 1
-        if self.enabled:
-            filled = 30 * self.done // self.total
-            print(f"\r  {self.what} [{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} {label[:60]:<60}",
-                  end="", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.enabled:
-            print(file=sys.stderr)
 
 
 def run(

@@ -118,3 +118,15 @@ def test_cli_reports_bad_sources(tmp_path, capsys):
     assert "git history" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--formats", "whole,xml"])
+
+
+def test_progress_line_shows_time_so_far_and_estimates_the_time_left():
+    from evals.progress import Progress, clock
+
+    assert (clock(59), clock(61), clock(3725)) == ("0:59", "1:01", "1:02:05")
+    bar = Progress(10, "decoding", enabled=False)
+    bar.step("first")
+    assert bar.line(5) == "decoding [###...........................] 1/10 0:05"  # nothing finished: no estimate
+    for _ in range(4):
+        bar.step("next")
+    assert bar.line(100).endswith("5/10 1:40, ~2:30 left")  # 4 done in 100 s, 6 to go at 25 s each
