@@ -95,14 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("export-embedded", help="write the embedded Gemma 3 270M as a Hugging Face directory",
                    add_help=False)
 
+    from evals import run as eval_run
+
     eval_p = sub.add_parser(
         "eval",
         help="editing evals: output tokens per edit format, whether each applies, decoding speed per drafter",
         description="Editing evals: output tokens per edit format, saved vs whole-file rewrites, and correctness; "
         "target forwards and decode time per drafter on the embedded model (reference-forced and free-running); "
         "optionally each case on a live model.",
+        epilog=eval_run.EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from evals import run as eval_run
 
     eval_run.add_arguments(eval_p)
     eval_p.set_defaults(handler=eval_run.run_command)

@@ -185,7 +185,12 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"agent bench apply: no cases file at {args.cases}; pass --cases FILE (JSONL with before/after)",
               file=sys.stderr)
         return 2
-    report = run(load_cases(args.cases, args.limit))
+    try:
+        cases = load_cases(args.cases, args.limit)
+    except ValueError as exc:
+        print(f"agent bench apply: {exc}", file=sys.stderr)
+        return 2
+    report = run(cases)
     print(render(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")

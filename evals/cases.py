@@ -21,17 +21,36 @@ DEFAULT_CASES = Path(__file__).resolve().parents[1] / ".." / "shared" / "evals" 
 SUITE_DIR = Path(__file__).resolve().parent / "suite"
 
 LANGUAGES = {".py": "python", ".js": "javascript", ".ts": "typescript", ".go": "go", ".rs": "rust"}
+REQUIRED_FIELDS = ("id", "before", "after")  # strings; and "path" or "language", to know the syntax
 
 
 def load_cases(path: Path, limit: int | None = None) -> list[dict]:
-    """Cases `{"id", "path", "language", "before", "after", …}` from a JSONL file."""
-    cases = []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                cases.append(json.loads(line))
-            if limit is not None and len(cases) >= limit:
-                break
+    """Cases `{"id", "path", "language", "before", "after", …}` from a JSONL file. Raises ValueError naming the
+    line of a case that is not a JSON object with the required string fields, or whose id came before."""
+    try:
+        lines = Path(path).read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    cases: list[dict] = []
+    seen: set[str] = set()
+    for number, line in enumerate(lines, 1):
+        if limit is not None and len(cases) >= limit:
+            break
+        if not line.strip():
+            continue
+        try:
+            case = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{number}: not JSON ({exc.msg} at column {exc.colno})") from exc
+        missing = [f for f in REQUIRED_FIELDS if not isinstance(case, dict) or not isinstance(case.get(f), str)]
+        if missing:
+            raise ValueError(f"{path}:{number}: a case needs the string fields {', '.join(missing)}")
+        if not case.get("path") and not case.get("language"):
+            raise ValueError(f"{path}:{number}: a case needs a path or a language")
+        if case["id"] in seen:
+            raise ValueError(f"{path}:{number}: the id {case['id']!r} is already taken by an earlier case")
+        seen.add(case["id"])
+        cases.append(case)
     return cases
 
 

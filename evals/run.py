@@ -34,6 +34,23 @@ MAX_TOKENS, QUICK_MAX_TOKENS = 128, 32  # new tokens per free-running generation
 QUICK_WORKLOADS = 1  # free-running workloads with --quick (copy-heavy, the shortest prompts)
 QUICK_LANGUAGES = 3  # cases decoded with --quick: the first case of each of the first languages
 LIVE_MAX_TOKENS = 4096  # per live reply
+EPILOG = """\
+examples:
+  agent eval --quick                          built-in suite, every drafter, about a minute on 2 cores
+  agent eval --cases edits.jsonl --drafters none --json out.json --plot out.png
+                                              formats only: tokens and appliers, no model forward passes
+  agent eval --from-git ~/src/project --limit 50 --drafters none
+                                              the same on edits mined from your own history
+  agent eval --cases edits.jsonl --decode-formats ot --json out.json
+                                              decode the OT scripts: about 45 s per edit on 2 cores for the five
+                                              drafters; if it stops, add --resume and run it again
+  agent eval --cases edits.jsonl --model hosted_vllm/gemma-4 --api-base http://127.0.0.1:8000/v1
+                                              each edit through the agent's edit turn on a live server
+
+case files: JSONL, one {"id", "path", "language", "instruction", "before", "after"} per line.
+
+exit codes: 0 measured, 2 usage error or unreadable cases/report, 4 live model server unreachable
+"""
 
 
 def measure_case(case: dict, formats: tuple[str, ...], count_tokens: Callable[[str], int], ot_trials: int) -> dict:
@@ -445,7 +462,11 @@ def _load_cases(args: argparse.Namespace) -> tuple[list[dict], str] | None:
         if not args.cases.exists():
             print(f"agent eval: no cases file at {args.cases}", file=sys.stderr)
             return None
-        cases = load_cases(args.cases, args.limit)
+        try:
+            cases = load_cases(args.cases, args.limit)
+        except ValueError as exc:
+            print(f"agent eval: {exc}", file=sys.stderr)
+            return None
         return cases, f"{len(cases)} edits from {args.cases}"
     cases = load_suite(limit=args.limit)
     return cases, f"the built-in suite ({len(cases)} edits)"
@@ -537,7 +558,8 @@ def _live(report: dict, cases: list[dict], args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="agent eval", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="agent eval", description=__doc__.split("\n")[0], epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     return run_command(parser.parse_args(argv))
 

@@ -201,3 +201,29 @@ def test_mining_reads_the_default_branch_not_the_checked_out_one(history):
     mined = {case["commit"] for case in mine_git(repo.path)}
     assert mined == {shas["good"], shas["revert"]}  # origin/main ends at the revert; feature is not read
     assert feature not in mined
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"id": "a", "path": "a.py", "before": "x"', "cases.jsonl:2: not JSON"),
+        ('{"id": "a", "path": "a.py", "before": "x\\n"}', "cases.jsonl:2: a case needs the string fields after"),
+        ('["a", "b"]', "cases.jsonl:2: a case needs the string fields id, before, after"),
+        ('{"id": "a", "before": "x\\n", "after": "y\\n"}', "cases.jsonl:2: a case needs a path or a language"),
+        ('{"id": "c0", "path": "b.py", "before": "x\\n", "after": "y\\n"}', "the id 'c0' is already taken"),
+    ],
+)
+def test_load_cases_names_the_line_of_a_bad_case(tmp_path, line, message):
+    path = tmp_path / "cases.jsonl"
+    path.write_text(json.dumps({"id": "c0", "path": "a.py", "before": "a\n", "after": "b\n"}) + "\n" + line + "\n")
+    with pytest.raises(ValueError, match=message):
+        load_cases(path)
+
+
+def test_cli_reports_a_bad_cases_file_without_a_traceback(tmp_path, capsys):
+    from evals.run import main
+
+    path = tmp_path / "cases.jsonl"
+    path.write_bytes(b'{"id": "\xff"}\n')
+    assert main(["--cases", str(path), "--drafters", "none"]) == 2
+    assert "not UTF-8 text" in capsys.readouterr().err
