@@ -15,7 +15,7 @@ import tomllib
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 DEFAULT_CASES = Path(__file__).resolve().parents[1] / ".." / "shared" / "evals" / "edits-dev.jsonl"
 SUITE_DIR = Path(__file__).resolve().parent / "suite"
@@ -31,6 +31,8 @@ def load_cases(path: Path, limit: int | None = None) -> list[dict]:
         lines = Path(path).read_bytes().decode("utf-8").splitlines()
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read it ({exc.strerror})") from exc
     cases: list[dict] = []
     seen: set[str] = set()
     for number, line in enumerate(lines, 1):
@@ -47,6 +49,9 @@ def load_cases(path: Path, limit: int | None = None) -> list[dict]:
             raise ValueError(f"{path}:{number}: a case needs the string fields {', '.join(missing)}")
         if not case.get("path") and not case.get("language"):
             raise ValueError(f"{path}:{number}: a case needs a path or a language")
+        where = PurePosixPath(case.get("path") or ".")
+        if where.is_absolute() or ".." in where.parts:
+            raise ValueError(f"{path}:{number}: the path {case['path']!r} must be relative, without '..'")
         if case["id"] in seen:
             raise ValueError(f"{path}:{number}: the id {case['id']!r} is already taken by an earlier case")
         seen.add(case["id"])

@@ -6,8 +6,8 @@ the model wrote exactly that text. Every verify forward really runs, so forwards
 is assumed is the output. The figures estimate the speedup for a model that writes this output, not for the
 embedded 270M, which cannot write edits.
 
-Free-running: the copy-heavy workloads of `decoding.workloads`, greedy, the model's own output: true
-end-to-end numbers, reported beside the forced ones.
+Free-running: the workloads of `decoding.workloads`, greedy, the model's own output: real acceptance on
+real output (decode time after the prompt, as above), reported beside the forced ones.
 
 Times are decode time after the prompt: every drafter sees the same prompt, so it is prefilled once
 (`PromptCache`) and its cost is left out of the comparison.
@@ -213,18 +213,21 @@ def decode_case(
         reference = decoder.text_ids(written_output(case, fmt)) + [decoder.end_of_turn]
         jobs.append((fmt, decoder.prompt_ids(edit_prompt(case, fmt)), reference))
     decoder.target.reset(max(len(prompt) + len(reference) + 1 for _, prompt, reference in jobs))
-    result = {drafter: {"target_forwards": 0, "seconds": 0.0, "formats": {}} for drafter in drafters}
+    per_format: dict[str, dict] = {drafter: {} for drafter in drafters}
     for fmt, prompt, reference in jobs:
         for drafter in drafters:
             step(f"{case['id']} {fmt} {drafter}")
             figures, tokens = decoder.generate(prompt, drafter, len(reference), sources, reference)
             if tokens + [decoder.end_of_turn] != reference:
                 raise AssertionError(f"{case['id']} {fmt} {drafter}: the forced output differs from its reference")
-            entry = result[drafter]
-            entry["formats"][fmt] = figures
-            entry["target_forwards"] += figures["target_forwards"]
-            entry["seconds"] = round(entry["seconds"] + figures["seconds"], 4)
-    return result
+            per_format[drafter][fmt] = figures
+    return {drafter: drafter_totals(figures) for drafter, figures in per_format.items()}
+
+
+def drafter_totals(per_format: dict[str, dict]) -> dict:
+    """One drafter's figures on a case: `{"target_forwards", "seconds"}` summed over `formats`, and `formats`."""
+    return {"target_forwards": sum(f["target_forwards"] for f in per_format.values()),
+            "seconds": round(sum(f["seconds"] for f in per_format.values()), 4), "formats": per_format}
 
 
 def free_running(
@@ -235,18 +238,19 @@ def free_running(
     step: Callable[[str], None] = lambda label: None,
 ) -> dict:
     """Greedy generations of the model's own output per workload: `{workload: {drafter: figures}}`, each with
-    `same_as_off` (speculative decoding must not change greedy output)."""
+    `same_as_off` (speculative decoding must not change greedy output; None when "off" was not run)."""
     results: dict[str, dict] = {}
     for workload in workloads if workloads is not None else standard_workloads():
         prompt = decoder.prompt_ids(workload.prompt)
         sources = [decoder.text_ids(workload.prediction)] if workload.prediction else []
         decoder.target.reset(len(prompt) + max_tokens + 1)
-        rows, plain = {}, None
+        rows, outputs = {}, {}
         for drafter in drafters:
             step(f"{workload.name} {drafter}")
-            figures, tokens = decoder.generate(prompt, drafter, max_tokens, sources)
-            plain = tokens if plain is None else plain
-            rows[drafter] = figures | {"same_as_off": tokens == plain}
+            rows[drafter], outputs[drafter] = decoder.generate(prompt, drafter, max_tokens, sources)
+        plain = outputs.get("off")
+        for drafter, row in rows.items():
+            row["same_as_off"] = None if plain is None else outputs[drafter] == plain
         results[workload.name] = rows
     return results
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from agent.loop import first_messages
-from agent.model import Model, ModelFailed, ModelTimeout
+from agent.model import Model, ModelFailed, ModelTimeout, ModelUnavailable
 from agent.protocol import parse_actions
 from evals.formats import FormatError, apply_output
 from tools.syntax import language_for, syntax_problems
@@ -40,13 +40,14 @@ def edit_turn(case: dict) -> list[dict]:
 
 
 def run_case(case: dict, model: Model, max_tokens: int, timeout: float) -> dict:
-    """One case's live figures: exact, applied, syntax_valid, output_tokens, seconds, speculation, error."""
+    """One case's live figures: exact, applied, syntax_valid (of the edited file; None when nothing applied),
+    output_tokens, seconds, speculation, error (also when the reply was cut off at `max_tokens`)."""
     path = case.get("path") or "file.txt"
     language = language_for(path)
     started = time.perf_counter()
     try:
         reply = model.complete(edit_turn(case), prediction=case["before"], max_tokens=max_tokens, timeout=timeout)
-    except (ModelFailed, ModelTimeout) as exc:
+    except (ModelFailed, ModelTimeout, ModelUnavailable) as exc:  # one case lost, not the report
         return {"exact": False, "applied": False, "syntax_valid": None, "output_tokens": None,
                 "seconds": round(time.perf_counter() - started, 3), "speculation": None, "error": str(exc)}
     seconds = round(time.perf_counter() - started, 3)
@@ -64,12 +65,14 @@ def run_case(case: dict, model: Model, max_tokens: int, timeout: float) -> dict:
             text, applied = str(action.args.get("content", "")), True
         elif action.tool == "create":
             error = "create refused: the file exists (the agent overwrites only with an overwrite block)"
-    if not applied and error is None:
+    if reply.finish_reason == "length":
+        error = f"reply cut off at {max_tokens} tokens" + (f" ({error})" if error else "")
+    elif not applied and error is None:
         error = "no edit of the file in the reply"
     return {
         "exact": text == case["after"],
         "applied": applied,
-        "syntax_valid": None if language is None else not syntax_problems(text, language),
+        "syntax_valid": None if language is None or not applied else not syntax_problems(text, language),
         "output_tokens": reply.usage.get("completion_tokens"),
         "seconds": seconds,
         "speculation": reply.usage.get("speculation"),

@@ -195,12 +195,16 @@ def run_decode(
 def decoded_before(path: Path, formats: tuple[str, ...], drafters: tuple[str, ...]) -> dict[str, dict]:
     """The reference-forced figures in an earlier JSON report that cover every format and drafter asked for,
     by case id; none when there is no report yet. Raises ValueError for a file that is not such a report."""
+    from evals.decode import drafter_totals
+
     if not path.exists():
         return {}
     try:
         cases = json.loads(path.read_text(encoding="utf-8"))["cases"]
         return {
-            case["id"]: case["decode"] for case in cases
+            case["id"]: {drafter: drafter_totals({fmt: case["decode"][drafter]["formats"][fmt] for fmt in formats})
+                         for drafter in drafters}
+            for case in cases
             if case.get("decode") and all(fmt in case["decode"].get(drafter, {}).get("formats", {})
                                           for drafter in drafters for fmt in formats)
         }
@@ -278,6 +282,9 @@ def render(report: dict, title: str) -> str:
     return "\n".join(lines)
 
 
+SAME_AS_OFF = {True: "yes", False: "NO", None: "n/a (no off)"}
+
+
 def render_decode(decode: dict) -> list[str]:
     """The reference-forced and free-running tables, side by side in one report."""
     head = ("| {what} | drafter | tokens | target forwards | tokens / forward | forwards: off ÷ this "
@@ -296,11 +303,11 @@ def render_decode(decode: dict) -> list[str]:
     for fmt, per_drafter in decode["reference_forced"].items():
         lines += rows(fmt, per_drafter)
     if decode["free_running"]:
-        lines += ["", f"Decoding, free-running: the model's own greedy output on copy-heavy prompts (up to "
-                  f"{decode['max_tokens']} tokens), true end-to-end figures.", "",
+        lines += ["", f"Decoding, free-running: the model's own greedy output on the standard workloads (up to "
+                  f"{decode['max_tokens']} tokens): real acceptance, decode time after the prompt.", "",
                   head.format(what="workload").replace("| speedup median |", "| same output as off |"), rule]
     for name, per_drafter in decode["free_running"].items():
-        lines += [row.rsplit("|", 2)[0] + f"| {'yes' if per_drafter[drafter]['same_as_off'] else 'NO'} |"
+        lines += [row.rsplit("|", 2)[0] + f"| {SAME_AS_OFF[per_drafter[drafter]['same_as_off']]} |"
                   for row, drafter in zip(rows(name, per_drafter), per_drafter, strict=True)]
     lines += ["", "Target forwards include the prompt's; decode seconds run from the first token to the last "
               "(the prompt is prefilled once per case and shared). Speedup = off's decode time ÷ this drafter's."]
@@ -482,9 +489,11 @@ def run_command(args: argparse.Namespace) -> int:
     if args.resume and not args.json:
         print("agent eval: --resume needs --json OUT (the report to continue)", file=sys.stderr)
         return 2
-    if args.json and not args.json.parent.is_dir():
-        print(f"agent eval: --json: no directory {args.json.parent} to write {args.json.name} in", file=sys.stderr)
-        return 2
+    for option, out in (("--json", args.json), ("--plot", args.plot)):
+        if out and (out.is_dir() or not out.parent.is_dir()):
+            problem = f"{out} is a directory" if out.is_dir() else f"no directory {out.parent} to write {out.name} in"
+            print(f"agent eval: {option}: {problem}", file=sys.stderr)
+            return 2
     loaded_cases = _load_cases(args)
     if loaded_cases is None:
         return 2

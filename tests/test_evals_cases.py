@@ -211,6 +211,8 @@ def test_mining_reads_the_default_branch_not_the_checked_out_one(history):
         ('["a", "b"]', "cases.jsonl:2: a case needs the string fields id, before, after"),
         ('{"id": "a", "before": "x\\n", "after": "y\\n"}', "cases.jsonl:2: a case needs a path or a language"),
         ('{"id": "c0", "path": "b.py", "before": "x\\n", "after": "y\\n"}', "the id 'c0' is already taken"),
+        ('{"id": "a", "path": "/etc/x.py", "before": "x", "after": "y"}', "must be relative, without '..'"),
+        ('{"id": "a", "path": "src/../../x.py", "before": "x", "after": "y"}', "must be relative, without '..'"),
     ],
 )
 def test_load_cases_names_the_line_of_a_bad_case(tmp_path, line, message):
@@ -227,3 +229,5 @@ def test_cli_reports_a_bad_cases_file_without_a_traceback(tmp_path, capsys):
     path.write_bytes(b'{"id": "\xff"}\n')
     assert main(["--cases", str(path), "--drafters", "none"]) == 2
     assert "not UTF-8 text" in capsys.readouterr().err
+    assert main(["--cases", str(tmp_path), "--drafters", "none"]) == 2
+    assert "cannot read it" in capsys.readouterr().err

@@ -153,6 +153,7 @@ def test_live_eval_applies_the_reply_and_reports_speculation(tmp_path, capsys):
     assert first["exact"] and first["applied"] and first["syntax_valid"] and first["output_tokens"] == 25
     assert first["speculation"] == speculation
     assert not second["exact"] and not second["applied"] and "refused" in second["error"]
+    assert second["syntax_valid"] is None  # the file as it was says nothing of the edit
     live = report["summary"]["live"]
     assert live["exact"] == 0.5 and live["drafted"] == 40 and live["accepted"] == 30
     assert "| 50.0% | 50.0% |" in capsys.readouterr().out
@@ -218,9 +219,8 @@ def fake_decoding(monkeypatch, decoded: list[str], stop_at: str | None = None) -
         if case["id"] == stop_at:
             raise Interrupted
         decoded.append(case["id"])
-        return {d: {"target_forwards": len(case["id"]), "seconds": 1.0,
-                    "formats": {f: {"tokens": 9, "target_forwards": len(case["id"]), "seconds": 1.0}
-                                for f in formats}} for d in drafters}
+        figures = {"tokens": 9, "target_forwards": len(case["id"]), "seconds": 1.0}
+        return {d: evals.decode.drafter_totals({f: dict(figures) for f in formats}) for d in drafters}
 
     monkeypatch.setattr(evals.decode, "Decoder", lambda loaded: None)
     monkeypatch.setattr(evals.decode, "decode_case", decode_case)
@@ -264,3 +264,42 @@ def test_resume_needs_a_report_it_can_read(tmp_path, capsys):
     assert bad.read_text() == '{"cases": 3}'
     assert main(["--limit", "1", "--json", str(tmp_path / "no" / "eval.json")]) == 2
     assert "no directory" in capsys.readouterr().err
+
+
+def test_live_eval_says_when_a_reply_was_cut_off(tmp_path):
+    case = load_suite(limit=1)[0]
+    half = f"```overwrite {case['path']}\n{case['after'][: len(case['after']) // 2]}"
+    out = tmp_path / "live.json"
+    with ReplayServer([Turn(half, completion_tokens=64, finish_reason="length")]) as server:
+        assert main(["--limit", "1", "--formats", "ot", "--model", "openai/replay-model", "--api-base", server.url,
+                     "--max-tokens", "64", "--json", str(out)]) == 0
+    live = json.loads(out.read_text())["cases"][0]["live"]
+    assert not live["exact"] and live["error"].startswith("reply cut off at 64 tokens")
+
+
+def test_resume_keeps_only_the_formats_asked_for_and_their_sums(tmp_path, monkeypatch):
+    out = tmp_path / "eval.json"
+    argv = ["--limit", "1", "--formats", "ot,udiff", "--drafters", "off", "--max-tokens", "0", "--json", str(out)]
+    decoded: list[str] = []
+    fake_decoding(monkeypatch, decoded)
+    assert main([*argv, "--decode-formats", "ot,udiff"]) == 0
+    assert json.loads(out.read_text())["cases"][0]["decode"]["off"]["target_forwards"] == 2 * len(decoded[0])
+    assert main([*argv, "--decode-formats", "ot", "--resume"]) == 0
+    off = json.loads(out.read_text())["cases"][0]["decode"]["off"]
+    assert len(decoded) == 1 and set(off["formats"]) == {"ot"} and off["target_forwards"] == len(decoded[0])
+
+
+def test_free_running_compares_each_output_with_off_whatever_the_order():
+    from types import SimpleNamespace
+
+    from decoding.workloads import Workload
+    from evals.decode import free_running
+
+    outputs = {"off": [1, 2, 3], "ngram": [1, 2, 3], "cursor": [1, 2, 4]}
+    decoder = SimpleNamespace(prompt_ids=lambda text: [0], text_ids=lambda text: [0],
+                              target=SimpleNamespace(reset=lambda capacity: None),
+                              generate=lambda prompt, drafter, n, sources: ({"seconds": 1.0}, outputs[drafter]))
+    workload = Workload("w", "prompt", None)
+    rows = free_running(decoder, ("cursor", "off", "ngram"), 3, [workload])["w"]
+    assert {d: r["same_as_off"] for d, r in rows.items()} == {"cursor": False, "off": True, "ngram": True}
+    assert free_running(decoder, ("ngram", "cursor"), 3, [workload])["w"]["ngram"]["same_as_off"] is None
