@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 
+from tools.edit_file import text_lines
 from tools.ot import Insert, Op, OTError, Retain, format_script, is_line_insert, is_quoted, ot_diff
 from tools.ot_script import parse_script
 from tools.patch import apply_edit
@@ -62,7 +63,7 @@ class Block:
 def minimal_blocks(before: str, after: str) -> list[Block]:
     """Line-level change regions, each grown by the fewest context lines that make its old text unique in the
     document it is applied to (earlier blocks already applied); regions whose context would overlap merge."""
-    old_lines, new_lines = before.splitlines(keepends=True), after.splitlines(keepends=True)
+    old_lines, new_lines = text_lines(before), text_lines(after)
     opcodes = SequenceMatcher(None, old_lines, new_lines, autojunk=False).get_opcodes()
     changes = [(i1, i2, j1, j2) for tag, i1, i2, j1, j2 in opcodes if tag != "equal"]
     to_new = _index_map(opcodes, len(old_lines), len(new_lines))
@@ -148,7 +149,7 @@ def render_udiff(blocks: list[Block]) -> str:
 def parse_search_replace(text: str) -> list[Block]:
     """Blocks from SEARCH/REPLACE text (anything outside the markers is ignored, as Aider does)."""
     blocks = []
-    lines = text.splitlines(keepends=True)
+    lines = text_lines(text)
     i = 0
     while i < len(lines):
         if lines[i].rstrip() != SEARCH:
@@ -172,7 +173,7 @@ def _find_line(lines: list[str], marker: str, start: int) -> int:
 def parse_udiff(text: str) -> list[Block]:
     """Hunks from udiff text; a line with no sign at all counts as blank context, as models often drop it."""
     blocks: list[Block] = []
-    for line in text.splitlines(keepends=True):
+    for line in text_lines(text):
         if line.startswith("@@"):
             blocks.append(Block([]))
         elif line.startswith(("---", "+++")) and not blocks:
@@ -192,7 +193,7 @@ def parse_udiff(text: str) -> list[Block]:
 def apply_blocks(before: str, blocks: list[Block]) -> str:
     """Replace each block's old lines by its new lines, in order: first exact match, then a match with a
     uniform indentation offset and trailing whitespace ignored (whose offset is added to the new lines)."""
-    doc = before.splitlines(keepends=True)
+    doc = text_lines(before)
     for number, block in enumerate(blocks, 1):
         old, new = block.old, block.new
         found = _find_exact(doc, old)

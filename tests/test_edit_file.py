@@ -110,3 +110,11 @@ def test_undo_refuses_when_the_file_changed_since(tmp_path):
     assert path.read_bytes() == b"x = 2  # edited by hand\n"
     Journal().undo(path, force=True)
     assert path.read_bytes() == b"x = 1\n"
+
+
+def test_text_lines_split_at_newlines_only():
+    from tools.edit_file import text_lines
+
+    assert text_lines("a\x0cb\nc\u2028d\n\ne") == ["a\x0cb\n", "c\u2028d\n", "\n", "e"]
+    assert text_lines("a\n") == ["a\n"] and text_lines("") == []
+    assert "".join(text_lines("x\r\ny\rz\n")) == "x\r\ny\rz\n" and len(text_lines("x\r\ny\rz\n")) == 2

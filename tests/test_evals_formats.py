@@ -161,3 +161,10 @@ def test_perturbations_are_reproducible_from_their_seed():
     case = SUITE[0]
     output = reference_output("ot", case["before"], case["after"])
     assert perturbations("ot", output, seed="s1", trials=3) == perturbations("ot", output, seed="s1", trials=3)
+
+
+@pytest.mark.parametrize("fmt", ["search-replace", "udiff"])
+def test_line_formats_split_lines_at_newlines_only(fmt):
+    before = 'page = 1\n\x0c\ns = "a\u2028b"\nend = 2\n'
+    after = before.replace('"a\u2028b"', '"A\u2028b"')
+    assert apply_output(fmt, before, reference_output(fmt, before, after), "python") == after

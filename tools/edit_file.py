@@ -96,9 +96,17 @@ def atomic_write(path: Path, data: bytes, mode: int | None = None) -> None:
         os.close(dir_fd)
 
 
+def text_lines(text: str) -> list[str]:
+    """The lines of `text`, each with its "\n", split at "\n" only: str.splitlines also splits at form feeds,
+    U+2028 and other characters that sit inside a line of code (in strings, comments, page breaks)."""
+    lines = [line + "\n" for line in text.split("\n")]
+    lines[-1] = lines[-1][:-1]
+    return lines if lines[-1] else lines[:-1]
+
+
 def unified_diff(before: str, after: str, name: str) -> str:
     lines = difflib.unified_diff(
-        before.splitlines(keepends=True), after.splitlines(keepends=True), f"a/{name}", f"b/{name}"
+        text_lines(before), text_lines(after), f"a/{name}", f"b/{name}"
     )
     return "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines)
 

@@ -21,6 +21,7 @@ from tools.edit_file import (
     apply_script_to_file,
     atomic_write,
     read_text_file,
+    text_lines,
     unified_diff,
 )
 from tools.ot import OTError
@@ -97,7 +98,7 @@ class Workspace:
         except (PathRefused, FileRefused) as exc:
             return _refusal(exc)
         text = file.text
-        lines = text.splitlines(keepends=True)
+        lines = text_lines(text)
         name = self.rel(file.path)
         if start_line is None and end_line is None and len(text) <= MAX_READ_CHARS:
             header = f"{name}: {len(lines)} lines, {len(text)} code points"
@@ -211,7 +212,7 @@ class Workspace:
                 text = read_text_file(path).text
             except FileRefused:
                 continue
-            for number, line in enumerate(text.splitlines(), 1):
+            for number, line in enumerate((row.removesuffix("\n") for row in text_lines(text)), 1):
                 if compiled.search(line):
                     total += 1
                     if len(hits) < MAX_SEARCH_MATCHES:
