@@ -17,10 +17,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
+from evals.progress import Progress
+
 DEFAULT_CASES = Path(__file__).resolve().parents[1] / ".." / "shared" / "evals" / "edits-dev.jsonl"
 SUITE_DIR = Path(__file__).resolve().parent / "suite"
 
 LANGUAGES = {".py": "python", ".js": "javascript", ".ts": "typescript", ".go": "go", ".rs": "rust"}
+REGULAR_MODES = ("100644", "100755")  # plain and executable files; links and submodules are not text edits
 REQUIRED_FIELDS = ("id", "before", "after")  # strings; and "path" or "language", to know the syntax
 
 
@@ -249,7 +252,7 @@ def _single_file_changes(repo: Path) -> list[_Change]:
             continue
         meta, _, path = entries[commit][0].partition("\t")
         old_mode, new_mode, old_blob, new_blob, status = meta[1:].split()
-        if status == "M" and old_mode == new_mode == "100644" and not path.startswith('"'):
+        if status == "M" and old_mode == new_mode in REGULAR_MODES and not path.startswith('"'):
             changes.append(_Change(commit, old_blob, new_blob, path))
     return changes
 
@@ -274,17 +277,23 @@ def _decode(blob: bytes) -> str | None:
         return None
 
 
-def mine_git(repo: Path, limit: int | None = None, skipped: Counter | None = None) -> list[dict]:
+def mine_git(
+    repo: Path, limit: int | None = None, skipped: Counter | None = None, progress: bool = False
+) -> list[dict]:
     """Cases from the history of the git repository at `repo` (see the module docstring for the rules).
 
-    `skipped` (if given) counts why commits were left out, so a user can see what the rules removed.
+    `skipped` (if given) counts why commits were left out, so a user can see what the rules removed;
+    `progress` shows a bar over the single-file commits on stderr (a long history takes minutes).
     """
     repo = Path(repo).resolve()
     name = _repo_name(repo)
     skipped = Counter() if skipped is None else skipped
     seen_pairs: set[tuple[str, str]] = set()
     candidates = []
-    for change in _single_file_changes(repo):
+    changes = _single_file_changes(repo)
+    bar = Progress(len(changes), "mining", progress)
+    for change in changes:
+        bar.step(change.path)
         reason = skip_reason_for_path(change.path)
         if reason is None:
             author, subject, message, timestamp = (
@@ -323,6 +332,7 @@ def mine_git(repo: Path, limit: int | None = None, skipped: Counter | None = Non
             "diff_lines": diff_stats(diff)[0],
             "_time": int(timestamp),
         })
+    bar.close()
     return _sample(candidates, limit)
 
 

@@ -454,7 +454,7 @@ def _load_cases(args: argparse.Namespace) -> tuple[list[dict], str] | None:
     if args.from_git:
         skipped: Counter = Counter()
         try:
-            cases = mine_git(args.from_git, args.limit, skipped)
+            cases = mine_git(args.from_git, args.limit, skipped, progress=True)
         except subprocess.CalledProcessError as exc:
             detail = exc.stderr.decode("utf-8", "replace").strip() if exc.stderr else str(exc)
             print(f"agent eval: cannot read the git history of {args.from_git}: {detail}", file=sys.stderr)
@@ -480,8 +480,11 @@ def _load_cases(args: argparse.Namespace) -> tuple[list[dict], str] | None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    if args.limit is not None and args.limit < 1 or args.max_tokens is not None and args.max_tokens < 0:
-        print("agent eval: --limit must be >= 1 and --max-tokens >= 0", file=sys.stderr)
+    if args.limit is not None and args.limit < 1:
+        print(f"agent eval: --limit must be at least 1, not {args.limit}", file=sys.stderr)
+        return 2
+    if args.max_tokens is not None and args.max_tokens < 0:
+        print(f"agent eval: --max-tokens must be 0 or more, not {args.max_tokens}", file=sys.stderr)
         return 2
     if args.api_base and not args.model:
         print("agent eval: --api-base needs --model (the model to ask at that endpoint)", file=sys.stderr)
@@ -494,17 +497,17 @@ def run_command(args: argparse.Namespace) -> int:
             problem = f"{out} is a directory" if out.is_dir() else f"no directory {out.parent} to write {out.name} in"
             print(f"agent eval: {option}: {problem}", file=sys.stderr)
             return 2
+    try:
+        drafters = _drafters(args.drafters or ("none" if args.model else "all"))
+    except argparse.ArgumentTypeError as exc:
+        print(f"agent eval: --drafters: {exc}", file=sys.stderr)
+        return 2
     loaded_cases = _load_cases(args)
     if loaded_cases is None:
         return 2
     cases, source = loaded_cases
     if not cases:
         print("agent eval: no cases to measure", file=sys.stderr)
-        return 2
-    try:
-        drafters = _drafters(args.drafters or ("none" if args.model else "all"))
-    except argparse.ArgumentTypeError as exc:
-        print(f"agent eval: --drafters: {exc}", file=sys.stderr)
         return 2
     from decoding.tokenizer import gemma_token_counter
 

@@ -231,3 +231,14 @@ def test_cli_reports_a_bad_cases_file_without_a_traceback(tmp_path, capsys):
     assert "not UTF-8 text" in capsys.readouterr().err
     assert main(["--cases", str(tmp_path), "--drafters", "none"]) == 2
     assert "cannot read it" in capsys.readouterr().err
+
+
+def test_mining_keeps_edits_of_executable_scripts(tmp_path):
+    repo = Repo(tmp_path / "scripts")
+    repo.commit("Add the release script to the tools", {"release.py": _module("release")})
+    (repo.path / "release.py").chmod(0o755)
+    repo._git("add", "release.py")
+    repo._git("commit", "-q", "-m", "Make the release script executable for everyone")
+    sha = repo.change("release.py", "Handle empty input in release_3 gracefully", "return value + 3\n",
+                      "return value + 3 if value else None\n")
+    assert [case["commit"] for case in mine_git(repo.path)] == [sha]
