@@ -428,6 +428,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="formats whose reference output is decoded, reference-forced (default: every format "
                              "but whole, which costs one forward per token of the file; ot with --quick)")
     parser.add_argument("--limit", type=int, help="use at most N cases")
+    parser.add_argument("--save-cases", type=Path, metavar="FILE",
+                        help="write the cases measured as JSONL (e.g. those mined with --from-git), to measure the "
+                             "same edits again with --cases FILE")
     parser.add_argument("--quick", action="store_true",
                         help=f"{OT_TRIALS_QUICK} miscount perturbation per OT script instead of {OT_TRIALS}; decode "
                              f"one case in each of {QUICK_LANGUAGES} languages, the ot format only, and "
@@ -492,7 +495,7 @@ def run_command(args: argparse.Namespace) -> int:
     if args.resume and not args.json:
         print("agent eval: --resume needs --json OUT (the report to continue)", file=sys.stderr)
         return 2
-    for option, out in (("--json", args.json), ("--plot", args.plot)):
+    for option, out in (("--json", args.json), ("--plot", args.plot), ("--save-cases", args.save_cases)):
         if out and (out.is_dir() or not out.parent.is_dir()):
             problem = f"{out} is a directory" if out.is_dir() else f"no directory {out.parent} to write {out.name} in"
             print(f"agent eval: {option}: {problem}", file=sys.stderr)
@@ -509,6 +512,9 @@ def run_command(args: argparse.Namespace) -> int:
     if not cases:
         print("agent eval: no cases to measure", file=sys.stderr)
         return 2
+    if args.save_cases:
+        rows = (json.dumps(case, ensure_ascii=False) + "\n" for case in cases)
+        args.save_cases.write_text("".join(rows), encoding="utf-8")
     from decoding.tokenizer import gemma_token_counter
 
     report = run(cases, args.formats, gemma_token_counter(), OT_TRIALS_QUICK if args.quick else OT_TRIALS)

@@ -242,3 +242,15 @@ def test_mining_keeps_edits_of_executable_scripts(tmp_path):
     sha = repo.change("release.py", "Handle empty input in release_3 gracefully", "return value + 3\n",
                       "return value + 3 if value else None\n")
     assert [case["commit"] for case in mine_git(repo.path)] == [sha]
+
+
+def test_mined_cases_saved_with_save_cases_measure_again_as_the_same_edits(history, tmp_path, capsys):
+    from evals.run import main
+
+    repo, _ = history
+    saved, first, again = tmp_path / "mined.jsonl", tmp_path / "first.json", tmp_path / "again.json"
+    assert main(["--from-git", str(repo.path), "--drafters", "none", "--formats", "ot", "--save-cases", str(saved),
+                 "--json", str(first)]) == 0
+    assert [case["id"] for case in load_cases(saved)] == [case["id"] for case in mine_git(repo.path)]
+    assert main(["--cases", str(saved), "--drafters", "none", "--formats", "ot", "--json", str(again)]) == 0
+    assert json.loads(first.read_text())["cases"] == json.loads(again.read_text())["cases"]
