@@ -515,6 +515,14 @@ def run_command(args: argparse.Namespace) -> int:
     if args.save_cases:
         rows = (json.dumps(case, ensure_ascii=False) + "\n" for case in cases)
         args.save_cases.write_text("".join(rows), encoding="utf-8")
+    if args.model and drafters and args.api_base:  # fail now, not after hours of decoding
+        from agent.model import Model, ModelUnavailable
+
+        try:
+            Model(args.model, args.api_base).check_reachable()
+        except ModelUnavailable as exc:
+            print(f"agent eval: {exc}", file=sys.stderr)
+            return 4
     from decoding.tokenizer import gemma_token_counter
 
     report = run(cases, args.formats, gemma_token_counter(), OT_TRIALS_QUICK if args.quick else OT_TRIALS)

@@ -303,3 +303,14 @@ def test_free_running_compares_each_output_with_off_whatever_the_order():
     rows = free_running(decoder, ("cursor", "off", "ngram"), 3, [workload])["w"]
     assert {d: r["same_as_off"] for d, r in rows.items()} == {"cursor": False, "off": True, "ngram": True}
     assert free_running(decoder, ("ngram", "cursor"), 3, [workload])["w"]["ngram"]["same_as_off"] is None
+
+
+def test_an_unreachable_live_server_is_reported_before_any_decoding(monkeypatch, capsys):
+    from agent.embedded import free_port
+
+    decoded: list[str] = []
+    fake_decoding(monkeypatch, decoded)
+    argv = ["--limit", "1", "--drafters", "off", "--model", "openai/m", "--api-base",
+            f"http://127.0.0.1:{free_port()}/v1"]
+    assert main(argv) == 4
+    assert decoded == [] and "unreachable" in capsys.readouterr().err
