@@ -42,7 +42,7 @@ examples:
   agent eval --from-git ~/src/project --limit 50 --drafters none
                                               the same on edits mined from your own history
   agent eval --cases edits.jsonl --decode-formats ot --json out.json
-                                              decode the OT scripts: about 45 s per edit on 2 cores for the five
+                                              decode the OT scripts: about 50 s per edit on 2 cores for the five
                                               drafters; if it stops, add --resume and run it again
   agent eval --cases edits.jsonl --model hosted_vllm/gemma-4 --api-base http://127.0.0.1:8000/v1
                                               each edit through the agent's edit turn on a live server
