@@ -12,6 +12,8 @@ import re
 import time
 from pathlib import Path
 
+from tools.edit_file import text_lines
+
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.I)
 MIN_SECRET_LENGTH = 6  # shorter values ("1", "yes") would redact ordinary text
 
@@ -55,7 +57,7 @@ class Transcript:
 
 def read_events(path: Path) -> list[dict]:
     """The events of a transcript; a last line cut short by a crash is dropped, any other bad line is an error."""
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = text_lines(path.read_text(encoding="utf-8"))  # events are written with U+2028 etc. unescaped
     events = []
     for number, line in enumerate(lines, 1):
         if not line.strip():

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
 from evals.progress import Progress
+from tools.edit_file import text_lines
 
 DEFAULT_CASES = Path(__file__).resolve().parents[1] / ".." / "shared" / "evals" / "edits-dev.jsonl"
 SUITE_DIR = Path(__file__).resolve().parent / "suite"
@@ -31,7 +32,7 @@ def load_cases(path: Path, limit: int | None = None) -> list[dict]:
     """Cases `{"id", "path", "language", "before", "after", …}` from a JSONL file. Raises ValueError naming the
     line of a case that is not a JSON object with the required string fields, or whose id came before."""
     try:
-        lines = Path(path).read_bytes().decode("utf-8").splitlines()
+        lines = text_lines(Path(path).read_bytes().decode("utf-8"))  # JSON leaves U+2028 etc. unescaped
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except OSError as exc:

@@ -27,6 +27,7 @@ from decoding.server import gemma_chat_prompt
 from decoding.target import Target, make_target
 from decoding.workloads import Workload, standard_workloads
 from evals.formats import reference_output
+from tools.edit_file import text_lines
 
 ALIASES = ("auto",)  # speculation methods that only name another one
 EDIT_SCRIPT = (
@@ -69,7 +70,7 @@ def edit_prompt(case: dict, fmt: str) -> str:
     """
     before, path = case["before"], _path(case)
     user = (
-        f"{path}: {len(before.splitlines())} lines, {len(before)} code points\n{before}\n\n"
+        f"{path}: {len(text_lines(before))} lines, {len(before)} code points\n{before}\n\n"
         f"Task: {case.get('instruction') or 'make the change'}\n\n{FORMAT_INSTRUCTIONS[fmt]} Write it in one "
         f"block: a line ```{FENCE_TOOLS[fmt]} {path}, then your answer, then a line ```."
     )

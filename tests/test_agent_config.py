@@ -100,6 +100,16 @@ def test_secrets_from_the_environment_never_reach_the_transcript(tmp_path):
     assert event["message"]["content"] == "key [redacted $OPENAI_API_KEY] and [redacted $GH_TOKEN] at /home/user"
 
 
+def test_a_transcript_keeps_text_with_line_separators_inside_strings(tmp_path):
+    transcript = Transcript(tmp_path / "t.jsonl", Redactor({}))
+    content = 'page\x0cbreak and s = "a\u2028b\u2029c\x85d"'
+    transcript.write("message", message={"role": "tool", "content": content})
+    transcript.write("end")
+    transcript.close()
+    first, last = read_events(tmp_path / "t.jsonl")
+    assert first["message"]["content"] == content and last["type"] == "end"
+
+
 def test_a_transcript_cut_mid_line_is_still_read(tmp_path):
     path = tmp_path / "t.jsonl"
     path.write_text('{"type": "start"}\n{"type": "message", "mess')

@@ -203,6 +203,13 @@ def test_mining_reads_the_default_branch_not_the_checked_out_one(history):
     assert feature not in mined
 
 
+def test_load_cases_reads_text_with_line_separators_as_json_writes_it(tmp_path):
+    path = tmp_path / "cases.jsonl"
+    case = {"id": "c0", "path": "a.py", "before": 's = "a\u2028b"\n', "after": 's = "A\u2028b"\n'}
+    path.write_text(json.dumps(case, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert load_cases(path) == [case]
+
+
 @pytest.mark.parametrize(
     ("line", "message"),
     [
