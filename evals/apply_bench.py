@@ -15,7 +15,6 @@ Run: `agent bench apply [--cases FILE] [--limit N] [--json OUT]`.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from evals.cases import DEFAULT_CASES, load_cases
 from evals.progress import Progress
+from evals.run import write_report
 from tools.edit_file import apply_script_to_file
 from tools.ot import Op, OTError, Retain, format_script, is_line_insert, is_quoted, ot_diff
 from tools.patch import apply_edit, without_blank_lines
@@ -193,7 +193,7 @@ def run_command(args: argparse.Namespace) -> int:
     report = run(cases)
     print(render(report))
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+        write_report(report, args.json)
     return 0
 
 
