@@ -505,6 +505,14 @@ def run_command(args: argparse.Namespace) -> int:
     except argparse.ArgumentTypeError as exc:
         print(f"agent eval: --drafters: {exc}", file=sys.stderr)
         return 2
+    decode_formats = args.decode_formats or (("ot",) if args.quick else tuple(f for f in FORMATS if f != "whole"))
+    done = {}
+    if args.resume and drafters:  # an unreadable report is refused before any work
+        try:
+            done = decoded_before(args.json, decode_formats, drafters)
+        except ValueError as exc:
+            print(f"agent eval: --resume: {exc}", file=sys.stderr)
+            return 2
     loaded_cases = _load_cases(args)
     if loaded_cases is None:
         return 2
@@ -529,14 +537,6 @@ def run_command(args: argparse.Namespace) -> int:
     if drafters:
         from decoding.model import load_model
 
-        decode_formats = args.decode_formats or (("ot",) if args.quick else tuple(f for f in FORMATS if f != "whole"))
-        done = {}
-        if args.resume:
-            try:
-                done = decoded_before(args.json, decode_formats, drafters)
-            except ValueError as exc:
-                print(f"agent eval: --resume: {exc}", file=sys.stderr)
-                return 2
         max_tokens = args.max_tokens if args.max_tokens is not None else QUICK_MAX_TOKENS if args.quick else MAX_TOKENS
         decoded = one_per_language(cases, QUICK_LANGUAGES) if args.quick else cases
         if args.resume:
