@@ -214,16 +214,16 @@ def _serve(argv: list[str]) -> int:
     engine.add_argument("--engine", choices=("embedded", "vllm"), default="embedded")
     known, rest = engine.parse_known_args(argv)
     if known.engine == "vllm":
-        from decoding import vllm_launch
+        from decoding.vllm import launch as vllm_launch
 
         return vllm_launch.main(rest, prog="agent serve --engine vllm")
-    from decoding import server
+    from decoding.serving import server
 
     return server.main(rest, prog="agent serve")
 
 
 def _export_embedded(argv: list[str]) -> int:
-    from decoding import export
+    from decoding.vllm import export
 
     return export.main(argv, prog="agent export-embedded")
 
@@ -334,13 +334,13 @@ def _cmd_tui(args: argparse.Namespace) -> int:
 
 def _count_tokens(text: str) -> int:
     """Gemma tokens, the tokenizer loaded on the first edit (not while the app opens)."""
-    from decoding.tokenizer import gemma_token_counter
+    from decoding.engine.tokenizer import gemma_token_counter
 
     return gemma_token_counter()(text)
 
 
 def _bench_decode(argv: list[str]) -> int:
-    from decoding import bench
+    from decoding.lab import bench
 
     return bench.main(argv, prog="agent bench decode")
 

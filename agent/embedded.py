@@ -1,6 +1,6 @@
 """Start the embedded model server for a run (`--model embedded`) and stop it afterwards.
 
-The server is `python -m decoding.server --host 127.0.0.1 --port PORT`; it is ready when
+The server is `python -m decoding.serving.server --host 127.0.0.1 --port PORT`; it is ready when
 `GET /v1/models` answers, and that answer names the model to ask for.
 """
 
@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 
-SERVER_COMMAND = (sys.executable, "-m", "decoding.server", "--host", "127.0.0.1", "--port", "{port}")
+SERVER_COMMAND = (sys.executable, "-m", "decoding.serving.server", "--host", "127.0.0.1", "--port", "{port}")
 
 
 def _die_with_parent():

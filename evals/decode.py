@@ -6,7 +6,7 @@ the model wrote exactly that text. Every verify forward really runs, so forwards
 is assumed is the output. The figures estimate the speedup for a model that writes this output, not for the
 embedded 270M, which cannot write edits.
 
-Free-running: the workloads of `decoding.workloads`, greedy, the model's own output: real acceptance on
+Free-running: the workloads of `decoding.lab.workloads`, greedy, the model's own output: real acceptance on
 real output (decode time after the prompt, as above), reported beside the forced ones.
 
 Times are decode time after the prompt: every drafter sees the same prompt, so it is prefilled once
@@ -21,11 +21,11 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from decoding.drafters import SPECULATION_METHODS, make_drafter
-from decoding.engine import Generation, GenerationRequest
-from decoding.server import gemma_chat_prompt
-from decoding.target import Target, make_target
-from decoding.workloads import Workload, standard_workloads
+from decoding.drafting.drafters import SPECULATION_METHODS, make_drafter
+from decoding.engine.generation import Generation, GenerationRequest
+from decoding.engine.target import Target, make_target
+from decoding.lab.workloads import Workload, standard_workloads
+from decoding.serving.server import gemma_chat_prompt
 from evals.formats import reference_output
 from tools.edit_file import text_lines
 

@@ -162,7 +162,7 @@ def run_decode(
     keep an empty one), free-running on the standard workloads (only the `workloads` copy-heavy ones with the
     shortest prompts when given; none when `max_tokens` is 0), and their summaries. Cases in `done` (id → the
     figures of an earlier run) keep those figures; `checkpoint()` runs after each case decoded."""
-    from decoding.workloads import standard_workloads
+    from decoding.lab.workloads import standard_workloads
     from evals.decode import Decoder, decode_case, free_running, summarize_forced, summarize_free
 
     decoder = Decoder(loaded)
@@ -531,11 +531,11 @@ def run_command(args: argparse.Namespace) -> int:
         except ModelUnavailable as exc:
             print(f"agent eval: {exc}", file=sys.stderr)
             return 4
-    from decoding.tokenizer import gemma_token_counter
+    from decoding.engine.tokenizer import gemma_token_counter
 
     report = run(cases, args.formats, gemma_token_counter(), OT_TRIALS_QUICK if args.quick else OT_TRIALS)
     if drafters:
-        from decoding.model import load_model
+        from decoding.engine.loading import load_model
 
         max_tokens = args.max_tokens if args.max_tokens is not None else QUICK_MAX_TOKENS if args.quick else MAX_TOKENS
         decoded = one_per_language(cases, QUICK_LANGUAGES) if args.quick else cases

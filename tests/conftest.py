@@ -10,6 +10,6 @@ def _private_state_dir(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def embedded_model():
     """The embedded Gemma 3 270M in float32; the first run on a machine builds the dequantized cache."""
-    from decoding.model import load_model
+    from decoding.engine.loading import load_model
 
     return load_model()

@@ -1,4 +1,4 @@
-"""A stand-in for `python -m decoding.server` in tests: same arguments and readiness contract, replayed turns.
+"""A stand-in for `python -m decoding.serving.server` in tests: same arguments and readiness contract, replayed turns.
 
     python tests/stand_in_server.py --host 127.0.0.1 --port PORT [--turns TURNS.json]
 

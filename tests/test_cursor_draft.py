@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from decoding.cursor import CursorDrafter, CursorTokenDrafter
-from decoding.drafters import DraftContext
+from decoding.drafting.base import DraftContext
+from decoding.drafting.cursor import CursorDrafter, CursorTokenDrafter
 from tools.ot import format_script, ot_diff
 
 SOURCE = '''def parse(line):

@@ -1,8 +1,8 @@
 import pytest
 
-from decoding.bench import PEER, Row, bench_workload, format_table, mtp_held_out_note, rounding_note
-from decoding.target import make_target
-from decoding.workloads import standard_workloads
+from decoding.engine.target import make_target
+from decoding.lab.bench import PEER, Row, bench_workload, format_table, mtp_held_out_note, rounding_note
+from decoding.lab.workloads import standard_workloads
 
 
 @pytest.mark.slow

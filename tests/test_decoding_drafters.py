@@ -1,6 +1,7 @@
 import pytest
 
-from decoding.drafters import AdaptiveK, DraftContext, NgramDrafter, make_drafter, ngram_lookup
+from decoding.drafting.base import AdaptiveK, DraftContext, NgramDrafter, ngram_lookup
+from decoding.drafting.drafters import make_drafter
 
 
 def test_longest_suffix_match_wins_over_a_shorter_one():

@@ -3,11 +3,12 @@ import inspect
 import pytest
 import torch
 
-from decoding.drafters import NgramDrafter, make_drafter
-from decoding.engine import generate
-from decoding.model import cache_root, resolve_model_dir
-from decoding.target import GemmaTarget, HFTarget, make_target
-from decoding.workloads import standard_workloads
+from decoding.drafting.base import NgramDrafter
+from decoding.drafting.drafters import make_drafter
+from decoding.engine.generation import generate
+from decoding.engine.loading import cache_root, resolve_model_dir
+from decoding.engine.target import GemmaTarget, HFTarget, make_target
+from decoding.lab.workloads import standard_workloads
 
 slow = pytest.mark.slow
 
@@ -75,7 +76,7 @@ def test_greedy_speculation_is_token_identical_to_plain_decoding(
 
 @slow
 def test_speculative_sampling_is_reproducible_and_stops_on_length(embedded_model, target):
-    from decoding.sampling import SamplingParams
+    from decoding.engine.sampling import SamplingParams
 
     ids = encode(embedded_model, standard_workloads()[0].prompt)
     params = SamplingParams(temperature=0.8, top_p=0.95, top_k=50, seed=7)

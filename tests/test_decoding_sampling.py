@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from decoding.sampling import SamplingParams, target_probs, verify_greedy, verify_sampling
+from decoding.engine.sampling import SamplingParams, target_probs, verify_greedy, verify_sampling
 
 # Chi-square critical value for 5 degrees of freedom at p = 0.001: a correct sampler fails 1 run in 1000,
 # and with fixed seeds these tests are deterministic.

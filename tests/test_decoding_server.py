@@ -5,8 +5,8 @@ import urllib.request
 
 import pytest
 
-from decoding.server import RequestError, Service, gemma_chat_prompt, make_server, parse_request
-from decoding.workloads import standard_workloads
+from decoding.lab.workloads import standard_workloads
+from decoding.serving.server import RequestError, Service, gemma_chat_prompt, make_server, parse_request
 
 slow = pytest.mark.slow
 
@@ -164,14 +164,14 @@ def test_request_defaults_and_validation():
 
 
 def test_serve_reports_a_bad_model_path_and_exits_2(tmp_path, capsys):
-    from decoding.server import main
+    from decoding.serving.server import main
 
     assert main(["--model", str(tmp_path / "missing"), "--port", "0"]) == 2
     assert "config.json" in capsys.readouterr().err
 
 
 def test_bench_rejects_a_zero_thread_count(capsys):
-    from decoding.bench import main
+    from decoding.lab.bench import main
 
     assert main(["--threads", "0"]) == 2
     assert "--threads" in capsys.readouterr().err
@@ -215,7 +215,7 @@ def test_the_exported_chat_template_renders_turns_as_this_server_does(messages):
     """vLLM serves the exported model with this template; both engines must see the same prompt."""
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    from decoding.export import CHAT_TEMPLATE
+    from decoding.vllm.export import CHAT_TEMPLATE
 
     # the environment transformers renders chat templates in
     template = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(CHAT_TEMPLATE)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from replay import ReplayServer, Turn
 
-from decoding.drafters import Draft, DraftContext
-from decoding.engine import generate
+from decoding.drafting.base import Draft, DraftContext
+from decoding.engine.generation import generate
 from evals.cases import load_suite
 from evals.decode import PromptCache, available_drafters, edit_prompt
 from evals.formats import reference_output
@@ -173,7 +173,7 @@ SMALL_CASE = {"id": "small", "path": "shapes.py", "language": "python", "instruc
 
 @pytest.mark.slow
 def test_quick_cli_decodes_reference_forced_per_drafter(tmp_path, capsys, monkeypatch, embedded_model):
-    monkeypatch.setattr("decoding.model.load_model", lambda *args, **kwargs: embedded_model)
+    monkeypatch.setattr("decoding.engine.loading.load_model", lambda *args, **kwargs: embedded_model)
     cases, out, png = tmp_path / "cases.jsonl", tmp_path / "eval.json", tmp_path / "tokens.png"
     cases.write_text(json.dumps(SMALL_CASE) + "\n")
     argv = ["--cases", str(cases), "--quick", "--drafters", "off,cursor", "--max-tokens", "0", "--json", str(out),
@@ -196,7 +196,7 @@ def test_quick_cli_decodes_reference_forced_per_drafter(tmp_path, capsys, monkey
 
 @pytest.mark.slow
 def test_free_running_is_lossless_and_copying_pays(embedded_model):
-    from decoding.workloads import Workload
+    from decoding.lab.workloads import Workload
     from evals.decode import Decoder, free_running
 
     source = SMALL_BEFORE * 3
@@ -224,7 +224,7 @@ def fake_decoding(monkeypatch, decoded: list[str], stop_at: str | None = None) -
 
     monkeypatch.setattr(evals.decode, "Decoder", lambda loaded: None)
     monkeypatch.setattr(evals.decode, "decode_case", decode_case)
-    monkeypatch.setattr("decoding.model.load_model", lambda *args, **kwargs: None)
+    monkeypatch.setattr("decoding.engine.loading.load_model", lambda *args, **kwargs: None)
 
 
 def test_an_interrupted_decoding_run_keeps_its_cases_and_resume_decodes_only_the_rest(tmp_path, monkeypatch, capsys):
@@ -292,7 +292,7 @@ def test_resume_keeps_only_the_formats_asked_for_and_their_sums(tmp_path, monkey
 def test_free_running_compares_each_output_with_off_whatever_the_order():
     from types import SimpleNamespace
 
-    from decoding.workloads import Workload
+    from decoding.lab.workloads import Workload
     from evals.decode import free_running
 
     outputs = {"off": [1, 2, 3], "ngram": [1, 2, 3], "cursor": [1, 2, 4]}

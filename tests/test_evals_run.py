@@ -5,8 +5,8 @@ import statistics
 
 import pytest
 
-from decoding.model import cache_root
-from decoding.tokenizer import gemma_token_counter, tokenizer_dir
+from decoding.engine.loading import cache_root
+from decoding.engine.tokenizer import gemma_token_counter, tokenizer_dir
 from evals.cases import DEFAULT_CASES, load_cases, load_suite
 from evals.formats import FORMATS
 from evals.run import main, percentile, run

@@ -4,9 +4,9 @@ import time
 import pytest
 import torch
 
-from decoding.drafters import DraftContext, HybridDrafter, NgramDrafter, make_drafter
-from decoding.engine import generate
-from decoding.mtp import (
+from decoding.drafting.base import DraftContext, NgramDrafter
+from decoding.drafting.drafters import HybridDrafter, make_drafter
+from decoding.drafting.mtp import (
     DEFAULT_MANIFEST,
     MTPConfig,
     MTPDrafter,
@@ -18,8 +18,9 @@ from decoding.mtp import (
     save_head,
     sha256_file,
 )
-from decoding.target import make_target
-from decoding.workloads import code_continuation, standard_workloads
+from decoding.engine.generation import generate
+from decoding.engine.target import make_target
+from decoding.lab.workloads import code_continuation, standard_workloads
 
 slow = pytest.mark.slow
 V, D = 64, 32
@@ -112,7 +113,7 @@ def test_save_load_checks_the_sha256_and_the_target(tmp_path):
     head, embed = tiny_head(), torch.randn(V, D)
     target = {"name": "tiny", "vocab_size": V, "dim": D, "embedding_fingerprint": []}
     manifest_path = tmp_path / "head.json"
-    from decoding.mtp import embedding_fingerprint
+    from decoding.drafting.mtp import embedding_fingerprint
 
     target["embedding_fingerprint"] = embedding_fingerprint(embed)
     manifest = save_head(head, manifest_path, target, {"steps": 0})

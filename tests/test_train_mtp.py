@@ -3,10 +3,10 @@ import shutil
 
 import pytest
 
-from decoding import train_mtp
-from decoding.mtp import embedding_tables, load_head
-from decoding.target import make_target
-from decoding.workloads import standard_workloads
+from decoding.drafting.mtp import load_head
+from decoding.engine.target import make_target
+from decoding.lab import train_mtp
+from decoding.lab.workloads import standard_workloads
 
 
 def test_the_benchmark_reads_only_held_out_modules():
@@ -47,7 +47,7 @@ def test_a_tiny_training_run_writes_a_loadable_head_with_its_manifest(tmp_path, 
     held_out = manifest["training"]["held_out"]
     assert len(held_out["acceptance_at"]) == 3 and held_out["positions"] >= 300
     assert manifest["vocabulary_slice"] == 512 and manifest["target"]["name"] == "gemma-3-270m"
-    embed, _ = embedding_tables(make_target(embedded_model.model))
+    embed, _ = make_target(embedded_model.model).embedding_tables()
     head, _ = load_head(out, embed)
     assert head.config.hidden_dim == 64 and head.token_ids.numel() == 512
     progress = capsys.readouterr().err

@@ -14,9 +14,9 @@ import pytest
 import torch
 from vllm_traces import lookup_drafter, replay
 
-from decoding import vllm_hybrid
-from decoding.drafters import ngram_lookup
-from decoding.vllm_hybrid import HybridLookup, hybrid_draft
+from decoding.drafting.base import ngram_lookup
+from decoding.vllm import hybrid as vllm_hybrid
+from decoding.vllm.hybrid import HybridLookup, hybrid_draft
 
 TRACES = json.loads((Path(__file__).parent / "data" / "vllm_ngram_traces.json").read_text())
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from agent.embedded import free_port
-from decoding import vllm_launch
-from decoding.vllm_launch import GEMMA4_SIZES, LaunchError, build_command, gemma_size, main, serve
+from decoding.vllm import launch as vllm_launch
+from decoding.vllm.launch import GEMMA4_SIZES, LaunchError, build_command, gemma_size, main, serve
 
 
 def _spec(command: list[str]) -> dict | None:
@@ -161,7 +161,7 @@ def test_serve_prints_the_url_when_ready_and_forwards_sigterm(tmp_path):
     script.write_text(STAND_IN)
     port = free_port()
     launcher = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from decoding.vllm_launch import serve; "
+        [sys.executable, "-c", "import sys; from decoding.vllm.launch import serve; "
          f"sys.exit(serve([sys.executable, {str(script)!r}, '{port}', 'serve'], '127.0.0.1', {port}))"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )

@@ -4,8 +4,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from decoding.drafters import ngram_lookup
-from decoding.vllm_proposer import LookupProposer
+from decoding.drafting.base import ngram_lookup
+from decoding.vllm.proposer import LookupProposer
 
 
 def _config(k: int, max_model_len: int = 64):

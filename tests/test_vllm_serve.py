@@ -25,9 +25,9 @@ from vllm_traces import complete, lookup_drafter, replay, trace_of
 
 from agent.embedded import free_port
 from agent.model import Model
-from decoding.export import export_embedded
-from decoding.vllm_launch import GEMMA4_SIZES, NGRAM_DEFAULTS
-from decoding.workloads import copy_edit
+from decoding.lab.workloads import copy_edit
+from decoding.vllm.export import export_embedded
+from decoding.vllm.launch import GEMMA4_SIZES, NGRAM_DEFAULTS
 
 VLLM_PYTHON = os.environ.get("RETAIN_VLLM_PYTHON")
 REPO = Path(__file__).resolve().parent.parent

@@ -13,7 +13,7 @@ import sys
 import urllib.request
 from collections.abc import Callable, Sequence
 
-from decoding.drafters import ngram_lookup
+from decoding.drafting.base import ngram_lookup
 
 Drafter = Callable[[list[int]], list[int]]
 
@@ -75,8 +75,8 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 def main(argv: list[str]) -> int:
-    from decoding.vllm_launch import NGRAM_DEFAULTS
-    from decoding.workloads import copy_edit, free_text
+    from decoding.lab.workloads import copy_edit, free_text
+    from decoding.vllm.launch import NGRAM_DEFAULTS
 
     url, out = argv
     workloads = [copy_edit("bisect", "with the parameter `hi` renamed to `high`"), free_text()]

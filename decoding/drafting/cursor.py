@@ -19,11 +19,12 @@ from __future__ import annotations
 import json
 import re
 
-from decoding.drafters import Draft, DraftContext, NgramDrafter
+from decoding.drafting.base import Draft, DraftContext, NgramDrafter
 from tools.ot import Delete, Insert, Retain
 from tools.ot_script import ScriptParser, ScriptSyntaxError
 
 SEARCH_RADIUS = 2000  # code points around the cursor searched for the text being copied
+DECODE_OVERLAP = 4  # tokens decoded again with each new step's tokens, so a boundary decodes as in the whole
 MIN_SUFFIX = 4  # shortest tail of an insert that is looked up in the source
 
 
@@ -122,6 +123,21 @@ class CursorTokenDrafter:
         self._source_ids: list[int] | None = None
         self._script_start = -1
         self._cursor: CursorDrafter | None = None
+        self._decoded: tuple[int, str] = (0, "")  # (tokens decoded, their text): the context only grows
+
+    def _text(self, tokens: list[int]) -> str:
+        """The context as text, decoding only what is new since the last call (a few tokens overlap, since a
+        token's text can depend on its neighbours); a full decode when the overlap does not line up."""
+        seen, text = self._decoded
+        start = max(0, seen - DECODE_OVERLAP)
+        overlap = self.tokenizer.decode(tokens[start:seen], skip_special_tokens=True)
+        fresh = self.tokenizer.decode(tokens[start:], skip_special_tokens=True)
+        if seen <= len(tokens) and text.endswith(overlap) and fresh.startswith(overlap):
+            text = text + fresh[len(overlap) :]
+        else:
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        self._decoded = (len(tokens), text)
+        return text
 
     def propose(self, context: DraftContext, k: int) -> Draft:
         tokens = self._cursor_tokens(context)[:k]
@@ -133,24 +149,25 @@ class CursorTokenDrafter:
     def _cursor_tokens(self, context: DraftContext) -> list[int]:
         if not context.sources:
             return []
-        text = self.tokenizer.decode(context.tokens, skip_special_tokens=True)
+        text = self._text(context.tokens)
         if text.endswith("\ufffd"):  # the last token ends inside a UTF-8 sequence
             return []
-        drafter = self._follow(context.sources[0], text)
+        drafter = self._follow(context.sources[0], context.source_text, text)
         if drafter is None:
             return []
         proposal = drafter.propose(text[self._script_start :])
         return self._continuation_ids(context.tokens[-1], proposal) if proposal else []
 
-    def _follow(self, source_ids: list[int], text: str) -> CursorDrafter | None:
+    def _follow(self, source_ids: list[int], source_text: str | None, text: str) -> CursorDrafter | None:
         """The CursorDrafter of the script being written in `text`, started afresh at each new script."""
         starts = list(_SCRIPT_START.finditer(text))
         if not starts:
             return None
         start = starts[-1].end()
         if self._cursor is None or start != self._script_start or source_ids is not self._source_ids:
-            source = self.tokenizer.decode(source_ids, skip_special_tokens=True)
-            self._cursor, self._script_start, self._source_ids = CursorDrafter(source), start, source_ids
+            if source_text is None:
+                source_text = self.tokenizer.decode(source_ids, skip_special_tokens=True)
+            self._cursor, self._script_start, self._source_ids = CursorDrafter(source_text), start, source_ids
         return self._cursor
 
     def _continuation_ids(self, last: int, proposal: str) -> list[int]:

@@ -5,7 +5,7 @@ builds its command line with the right `--speculative-config`, starts it, waits 
 stays out of the way: signals are forwarded, and vLLM's exit status and the end of its log are reported.
 vLLM takes one speculative method per server: `mtp` (the model's `-it-assistant` drafter) or `ngram`
 (prompt lookup); `hybrid` (prompt lookup where it matches, else the model drafter) is Retain's vLLM plugin
-(`decoding.vllm_hybrid`), which must then be installed in vLLM's environment.
+(`decoding.vllm.hybrid`), which must then be installed in vLLM's environment.
 """
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ def installed_vllm_version(python: str = sys.executable) -> tuple[str, bool]:
 def check_hybrid_plugin(python: str) -> None:
     """`hybrid` runs inside vLLM's processes: Retain must be installed where vLLM is."""
     if "retain_hybrid" not in installed_packages(python).get("plugins", []):
-        root = Path(__file__).resolve().parent.parent
+        root = Path(__file__).resolve().parents[2]
         raise LaunchError(
             f"--speculation hybrid needs Retain installed in vLLM's environment ({python}): "
             f"`{python} -m pip install --no-deps -e {root}`"
@@ -349,7 +349,7 @@ then: agent run TASK.md --model hosted_vllm/MODEL --api-base http://127.0.0.1:80
 """
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m decoding.vllm_launch") -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m decoding.vllm.launch") -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0], epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)

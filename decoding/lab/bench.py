@@ -1,4 +1,4 @@
-"""Side-by-side decoding benchmark: `python -m decoding.bench [--json OUT]`.
+"""Side-by-side decoding benchmark: `python -m decoding.lab.bench [--json OUT]`.
 
 Runs every method on the same model, prompts and max tokens in one process, back to back per workload, so the
 ratios hold even when other work shares the CPU (each method runs `--repeats` times interleaved, best time
@@ -22,12 +22,13 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from decoding.drafters import Draft, DraftContext, Drafter, make_drafter
-from decoding.engine import Generation, GenerationRequest
-from decoding.model import load_model
-from decoding.mtp import MTPDrafter, MTPError
-from decoding.target import make_target
-from decoding.workloads import Workload, standard_workloads
+from decoding.drafting.base import Draft, DraftContext, Drafter
+from decoding.drafting.drafters import make_drafter
+from decoding.drafting.mtp import MTPDrafter, MTPError
+from decoding.engine.generation import Generation, GenerationRequest
+from decoding.engine.loading import load_model
+from decoding.engine.target import make_target
+from decoding.lab.workloads import Workload, standard_workloads
 
 PEER = "transformers-pld"
 
@@ -256,7 +257,7 @@ def mtp_held_out_note(methods: Sequence[str]) -> str:
     """The shipped head's teacher-forced figures on held-out code (from its manifest), beside the free-running rows."""
     if not {"mtp", "hybrid"} & set(methods):
         return ""
-    from decoding.mtp import DEFAULT_MANIFEST
+    from decoding.drafting.mtp import DEFAULT_MANIFEST
 
     held_out = json.loads(DEFAULT_MANIFEST.read_text())["training"]["held_out"]
     at = " ".join(f"{a:.2f}" for a in held_out["acceptance_at"])
@@ -308,7 +309,7 @@ def run_bench(
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of `agent bench decode`, shared with `python -m decoding.bench`."""
+    """The options of `agent bench decode`, shared with `python -m decoding.lab.bench`."""
     parser.add_argument("--json", metavar="OUT", help="also write the rows as JSON to OUT")
     parser.add_argument("--model", default=None, metavar="PATH", help="local HF model directory or .gguf file")
     parser.add_argument("--dtype", nargs="+", choices=["float32", "bfloat16"], default=["float32", "bfloat16"])
@@ -359,7 +360,7 @@ def bench_from_args(args: argparse.Namespace) -> int:
     return 0 if all(r.matches_plain for r in rows if r.method != PEER and r.dtype == "float32") else 1
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "python -m decoding.bench") -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m decoding.lab.bench") -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     add_bench_arguments(parser)
     return bench_from_args(parser.parse_args(argv))

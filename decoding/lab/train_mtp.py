@@ -1,7 +1,7 @@
 """Train the MTP drafter head by distillation from the target on the Python standard library's own sources.
 
-    python -m decoding.train_mtp                       # the shipped head: embedded Gemma 3 270M, 2 CPU threads
-    python -m decoding.train_mtp --minutes 20 --device cuda --out /tmp/mtp.json
+    python -m decoding.lab.train_mtp                       # the shipped head: embedded Gemma 3 270M, 2 CPU threads
+    python -m decoding.lab.train_mtp --minutes 20 --device cuda --out /tmp/mtp.json
 
 The data is real code every machine already has: the `.py` files of the running interpreter's standard library
 (`sysconfig.get_paths()['stdlib']`, site-packages excluded), never a download and never the model's own free-running
@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from decoding.mtp import DEFAULT_MANIFEST, MTPConfig, MTPHead, embedding_fingerprint, save_head
+from decoding.drafting.mtp import DEFAULT_MANIFEST, MTPConfig, MTPHead, embedding_fingerprint, save_head
 
 HELD_OUT_SHARE = 16  # one file in this many is held out (by a hash of its path)
 HELD_OUT_MODULES = frozenset({"bisect.py", "colorsys.py", "textwrap.py"})  # read by the decoding benchmark
@@ -109,7 +109,7 @@ class TargetReader:
     """Final hidden states of the target for one token window at a time (our Gemma 3 on CPU, transformers else)."""
 
     def __init__(self, loaded, device: str):
-        from decoding.target import make_target
+        from decoding.engine.target import make_target
 
         self.device = device
         self.hf_model = loaded.model
@@ -314,8 +314,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from decoding.model import load_model
-    from decoding.mtp import embedding_tables
+    from decoding.engine.loading import load_model
 
     began = time.monotonic()
     deadline = began + 60 * args.minutes
@@ -324,7 +323,7 @@ def run(args: argparse.Namespace) -> dict:
     loaded = load_model(args.model)
     reader = TargetReader(loaded, args.device)
     embed, output = (
-        embedding_tables(reader.target)
+        reader.target.embedding_tables()
         if reader.target
         else (loaded.model.get_input_embeddings().weight, loaded.model.get_output_embeddings().weight)
     )
@@ -373,14 +372,14 @@ def run(args: argparse.Namespace) -> dict:
         **stats,
         "total_minutes": round((time.monotonic() - began) / 60, 2),
         "held_out": result,
-        "command": "python -m decoding.train_mtp " + " ".join(sys.argv[1:]),
+        "command": "python -m decoding.lab.train_mtp " + " ".join(sys.argv[1:]),
     }
     manifest = save_head(head, args.out, target_info(loaded, embed), training)
     log(f"wrote {args.out} and {manifest['weights']} (sha256 {manifest['sha256'][:16]}...)")
     return manifest
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "python -m decoding.train_mtp") -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m decoding.lab.train_mtp") -> int:
     args = build_parser(prog).parse_args(argv)
     if min(args.minutes, args.tokens, args.vocab, args.depth, args.batch, args.window, args.steps) <= 0:
         print(

@@ -7,8 +7,8 @@ in code, as Gemma 4's assistants and FR-Spec do) it gives the next draft token, 
 embedding it drafts the one after. The head keeps a tiny KV cache of its own over the last `window` positions,
 built from the target's hidden rows as the engine hands them over, so context is never recomputed.
 
-The shipped head (`decoding/weights/`) was trained by `python -m decoding.train_mtp` for the embedded Gemma 3 270M;
-loading checks the weights' sha256 and that the target's embedding is the one it was trained against.
+The shipped head (`decoding/drafting/weights/`) was trained by `python -m decoding.lab.train_mtp` for the embedded
+Gemma 3 270M; loading checks the weights' sha256 and that the target's embedding is the one it was trained against.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from decoding.drafters import Draft, DraftContext
-from decoding.gemma import apply_rope, rope_table
-from decoding.model import sha256_file
+from decoding.drafting.base import Draft, DraftContext
+from decoding.engine.gemma import apply_rope, rope_table
+from decoding.engine.loading import sha256_file
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_MANIFEST = WEIGHTS_DIR / "mtp-gemma-3-270m.json"
@@ -180,7 +180,7 @@ def load_head(manifest_path: Path = DEFAULT_MANIFEST, embed: Tensor | None = Non
 
     manifest_path = Path(manifest_path)
     if not manifest_path.is_file():
-        raise MTPError(f"no MTP head manifest at {manifest_path}; train one with `python -m decoding.train_mtp`")
+        raise MTPError(f"no MTP head manifest at {manifest_path}; train one with `python -m decoding.lab.train_mtp`")
     manifest = json.loads(manifest_path.read_text())
     weights_path = manifest_path.parent / manifest["weights"]
     if not weights_path.is_file():
@@ -215,23 +215,12 @@ def check_target(manifest: dict, embed: Tensor, where: Path | str = "the manifes
         raise MTPError(
             f"the MTP head ({where}) was trained for {expected['name']} (GGUF sha256 {expected.get('gguf_sha256')}), "
             "but this target's embedding differs; use speculation 'ngram', or train a head for this model with "
-            "`python -m decoding.train_mtp --model PATH --out FILE.json`"
+            "`python -m decoding.lab.train_mtp --model PATH --out FILE.json`"
         )
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Drafting
-
-
-def embedding_tables(target) -> tuple[Tensor, Tensor]:
-    """The target's input embedding and output layer weights, both [V, D] (the same tensor when tied)."""
-    from decoding.target import GemmaTarget, HFTarget
-
-    if isinstance(target, GemmaTarget):
-        return target.model.embed, target.model.head
-    if isinstance(target, HFTarget):
-        return target.hf_model.get_input_embeddings().weight, target.head.weight
-    raise MTPError(f"the MTP drafter needs a GemmaTarget or HFTarget, not {type(target).__name__}")
 
 
 DRAFT_DTYPE = torch.bfloat16  # drafting reads the head's weights once per token; halving the bytes halves its time
@@ -255,7 +244,9 @@ def shared_head(target, manifest_path: Path | None = None) -> SharedHead:
     key = Path(manifest_path or DEFAULT_MANIFEST).resolve()
     per_target = _LOADED.setdefault(target, {})
     if key not in per_target:
-        embed, output = embedding_tables(target)
+        if not hasattr(target, "embedding_tables"):
+            raise MTPError(f"the MTP drafter needs a target with embedding tables, not {type(target).__name__}")
+        embed, output = target.embedding_tables()
         head, manifest = load_head(key, embed)
         per_target[key] = SharedHead(head, embed, output, manifest)
     return per_target[key]

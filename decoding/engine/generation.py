@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from decoding.drafters import AdaptiveK, DraftContext, Drafter
-from decoding.sampling import SamplingParams, target_probs, verify_greedy, verify_sampling
-from decoding.target import Target
+from decoding.drafting.base import AdaptiveK, DraftContext, Drafter
+from decoding.engine.sampling import SamplingParams, agreeing_prefix, target_probs, verify_greedy, verify_sampling
+from decoding.engine.target import Target
 
 
 @dataclass
@@ -56,6 +56,7 @@ class GenerationRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     drafter: Drafter | None = None
     sources: list[list[int]] = field(default_factory=list)  # extra text the drafter may copy from
+    source_text: str | None = None  # sources[0] as text (the file being edited), for drafters that read text
     stop_ids: frozenset[int] = frozenset()
     k_max: int = 16
     k_start: int = 4
@@ -131,7 +132,11 @@ class Generation:
         hidden = torch.cat(self._fresh_hidden) if len(self._fresh_hidden) > 1 else self._fresh_hidden[0]
         self._fresh_hidden = []
         context = DraftContext(
-            tokens=self.request.prompt + self.tokens, sources=self.request.sources, hidden=hidden, limit=limit
+            tokens=self.request.prompt + self.tokens,
+            sources=self.request.sources,
+            source_text=self.request.source_text,
+            hidden=hidden,
+            limit=limit,
         )
         draft = drafter.propose(context, k)
         tokens = draft.tokens[: limit if draft.self_sized else k]
@@ -172,11 +177,7 @@ class Generation:
         if reference is None:
             return verify_greedy(draft, logits)
         at = len(self.tokens) + offset
-        expected = reference[at : at + len(draft) + 1]
-        accepted = 0
-        while accepted < len(draft) and draft[accepted] == expected[accepted]:
-            accepted += 1
-        return accepted, expected[accepted]
+        return agreeing_prefix(draft, reference[at : at + len(draft) + 1])
 
     def _count(self, drafted: int, accepted: int, source: str | None) -> None:
         stats = self.stats

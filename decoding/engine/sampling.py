@@ -61,11 +61,15 @@ def verify_greedy(draft: list[int], logits: Tensor) -> tuple[int, int]:
 
     Returns (accepted, next_token): the agreeing prefix length and the target's own token after it.
     """
-    best = logits.argmax(dim=-1).tolist()  # [k+1]
+    return agreeing_prefix(draft, logits.argmax(dim=-1).tolist())  # [k+1] choices
+
+
+def agreeing_prefix(draft: list[int], choices: list[int]) -> tuple[int, int]:
+    """How many draft tokens equal the chosen tokens [k+1] position by position, and the choice after them."""
     accepted = 0
-    while accepted < len(draft) and draft[accepted] == best[accepted]:
+    while accepted < len(draft) and draft[accepted] == choices[accepted]:
         accepted += 1
-    return accepted, best[accepted]
+    return accepted, choices[accepted]
 
 
 def verify_sampling(

@@ -3,7 +3,7 @@
 vLLM runs one speculative method per server. This plugin adds Retain's lookup in front of the configured model
 drafter: after every step, each request whose prompt + output ends in an n-gram (at least `n_min` tokens) that
 occurred earlier gets the tokens that followed it as its draft; the others keep the model drafter's draft. vLLM
-verifies either losslessly. The lookup is `decoding.drafters.ngram_lookup`, the embedded engine's.
+verifies either losslessly. The lookup is `decoding.drafting.base.ngram_lookup`, the embedded engine's.
 
 It is a `vllm.general_plugins` entry point (`retain_hybrid`), loaded by vLLM in every process, and does nothing
 unless `RETAIN_VLLM_HYBRID=N_MIN,N_MAX` is set (`agent serve --engine vllm --speculation hybrid` sets it). It
@@ -20,7 +20,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from decoding.drafters import ngram_lookup
+from decoding.drafting.base import ngram_lookup
 
 SUPPORTED_VLLM = (0, 32)  # major, minor: the runner internals wrapped here are those of 0.32.x
 LOOKUP_DRAFTERS = ("ngram", "ngram_gpu", "suffix")  # drafters that are lookups already: nothing to put in front

@@ -1,8 +1,8 @@
 """Retain's source-based drafting inside vLLM, through its `custom_class` proposer hook.
 
-Served with `--speculative-config '{"method": "custom_class", "model": "decoding.vllm_proposer.LookupProposer",
+Served with `--speculative-config '{"method": "custom_class", "model": "decoding.vllm.proposer.LookupProposer",
 "num_speculative_tokens": K}'`, vLLM asks this class for drafts each step and verifies them losslessly itself.
-The lookup is the same pure function as the embedded engine's `ngram` drafter (`decoding.drafters.ngram_lookup`).
+The lookup is the same pure function as the embedded engine's `ngram` drafter (`decoding.drafting.base.ngram_lookup`).
 vLLM gives the hook only token ids (prompt + output so far), so the file being edited is drafted from when it is in
 the prompt, which is where the agent puts it.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from decoding.drafters import ngram_lookup
+from decoding.drafting.base import ngram_lookup
 
 LOOKUP_MIN = int(os.environ.get("RETAIN_LOOKUP_MIN", "2"))
 LOOKUP_MAX = int(os.environ.get("RETAIN_LOOKUP_MAX", "5"))

@@ -3,7 +3,7 @@
 vLLM cannot load the GGUF that ships the embedded model; this writes the dequantized float32 weights,
 config and tokenizer where any Hugging Face-format loader (vLLM included) can read them. The base model ships
 no chat template, so the tokenizer gets one that renders chats as the embedded server does
-(`decoding.server.gemma_chat_prompt`), so both engines see the same prompt for the same messages.
+(`decoding.serving.server.gemma_chat_prompt`), so both engines see the same prompt for the same messages.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from decoding.model import embedded_model_dir
+from decoding.engine.loading import embedded_model_dir
 
 ARCHITECTURE = "Gemma3ForCausalLM"
 # Gemma's turns; system messages fold into the next user turn (as gemma_chat_prompt does)
@@ -53,7 +53,7 @@ def export_embedded(out_dir: Path, *, force: bool = False) -> Path:
     return out_dir
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m decoding.export") -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m decoding.vllm.export") -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path, help="directory to write (created if missing)")
     parser.add_argument("--force", action="store_true", help="overwrite files in a non-empty directory")

@@ -48,7 +48,7 @@ def ot_edit(module_name: str = "bisect") -> Workload:
 def code_continuation(module_name: str = "textwrap", lines: int = 120) -> Workload:
     """The first `lines` lines of a stdlib file the MTP head never trained on, continued: nothing to copy from.
 
-    The module must be among `decoding.train_mtp.HELD_OUT_MODULES` (a test checks it).
+    The module must be among `decoding.lab.train_mtp.HELD_OUT_MODULES` (a test checks it).
     """
     head = "".join(_source(module_name).splitlines(keepends=True)[:lines])
     return Workload(f"code-continuation:{module_name}", f"File {module_name}.py:\n```python\n{head}")

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from decoding.gemma import Gemma3, KVCache
+from decoding.engine.gemma import Gemma3, KVCache
 
 # Rows per output-layer product when verifying greedily. On CPU a float32 product is compute-bound past two rows
 # (cost grows with rows, so stop scoring after the first rejection); a bfloat16 one is memory-bound and flat
@@ -39,6 +39,9 @@ class Target(Protocol):
     def rollback(self, length: int) -> None:
         """Forget every cached position at or after `length`."""
 
+    def embedding_tables(self) -> tuple[Tensor, Tensor]:
+        """The input embedding and output layer weights, both [V, D] (the same tensor when tied)."""
+
 
 class GemmaTarget:
     def __init__(self, hf_model):
@@ -61,6 +64,9 @@ class GemmaTarget:
 
     def logits(self, hidden: Tensor) -> Tensor:
         return self.model.logits(hidden)
+
+    def embedding_tables(self) -> tuple[Tensor, Tensor]:
+        return self.model.embed, self.model.head
 
     def rollback(self, length: int) -> None:
         if not 0 <= length <= self.cache.length:
@@ -105,6 +111,9 @@ class HFTarget:
         if self.softcap is not None:
             out = torch.tanh(out / self.softcap) * self.softcap
         return out
+
+    def embedding_tables(self) -> tuple[Tensor, Tensor]:
+        return self.hf_model.get_input_embeddings().weight, self.head.weight
 
     def rollback(self, length: int) -> None:
         if not 0 <= length <= self._length:

