@@ -25,7 +25,7 @@ from decoding.drafting.drafters import SPECULATION_METHODS, make_drafter
 from decoding.engine.generation import Generation, GenerationRequest
 from decoding.engine.target import Target, make_target
 from decoding.lab.workloads import Workload, standard_workloads
-from decoding.serving.server import gemma_chat_prompt
+from decoding.serving.chat import END_OF_TURN, gemma_chat_prompt, stop_token_ids
 from evals.formats import reference_output
 from tools.edit_file import text_lines
 
@@ -155,9 +155,8 @@ class Decoder:
     def __init__(self, loaded) -> None:
         self.tokenizer = loaded.tokenizer
         self.target = PromptCache(make_target(loaded.model))
-        vocab = self.tokenizer.get_vocab()
-        self.end_of_turn = vocab["<end_of_turn>"]
-        self.stop_ids = frozenset({self.end_of_turn, self.tokenizer.eos_token_id})
+        self.end_of_turn = self.tokenizer.get_vocab()[END_OF_TURN]
+        self.stop_ids = stop_token_ids(self.tokenizer)
 
     def prompt_ids(self, text: str) -> list[int]:
         return self.tokenizer(text).input_ids

@@ -6,7 +6,8 @@ import urllib.request
 import pytest
 
 from decoding.lab.workloads import standard_workloads
-from decoding.serving.server import RequestError, Service, gemma_chat_prompt, make_server, parse_request
+from decoding.serving.chat import gemma_chat_prompt
+from decoding.serving.server import RequestError, Service, make_server, parse_request
 
 slow = pytest.mark.slow
 
@@ -215,7 +216,7 @@ def test_the_exported_chat_template_renders_turns_as_this_server_does(messages):
     """vLLM serves the exported model with this template; both engines must see the same prompt."""
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    from decoding.vllm.export import CHAT_TEMPLATE
+    from decoding.serving.chat import CHAT_TEMPLATE
 
     # the environment transformers renders chat templates in
     template = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(CHAT_TEMPLATE)

@@ -29,6 +29,7 @@ from decoding.engine.generation import Generation, GenerationRequest
 from decoding.engine.loading import load_model
 from decoding.engine.target import make_target
 from decoding.lab.workloads import Workload, standard_workloads
+from decoding.serving.chat import stop_token_ids
 
 PEER = "transformers-pld"
 
@@ -90,9 +91,9 @@ def _timed(fn):
     return result, time.perf_counter() - start
 
 
-def _ours(target, ids, sources, max_new, drafter, eos) -> Result:
+def _ours(target, ids, sources, max_new, drafter, stop_ids: frozenset[int]) -> Result:
     timed = Timed(drafter) if drafter is not None else None
-    request = GenerationRequest(list(ids), max_new, drafter=timed, sources=sources, stop_ids=frozenset({eos}))
+    request = GenerationRequest(list(ids), max_new, drafter=timed, sources=sources, stop_ids=stop_ids)
     gen = Generation(target, request)
     start = time.perf_counter()
     first = None
@@ -107,7 +108,7 @@ def _ours(target, ids, sources, max_new, drafter, eos) -> Result:
     return Result(gen.tokens, end - start, prefill, stats.mean_accepted_length, acceptance, by, cost)
 
 
-def _peer(hf_model, ids, max_new, eos, lookup: int) -> Result:
+def _peer(hf_model, ids, max_new, stop_ids: frozenset[int], lookup: int) -> Result:
     inputs = torch.tensor([ids])
 
     def run(new: int, lookup: int | None):
@@ -118,14 +119,14 @@ def _peer(hf_model, ids, max_new, eos, lookup: int) -> Result:
                 max_new_tokens=new,
                 do_sample=False,
                 prompt_lookup_num_tokens=lookup,
-                eos_token_id=eos,
-                pad_token_id=eos,
+                eos_token_id=sorted(stop_ids),
+                pad_token_id=min(stop_ids),
             )
 
     _, prefill = _timed(lambda: run(1, None))
     out, seconds = _timed(lambda: run(max_new, lookup))
     tokens = out[0, len(ids) :].tolist()
-    if tokens and tokens[-1] == eos:
+    if tokens and tokens[-1] in stop_ids:
         tokens = tokens[:-1]
     return Result(tokens, seconds, min(prefill, seconds))
 
@@ -173,12 +174,12 @@ def bench_workload(
     tok = loaded.tokenizer
     ids = tok(workload.prompt).input_ids
     sources = [tok(workload.prediction, add_special_tokens=False).input_ids] if workload.prediction else []
-    eos = tok.eos_token_id
+    stop_ids = stop_token_ids(tok)
     factories = drafter_factories(target, tok, ["plain", *methods], mtp_k)
     # a fresh drafter per run: drafters may follow one generation
-    runs = {name: lambda f=f: _ours(target, ids, sources, max_new, f(), eos) for name, f in factories.items()}
+    runs = {name: lambda f=f: _ours(target, ids, sources, max_new, f(), stop_ids) for name, f in factories.items()}
     if PEER in methods:
-        runs[PEER] = lambda: _peer(loaded.model, ids, max_new, eos, lookup)
+        runs[PEER] = lambda: _peer(loaded.model, ids, max_new, stop_ids, lookup)
     results: dict[str, Result] = {}
     for _ in range(repeats):  # interleaved, best of `repeats`: other work on the CPU only ever adds time
         for name, run in runs.items():

@@ -31,6 +31,7 @@ from decoding.engine.generation import Generation, GenerationRequest, SpecStats
 from decoding.engine.loading import LoadedModel, load_model
 from decoding.engine.sampling import SamplingParams
 from decoding.engine.target import make_target
+from decoding.serving.chat import MessageError, gemma_chat_prompt, stop_token_ids, text_content
 
 DEFAULT_MAX_TOKENS = 512
 MAX_BODY_BYTES = 16 << 20
@@ -42,47 +43,6 @@ class RequestError(Exception):
     def __init__(self, message: str, param: str | None = None, status: int = 400, code: str | None = None):
         super().__init__(message)
         self.param, self.status, self.code = param, status, code
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Prompt formatting
-
-
-def _text_content(content, param: str) -> str:
-    """A message/prediction content: a string or a list of {"type": "text", "text": ...} parts."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
-        if all(isinstance(p.get("text"), str) for p in content):
-            return "".join(p["text"] for p in content)
-    raise RequestError(f"{param} must be a string or a list of text parts", param)
-
-
-def gemma_chat_prompt(messages) -> str:
-    """Gemma's turn format, written by hand because the base model ships no chat template.
-
-    System messages are folded into the next user turn, as Gemma's own template does.
-    """
-    if not isinstance(messages, list) or not messages:
-        raise RequestError("messages must be a non-empty list", "messages")
-    turns, system = [], []
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or "role" not in message:
-            raise RequestError(f"messages[{i}] must be an object with a role", f"messages[{i}]")
-        role, text = message["role"], _text_content(message.get("content", ""), f"messages[{i}].content")
-        if role in ("system", "developer"):
-            system.append(text)
-        elif role == "user":
-            turns.append(("user", "\n\n".join([*system, text])))
-            system = []
-        elif role == "assistant":
-            turns.append(("model", text))
-        else:
-            raise RequestError(f"messages[{i}].role {role!r} is not supported", f"messages[{i}].role")
-    if system:
-        turns.append(("user", "\n\n".join(system)))
-    body = "".join(f"<start_of_turn>{role}\n{text}<end_of_turn>\n" for role, text in turns)
-    return body + "<start_of_turn>model\n"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -127,7 +87,10 @@ def parse_request(body, chat: bool, model_name: str) -> Job:
             code="model_not_found",
         )
     if chat:
-        prompt = gemma_chat_prompt(body.get("messages"))
+        try:
+            prompt = gemma_chat_prompt(body.get("messages"))
+        except MessageError as e:
+            raise RequestError(str(e), e.param) from e
     else:
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
@@ -156,7 +119,10 @@ def parse_request(body, chat: bool, model_name: str) -> Job:
     if prediction is not None:
         if not isinstance(prediction, dict) or prediction.get("type") != "content":
             raise RequestError('prediction must be {"type": "content", "content": ...}', "prediction")
-        prediction = _text_content(prediction.get("content"), "prediction.content")
+        try:
+            prediction = text_content(prediction.get("content"), "prediction.content")
+        except MessageError as e:
+            raise RequestError(str(e), e.param) from e
     stop = body.get("stop") or []
     stop = [stop] if isinstance(stop, str) else stop
     if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
@@ -214,13 +180,9 @@ class Service:
         self.tokenizer = loaded.tokenizer
         self.target = make_target(loaded.model, target_kind)
         self.context_length = getattr(loaded.model.config, "max_position_embeddings", 8192)
-        self.eos_ids = self._special_ids("<eos>", "<end_of_turn>") | {self.tokenizer.eos_token_id}
+        self.eos_ids = stop_token_ids(self.tokenizer)
         self.jobs: queue.Queue[Job] = queue.Queue()
         threading.Thread(target=self._work, name="decoding-worker", daemon=True).start()
-
-    def _special_ids(self, *tokens: str) -> set[int]:
-        vocab = self.tokenizer.get_vocab()
-        return {vocab[t] for t in tokens if t in vocab}
 
     def submit(self, job: Job) -> None:
         self.jobs.put(job)
@@ -256,7 +218,7 @@ class Service:
             drafter=drafter,
             sources=sources,
             source_text=job.prediction or None,
-            stop_ids=frozenset(self.eos_ids),
+            stop_ids=self.eos_ids,
         )
         generation = Generation(self.target, request)
         text = TextStream(self.tokenizer, job.stop)

@@ -3,7 +3,7 @@
 vLLM cannot load the GGUF that ships the embedded model; this writes the dequantized float32 weights,
 config and tokenizer where any Hugging Face-format loader (vLLM included) can read them. The base model ships
 no chat template, so the tokenizer gets one that renders chats as the embedded server does
-(`decoding.serving.server.gemma_chat_prompt`), so both engines see the same prompt for the same messages.
+(`decoding.serving.chat`), so both engines see the same prompt for the same messages.
 """
 
 from __future__ import annotations
@@ -15,22 +15,9 @@ import sys
 from pathlib import Path
 
 from decoding.engine.loading import embedded_model_dir
+from decoding.serving.chat import CHAT_TEMPLATE
 
 ARCHITECTURE = "Gemma3ForCausalLM"
-# Gemma's turns; system messages fold into the next user turn (as gemma_chat_prompt does)
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% set ns = namespace(system=[]) %}"
-    "{% for m in messages %}"
-    "{% set text = m['content'] if m['content'] is string "
-    "else ((m['content'] or []) | map(attribute='text') | join('')) %}"
-    "{% if m['role'] in ['system', 'developer'] %}{% set ns.system = ns.system + [text] %}"
-    "{% elif m['role'] == 'user' %}"
-    "<start_of_turn>user\n{{ (ns.system + [text]) | join('\n\n') }}<end_of_turn>\n{% set ns.system = [] %}"
-    "{% elif m['role'] == 'assistant' %}<start_of_turn>model\n{{ text }}<end_of_turn>\n"
-    "{% endif %}{% endfor %}"
-    "{% if ns.system %}<start_of_turn>user\n{{ ns.system | join('\n\n') }}<end_of_turn>\n{% endif %}"
-    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
-)
 
 
 def export_embedded(out_dir: Path, *, force: bool = False) -> Path:
