@@ -10,15 +10,20 @@ shell = "auto"
 
 from __future__ import annotations
 
+import argparse
 import os
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Literal, get_args
 
 ENV = {"model": "RETAIN_MODEL", "api_base": "RETAIN_API_BASE"}
-SHELL_MODES = ("never", "ask", "auto")
-APPROVE_MODES = ("auto", "never")
-TOOL_MODES = ("auto", "native", "text")
+ShellMode = Literal["never", "ask", "auto"]
+ApproveMode = Literal["auto", "never"]
+ToolMode = Literal["auto", "native", "text"]
+SHELL_MODES: tuple[str, ...] = get_args(ShellMode)
+APPROVE_MODES: tuple[str, ...] = get_args(ApproveMode)
+TOOL_MODES: tuple[str, ...] = get_args(ToolMode)
 
 HOW_TO_CONFIGURE = """\
 no model is configured. Choose one in any of these ways:
@@ -41,9 +46,9 @@ class Settings:
     max_steps: int = 30
     max_tokens: int | None = None  # prompt + completion tokens over the run
     timeout: float | None = None  # wall-clock seconds
-    shell: str = "ask"
-    approve: str = "auto"
-    tools: str = "auto"
+    shell: ShellMode = "ask"
+    approve: ApproveMode = "auto"
+    tools: ToolMode = "auto"
 
     @property
     def api_key(self) -> str | None:
@@ -102,3 +107,25 @@ def _check(settings: Settings) -> None:
         value = getattr(settings, name)
         if value is not None and not isinstance(value, str):
             raise ConfigError(f"{name} must be a string, not {value!r}")
+
+
+def add_agent_options(parser: argparse.ArgumentParser) -> None:
+    """The model and loop settings `agent run` and `agent tui` share (None = not given: lower sources decide)."""
+    parser.add_argument("--model", help="litellm model name (provider/model), or 'embedded'")
+    parser.add_argument("--api-base", help="the model server's base URL, e.g. http://127.0.0.1:8000/v1")
+    parser.add_argument("--max-steps", type=positive(int), help="model turns per task at most (default 30)")
+    parser.add_argument("--shell", choices=SHELL_MODES, help="run shell commands? (default ask)")
+    parser.add_argument("--tools", choices=TOOL_MODES, help="native tool calls or fenced blocks")
+
+
+def positive(kind):
+    """An argparse type: a number of `kind` above zero."""
+
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse

@@ -15,28 +15,66 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from agent.config import ConfigError, Settings, load_settings, require_model
-from agent.embedded import EmbeddedServer, EmbeddedServerError
-from agent.loop import Agent, Budget, Outcome, RunState, first_messages
-from agent.model import Model, ModelUnavailable, supports_native_tools
+from agent.client import ModelUnavailable
+from agent.config import (
+    APPROVE_MODES,
+    ConfigError,
+    Settings,
+    add_agent_options,
+    load_settings,
+    positive,
+    require_model,
+)
+from agent.connection import FIX_UNREACHABLE, open_model
+from agent.loop import Agent, Outcome, RunState, first_messages
 from agent.transcript import Redactor, Transcript, read_events
+from decoding.engine.tokenizer import count_tokens
+from decoding.serving.launch import EmbeddedServerError
 from tools.edit_file import state_dir
+from tools.exit_codes import ExitCode
 from tools.workspace import Workspace
 
-EXIT_USAGE = 2
-EXIT_MISCONFIGURED = 4
-FIX_UNREACHABLE = (
-    "fix: start the model server, or point --api-base (or RETAIN_API_BASE, or api_base in agent.toml) at one that "
-    "is running; `agent run TASK.md --model embedded` starts the embedded server for the run"
-)
+EPILOG = """\
+settings: command line, then RETAIN_MODEL / RETAIN_API_BASE, then agent.toml (workspace, then
+~/.config/retain/agent.toml). --model embedded starts the embedded server on a free loopback port.
+
+exit codes: 0 done and every edit applied, 1 failed or gave up, 2 usage error, 3 a budget ran out,
+4 model server unreachable or misconfigured
+"""
+
+
 NO_TOKENIZER = "no tokenizer was available to count tokens, so tokens saved are not reported"
 
 
 def runs_dir() -> Path:
     return state_dir() / "runs"
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "agent run") -> int:
+    # tokens saved are counted with the Gemma tokenizer, loaded on the first edit that needs it
+    return run_command(build_parser(prog).parse_args(argv), count_tokens=count_tokens)
+
+
+def build_parser(prog: str = "agent run") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Run the agent on a task file in a workspace; progress on stderr, the result on stdout.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("task", nargs="?", help="the task, a Markdown or text file (not needed with --resume)")
+    add_agent_options(parser)
+    parser.add_argument("--workspace", help="the directory to work in (default: the current one)")
+    parser.add_argument("--max-tokens", type=positive(int), help="prompt + completion tokens at most")
+    parser.add_argument("--timeout", type=positive(float), help="wall-clock seconds at most")
+    parser.add_argument("--approve", choices=APPROVE_MODES, help="apply edits? (default auto)")
+    parser.add_argument("--json", metavar="REPORT", help="write the JSON report here (- for stdout)")
+    parser.add_argument("--transcript", metavar="FILE", help="JSONL transcript (default: the state dir's runs/)")
+    parser.add_argument("--resume", metavar="RUN_ID", help="continue a run from its transcript")
+    return parser
 
 
 def run_command(args: argparse.Namespace, count_tokens: Callable[[str], int] | None = None) -> int:
@@ -63,8 +101,8 @@ def run_command(args: argparse.Namespace, count_tokens: Callable[[str], int] | N
         require_model(settings)
     except ConfigError as exc:
         print(f"agent run: {exc}", file=sys.stderr)
-        _write_report(args.json, {"status": "misconfigured", "exit_code": EXIT_MISCONFIGURED, "reason": str(exc)})
-        return EXIT_MISCONFIGURED
+        _write_report(args.json, {"status": "misconfigured", "exit_code": ExitCode.UNAVAILABLE, "reason": str(exc)})
+        return ExitCode.UNAVAILABLE
 
     redact = Redactor()
     transcript = Transcript(path, redact)
@@ -149,13 +187,11 @@ def _run(
     try:
         model, server, native = open_model(settings, _progress)
         name = model.name
-        agent = Agent(
+        agent = Agent.from_settings(
+            settings,
             model,
             workspace,
             transcript,
-            budget=Budget(settings.max_steps, settings.max_tokens, settings.timeout),
-            shell=settings.shell,
-            approve=settings.approve,
             native_tools=native,
             count_tokens=count_tokens,
             confirm=_ask_on_terminal if sys.stdin.isatty() else None,
@@ -171,27 +207,6 @@ def _run(
     if outcome.status == "unavailable":
         outcome.reason += f"\n{FIX_UNREACHABLE}"
     return outcome, name
-
-
-def open_model(settings: Settings, progress: Callable[[str], None]) -> tuple[Model, EmbeddedServer | None, bool]:
-    """The model the settings name, answering: (model, the embedded server started for it or None, whether to
-    use native tool calls). The caller stops the server; on any failure here it is already stopped."""
-    name, api_base = settings.model, settings.api_base
-    server = EmbeddedServer() if name == "embedded" else None
-    try:
-        if server is not None:
-            progress("starting the embedded model server …")
-            server.start()
-            name, api_base = f"openai/{server.model_id}", server.api_base
-            progress(f"embedded server ready at {api_base} ({server.model_id})")
-        model = Model(name, api_base, settings.api_key)
-        model.check_reachable()
-        native = settings.tools == "native" or (settings.tools == "auto" and supports_native_tools(name))
-    except BaseException:  # an interrupt too: never leave the server running
-        if server is not None:
-            server.stop()
-        raise
-    return model, server, native
 
 
 def _report(state: RunState, outcome: Outcome, model: str, wall_time: float, counted: bool) -> dict:
@@ -242,4 +257,4 @@ def _progress(line: str) -> None:
 
 def _usage(message: str) -> int:
     print(f"agent run: {message}", file=sys.stderr)
-    return EXIT_USAGE
+    return ExitCode.USAGE

@@ -17,14 +17,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.model import Model, ModelCancelled, ModelFailed, ModelTimeout, ModelUnavailable, Reply
+from agent.client import Model, ModelCancelled, ModelFailed, ModelTimeout, ModelUnavailable, Reply
+from agent.config import Settings
 from agent.protocol import FINISH_TOOLS, Action, action_from_call, parse_actions, tool_specs
 from agent.transcript import Transcript
 from tools.edit_file import FileRefused, read_text_file
+from tools.exit_codes import ExitCode
 from tools.workspace import ERROR, OK, REFUSED, PathRefused, ToolResult, Workspace
 
 SYSTEM_PROMPT = Path(__file__).parent / "prompts" / "system.md"
-EXIT_CODES = {"done": 0, "failed": 1, "budget": 3, "unavailable": 4, "cancelled": 1}
+EXIT_CODES = {
+    "done": ExitCode.OK,
+    "failed": ExitCode.FAILED,
+    "budget": ExitCode.BUDGET,
+    "unavailable": ExitCode.UNAVAILABLE,
+    "cancelled": ExitCode.FAILED,
+}
 SHELL_TIMEOUT = 120.0
 TURN_TIMEOUT = 600.0  # one model turn at most
 TURN_OUTPUT_TOKENS = 8192  # one reply at most (less when the token budget has less left)
@@ -59,7 +67,7 @@ class Outcome:
     reason: str
 
     @property
-    def exit_code(self) -> int:
+    def exit_code(self) -> ExitCode:
         return EXIT_CODES[self.status]
 
 
@@ -167,6 +175,16 @@ class Agent:
         self.approve_edit = approve_edit  # asked before each edit is written (with approve "auto"); False rejects
         self.cancel = cancel  # set from another thread to end the run at the next chunk or between turns
         self._started = time.monotonic()
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, model: Model, workspace: Workspace, transcript: Transcript, **options
+    ) -> Agent:
+        """An agent with the settings' budget, shell and approval modes; `options` are the other arguments."""
+        budget = Budget(settings.max_steps, settings.max_tokens, settings.timeout)
+        return cls(
+            model, workspace, transcript, budget=budget, shell=settings.shell, approve=settings.approve, **options
+        )
 
     def run(self, state: RunState) -> Outcome:
         self._started, steps, tokens = time.monotonic(), 0, 0

@@ -20,13 +20,13 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from evals.cases import DEFAULT_CASES, load_cases
 from evals.progress import Progress
-from evals.run import write_report
+from evals.report import write_report
 from tools.edit_file import apply_script_to_file
 from tools.ot import Op, OTError, Retain, format_script, is_line_insert, is_quoted, ot_diff
 from tools.patch import apply_edit, without_blank_lines
@@ -168,8 +168,8 @@ def render(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="agent bench apply", description=__doc__.split("\n")[0])
+def main(argv: Sequence[str] | None = None, prog: str = "agent bench apply") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     add_arguments(parser)
     return run_command(parser.parse_args(argv))
 

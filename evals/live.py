@@ -15,8 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from agent.client import Model, ModelFailed, ModelTimeout, ModelUnavailable
 from agent.loop import first_messages
-from agent.model import Model, ModelFailed, ModelTimeout, ModelUnavailable
 from agent.protocol import parse_actions
 from evals.formats import FormatError, apply_output
 from tools.syntax import language_for, syntax_problems

@@ -6,8 +6,8 @@ python tests/run_with_stand_in.py TURNS.json AGENT-RUN-ARGUMENTS…
 import sys
 from pathlib import Path
 
-from agent import embedded
-from agent.cli import main
+from decoding.serving import launch as embedded
+from tui.cli import main
 
 stand_in = Path(__file__).parent / "stand_in_server.py"
 embedded.SERVER_COMMAND = (

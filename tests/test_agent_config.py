@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from agent.config import ConfigError, load_settings, require_model
-from agent.embedded import EmbeddedServer, EmbeddedServerError
 from agent.transcript import Redactor, Transcript, read_events
+from decoding.serving.launch import EmbeddedServer, EmbeddedServerError
 
 STAND_IN = Path(__file__).parent / "stand_in_server.py"
 

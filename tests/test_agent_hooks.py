@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from replay import ReplayServer, Turn
 
+from agent.client import Model
 from agent.loop import Agent, Budget, EditProposal, RunState, first_messages
-from agent.model import Model
 from agent.transcript import Redactor, Transcript, read_events
 from tools.workspace import Workspace
 

@@ -2,7 +2,7 @@
 
 from replay import ReplayServer, Turn
 
-from agent.model import Model
+from agent.client import Model
 
 # what vLLM 0.32 puts on the final chunk with --per-request-spec-decode-metrics summary
 VLLM_METRICS = {

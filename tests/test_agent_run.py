@@ -13,13 +13,12 @@ from pathlib import Path
 import pytest
 from replay import ReplayServer, Turn
 
-from agent import embedded
-from agent.cli import build_parser
-from agent.embedded import free_port
-from agent.headless import run_command
+from agent.client import Model, ModelUnavailable
+from agent.headless import build_parser, run_command
 from agent.loop import Agent, Budget, RunState, first_messages
-from agent.model import Model, ModelUnavailable
 from agent.transcript import Redactor, Transcript
+from decoding.serving import launch as embedded
+from decoding.serving.launch import free_port
 from tools.ot import OTError
 from tools.ot_script import parse_script
 from tools.workspace import Workspace
@@ -49,7 +48,7 @@ def ws(tmp_path):
 def run(ws, capsys, server_url, *flags, counter=None):
     """Run `agent run` as the command line would; returns (exit code, stdout, stderr, report)."""
     report = ws.parent / "report.json"
-    argv = ["run", str(ws.parent / "task.md"), "--workspace", str(ws), "--json", str(report)]
+    argv = [str(ws.parent / "task.md"), "--workspace", str(ws), "--json", str(report)]
     if server_url:
         argv += ["--model", "openai/replay-model", "--api-base", server_url]
     code = run_command(build_parser().parse_args(argv + list(flags)), count_tokens=counter)
@@ -153,7 +152,7 @@ def test_a_budget_runs_out_and_the_run_resumes_from_its_transcript(ws, capsys):
     assert f"agent run --resume {run_id}" in out
 
     with ReplayServer([Turn("```read stats.py```"), Turn("```done\nNothing to change.\n```")]) as server:
-        argv = ["run", "--resume", run_id, "--json", str(ws.parent / "report.json"), "--api-base", server.url]
+        argv = ["--resume", run_id, "--json", str(ws.parent / "report.json"), "--api-base", server.url]
         code = run_command(build_parser().parse_args(argv))
     resumed = json.loads((ws.parent / "report.json").read_text())
     roles = [m["role"] for m in server.requests[0]["messages"]]
@@ -164,7 +163,7 @@ def test_a_budget_runs_out_and_the_run_resumes_from_its_transcript(ws, capsys):
     assert resumed["run_id"] == run_id and resumed["transcript"] == report["transcript"]
     assert resumed["model"] == "openai/replay-model"  # the model and the workspace come from the transcript
 
-    again = build_parser().parse_args(["run", "--resume", run_id, "--workspace", str(ws)])
+    again = build_parser().parse_args(["--resume", run_id, "--workspace", str(ws)])
     assert run_command(again) == 2  # a finished run is not resumed
 
 
@@ -191,9 +190,9 @@ def test_no_model_configured_exits_4_saying_how(ws, capsys, monkeypatch):
 
 
 def test_usage_errors_exit_2(ws, capsys):
-    assert run_command(build_parser().parse_args(["run", str(ws / "missing.md"), "--model", "m"])) == 2
-    assert run_command(build_parser().parse_args(["run", "--model", "m"])) == 2
-    assert run_command(build_parser().parse_args(["run", "--resume", "nosuchrun", "--model", "m"])) == 2
+    assert run_command(build_parser().parse_args([str(ws / "missing.md"), "--model", "m"])) == 2
+    assert run_command(build_parser().parse_args(["--model", "m"])) == 2
+    assert run_command(build_parser().parse_args(["--resume", "nosuchrun", "--model", "m"])) == 2
     assert "no transcript for run nosuchrun" in capsys.readouterr().err
 
 
@@ -344,7 +343,7 @@ def test_resuming_after_a_crash_mid_turn_does_not_replay_its_actions(ws, capsys,
     ]
     transcript.write_text("".join(json.dumps(e) + "\n" for e in events))
     with ReplayServer([Turn("```done\nok\n```")]) as server:
-        argv = ["run", "--resume", "crashed", "--transcript", str(transcript), "--workspace", str(ws)]  # not recorded
+        argv = ["--resume", "crashed", "--transcript", str(transcript), "--workspace", str(ws)]  # not recorded
         code = run_command(build_parser().parse_args(argv + ["--api-base", server.url]))
     assert observation(server.requests[0]).startswith("The run was interrupted before the results")
     assert (ws / "stats.py").read_text() == STATS  # the unconfirmed edit was not applied behind the model's back
@@ -353,7 +352,7 @@ def test_resuming_after_a_crash_mid_turn_does_not_replay_its_actions(ws, capsys,
 
 def test_json_to_stdout_leaves_stdout_to_the_report_alone(ws, capsys):
     with ReplayServer([Turn("```done\nok\n```")]) as server:
-        argv = ["run", str(ws.parent / "task.md"), "--workspace", str(ws), "--json", "-"]
+        argv = [str(ws.parent / "task.md"), "--workspace", str(ws), "--json", "-"]
         code = run_command(build_parser().parse_args(argv + ["--model", "openai/m", "--api-base", server.url]))
     out, err = capsys.readouterr()
     assert code == 0 and json.loads(out)["status"] == "done" and "step 1: done ok" in err
@@ -412,7 +411,7 @@ def test_agent_run_against_the_real_embedded_server(ws, tmp_path, embedded_model
     and stops. The 270M base model is not expected to solve the task: the token budget ends the run."""
     report = tmp_path / "embedded.json"
     result = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "run", str(ws.parent / "task.md"), "--workspace", str(ws),
+        [sys.executable, "-m", "tui.cli", "run", str(ws.parent / "task.md"), "--workspace", str(ws),
          "--model", "embedded", "--max-tokens", "64", "--json", str(report)],
         capture_output=True, text=True, timeout=600, env=os.environ | {"PYTHONUNBUFFERED": "1"},
     )

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from agent.cli import main
+from tui.cli import main
 
 
 @pytest.fixture
@@ -88,7 +88,7 @@ def test_undo_reverts_the_last_apply(monkeypatch, capsys, source):
 
 
 def test_help_lists_every_subcommand():
-    out = subprocess.run([sys.executable, "-m", "agent.cli", "--help"], capture_output=True, text=True).stdout
+    out = subprocess.run([sys.executable, "-m", "tui.cli", "--help"], capture_output=True, text=True).stdout
     for command in ("apply", "ot-diff", "undo", "bench", "serve", "eval", "export-embedded", "run"):
         assert command in out
 

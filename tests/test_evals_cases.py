@@ -230,7 +230,7 @@ def test_load_cases_names_the_line_of_a_bad_case(tmp_path, line, message):
 
 
 def test_cli_reports_a_bad_cases_file_without_a_traceback(tmp_path, capsys):
-    from evals.run import main
+    from evals.command import main
 
     path = tmp_path / "cases.jsonl"
     path.write_bytes(b'{"id": "\xff"}\n')
@@ -252,7 +252,7 @@ def test_mining_keeps_edits_of_executable_scripts(tmp_path):
 
 
 def test_mined_cases_saved_with_save_cases_measure_again_as_the_same_edits(history, tmp_path, capsys):
-    from evals.run import main
+    from evals.command import main
 
     repo, _ = history
     saved, first, again = tmp_path / "mined.jsonl", tmp_path / "first.json", tmp_path / "again.json"

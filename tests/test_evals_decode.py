@@ -9,9 +9,9 @@ from replay import ReplayServer, Turn
 from decoding.drafting.base import Draft, DraftContext
 from decoding.engine.generation import generate
 from evals.cases import load_suite
+from evals.command import main
 from evals.decode import PromptCache, available_drafters, edit_prompt
 from evals.formats import reference_output
-from evals.run import main
 
 VOCAB = 64
 
@@ -160,7 +160,7 @@ def test_live_eval_applies_the_reply_and_reports_speculation(tmp_path, capsys):
 
 
 def test_live_eval_reports_an_unreachable_server(capsys):
-    from agent.embedded import free_port
+    from decoding.serving.launch import free_port
 
     assert main(["--limit", "1", "--model", "openai/m", "--api-base", f"http://127.0.0.1:{free_port()}/v1"]) == 4
     assert "unreachable" in capsys.readouterr().err
@@ -306,7 +306,7 @@ def test_free_running_compares_each_output_with_off_whatever_the_order():
 
 
 def test_an_unreachable_live_server_is_reported_before_any_decoding(monkeypatch, capsys):
-    from agent.embedded import free_port
+    from decoding.serving.launch import free_port
 
     decoded: list[str] = []
     fake_decoding(monkeypatch, decoded)

@@ -8,8 +8,9 @@ import pytest
 from decoding.engine.loading import cache_root
 from decoding.engine.tokenizer import gemma_token_counter, tokenizer_dir
 from evals.cases import DEFAULT_CASES, load_cases, load_suite
+from evals.command import main
 from evals.formats import FORMATS
-from evals.run import main, percentile, run
+from evals.run import percentile, run
 
 
 @pytest.fixture(scope="session")

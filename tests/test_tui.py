@@ -10,9 +10,9 @@ import pytest
 from replay import ReplayServer, Turn
 from tui_helpers import FIX_MEAN, FIXED, SIZE, SPECULATION, STATS, make_app, make_workspace, send, until, words
 
-from agent import embedded
 from agent.config import Settings
-from agent.embedded import free_port
+from decoding.serving import launch as embedded
+from decoding.serving.launch import free_port
 from tui.app import RetainApp
 from tui.screens import CommandApproval, EditApproval, FilePicker, SessionPicker
 from tui.session import list_sessions, sessions_dir
@@ -244,13 +244,13 @@ def test_the_first_frame_does_not_wait_for_the_embedded_server(ws, monkeypatch):
 
 
 def test_agent_alone_without_a_terminal_prints_the_help(capsys):
-    from agent.cli import main
+    from tui.cli import main
 
     assert main([]) == 2 and "agent tui" in capsys.readouterr().out
 
 
 def test_agent_tui_without_a_model_says_how_to_configure_one(tmp_path, monkeypatch, capsys):
-    from agent.cli import main
+    from tui.cli import main
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("RETAIN_MODEL", raising=False)
@@ -267,7 +267,7 @@ def test_an_unreachable_server_is_reported_in_the_app_with_the_fix(ws):
         app = pilot.app
         await until(pilot, lambda: len(notes(app)) == 2, what="the connection failure")
         assert notes(app)[-1].startswith(f"✗ model server unreachable at {url}")
-        assert "agent tui --model embedded" in notes(app)[-1]
+        assert "--model embedded" in notes(app)[-1]
         assert "openai/replay-model: not connected" in str(app.query_one(StatusBar).render())
 
     drive(make_app(ws, url), scenario)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.embedded import free_port
+from decoding.serving.launch import free_port
 from decoding.vllm import launch as vllm_launch
 from decoding.vllm.launch import GEMMA4_SIZES, LaunchError, build_command, gemma_size, main, serve
 

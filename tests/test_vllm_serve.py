@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 from vllm_traces import complete, lookup_drafter, replay, trace_of
 
-from agent.embedded import free_port
-from agent.model import Model
+from agent.client import Model
 from decoding.lab.workloads import copy_edit
+from decoding.serving.launch import free_port
 from decoding.vllm.export import export_embedded
 from decoding.vllm.launch import GEMMA4_SIZES, NGRAM_DEFAULTS
 
@@ -77,7 +77,7 @@ def serving(name: str, vllm_python: str, model_dir: Path):
     """One server through `agent serve --engine vllm`, stopped on exit: one at a time, each takes ~5 GB."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]),
            "VLLM_CPU_KVCACHE_SPACE": "1"}
-    command = [sys.executable, "-m", "agent.cli", "serve", "--engine", "vllm", "--model", str(model_dir),
+    command = [sys.executable, "-m", "tui.cli", "serve", "--engine", "vllm", "--model", str(model_dir),
                "--served-model-name", "gemma", "--port", str(free_port()), "--max-model-len", "2048",
                "--vllm-python", vllm_python, "--ready-timeout", "600", *SERVERS[name]]
     launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -170,7 +170,7 @@ def test_print_command_for_each_gemma4_size_parses_with_vllms_own_parser(vllm_py
     for key, size in GEMMA4_SIZES.items():
         for speculation in ("mtp", "hybrid"):
             printed = subprocess.run(
-                [sys.executable, "-m", "agent.cli", "serve", "--engine", "vllm", "--model", size.model,
+                [sys.executable, "-m", "tui.cli", "serve", "--engine", "vllm", "--model", size.model,
                  "--speculation", speculation, "--device", "gpu", "--print-command"],
                 capture_output=True, text=True, check=True,
             ).stdout

@@ -8,10 +8,12 @@ runs before the first frame: the model server is reached (or the embedded one st
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,13 +26,15 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import Footer, Header
 
-from agent.config import Settings
-from agent.embedded import EmbeddedServer, EmbeddedServerError
-from agent.headless import open_model
-from agent.loop import Agent, Budget, EditProposal, Outcome, RunState
-from agent.model import Model, ModelUnavailable
+from agent.client import Model, ModelUnavailable
+from agent.config import ConfigError, Settings, add_agent_options, load_settings, require_model
+from agent.connection import FIX_UNREACHABLE, open_model
+from agent.loop import Agent, EditProposal, Outcome, RunState
 from agent.protocol import Action
+from decoding.engine.tokenizer import count_tokens
+from decoding.serving.launch import EmbeddedServer, EmbeddedServerError
 from tools.edit_file import Journal, UndoRefused
+from tools.exit_codes import ExitCode
 from tools.workspace import OK, ToolResult, Workspace
 from tui.screens import CommandApproval, EditApproval, FilePicker, SessionPicker, workspace_files
 from tui.session import Session, SessionInfo, Stats, list_sessions
@@ -39,10 +43,6 @@ from tui.widgets import AssistantMessage, Note, PromptInput, StatusBar, ToolCall
 WELCOME = (
     "Ask for a change in this workspace. Edits are shown as diffs before they are written "
     "(y approve, n reject); ctrl+z undoes the last one."
-)
-FIX_UNREACHABLE = (
-    "fix: start the model server, or point --api-base (or RETAIN_API_BASE, or api_base in agent.toml) at one that "
-    "is running; `agent tui --model embedded` starts the embedded server"
 )
 OUTCOME_ICONS = {"done": "●", "failed": "✗", "budget": "◐", "unavailable": "✗", "cancelled": "■"}
 
@@ -273,13 +273,11 @@ class RetainApp(App):
         state = self.session.add_prompt(text, self.model.name, shown=prompt)
         self.cancel = threading.Event()
         self.running = True
-        agent = Agent(
+        agent = Agent.from_settings(
+            self.settings,
             self.model,
             self.workspace,
             self.session.transcript,
-            budget=Budget(self.settings.max_steps, self.settings.max_tokens, self.settings.timeout),
-            shell=self.settings.shell,
-            approve=self.settings.approve,
             native_tools=self.native_tools,
             count_tokens=self.count_tokens,
             confirm=self._confirm_command,
@@ -419,3 +417,42 @@ class RetainApp(App):
         if chosen:
             self.prompt.insert_text_at_cursor(chosen + " ")
         self.prompt.focus()
+
+
+EPILOG = """\
+keys: enter send · esc stop the model · y / n approve or reject an edit · ctrl+t auto-approve
+      ctrl+z undo the last edit · @ insert a file path · ctrl+q quit
+
+The workspace is the current directory. Model settings are those of agent run (--model, RETAIN_MODEL,
+agent.toml); --model embedded starts the embedded server while the app opens. Sessions are kept in the
+state dir's sessions/ and offered for resuming at start.
+"""
+
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "agent tui") -> int:
+    """`agent tui` (and `agent` alone at a terminal): the app in the current directory."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Open the Retain app in the current directory (also what `agent` alone does).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_agent_options(parser)
+    parser.add_argument("--resume", metavar="SESSION", help="continue this session")
+    parser.add_argument("--new", action="store_true", help="start a new session without listing earlier ones")
+    args = parser.parse_args(argv)
+    workspace = Path.cwd()
+    cli = {"model": args.model, "api_base": args.api_base, "max_steps": args.max_steps, "shell": args.shell,
+           "tools": args.tools}
+    try:
+        settings = load_settings(cli, workspace)
+        require_model(settings)
+    except ConfigError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return ExitCode.UNAVAILABLE
+    app = RetainApp(settings, workspace, resume=args.resume, list_earlier=not args.new, count_tokens=count_tokens)
+    app.run()
+    if app.session.transcript is not None:
+        print(f"session {app.session.session_id}; continue it with: agent tui --resume {app.session.session_id}")
+    return ExitCode.OK

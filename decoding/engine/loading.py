@@ -15,13 +15,16 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 EMBEDDED_NAME = "gemma-3-270m"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPES = ("float32", "bfloat16")  # torch dtype names; torch is imported only to load (the tokenizer needs none)
 
 
 def cache_root() -> Path:
@@ -47,6 +50,7 @@ def _is_cached(directory: Path) -> bool:
 
 def _dequantize_gguf(gguf_path: Path, out_dir: Path) -> None:
     """Dequantize a GGUF through transformers and write a plain float32 HF directory to `out_dir`."""
+    import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -137,11 +141,12 @@ def load_model(model: str | os.PathLike | None = None, dtype: str = "float32") -
     """Load the target model on CPU in `dtype` ("float32" or "bfloat16") from local files only."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_dir(model)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], local_files_only=True)
+    hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), local_files_only=True)
     hf_model.eval()
     name = EMBEDDED_NAME if model is None else path.name
-    return LoadedModel(name=name, path=path, model=hf_model, tokenizer=tokenizer, dtype=DTYPES[dtype])
+    return LoadedModel(name=name, path=path, model=hf_model, tokenizer=tokenizer, dtype=getattr(torch, dtype))

@@ -54,3 +54,8 @@ def gemma_token_counter() -> Callable[[str], int]:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     return count_tokens
+
+
+def count_tokens(text: str) -> int:
+    """Gemma tokens in `text`; the tokenizer is loaded on the first call (not when an app or run starts)."""
+    return gemma_token_counter()(text)

@@ -18,12 +18,11 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+
+from decoding.serving.launch import wait_for_server
 
 SUPPORTED_VLLM = ((0, 32), (0, 33))  # [from, to): Gemma 4 MTP assistants need 0.32's Gemma4MTP path
 NGRAM_DEFAULTS = {"method": "ngram", "num_speculative_tokens": 8, "prompt_lookup_min": 2, "prompt_lookup_max": 4}
@@ -223,22 +222,6 @@ def check_hybrid_plugin(python: str) -> None:
         )
 
 
-def wait_until_ready(process: subprocess.Popen, url: str, timeout: float) -> bool:
-    """Poll `url` until it answers 200 (True), the process exits or the timeout passes (False)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            return False
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return True
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.5)
-    return False
-
-
 def serve(
     command: list[str],
     host: str,
@@ -256,7 +239,7 @@ def serve(
         previous = {sig: signal.signal(sig, lambda number, _frame: process.send_signal(number))
                     for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            if wait_until_ready(process, f"{base_url}/models", ready_timeout):
+            if wait_for_server(process, f"{base_url}/models", ready_timeout, interval=0.5) is not None:
                 print(base_url, flush=True)
             elif process.poll() is None:
                 print(f"vLLM did not answer at {base_url} within {ready_timeout:.0f} s; stopping it",

@@ -1,6 +1,7 @@
-"""Start the embedded model server for a run (`--model embedded`) and stop it afterwards.
+"""Model servers as child processes: the embedded one for a run (`--model embedded`), and the wait until any
+server started this way answers.
 
-The server is `python -m decoding.serving.server --host 127.0.0.1 --port PORT`; it is ready when
+The embedded server is `python -m decoding.serving.server --host 127.0.0.1 --port PORT`; it is ready when
 `GET /v1/models` answers, and that answer names the model to ask for.
 """
 
@@ -31,6 +32,22 @@ def _die_with_parent():
         return None
     prctl = ctypes.CDLL(None, use_errno=True).prctl
     return lambda: prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
+def wait_for_server(process: subprocess.Popen, url: str, timeout: float, interval: float = 0.2) -> bytes | None:
+    """Poll `url` until it answers 200: its body; None when the process exits first or the timeout passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return None
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return response.read()
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(interval)
+    return None
 
 
 class EmbeddedServerError(Exception):
@@ -70,22 +87,20 @@ class EmbeddedServer:
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent(),
         )
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                self.stop()
-                raise EmbeddedServerError(
-                    f"the embedded server exited with code {self._process.returncode} before it was ready "
-                    f"({' '.join(self.command)}):\n{self.log_tail()}"
-                )
+        body = wait_for_server(self._process, f"{self.api_base}/models", self.startup_timeout)
+        if body is not None:
             try:
-                with urllib.request.urlopen(f"{self.api_base}/models", timeout=2) as response:
-                    models = json.load(response).get("data") or [{}]
-                self.model_id = models[0].get("id") or "embedded"
-                return
-            except (urllib.error.URLError, OSError, ValueError):
-                time.sleep(0.2)
+                models = json.loads(body).get("data") or [{}]
+            except (ValueError, AttributeError):
+                models = [{}]
+            self.model_id = models[0].get("id") or "embedded"
+            return
         self.stop()
+        if self._process.returncode is not None:
+            raise EmbeddedServerError(
+                f"the embedded server exited with code {self._process.returncode} before it was ready "
+                f"({' '.join(self.command)}):\n{self.log_tail()}"
+            )
         raise EmbeddedServerError(
             f"the embedded server did not answer {self.api_base}/models within {self.startup_timeout:g} s:\n"
             f"{self.log_tail()}"

@@ -1,0 +1,38 @@
+"""Reaching the model a run is configured for: the embedded server started for it, or a server already running.
+
+Shared by `agent run` and the terminal app, so both connect, and fail, the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from agent.client import Model, supports_native_tools
+from agent.config import Settings
+from decoding.serving.launch import EmbeddedServer
+
+FIX_UNREACHABLE = (
+    "fix: start the model server, or point --api-base (or RETAIN_API_BASE, or api_base in agent.toml) at one that "
+    "is running; --model embedded starts the embedded server"
+)
+
+
+def open_model(settings: Settings, progress: Callable[[str], None]) -> tuple[Model, EmbeddedServer | None, bool]:
+    """The model the settings name, answering: (model, the embedded server started for it or None, whether to
+    use native tool calls). The caller stops the server; on any failure here it is already stopped."""
+    name, api_base = settings.model, settings.api_base
+    server = EmbeddedServer() if name == "embedded" else None
+    try:
+        if server is not None:
+            progress("starting the embedded model server …")
+            server.start()
+            name, api_base = f"openai/{server.model_id}", server.api_base
+            progress(f"embedded server ready at {api_base} ({server.model_id})")
+        model = Model(name, api_base, settings.api_key)
+        model.check_reachable()
+        native = settings.tools == "native" or (settings.tools == "auto" and supports_native_tools(name))
+    except BaseException:  # an interrupt too: never leave the server running
+        if server is not None:
+            server.stop()
+        raise
+    return model, server, native

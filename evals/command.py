@@ -1,0 +1,255 @@
+"""`agent eval`: the editing evals' command line (cases, formats, drafters, --quick, --resume, live runs).
+
+Run: `agent eval [--cases FILE | --from-git REPO] [--formats …] [--drafters …] [--limit N] [--quick]
+[--json OUT [--resume]] [--plot OUT.png] [--model M --api-base URL]`. Without `--cases` or `--from-git` it
+runs the built-in suite. A long decoding run rewrites OUT after each case; `--resume` continues it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from evals.cases import load_cases, load_suite, mine_git
+from evals.formats import FORMATS
+from evals.report import plot, render, write_report
+from evals.run import (
+    MAX_TOKENS,
+    OT_TRIALS,
+    OT_TRIALS_QUICK,
+    QUICK_MAX_TOKENS,
+    decoded_before,
+    one_per_language,
+    run,
+    run_decode,
+    run_live,
+)
+
+QUICK_WORKLOADS = 1  # free-running workloads with --quick (copy-heavy, the shortest prompts)
+
+
+QUICK_LANGUAGES = 3  # cases decoded with --quick: the first case of each of the first languages
+
+
+LIVE_MAX_TOKENS = 4096  # per live reply
+
+
+EPILOG = """\
+examples:
+  agent eval --quick                          built-in suite, every drafter, about a minute on 2 cores
+  agent eval --cases edits.jsonl --drafters none --json out.json --plot out.png
+                                              formats only: tokens and appliers, no model forward passes
+  agent eval --from-git ~/src/project --limit 50 --drafters none
+                                              the same on edits mined from your own history
+  agent eval --cases edits.jsonl --decode-formats ot --json out.json
+                                              decode the OT scripts: about 50 s per edit on 2 cores for the five
+                                              drafters; if it stops, add --resume and run it again
+  agent eval --cases edits.jsonl --model hosted_vllm/gemma-4 --api-base http://127.0.0.1:8000/v1
+                                              each edit through the agent's edit turn on a live server
+
+case files: JSONL, one {"id", "path", "language", "instruction", "before", "after"} per line.
+
+exit codes: 0 measured, 2 usage error or unreadable cases/report, 4 live model server unreachable
+"""
+
+
+def _names(value: str, known: tuple[str, ...], what: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(unknown) or value!r}; known: {', '.join(known)}")
+    return names
+
+
+def _drafters(value: str) -> tuple[str, ...]:
+    """The drafters named in --drafters: "none", "all" or a comma-separated list (checked against the engine's)."""
+    from evals.decode import available_drafters
+
+    if value.strip() == "none":
+        return ()
+    return available_drafters() if value.strip() == "all" else _names(value, available_drafters(), "drafter")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--cases", type=Path, metavar="FILE", help="JSONL cases (default: the built-in suite)")
+    source.add_argument("--from-git", type=Path, metavar="REPO",
+                        help="mine cases from the history of this local git repository")
+    parser.add_argument("--formats", type=lambda v: _names(v, FORMATS, "format"), default=FORMATS,
+                        help=f"comma-separated formats (default: {','.join(FORMATS)})")
+    parser.add_argument("--drafters", default=None,
+                        help="comma-separated drafters timed on the embedded model (off, ngram, … as the engine "
+                             "has them), 'all', or 'none' for formats only (default: all; none with --model)")
+    parser.add_argument("--decode-formats", type=lambda v: _names(v, FORMATS, "format"), default=None,
+                        help="formats whose reference output is decoded, reference-forced (default: every format "
+                             "but whole, which costs one forward per token of the file; ot with --quick)")
+    parser.add_argument("--limit", type=int, help="use at most N cases")
+    parser.add_argument("--save-cases", type=Path, metavar="FILE",
+                        help="write the cases measured as JSONL (e.g. those mined with --from-git), to measure the "
+                             "same edits again with --cases FILE")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{OT_TRIALS_QUICK} miscount perturbation per OT script instead of {OT_TRIALS}; decode "
+                             f"one case in each of {QUICK_LANGUAGES} languages, the ot format only, and "
+                             f"{QUICK_WORKLOADS} copy-heavy free-running workload of up to {QUICK_MAX_TOKENS} tokens")
+    parser.add_argument("--max-tokens", type=int, default=None,
+                        help=f"new tokens per free-running generation (default: {MAX_TOKENS}; 0 skips them) and "
+                             f"per live reply (default: {LIVE_MAX_TOKENS})")
+    parser.add_argument("--model", metavar="M",
+                        help="also run every case through the agent's edit turn on this live model (a litellm "
+                             "name, or 'embedded' to start the embedded server)")
+    parser.add_argument("--api-base", metavar="URL", help="the live model's OpenAI-compatible endpoint")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds per live reply (default: 600)")
+    parser.add_argument("--json", type=Path, metavar="OUT",
+                        help="also write every per-case figure as JSON (rewritten after each case decoded)")
+    parser.add_argument("--resume", action="store_true",
+                        help="with --json OUT: keep the reference-forced figures of the cases OUT already has "
+                             "(same formats and drafters) and decode only the others")
+    parser.add_argument("--plot", type=Path, metavar="OUT.png",
+                        help="also draw tokens per format as a PNG (and the speedup per drafter beside it, "
+                             "OUT-speedup.png)")
+
+
+def _load_cases(args: argparse.Namespace) -> tuple[list[dict], str] | None:
+    if args.from_git:
+        skipped: Counter = Counter()
+        try:
+            cases = mine_git(args.from_git, args.limit, skipped, progress=True)
+        except subprocess.CalledProcessError as exc:
+            detail = exc.stderr.decode("utf-8", "replace").strip() if exc.stderr else str(exc)
+            print(f"agent eval: cannot read the git history of {args.from_git}: {detail}", file=sys.stderr)
+            return None
+        except OSError as exc:
+            print(f"agent eval: cannot run git on {args.from_git}: {exc}", file=sys.stderr)
+            return None
+        reasons = ", ".join(f"{reason} {n}" for reason, n in skipped.most_common())
+        print(f"mined {len(cases)} cases from {args.from_git} (skipped: {reasons or 'none'})", file=sys.stderr)
+        return cases, f"{len(cases)} edits mined from {args.from_git}"
+    if args.cases:
+        if not args.cases.exists():
+            print(f"agent eval: no cases file at {args.cases}", file=sys.stderr)
+            return None
+        try:
+            cases = load_cases(args.cases, args.limit)
+        except ValueError as exc:
+            print(f"agent eval: {exc}", file=sys.stderr)
+            return None
+        return cases, f"{len(cases)} edits from {args.cases}"
+    cases = load_suite(limit=args.limit)
+    return cases, f"the built-in suite ({len(cases)} edits)"
+
+
+def run_command(args: argparse.Namespace) -> int:
+    if args.limit is not None and args.limit < 1:
+        print(f"agent eval: --limit must be at least 1, not {args.limit}", file=sys.stderr)
+        return 2
+    if args.max_tokens is not None and args.max_tokens < 0:
+        print(f"agent eval: --max-tokens must be 0 or more, not {args.max_tokens}", file=sys.stderr)
+        return 2
+    if args.api_base and not args.model:
+        print("agent eval: --api-base needs --model (the model to ask at that endpoint)", file=sys.stderr)
+        return 2
+    if args.resume and not args.json:
+        print("agent eval: --resume needs --json OUT (the report to continue)", file=sys.stderr)
+        return 2
+    for option, out in (("--json", args.json), ("--plot", args.plot), ("--save-cases", args.save_cases)):
+        if out and (out.is_dir() or not out.parent.is_dir()):
+            problem = f"{out} is a directory" if out.is_dir() else f"no directory {out.parent} to write {out.name} in"
+            print(f"agent eval: {option}: {problem}", file=sys.stderr)
+            return 2
+    try:
+        drafters = _drafters(args.drafters or ("none" if args.model else "all"))
+    except argparse.ArgumentTypeError as exc:
+        print(f"agent eval: --drafters: {exc}", file=sys.stderr)
+        return 2
+    decode_formats = args.decode_formats or (("ot",) if args.quick else tuple(f for f in FORMATS if f != "whole"))
+    done = {}
+    if args.resume and drafters:  # an unreadable report is refused before any work
+        try:
+            done = decoded_before(args.json, decode_formats, drafters)
+        except ValueError as exc:
+            print(f"agent eval: --resume: {exc}", file=sys.stderr)
+            return 2
+    loaded_cases = _load_cases(args)
+    if loaded_cases is None:
+        return 2
+    cases, source = loaded_cases
+    if not cases:
+        print("agent eval: no cases to measure", file=sys.stderr)
+        return 2
+    if args.save_cases:
+        rows = (json.dumps(case, ensure_ascii=False) + "\n" for case in cases)
+        args.save_cases.write_text("".join(rows), encoding="utf-8")
+    if args.model and drafters and args.api_base:  # fail now, not after hours of decoding
+        from agent.client import Model, ModelUnavailable
+
+        try:
+            Model(args.model, args.api_base).check_reachable()
+        except ModelUnavailable as exc:
+            print(f"agent eval: {exc}", file=sys.stderr)
+            return 4
+    from decoding.engine.tokenizer import gemma_token_counter
+
+    report = run(cases, args.formats, gemma_token_counter(), OT_TRIALS_QUICK if args.quick else OT_TRIALS)
+    if drafters:
+        from decoding.engine.loading import load_model
+
+        max_tokens = args.max_tokens if args.max_tokens is not None else QUICK_MAX_TOKENS if args.quick else MAX_TOKENS
+        decoded = one_per_language(cases, QUICK_LANGUAGES) if args.quick else cases
+        if args.resume:
+            kept = sum(case["id"] in done for case in decoded)
+            print(f"resuming {args.json}: {kept} of {len(decoded)} cases decoded already", file=sys.stderr)
+        print("loading the embedded model …", file=sys.stderr)
+        run_decode(report, decoded, load_model(), decode_formats, drafters, max_tokens,
+                   QUICK_WORKLOADS if args.quick else None, done=done,
+                   checkpoint=(lambda: write_report(report, args.json)) if args.json else lambda: None)
+    if args.model:
+        status = _live(report, cases, args)
+        if status:
+            return status
+    print(render(report, f"Edit formats on {source}: minimal correct output, Gemma tokens"))
+    if args.json:
+        write_report(report, args.json)
+    if args.plot:
+        plot(report, args.plot)
+    return 0
+
+
+def _live(report: dict, cases: list[dict], args: argparse.Namespace) -> int:
+    """Run the live evals (starting the embedded server for --model embedded); 4 when the model is unreachable."""
+    from agent.client import Model, ModelUnavailable
+    from decoding.serving.launch import EmbeddedServer, EmbeddedServerError
+
+    server = None
+    try:
+        name, api_base = args.model, args.api_base
+        if name == "embedded" and not api_base:
+            print("starting the embedded model server …", file=sys.stderr)
+            server = EmbeddedServer()
+            server.start()
+            name, api_base = f"openai/{server.model_id}", server.api_base
+        model = Model(name, api_base)
+        model.check_reachable()
+        run_live(report, cases, model, args.max_tokens or LIVE_MAX_TOKENS, args.timeout)
+    except (ModelUnavailable, EmbeddedServerError) as exc:
+        print(f"agent eval: {exc}", file=sys.stderr)
+        return 4
+    finally:
+        if server is not None:
+            server.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "agent eval") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0], epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run_command(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Editing evals, the report: the tables printed, the plots drawn and the JSON written (atomically)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def write_report(report: dict, path: Path) -> None:
+    """Write the JSON report all at once, so an interrupted run leaves the last complete one."""
+    from tools.edit_file import atomic_write
+
+    atomic_write(path, json.dumps(report, indent=2, ensure_ascii=False).encode("utf-8"))
+
+
+def _number(value) -> str:
+    return "n/a" if value is None else f"{value:,.0f}"
+
+
+def _percent(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _times(value) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def render(report: dict, title: str) -> str:
+    """Markdown: tokens and apply rates per format, apply rates per perturbation kind, then the decoding and live
+    tables when they were measured."""
+    summary = report["summary"]["formats"]
+    lines = [title, "",
+             "| format | tokens median | tokens p90 | saved vs whole median | saved p90 | saved % median "
+             "| applies | perturbed: applies | perturbed: wrong | perturbed n |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for fmt, part in summary.items():
+        lines.append(
+            f"| {fmt} | {_number(part['tokens_median'])} | {_number(part['tokens_p90'])} "
+            f"| {_number(part.get('saved_median'))} | {_number(part.get('saved_p90'))} "
+            f"| {_percent(part.get('saved_share_median'))} | {_percent(part['applies'])} "
+            f"| {_percent(part.get('perturbed_applies'))} | {_percent(part.get('perturbed_wrong'))} "
+            f"| {part.get('perturbed_trials', 'n/a')} |"
+        )
+    kinds = [(fmt, kind, figures) for fmt, part in summary.items()
+             for kind, figures in part.get("perturbed_by_kind", {}).items()]
+    if kinds:
+        lines += ["", "Each format has its own perturbations; \"wrong\" = applied somewhere other than intended "
+                  "(the rest were refused).", "",
+                  "| format | perturbation | applies | wrong | n |", "|---|---|---|---|---|"]
+        lines += [f"| {fmt} | {kind} | {_percent(f['applies'])} | {_percent(f['wrong'])} | {f['trials']} |"
+                  for fmt, kind, f in kinds]
+    if "decode" in report["summary"]:
+        lines += ["", *render_decode(report["summary"]["decode"])]
+    if "live" in report["summary"]:
+        lines += ["", *render_live(report["summary"]["live"])]
+    return "\n".join(lines)
+
+
+SAME_AS_OFF = {True: "yes", False: "NO", None: "n/a (no off)"}
+
+
+def render_decode(decode: dict) -> list[str]:
+    """The reference-forced and free-running tables, side by side in one report."""
+    head = ("| {what} | drafter | tokens | target forwards | tokens / forward | forwards: off ÷ this "
+            "| decode s | speedup vs off | speedup median |")
+    rule = "|---|---|---|---|---|---|---|---|---|"
+
+    def rows(name: str, per_drafter: dict) -> list[str]:
+        return [f"| {name} | {drafter} | {_number(t['tokens'])} | {_number(t['target_forwards'])} "
+                f"| {t['tokens_per_forward']:.2f} | {_times(t.get('forwards_vs_off'))} | {t['seconds']:.1f} "
+                f"| {_times(t.get('speedup_vs_off'))} | {_times(t.get('speedup_vs_off_median'))} |"
+                for drafter, t in per_drafter.items()]
+
+    lines = [f"Decoding, reference-forced on {decode['cases']} edits: the embedded Gemma 3 270M verifies each "
+             "format's minimal correct output as if it wrote it. This estimates the speedup for a model that "
+             "writes this output; it is not the 270M's own output.", "", head.format(what="format"), rule]
+    for fmt, per_drafter in decode["reference_forced"].items():
+        lines += rows(fmt, per_drafter)
+    if decode["free_running"]:
+        lines += ["", f"Decoding, free-running: the model's own greedy output on the standard workloads (up to "
+                  f"{decode['max_tokens']} tokens): real acceptance, decode time after the prompt.", "",
+                  head.format(what="workload").replace("| speedup median |", "| same output as off |"), rule]
+    for name, per_drafter in decode["free_running"].items():
+        lines += [row.rsplit("|", 2)[0] + f"| {SAME_AS_OFF[per_drafter[drafter]['same_as_off']]} |"
+                  for row, drafter in zip(rows(name, per_drafter), per_drafter, strict=True)]
+    lines += ["", "Target forwards include the prompt's; decode seconds run from the first token to the last "
+              "(the prompt is prefilled once per case and shared). Speedup = off's decode time ÷ this drafter's."]
+    return lines
+
+
+def render_live(live: dict) -> list[str]:
+    acceptance = live["acceptance"]
+    return [f"Live model {live['model']} at {live['api_base'] or 'its default endpoint'}: {live['cases']} edits "
+            "through the agent's edit turn", "",
+            "| exact file | edit applied | syntax valid | errors | output tokens median | seconds median "
+            "| drafted | accepted | acceptance |",
+            "|---|---|---|---|---|---|---|---|---|",
+            f"| {_percent(live['exact'])} | {_percent(live['applied'])} | {_percent(live['syntax_valid'])} "
+            f"| {live['errors']} | {_number(live['output_tokens_median'])} | {live['seconds_median']:.1f} "
+            f"| {_number(live['drafted'])} | {_number(live['accepted'])} | {_percent(acceptance)} |"]
+
+
+def plot(report: dict, out: Path) -> list[Path]:
+    """PNGs: the distribution of output tokens per format (log scale) at `out`, and, when decoding was
+    measured, the speedup per drafter at `<out stem>-speedup.png`. Returns the paths written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib import ticker
+
+    summary = report["summary"]["formats"]
+    formats = list(summary)
+    data = [[case["formats"][fmt]["tokens"] or 1 for case in report["cases"]] for fmt in formats]
+    figure, axes = plt.subplots(figsize=(8, 4.5))
+    axes.boxplot(data, tick_labels=formats, showfliers=True)
+    axes.set_yscale("log")
+    axes.yaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:,.0f}"))
+    axes.yaxis.set_minor_formatter(ticker.NullFormatter())
+    axes.set_ylabel("output tokens (Gemma tokenizer, log scale)")
+    axes.set_title(f"Minimal correct output per edit format, {len(report['cases'])} edits")
+    for x, fmt in enumerate(formats, 1):
+        median = summary[fmt]["tokens_median"]
+        axes.annotate(f"{median:,.0f}", (x, median), xytext=(12, 0), textcoords="offset points", va="center")
+    figure.tight_layout()
+    figure.savefig(out, dpi=120)
+    plt.close(figure)
+    written = [out]
+    if "decode" in report["summary"]:
+        written.append(out.with_name(f"{out.stem}-speedup.png"))
+        plot_speedup(report["summary"]["decode"], written[-1])
+    return written
+
+
+def plot_speedup(decode: dict, out: Path) -> None:
+    """Grouped bars: speedup vs no drafting per drafter (decode time; the dot marks the ratio of forwards), for
+    each reference-forced format and each free-running workload."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = [(f"{fmt}\n(forced)", per) for fmt, per in decode["reference_forced"].items()]
+    groups += [(f"{name}\n(free)", per) for name, per in decode["free_running"].items()]
+    drafters = [d for d in decode["drafters"] if d != "off"]
+    figure, axes = plt.subplots(figsize=(max(8.0, 1.3 * len(groups) + 2), 4.8))
+    width = 0.8 / max(len(drafters), 1)
+    for i, drafter in enumerate(drafters):
+        xs = [g + (i - (len(drafters) - 1) / 2) * width for g in range(len(groups))]
+        speed = [per[drafter].get("speedup_vs_off") or 0 for _, per in groups]
+        forwards = [per[drafter].get("forwards_vs_off") or 0 for _, per in groups]
+        bars = axes.bar(xs, speed, width, label=f"{drafter}: decode time")
+        axes.scatter(xs, forwards, color=bars.patches[0].get_facecolor(), edgecolor="black", zorder=3, s=24)
+    axes.axhline(1.0, color="grey", linewidth=0.8)
+    axes.set_xticks(range(len(groups)), [name for name, _ in groups], fontsize=8)
+    axes.set_ylabel("speedup vs no drafting (×)")
+    axes.set_title(f"Speedup per drafter; forced = estimate for a model writing that output "
+                   f"({decode['cases']} edits)\ndots: target forwards, off ÷ drafter", fontsize=10)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(out, dpi=120)
+    plt.close(figure)
