@@ -19,13 +19,19 @@ from pathlib import Path, PurePosixPath
 
 from evals.progress import Progress
 from tools.edit_file import text_lines
+from tools.syntax import language_for, language_name
 
 DEFAULT_CASES = Path(__file__).resolve().parents[1] / ".." / "shared" / "evals" / "edits-dev.jsonl"
 SUITE_DIR = Path(__file__).resolve().parent / "suite"
 
-LANGUAGES = {".py": "python", ".js": "javascript", ".ts": "typescript", ".go": "go", ".rs": "rust"}
+MINED_SUFFIXES = (".py", ".js", ".ts", ".go", ".rs")  # the languages mined from git histories
 REGULAR_MODES = ("100644", "100755")  # plain and executable files; links and submodules are not text edits
 REQUIRED_FIELDS = ("id", "before", "after")  # strings; and "path" or "language", to know the syntax
+
+
+def language_of(path: str) -> str:
+    """The language name of a case's file (as `tools.syntax` names its grammars, e.g. "python")."""
+    return language_name(language_for(path))
 
 
 def load_cases(path: Path, limit: int | None = None) -> list[dict]:
@@ -82,7 +88,7 @@ def load_suite(directory: Path = SUITE_DIR, limit: int | None = None) -> list[di
         cases.append({
             "id": edit["id"],
             "path": edit["file"],
-            "language": LANGUAGES[Path(edit["file"]).suffix],
+            "language": language_of(edit["file"]),
             "instruction": edit["instruction"],
             "before": before,
             "after": after,
@@ -185,7 +191,7 @@ def skip_reason_for_path(path: str) -> str | None:
     """Why a changed file is not a candidate (extension, vendored or generated), or None."""
     parts = path.split("/")
     suffix = Path(path).suffix
-    if suffix not in LANGUAGES:
+    if suffix not in MINED_SUFFIXES:
         return "not a .py/.js/.ts/.go/.rs file"
     if EXCLUDED_DIRS.intersection(parts[:-1]):
         return "vendored or generated directory"
@@ -326,7 +332,7 @@ def mine_git(
             "repo": name,
             "commit": change.commit,
             "path": change.path,
-            "language": LANGUAGES[Path(change.path).suffix],
+            "language": language_of(change.path),
             "instruction": instruction,
             "before": before,
             "after": after,
