@@ -44,7 +44,7 @@ class Transcript:
         self.path = path
         self.redact = redact
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(path, "a", encoding="utf-8")
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 -- open for the transcript's life
 
     def write(self, event_type: str, **fields) -> None:
         event = self.redact({"type": event_type, "time": round(time.time(), 3), **fields})

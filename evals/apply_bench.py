@@ -60,7 +60,7 @@ def _perturbed(ops: list[Op], kind) -> Iterator[tuple[int, int, list[Op]]]:
         if isinstance(ops[i], Retain) and ops[i].text is None and kind(ops[i + 1]):
             for delta in PERTURBATIONS:
                 if ops[i].n + delta >= 0:
-                    yield i, delta, ops[:i] + [Retain(ops[i].n + delta)] + ops[i + 1 :]
+                    yield i, delta, [*ops[:i], Retain(ops[i].n + delta), *ops[i + 1:]]
 
 
 def _outcome(before: str, after: str, script: list[Op], language: str | None, blank_ok: bool) -> str:

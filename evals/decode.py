@@ -210,7 +210,7 @@ def decode_case(
     sources = [decoder.text_ids(case["before"])]  # what the agent sends as `prediction`
     jobs = []
     for fmt in formats:
-        reference = decoder.text_ids(written_output(case, fmt)) + [decoder.end_of_turn]
+        reference = [*decoder.text_ids(written_output(case, fmt)), decoder.end_of_turn]
         jobs.append((fmt, decoder.prompt_ids(edit_prompt(case, fmt)), reference))
     decoder.target.reset(max(len(prompt) + len(reference) + 1 for _, prompt, reference in jobs))
     per_format: dict[str, dict] = {drafter: {} for drafter in drafters}
@@ -218,7 +218,7 @@ def decode_case(
         for drafter in drafters:
             step(f"{case['id']} {fmt} {drafter}")
             figures, tokens = decoder.generate(prompt, drafter, len(reference), sources, reference)
-            if tokens + [decoder.end_of_turn] != reference:
+            if [*tokens, decoder.end_of_turn] != reference:
                 raise AssertionError(f"{case['id']} {fmt} {drafter}: the forced output differs from its reference")
             per_format[drafter][fmt] = figures
     return {drafter: drafter_totals(figures) for drafter, figures in per_format.items()}

@@ -207,7 +207,7 @@ def apply_blocks(before: str, blocks: list[Block]) -> str:
             new = [(prefix + line.rstrip("\n")[common:] if line.strip() else "") + "\n" for line in new]
         end = found + len(old)
         if end == len(doc) and doc and not doc[-1].endswith("\n") and new:
-            new = new[:-1] + [new[-1].removesuffix("\n")]  # the file ends without a newline; keep it so
+            new = [*new[:-1], new[-1].removesuffix("\n")]  # the file ends without a newline; keep it so
         doc[found:end] = new
     return "".join(doc)
 
@@ -312,7 +312,7 @@ def _miscounted_scripts(output: str, rng: random.Random, trials: int) -> list[tu
     found = []
     for i in sorted(rng.sample(counted, min(trials, len(counted)))):
         delta = rng.choice([d for d in MISCOUNTS if ops[i].n + d >= 0])
-        script = ops[:i] + [Retain(ops[i].n + delta)] + ops[i + 1 :]
+        script = [*ops[:i], Retain(ops[i].n + delta), *ops[i + 1:]]
         found.append((f"miscount before {_what(ops[i + 1 :])}", format_script(script)))
     return found
 

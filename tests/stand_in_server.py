@@ -8,6 +8,7 @@ It prints the base URL once listening, serves /v1/models (model "stand-in") and 
 
 import argparse
 import json
+from pathlib import Path
 
 from replay import ReplayServer, Turn
 
@@ -17,7 +18,8 @@ parser.add_argument("--port", type=int, required=True)
 parser.add_argument("--turns")
 args = parser.parse_args()
 assert args.host == "127.0.0.1", "servers listen on the loopback interface only"
-turns = [Turn(**fields) for fields in json.load(open(args.turns))] if args.turns else [Turn("```done\nok\n```")]
+recorded = json.loads(Path(args.turns).read_text()) if args.turns else [{"text": "```done\nok\n```"}]
+turns = [Turn(**fields) for fields in recorded]
 server = ReplayServer(turns, port=args.port, model="stand-in")
 print(f"Serving stand-in at {server.url}", flush=True)
 server.serve_forever()

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -118,7 +119,7 @@ def test_a_malformed_edit_is_corrected_after_the_refusal_reaches_the_model(ws, c
         Turn("```done\nFixed.\n```"),
     ]
     with ReplayServer(turns) as server:
-        code, out, _, report = run(ws, capsys, server.url)
+        code, _out, _, report = run(ws, capsys, server.url)
     told = observation(server.requests[1])
     assert told.startswith("[edit stats.py: error]\n" + str(refusal.value))
     assert "The file is unchanged." in told
@@ -177,7 +178,7 @@ def test_the_server_down_exits_4_with_the_url_and_the_fix(ws, capsys):
 
 def test_a_connection_failure_during_a_turn_is_classified_as_unavailable():
     model = Model("openai/replay-model", f"http://127.0.0.1:{free_port()}/v1")
-    with pytest.raises(ModelUnavailable, match="unreachable at http://127.0.0.1"):
+    with pytest.raises(ModelUnavailable, match=r"unreachable at http://127\.0\.0\.1"):
         model.complete([{"role": "user", "content": "hi"}])
 
 
@@ -238,7 +239,7 @@ def test_secrets_are_not_echoed_to_the_model_the_transcript_or_the_report(ws, ca
 def test_approve_never_shows_the_edit_but_does_not_apply_it(ws, capsys):
     turns = [Turn(f"```edit stats.py\n{FIX_MEAN}\n```"), Turn("```done\nFixed.\n```")]
     with ReplayServer(turns) as server:
-        code, out, _, report = run(ws, capsys, server.url, "--approve", "never")
+        code, out, _, _report = run(ws, capsys, server.url, "--approve", "never")
     told = observation(server.requests[1])
     assert "not applied" in told and "+    return total(items) / max(len(items), 1)" in told
     assert (ws / "stats.py").read_text() == STATS
@@ -277,7 +278,7 @@ def test_model_embedded_starts_the_server_uses_it_and_stops_it(ws, capsys, monke
     assert code == 0 and report["model"] == "openai/stand-in"
     assert report["usage"]["speculation"]["accepted"] == 9
     url = re.search(r"embedded server ready at (\S+)", err)[1]
-    with pytest.raises(OSError):
+    with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"{url}/models", timeout=2)
 
 
@@ -344,7 +345,7 @@ def test_resuming_after_a_crash_mid_turn_does_not_replay_its_actions(ws, capsys,
     transcript.write_text("".join(json.dumps(e) + "\n" for e in events))
     with ReplayServer([Turn("```done\nok\n```")]) as server:
         argv = ["--resume", "crashed", "--transcript", str(transcript), "--workspace", str(ws)]  # not recorded
-        code = run_command(build_parser().parse_args(argv + ["--api-base", server.url]))
+        code = run_command(build_parser().parse_args([*argv, "--api-base", server.url]))
     assert observation(server.requests[0]).startswith("The run was interrupted before the results")
     assert (ws / "stats.py").read_text() == STATS  # the unconfirmed edit was not applied behind the model's back
     assert code == 0
@@ -353,7 +354,7 @@ def test_resuming_after_a_crash_mid_turn_does_not_replay_its_actions(ws, capsys,
 def test_json_to_stdout_leaves_stdout_to_the_report_alone(ws, capsys):
     with ReplayServer([Turn("```done\nok\n```")]) as server:
         argv = [str(ws.parent / "task.md"), "--workspace", str(ws), "--json", "-"]
-        code = run_command(build_parser().parse_args(argv + ["--model", "openai/m", "--api-base", server.url]))
+        code = run_command(build_parser().parse_args([*argv, "--model", "openai/m", "--api-base", server.url]))
     out, err = capsys.readouterr()
     assert code == 0 and json.loads(out)["status"] == "done" and "step 1: done ok" in err
 
@@ -392,7 +393,7 @@ def test_prediction_is_sent_only_to_providers_that_take_it(name, takes):
 def test_a_reply_cut_off_at_the_output_limit_is_not_applied_and_the_model_is_told(ws, capsys):
     cut = Turn('```edit stats.py\nretain("return total(items) / ")\ndelete("len(items)")\nins', finish_reason="length")
     with ReplayServer([cut, Turn("```done\nok\n```")]) as server:
-        code, _, _, report = run(ws, capsys, server.url)
+        code, _, _, _report = run(ws, capsys, server.url)
     told = observation(server.requests[1])
     assert told.startswith("Your reply was cut off at the output token limit") and "is not closed" in told
     assert (ws / "stats.py").read_text() == STATS and code == 0

@@ -71,7 +71,7 @@ def test_the_module_graph_has_no_cycle(graph):
         path.append(module)
         for target in sorted(graph[module]):
             if state.get(target) == 1:
-                return path[path.index(target) :] + [target]
+                return [*path[path.index(target):], target]
             if target not in state and (cycle := walk(target)):
                 return cycle
         path.pop()

@@ -42,7 +42,7 @@ def test_apply_json_reports_ok_and_corrections(monkeypatch, capsys, source, tmp_
 
 
 @pytest.mark.parametrize(
-    "script, code",
+    ("script", "code"),
     [("retain(3", 3), ('delete("absent text")', 3), ("retain(10000)\ndelete(1)", 3), ('retain(14)\ninsert("{{")', 4)],
 )
 def test_apply_exit_codes_and_file_unchanged(monkeypatch, capsys, source, script, code):
@@ -81,7 +81,7 @@ def test_ot_diff_prints_a_script_that_apply_accepts(monkeypatch, capsys, source,
 def test_undo_reverts_the_last_apply(monkeypatch, capsys, source):
     before = source.read_bytes()
     _run(monkeypatch, capsys, ["apply", str(source), "-"], 'retain(27)\ndelete("hi")\ninsert("yo")')
-    code, out, err = _run(monkeypatch, capsys, ["undo", str(source)])
+    code, _out, err = _run(monkeypatch, capsys, ["undo", str(source)])
     assert code == 0 and source.read_bytes() == before and "restored" in err
     code, _, err = _run(monkeypatch, capsys, ["undo"])
     assert code == 1 and "nothing to undo" in err

@@ -41,7 +41,7 @@ def test_k_limits_the_draft_and_large_ids_match_exactly():
 
 @pytest.mark.parametrize("kwargs", [{"k": 0}, {"n_min": 0}, {"n_min": 4, "n_max": 3}])
 def test_bad_parameters_are_rejected(kwargs):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="need k > 0"):
         ngram_lookup([1, 2, 3], **kwargs)
 
 

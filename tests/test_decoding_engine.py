@@ -47,7 +47,7 @@ def test_rollback_then_recompute_equals_a_fresh_forward(embedded_model, kind):
     again = target.logits(target.forward(ids[-6:]))
     torch.testing.assert_close(again, fresh, atol=1e-3, rtol=1e-4)
     assert torch.equal(again.argmax(-1), fresh.argmax(-1))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="cannot roll back"):
         target.rollback(target.length + 1)
 
 
@@ -105,5 +105,5 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
 
 
 def test_model_path_that_is_not_a_model_is_rejected(tmp_path):
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(FileNotFoundError, match=r"config\.json"):
         resolve_model_dir(tmp_path)

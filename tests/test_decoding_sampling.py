@@ -94,5 +94,5 @@ def test_top_k_and_top_p_shape_the_target_distribution():
 
 @pytest.mark.parametrize("kwargs", [{"temperature": -1}, {"top_p": 0}, {"top_p": 1.5}, {"top_k": -2}])
 def test_bad_sampling_parameters_are_rejected(kwargs):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
         SamplingParams(**kwargs)

@@ -117,7 +117,7 @@ def test_streamed_chat_with_usage_matches_the_unstreamed_answer(base_url):
 
 @slow
 @pytest.mark.parametrize(
-    "path, body, status, param",
+    ("path", "body", "status", "param"),
     [
         ("completions", b"{not json", 400, None),
         ("completions", {"prompt": "x", "temperature": "hot"}, 400, "temperature"),

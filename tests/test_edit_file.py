@@ -48,7 +48,7 @@ def test_no_temporary_files_are_left_behind(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "data, message",
+    ("data", "message"),
     [(b"\x00\x01binary", "binary file"), (b"caf\xe9\n", "not UTF-8")],
 )
 def test_binary_and_non_utf8_files_are_refused(tmp_path, data, message):

@@ -74,7 +74,7 @@ def _edit(name: str, script: str):
 @pytest.mark.parametrize("name", sorted(FILES))
 @pytest.mark.parametrize("delta", [-3, -1, 2, 3])
 def test_a_quoted_delete_reanchors_a_miscounted_retain(name, delta):
-    path, text = FILES[name]
+    _path, text = FILES[name]
     old, new = EDITS[name]
     offset = text.index(old)
     script = f"retain({offset + delta})\ndelete({_json(old)})\ninsert({_json(new)})"
@@ -110,7 +110,7 @@ def test_a_slightly_misquoted_delete_is_matched_fuzzily_and_reported():
 @pytest.mark.parametrize("name", ["python", "go"])
 @pytest.mark.parametrize("delta", [1, 2, 3])
 def test_a_whole_line_insert_lands_on_the_nearest_line_boundary(name, delta):
-    path, text = FILES[name]
+    _path, text = FILES[name]
     anchor = "def save" if name == "python" else "func main"
     line_start = text.index(anchor)
     new_line = "# saved below\n" if name == "python" else "// main below\n"
@@ -154,7 +154,7 @@ def test_an_insert_inside_a_word_that_parses_is_left_where_the_counts_put_it():
 
 @pytest.mark.parametrize("name", sorted(FILES))
 def test_an_edit_that_breaks_syntax_is_refused_with_location_and_excerpt(name):
-    path, text = FILES[name]
+    _path, text = FILES[name]
     old, _ = EDITS[name]
     offset = text.index(old)
     with pytest.raises(SyntaxRefused) as info:

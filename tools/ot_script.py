@@ -92,7 +92,7 @@ class ScriptParser:
 
     # -- the state machine -------------------------------------------------------------------------
 
-    def _step(self) -> Op | None | object:
+    def _step(self) -> Op | object | None:
         buf, pos, state = self._buf, self._pos, self._state
         ch = buf[pos]
         if state == _COMMENT:

@@ -84,9 +84,9 @@ class Workspace:
             base = Path(folder)
             for name in dirs + files:
                 path = base / name
-                if matches(path.relative_to(self.root).as_posix()):
-                    if Path(os.path.realpath(path)).is_relative_to(self.root):
-                        found.append(path)
+                inside = matches(path.relative_to(self.root).as_posix())
+                if inside and Path(os.path.realpath(path)).is_relative_to(self.root):
+                    found.append(path)
         return sorted(found)
 
     # -- tools ---------------------------------------------------------------------------------------

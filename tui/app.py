@@ -16,10 +16,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from textual import on, work
 from textual.app import App, ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.message import Message
 from textual.reactive import reactive
@@ -98,7 +99,7 @@ class RunEnded(Message):
 class RetainApp(App):
     CSS_PATH = "app.tcss"
     TITLE = "Retain"
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "stop", "Stop"),
         Binding("ctrl+z", "undo", "Undo edit", priority=True),
         Binding("ctrl+t", "toggle_auto_approve", "Auto-approve"),

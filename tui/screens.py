@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
 from textual.fuzzy import Matcher
 from textual.screen import ModalScreen
@@ -24,7 +25,7 @@ MAX_PICKER_ROWS = 200
 class EditApproval(ModalScreen[str]):
     """The diff of an edit before it is written; answers "approve", "reject", "always" or "stop"."""
 
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("y", "answer('approve')", "Approve"),
         Binding("n", "answer('reject')", "Reject"),
         Binding("a", "answer('always')", "Approve all (auto-approve)"),
@@ -57,7 +58,10 @@ class EditApproval(ModalScreen[str]):
 class CommandApproval(ModalScreen[bool]):
     """A shell command the model wants to run in the workspace."""
 
-    BINDINGS = [Binding("y", "answer(True)", "Run"), Binding("n,escape", "answer(False)", "Refuse")]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("y", "answer(True)", "Run"),
+        Binding("n,escape", "answer(False)", "Refuse"),
+    ]
 
     def __init__(self, command: str) -> None:
         super().__init__()
@@ -76,7 +80,10 @@ class CommandApproval(ModalScreen[bool]):
 class FilePicker(ModalScreen[str | None]):
     """Fuzzy search over the workspace's files; the chosen path, or None."""
 
-    BINDINGS = [Binding("escape", "dismiss(None)", "Close"), Binding("down", "focus_list", show=False)]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "dismiss(None)", "Close"),
+        Binding("down", "focus_list", show=False),
+    ]
 
     def __init__(self, paths: list[str]) -> None:
         super().__init__()
@@ -123,7 +130,7 @@ class FilePicker(ModalScreen[str | None]):
 class SessionPicker(ModalScreen[SessionInfo | None]):
     """The workspace's earlier sessions, to resume one; None starts a new session."""
 
-    BINDINGS = [Binding("escape", "dismiss(None)", "New session")]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "dismiss(None)", "New session")]
 
     def __init__(self, sessions: list[SessionInfo]) -> None:
         super().__init__()

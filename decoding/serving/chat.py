@@ -40,9 +40,9 @@ def text_content(content, param: str) -> str:
     """A message/prediction content: a string or a list of {"type": "text", "text": ...} parts."""
     if isinstance(content, str):
         return content
-    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
-        if all(isinstance(p.get("text"), str) for p in content):
-            return "".join(p["text"] for p in content)
+    parts = isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content)
+    if parts and all(isinstance(p.get("text"), str) for p in content):
+        return "".join(p["text"] for p in content)
     raise MessageError(f"{param} must be a string or a list of text parts", param)
 
 

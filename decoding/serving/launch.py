@@ -69,7 +69,7 @@ class EmbeddedServer:
         self.startup_timeout = startup_timeout
         self.api_base = f"http://127.0.0.1:{self.port}/v1"
         self.model_id: str | None = None
-        self._log = tempfile.TemporaryFile()
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 -- the server's log, kept for its error messages
         self._process: subprocess.Popen | None = None
 
     def __enter__(self) -> EmbeddedServer:
