@@ -1,3 +1,5 @@
+"""`agent bench decode`: its rows, ratios and notes are what the engine and the peer really did."""
+
 import pytest
 
 from decoding.engine.target import make_target

@@ -1,3 +1,5 @@
+"""The OpenAI-compatible server: requests as real clients send them, errors as OpenAI shapes them, streams."""
+
 import json
 import threading
 import urllib.error
