@@ -19,7 +19,9 @@ class OTError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class Retain:
+class _Span:
+    """An op over the document's own text: `n` code points, and the text they must be when it is quoted."""
+
     n: int
     text: str | None = None
 
@@ -27,13 +29,12 @@ class Retain:
         _check_count(self)
 
 
-@dataclass(frozen=True, slots=True)
-class Delete:
-    n: int
-    text: str | None = None
+class Retain(_Span):
+    __slots__ = ()
 
-    def __post_init__(self) -> None:
-        _check_count(self)
+
+class Delete(_Span):
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from decoding.engine.loading import load_model
 from decoding.engine.target import make_target
 from decoding.lab.workloads import Workload, standard_workloads
 from decoding.serving.chat import stop_token_ids
+from tools.command_line import parse_arguments
 
 PEER = "transformers-pld"
 
@@ -362,9 +363,7 @@ def bench_from_args(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m decoding.lab.bench") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    add_bench_arguments(parser)
-    return bench_from_args(parser.parse_args(argv))
+    return bench_from_args(parse_arguments(argv, prog, __doc__.splitlines()[0], add_bench_arguments))
 
 
 if __name__ == "__main__":

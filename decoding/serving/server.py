@@ -32,6 +32,7 @@ from decoding.engine.loading import LoadedModel, load_model
 from decoding.engine.sampling import SamplingParams
 from decoding.engine.target import make_target
 from decoding.serving.chat import MessageError, gemma_chat_prompt, stop_token_ids, text_content
+from tools.command_line import parse_arguments
 
 DEFAULT_MAX_TOKENS = 512
 MAX_BODY_BYTES = 16 << 20
@@ -456,9 +457,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m decoding.serving.server") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    add_serve_arguments(parser)
-    return serve_from_args(parser.parse_args(argv))
+    return serve_from_args(parse_arguments(argv, prog, __doc__.splitlines()[0], add_serve_arguments))
 
 
 if __name__ == "__main__":
