@@ -16,9 +16,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, NotRequired, TypedDict
 
 from agent.client import Model, ModelCancelled, ModelFailed, ModelTimeout, ModelUnavailable, Reply
-from agent.config import Settings
+from agent.config import ApproveMode, Settings, ShellMode
 from agent.protocol import FINISH_TOOLS, Action, action_from_call, parse_actions, tool_specs
 from agent.transcript import Transcript
 from tools.edit_file import FileRefused, read_text_file
@@ -61,14 +62,32 @@ class Budget:
     timeout: float | None = None  # wall-clock seconds
 
 
+OutcomeStatus = Literal["done", "failed", "budget", "unavailable", "cancelled"]
+
+
 @dataclass
 class Outcome:
-    status: str  # "done", "failed", "budget", "unavailable" or "cancelled"
+    status: OutcomeStatus
     reason: str
 
     @property
     def exit_code(self) -> ExitCode:
         return EXIT_CODES[self.status]
+
+
+class EditRecord(TypedDict):
+    """An edit as the report shows it: where, what, how it landed, and its cost against rewriting the file."""
+
+    step: int
+    file: str
+    script: str  # as the model wrote it, secrets redacted
+    status: str  # a tool status: "ok", "refused" or "error"
+    corrections: list[dict]
+    turn_output_tokens: int | None
+    output_tokens: int | None  # Gemma tokens of the script
+    whole_file_tokens: int | None  # Gemma tokens of the file as written
+    tokens_saved: int | None
+    declined: NotRequired[bool]  # the user rejected it
 
 
 @dataclass
@@ -80,7 +99,7 @@ class RunState:
     messages: list[dict] = field(default_factory=list)
     steps: int = 0
     tool_calls: list[dict] = field(default_factory=list)
-    edits: list[dict] = field(default_factory=list)
+    edits: list[EditRecord] = field(default_factory=list)
     usage: dict = field(default_factory=dict)
     focus: str | None = None  # the file last read or changed: the likely target of the next edit
     ended: dict | None = None  # the last "end" event
@@ -147,8 +166,8 @@ class Agent:
         transcript: Transcript,
         *,
         budget: Budget,
-        shell: str = "ask",
-        approve: str = "auto",
+        shell: ShellMode = "ask",
+        approve: ApproveMode = "auto",
         native_tools: bool = False,
         count_tokens: Callable[[str], int] | None = None,
         confirm: Callable[[str], bool] | None = None,
@@ -352,10 +371,10 @@ class Agent:
                 return ToolResult(REFUSED, "refused: the user declined to run this command")
         return self.workspace.shell(command, timeout=self._time_left(SHELL_TIMEOUT))
 
-    def _edit_record(self, step: int, action: Action, result: ToolResult, reply: Reply) -> dict:
+    def _edit_record(self, step: int, action: Action, result: ToolResult, reply: Reply) -> EditRecord:
         """The report's view of an edit: where, what, how it landed, and its cost against rewriting the file."""
         script = str(action.args.get("script", ""))
-        record = {
+        record: EditRecord = {
             "step": step,
             "file": result.data.get("file", str(action.args.get("path"))),
             "script": self.transcript.redact(script),
@@ -369,10 +388,10 @@ class Agent:
         if result.data.get("declined"):
             record["declined"] = True
         if self.count_tokens is not None:
-            record["output_tokens"] = self.count_tokens(script)
+            record["output_tokens"] = output = self.count_tokens(script)
             if result.status == OK and result.file_text is not None:
-                record["whole_file_tokens"] = self.count_tokens(result.file_text)
-                record["tokens_saved"] = record["whole_file_tokens"] - record["output_tokens"]
+                record["whole_file_tokens"] = whole = self.count_tokens(result.file_text)
+                record["tokens_saved"] = whole - output
         return record
 
     def _observe(self, state: RunState, results: list[tuple[Action, ToolResult]], native: bool, cut: bool) -> None:

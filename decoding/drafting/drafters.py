@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from decoding.drafting.base import Draft, DraftContext, Drafter, NgramDrafter
 from decoding.drafting.cursor import CursorTokenDrafter
@@ -67,11 +68,14 @@ class HybridDrafter:
         return other if self._choices & (self._choices - 1) == 0 else best  # retried at choices 4, 8, 16, ...
 
 
-SPECULATION_METHODS = ("off", "ngram", "cursor", "mtp", "hybrid", "auto")
+SpeculationMethod = Literal["off", "ngram", "cursor", "mtp", "hybrid", "auto"]
+SPECULATION_METHODS: tuple[str, ...] = get_args(SpeculationMethod)
 TRUSTED_MATCH = 3  # prompt-lookup match length (tokens) that hybrid copies rather than asking the MTP head
 
 
-def make_drafter(method: str, *, tokenizer=None, target=None, n_min: int = 2, n_max: int = 6) -> Drafter | None:
+def make_drafter(
+    method: SpeculationMethod | str, *, tokenizer=None, target=None, n_min: int = 2, n_max: int = 6
+) -> Drafter | None:
     """The drafter for a speculation method; None for "off". "auto" is "hybrid".
 
     "cursor" follows edit scripts through the source and needs the tokenizer. "mtp" needs the `target` its head was
