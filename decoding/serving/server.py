@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import queue
+import select
+import socket
 import sys
 import threading
 import time
@@ -36,6 +39,10 @@ from tools.command_line import parse_arguments
 
 DEFAULT_MAX_TOKENS = 512
 MAX_BODY_BYTES = 16 << 20
+MAX_SEED = 2**63 - 1  # torch's generator takes a 64-bit seed
+CLIENT_CHECK_SECONDS = 0.5  # how often a non-streamed request checks its client is still there
+READ_TIMEOUT = 30.0  # seconds a client may take to send its headers and body
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]", "::1")
 
 
 class RequestError(Exception):
@@ -56,9 +63,22 @@ def _number(body: dict, name: str, kind, default, lo=None, hi=None):
         return default
     if isinstance(value, bool) or not isinstance(value, kind):
         raise RequestError(f"{name} must be a {'integer' if kind is int else 'number'}", name)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RequestError(f"{name} must be a finite number, got {value}", name)
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         raise RequestError(f"{name} must be between {lo} and {hi}, got {value}", name)
     return value
+
+
+def _check_encodable(text: str, param: str) -> None:
+    """JSON can carry half a surrogate pair (a `\\ud83d` cut from its partner); no tokenizer can encode it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise RequestError(
+            f"{param} holds a lone surrogate (\\u{ord(text[e.start]):04x} at character {e.start}): not valid Unicode "
+            "text; send the whole pair or the character itself", param
+        ) from e
 
 
 @dataclass
@@ -111,7 +131,7 @@ def parse_request(body, chat: bool, model_name: str) -> Job:
         temperature=float(_number(body, "temperature", (int, float), 1.0, 0, 2)),
         top_p=top_p,
         top_k=_number(body, "top_k", int, 0, 0, None),
-        seed=_number(body, "seed", int, None),
+        seed=_number(body, "seed", int, None, 0, MAX_SEED),
     )
     speculation = body.get("speculation", "auto")
     if speculation not in SPECULATION_METHODS:
@@ -128,6 +148,9 @@ def parse_request(body, chat: bool, model_name: str) -> Job:
     stop = [stop] if isinstance(stop, str) else stop
     if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
         raise RequestError("stop must be a non-empty string or a list of up to 4 of them", "stop")
+    for param, text in (("messages" if chat else "prompt", prompt), ("prediction.content", prediction or ""),
+                        *(("stop", s) for s in stop)):
+        _check_encodable(text, param)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise RequestError("stream must be a boolean", "stream")
@@ -254,8 +277,12 @@ def usage(prompt_tokens: int, completion_tokens: int, stats: SpecStats) -> dict:
 
 
 class Handler(BaseHTTPRequestHandler):
+    """One connection. Only what a local OpenAI client sends is accepted: JSON bodies, a loopback or bound Host
+    (a web page the user visits cannot drive the server through DNS rebinding or a simple form post), no CORS."""
+
     service: Service  # set on the subclass made by make_server
     protocol_version = "HTTP/1.1"
+    timeout = READ_TIMEOUT  # a half-sent request does not hold its thread forever
 
     def log_message(self, format, *args):  # quiet: one line per request is noise in a terminal agent
         pass
@@ -274,7 +301,36 @@ class Handler(BaseHTTPRequestHandler):
             error.status, {"error": {"message": str(error), "type": kind, "param": error.param, "code": error.code}}
         )
 
+    def _host_allowed(self) -> bool:
+        """The Host header names this server: a loopback name or the address it is bound to, with its port."""
+        host = self.headers.get("Host")
+        if host is None:
+            return False
+        bound, port = self.server.server_address[:2]
+        if bound in ("0.0.0.0", "::"):  # the user opened the server to the network: any name may reach it
+            return True
+        if host.startswith("["):  # [::1]:8765
+            name, _, rest = host.partition("]")
+            name, given_port = name + "]", rest.removeprefix(":")
+        else:
+            name, _, given_port = host.partition(":")
+        if given_port and given_port != str(port):
+            return False
+        return name.lower() in (*LOOPBACK_NAMES, str(bound), f"[{bound}]")
+
+    def _refuse_foreign(self) -> bool:
+        """Answer 403 (and close) to a request whose Host is not this server's; True when refused."""
+        if self._host_allowed():
+            return False
+        self.close_connection = True
+        self._send_error(RequestError(
+            f"Host {self.headers.get('Host')!r} is not this server's address; this server answers local clients "
+            "only (use 127.0.0.1 or localhost)", status=403, code="forbidden_host"))
+        return True
+
     def do_GET(self) -> None:
+        if self._refuse_foreign():
+            return
         if self.path.rstrip("/") == "/v1/models":
             model = {"id": self.service.name, "object": "model", "created": 0, "owned_by": "retain"}
             self._send_json(200, {"object": "list", "data": [model]})
@@ -282,17 +338,18 @@ class Handler(BaseHTTPRequestHandler):
             self._send_error(RequestError(f"no route GET {self.path}", status=404, code="not_found"))
 
     def do_POST(self) -> None:
+        if self._refuse_foreign():
+            return
         routes = {"/v1/completions": False, "/v1/chat/completions": True}
         path = self.path.rstrip("/")
         try:
             if path not in routes:
                 raise RequestError(f"no route POST {self.path}", status=404, code="not_found")
             job = parse_request(self._read_json(), routes[path], self.service.name)
-        except RequestError as e:
-            self._send_error(e)
-            return
         except Exception as e:  # a malformed request must get an answer, not a dropped connection
-            self._send_error(RequestError(f"could not read the request: {e}"))
+            error = e if isinstance(e, RequestError) else RequestError(f"could not read the request: {e}")
+            self.close_connection = True  # an unread or bad body must not be taken for the next request
+            self._send_error(error)
             return
         self.service.submit(job)
         if job.stream:
@@ -301,6 +358,11 @@ class Handler(BaseHTTPRequestHandler):
             self._respond(job)
 
     def _read_json(self):
+        kind = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if kind != "application/json":
+            raise RequestError(
+                f"Content-Type must be application/json, not {kind or 'missing'!r}", status=415,
+                code="unsupported_media_type")
         length = self.headers.get("Content-Length")
         if length is None or not length.isdigit():
             raise RequestError("a Content-Length header is required", status=411)
@@ -325,7 +387,14 @@ class Handler(BaseHTTPRequestHandler):
     def _respond(self, job: Job) -> None:
         rid, created, parts = self._new_id(job), int(time.time()), []
         while True:
-            kind, value = job.events.get()
+            try:
+                kind, value = job.events.get(timeout=CLIENT_CHECK_SECONDS)
+            except queue.Empty:
+                if self._client_gone():
+                    job.cancelled.set()  # nobody will read the answer: free the worker for the next request
+                    self.close_connection = True
+                    return
+                continue
             if kind == "delta":
                 parts.append(value)
             elif kind == "error":
@@ -380,6 +449,14 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             job.cancelled.set()  # the client left: stop generating for it
+
+    def _client_gone(self) -> bool:
+        """Whether the client closed its end while waiting for a non-streamed answer (readable at end of file)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
 
     def _event(self, payload: dict) -> None:
         self.wfile.write(b"data: " + json.dumps(payload).encode() + b"\n\n")
