@@ -45,7 +45,7 @@ class HybridDrafter:
         copied = self.source.propose(context, k)
         arm = None if copied.tokens else self._choose() if ready else "lookup"
         self._previous = (time.perf_counter(), len(context.tokens), arm if ready else None)
-        if arm == "mtp":
+        if arm == "mtp" and self.mtp is not None:
             return self.mtp.draft(context)
         if arm == "lookup" and self.fallback is not None:
             copied = self.fallback.propose(context, k)
@@ -99,6 +99,7 @@ def make_drafter(
         trusted = max(n_min, TRUSTED_MATCH)
         copying = "cursor" if tokenizer else "ngram"
         source = make_drafter(copying, tokenizer=tokenizer, n_min=trusted, n_max=n_max)
+        assert source is not None  # only "off" makes no drafter
         fallback = NgramDrafter(n_min=n_min, n_max=trusted - 1) if n_min < trusted else None
         mtp = None
         if target is not None:
