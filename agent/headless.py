@@ -128,6 +128,9 @@ def run_command(args: argparse.Namespace, count_tokens: Callable[[str], int] | N
     except KeyboardInterrupt:
         outcome, model_name = Outcome("failed", "interrupted"), settings.model
         transcript.write("end", status=outcome.status, exit_code=outcome.exit_code, reason=outcome.reason)
+    except Exception as exc:  # a failure of the agent itself still ends the transcript and writes the report
+        outcome, model_name = Outcome("failed", f"the agent failed: {type(exc).__name__}: {exc}"), settings.model
+        transcript.write("end", status=outcome.status, exit_code=outcome.exit_code, reason=outcome.reason)
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, old_handler)

@@ -49,6 +49,10 @@ CUT_OFF = (
 )
 CANCELLED_NOTE = "\n\n[the user stopped this reply before it was finished]"
 DECLINED = "not applied: the user rejected this edit; {file} is unchanged. Do not retry it as it is."
+TOOL_FAILED = (
+    "the {tool} tool failed on these arguments ({kind}: {error}); check the arguments (paths, patterns, "
+    "script), and check the files involved before you retry"
+)
 INTERRUPTED = (
     "The run was interrupted before the results of your last reply were recorded. Check the current state "
     "of the files you were changing before you continue."
@@ -207,6 +211,8 @@ class Agent:
 
     def run(self, state: RunState) -> Outcome:
         self._started, steps, tokens = time.monotonic(), 0, 0
+        if self.budget.timeout is not None:  # tool work stops at the run's wall-clock end too
+            self.workspace.deadline = self._started + self.budget.timeout
         self._close_interrupted_turn(state)
         while True:
             if self.cancel is not None and self.cancel.is_set():
@@ -216,7 +222,7 @@ class Agent:
                 return self._end(state, Outcome("budget", spent))
             try:
                 reply = self.model.complete(
-                    state.messages,
+                    self.transcript.redact(state.messages),  # secrets in the task or a reply never reach the model
                     tools=tool_specs() if self.native_tools else None,
                     prediction=self._prediction(state),
                     max_tokens=self._tokens_left(tokens),
@@ -298,6 +304,8 @@ class Agent:
             result = self._dispatch(action)
         except _BadArguments as exc:
             result = ToolResult(ERROR, str(exc))
+        except Exception as exc:  # whatever a model sends, the run goes on and the model hears what went wrong
+            result = ToolResult(ERROR, TOOL_FAILED.format(tool=action.tool, kind=type(exc).__name__, error=exc))
         result.output = self.transcript.redact(result.output)
         event: dict = {"step": state.steps, "call": _call_record(state.steps, action, result)}
         if action.tool in ("read", "edit", "create") and result.status == OK:
@@ -326,7 +334,7 @@ class Agent:
             if preview.status != OK:
                 return preview
             if self.approve == "auto":
-                return self._if_approved(action.tool, preview, lambda: ws.edit(path, script))
+                return self._if_approved(action.tool, preview)
             note = "not applied: edits are not approved in this run (--approve never). It "
             return ToolResult(REFUSED, note + preview.output, preview.data)
         if action.tool == "create":
@@ -339,7 +347,7 @@ class Agent:
             preview = ws.create(path, content, overwrite=overwrite, dry_run=True)
             if preview.status != OK:
                 return preview
-            return self._if_approved(action.tool, preview, lambda: ws.create(path, content, overwrite=overwrite))
+            return self._if_approved(action.tool, preview)
         if action.tool == "list":
             return ws.list(_arg(args, "pattern", str, "**/*"))
         if action.tool == "search":
@@ -348,13 +356,14 @@ class Agent:
             return self._shell(_arg(args, "command", str))
         raise _BadArguments(f"there is no tool {action.tool!r}")
 
-    def _if_approved(self, tool: str, preview: ToolResult, write: Callable[[], ToolResult]) -> ToolResult:
-        """Write the previewed edit if the approver says yes; an edit that changes nothing is not asked about."""
-        if preview.file_text is None:
+    def _if_approved(self, tool: str, preview: ToolResult) -> ToolResult:
+        """Write exactly the previewed edit if the approver says yes (refused if the file changed meanwhile);
+        an edit that changes nothing is not asked about."""
+        if preview.prepared is None:
             return preview
         data = preview.data
         if self.approve_edit(EditProposal(tool, data["file"], data["diff"], data["notes"])):
-            return write()
+            return self.workspace.commit(preview)
         return ToolResult(REFUSED, DECLINED.format(file=data["file"]), {**data, "declined": True})
 
     def _shell(self, command: str) -> ToolResult:
@@ -442,14 +451,18 @@ class Agent:
         return max(1.0, min(limit, self.budget.timeout - (time.monotonic() - self._started)))
 
     def _prediction(self, state: RunState) -> str | None:
-        """The focus file's current text, for servers that draft from it (not with native tools: OpenAI refuses)."""
+        """The focus file's current text, redacted like tool output, for servers that draft from it (not with
+        native tools: OpenAI refuses)."""
         if self.native_tools or state.focus is None:
             return None
         try:
-            text = read_text_file(self.workspace.resolve(state.focus)).text
-        except (PathRefused, FileRefused):
+            path = self.workspace.resolve(state.focus)
+            if path.stat().st_size > 4 * MAX_PREDICTION_CHARS:  # too long whatever its encoding: not read
+                return None
+            text = read_text_file(path).text
+        except (PathRefused, FileRefused, OSError):
             return None
-        return text if len(text) <= MAX_PREDICTION_CHARS else None
+        return self.transcript.redact(text) if len(text) <= MAX_PREDICTION_CHARS else None
 
     def _end(self, state: RunState, outcome: Outcome) -> Outcome:
         self.transcript.write("end", status=outcome.status, exit_code=outcome.exit_code, reason=outcome.reason)

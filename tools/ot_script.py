@@ -20,6 +20,8 @@ OP_NAMES = ("retain", "delete", "insert")
 _STRING_STOP = re.compile(r'["\\]')
 _NAME = re.compile(r"[A-Za-z_]\w*")
 _DIGITS = re.compile(r"\d+")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+MAX_COUNT_DIGITS = 18  # a count longer than this is larger than any file (and than Python parses quickly)
 
 
 class ScriptSyntaxError(OTError):
@@ -199,9 +201,21 @@ class ScriptParser:
                 text = json.loads(literal, strict=False)
             except json.JSONDecodeError as exc:
                 raise self._error(f"bad string literal: {exc.msg}", self._arg_start + exc.pos) from None
+            if half := _SURROGATE.search(text):
+                raise self._error(
+                    f"the string has half of a UTF-16 surrogate pair (\\u{ord(half.group()):04x}) without its other "
+                    "half; write the character itself, or both halves (e.g. \\ud83d\\ude00)",
+                    self._arg_start,
+                )
             if self._name == "insert":
                 return Insert(text)
             return Retain(len(text), text) if self._name == "retain" else Delete(len(text), text)
+        if len(literal) > MAX_COUNT_DIGITS:
+            raise self._error(
+                f"count too large ({len(literal)} digits); counts are code points in the file, so use a quoted "
+                'retain("…") to reach text far away',
+                self._arg_start,
+            )
         count = int(literal)
         return Retain(count) if self._name == "retain" else Delete(count)
 

@@ -14,6 +14,7 @@ Models miscount. This module turns the script a model wrote into an exact op lis
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -37,6 +38,7 @@ SNAP_RADIUS = 3  # code points within which an insert moves to a line or word bo
 FUZZY_MIN_LENGTH = 8  # shorter quotes are matched exactly or not at all
 MAX_CANDIDATES = 8  # nearest candidate positions tried for one op
 MAX_TRIALS = 64  # whole-script resolutions tried while choosing between candidate positions
+TIME_BUDGET = 5.0  # seconds spent placing one script at most (checked between whole-script trials)
 
 
 class EditRefused(OTError):
@@ -48,7 +50,7 @@ class EditRefused(OTError):
 
 
 class _TooManyTrials(Exception):
-    """Choosing between candidate positions needed more whole-script trials than MAX_TRIALS."""
+    """Choosing between candidate positions needed more whole-script trials than MAX_TRIALS, or more time."""
 
 
 class SyntaxRefused(OTError):
@@ -83,14 +85,24 @@ class AppliedEdit:
     notes: list[str] = field(default_factory=list)
 
 
-def apply_edit(before: str, script: Sequence[Op], language: str | None, *, allow_broken: bool = False) -> AppliedEdit:
-    """Place `script` on `before` and return the result; raises EditRefused or SyntaxRefused."""
-    resolver = _Resolver(before, list(script), language)
+def apply_edit(
+    before: str,
+    script: Sequence[Op],
+    language: str | None,
+    *,
+    allow_broken: bool = False,
+    deadline: float | None = None,
+) -> AppliedEdit:
+    """Place `script` on `before` and return the result; raises EditRefused or SyntaxRefused.
+
+    Placing gives up (EditRefused) after TIME_BUDGET seconds, or at `deadline` (time.monotonic()) if sooner."""
+    budget_end = time.monotonic() + TIME_BUDGET
+    resolver = _Resolver(before, list(script), language, min(budget_end, deadline or budget_end))
     try:
         ops, corrections = resolver.resolve({})
     except _TooManyTrials:
         raise EditRefused(
-            "the script has too many ambiguous positions to check them all; anchor its edits with quoted "
+            "the script has too many ambiguous positions to check them all in time; anchor its edits with quoted "
             'retain("…") or delete("…") text'
         ) from None
     after = apply(before, ops)
@@ -139,10 +151,11 @@ def _splits_word(doc: str, offset: int) -> bool:
 class _Resolver:
     """Resolves a script against one document; `resolve(forced)` may be re-run with positions pinned."""
 
-    def __init__(self, doc: str, ops: list[Op], language: str | None) -> None:
+    def __init__(self, doc: str, ops: list[Op], language: str | None, deadline: float) -> None:
         self.doc = doc
         self.ops = ops
         self.language = language
+        self.deadline = deadline  # time.monotonic() after which no more trials are run
         self.trials = 0
         self.trial_depth = 0  # >0 while trying a candidate: nested choices take the nearest
         self._base_problems: list[SyntaxProblem] | None = None
@@ -331,7 +344,7 @@ class _Resolver:
         """(resulting text, adds syntax errors, corrections) for the script with `forced` pinned; None
         when it does not resolve."""
         self.trials += 1
-        if self.trials > MAX_TRIALS:
+        if self.trials > MAX_TRIALS or time.monotonic() > self.deadline:
             raise _TooManyTrials
         self.trial_depth += 1
         try:
