@@ -12,6 +12,7 @@ owner) is rewritten in place instead, so every link sees the edit. Every applied
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import errno
 import hashlib
@@ -259,10 +260,8 @@ def _replace(parent: int, path: Path, data: bytes, mode: int | None) -> None:
             os.close(fd)
         os.replace(tmp, path.name, src_dir_fd=parent, dst_dir_fd=parent)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp, dir_fd=parent)
-        except OSError:
-            pass
         raise
 
 

@@ -12,6 +12,7 @@ and `deadline` (the run's wall-clock end) bounds them all.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import os
 import re
 import signal
@@ -512,10 +513,8 @@ class _OutputCapture:
 
 
 def _kill_group(process: subprocess.Popen) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _glob_regex(pattern: str) -> re.Pattern:
