@@ -1,6 +1,4 @@
-import inspect
 import json
-import textwrap
 import threading
 import time
 import urllib.error
@@ -9,7 +7,7 @@ import urllib.request
 import pytest
 
 from decoding.server import RequestError, Service, gemma_chat_prompt, make_server, parse_request
-from decoding.workloads import standard_workloads
+from decoding.workloads import shared_prefix_prompts, standard_workloads
 
 slow = pytest.mark.slow
 
@@ -75,17 +73,6 @@ def test_completion_with_prediction_speculates_and_matches_plain_decoding(base_u
     }
 
 
-def shared_prefix(tokenizer, tokens: int) -> str:
-    """The first lines of textwrap.py holding at least `tokens` tokens: a real file as a long shared prompt prefix."""
-    lines = inspect.getsource(textwrap).splitlines(keepends=True)
-    text = ""
-    for line in lines:
-        text += line
-        if len(tokenizer(text).input_ids) >= tokens:
-            return text
-    raise AssertionError(f"textwrap.py has fewer than {tokens} tokens")
-
-
 def timed_call(url: str, body: dict) -> tuple[float, dict]:
     start = time.perf_counter()
     status, payload = call(url, body)
@@ -97,8 +84,7 @@ def timed_call(url: str, body: dict) -> tuple[float, dict]:
 def test_a_second_request_sharing_a_long_prefix_reuses_its_cache(base_url, embedded_model):
     """Issue #17: a 2,000-token shared prefix is prefilled once; the first token of the next request comes far sooner
     (>= 5x on an idle machine; 2x here so a loaded one passes) and greedy text is the uncached server's."""
-    prefix = "File textwrap.py:\n```python\n" + shared_prefix(embedded_model.tokenizer, 2000) + "```\n\n"
-    first, second = prefix + "Summarize the file above.", prefix + "What does dedent do?"
+    first, second = shared_prefix_prompts(embedded_model.tokenizer, 2000)
     request = {"max_tokens": 1, "temperature": 0, "speculation": "off"}
     cold, cold_answer = timed_call(f"{base_url}/completions", {**request, "prompt": first})
     warm, warm_answer = timed_call(f"{base_url}/completions", {**request, "prompt": second})
