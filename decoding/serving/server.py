@@ -8,6 +8,10 @@ Predicted Outputs' shape), `speculation: "off" | "ngram" | "cursor" | "mtp" | "h
 (auto = hybrid), `top_k` limits sampling. `usage` reports `completion_tokens_details.accepted_prediction_tokens` /
 `rejected_prediction_tokens` and `speculation = {method, drafted, accepted, target_forwards, mean_accepted_length,
 accepted_by}` (accepted draft tokens per drafter that proposed them, e.g. {"ngram": 40, "mtp": 12}).
+
+A prefix cache keeps the keys and values of recent prompts and outputs (`decoding.engine.prefix_cache`): a request that
+shares a prefix with one before prefills only the rest, and `usage.prompt_tokens_details.cached_tokens` says how
+many prompt tokens it reused, as OpenAI's does.
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ from decoding.drafting.drafters import SPECULATION_METHODS, make_drafter
 from decoding.drafting.mtp import MTPError
 from decoding.engine.generation import Generation, GenerationRequest, SpecStats
 from decoding.engine.loading import LoadedModel, load_model
+from decoding.engine.prefix_cache import DEFAULT_MAX_BYTES, PrefixCachingTarget
 from decoding.engine.sampling import SamplingParams
-from decoding.engine.target import make_target
+from decoding.engine.target import GemmaTarget, make_target
 from decoding.serving.chat import MessageError, gemma_chat_prompt, stop_token_ids, text_content
 from tools.command_line import parse_arguments
 
@@ -196,13 +201,19 @@ class TextStream:
 
 
 class Service:
-    """The loaded model plus a single worker that runs queued jobs one at a time."""
+    """The loaded model plus a single worker that runs queued jobs one at a time.
 
-    def __init__(self, loaded: LoadedModel, target_kind: str = "auto"):
+    `prefix_cache_bytes` bounds the prefix cache's snapshots (0: no prefix cache); it needs our Gemma target.
+    """
+
+    def __init__(self, loaded: LoadedModel, target_kind: str = "auto", prefix_cache_bytes: int = DEFAULT_MAX_BYTES):
         self.loaded = loaded
         self.name = loaded.name
         self.tokenizer = loaded.tokenizer
-        self.target = make_target(loaded.model, target_kind)
+        self.model_target = make_target(loaded.model, target_kind)  # what drafters that read the model are given
+        self.target = self.model_target
+        if prefix_cache_bytes and isinstance(self.model_target, GemmaTarget):
+            self.target = PrefixCachingTarget(self.model_target, prefix_cache_bytes)
         self.context_length = getattr(loaded.model.config, "max_position_embeddings", 8192)
         self.eos_ids = stop_token_ids(self.tokenizer)
         self.jobs: queue.Queue[Job] = queue.Queue()
@@ -232,7 +243,7 @@ class Service:
             )
         sources = [self.tokenizer(job.prediction, add_special_tokens=False).input_ids] if job.prediction else []
         try:
-            drafter = make_drafter(job.speculation, tokenizer=self.tokenizer, target=self.target)
+            drafter = make_drafter(job.speculation, tokenizer=self.tokenizer, target=self.model_target)
         except MTPError as e:
             raise RequestError(str(e), "speculation") from e
         request = GenerationRequest(
@@ -256,20 +267,31 @@ class Service:
         if delta:
             job.events.put(("delta", delta))
         finish = "stop" if text.stopped else generation.finish_reason or "stop"
-        job.events.put(("done", (finish, len(prompt_ids), len(text.tokens), generation.stats)))
+        cached = self.target.reused if isinstance(self.target, PrefixCachingTarget) else 0
+        job.events.put(("done", (finish, Usage(len(prompt_ids), cached, len(text.tokens), generation.stats))))
 
 
-def usage(prompt_tokens: int, completion_tokens: int, stats: SpecStats) -> dict:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-        "completion_tokens_details": {
-            "accepted_prediction_tokens": stats.accepted,
-            "rejected_prediction_tokens": stats.drafted - stats.accepted,
-        },
-        "speculation": stats.as_dict(),
-    }
+@dataclass
+class Usage:
+    prompt_tokens: int
+    cached_tokens: int  # prompt tokens whose keys and values came from the prefix cache
+    completion_tokens: int
+    stats: SpecStats
+
+    def as_dict(self) -> dict:
+        """OpenAI's `usage` object with our `speculation` figures."""
+        stats = self.stats
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+            "completion_tokens_details": {
+                "accepted_prediction_tokens": stats.accepted,
+                "rejected_prediction_tokens": stats.drafted - stats.accepted,
+            },
+            "speculation": stats.as_dict(),
+        }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -401,10 +423,10 @@ class Handler(BaseHTTPRequestHandler):
                 self._send_error(value)
                 return
             else:
-                finish, prompt_tokens, completion_tokens, stats = value
+                finish, used = value
                 payload = self._envelope(job, rid, created, chunk=False)
                 payload["choices"] = [self._choice(job, "".join(parts), finish, delta=False)]
-                payload["usage"] = usage(prompt_tokens, completion_tokens, stats)
+                payload["usage"] = used.as_dict()
                 self._send_json(200, payload)
                 return
 
@@ -436,12 +458,12 @@ class Handler(BaseHTTPRequestHandler):
                     self._event({"error": {"message": str(value), "type": "server_error", "code": value.code}})
                     break
                 else:
-                    finish, prompt_tokens, completion_tokens, stats = value
+                    finish, used = value
                     chunk["choices"] = [self._choice(job, None, finish, delta=True)]
                     self._event(chunk)
                     if job.include_usage:
                         tail = self._envelope(job, rid, created, chunk=True)
-                        tail["choices"], tail["usage"] = [], usage(prompt_tokens, completion_tokens, stats)
+                        tail["choices"], tail["usage"] = [], used.as_dict()
                         self._event(tail)
                     break
                 event = job.events.get()
@@ -495,6 +517,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--dtype", choices=["float32", "bfloat16"], default="float32", help="weight dtype (default: float32)"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--prefix-cache-mb",
+        type=int,
+        default=DEFAULT_MAX_BYTES >> 20,
+        help=f"MiB for snapshots of cached prompts beside the live cache (default: {DEFAULT_MAX_BYTES >> 20}; 0: no "
+        "prefix cache at all)",
+    )
 
 
 def run_server(
@@ -504,6 +533,7 @@ def run_server(
     dtype: str = "float32",
     threads: int | None = None,
     engine: str = "embedded",
+    prefix_cache_mb: int = DEFAULT_MAX_BYTES >> 20,
 ) -> None:
     """Load the model, then serve until interrupted; prints the base URL once ready."""
     if engine != "embedded":
@@ -512,7 +542,9 @@ def run_server(
         if threads < 1:
             raise ValueError(f"--threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
-    service = Service(load_model(model, dtype))
+    if prefix_cache_mb < 0:
+        raise ValueError(f"--prefix-cache-mb must be >= 0, got {prefix_cache_mb}")
+    service = Service(load_model(model, dtype), prefix_cache_bytes=prefix_cache_mb << 20)
     server = make_server(service, host, port)
     print(f"Serving {service.name} at http://{host}:{server.server_address[1]}/v1", flush=True)
     try:
@@ -526,7 +558,7 @@ def run_server(
 def serve_from_args(args: argparse.Namespace) -> int:
     """Serve with options added by `add_serve_arguments`; a bad option or model path is an error, exit status 2."""
     try:
-        run_server(args.host, args.port, args.model, args.dtype, args.threads, args.engine)
+        run_server(args.host, args.port, args.model, args.dtype, args.threads, args.engine, args.prefix_cache_mb)
     except (FileNotFoundError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
