@@ -12,7 +12,7 @@ import pytest
 
 from decoding.engine.generation import SpecStats
 from decoding.serving import server as serving
-from decoding.serving.server import RequestError, make_server, parse_request
+from decoding.serving.server import RequestError, Usage, make_server, parse_request
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
@@ -35,7 +35,7 @@ class StandInService:
         while self.hold and not job.cancelled.is_set() and time.monotonic() < deadline:
             time.sleep(0.02)
         job.events.put(("delta", "ok"))
-        job.events.put(("done", ("stop", 3, 1, SpecStats(method="off"))))
+        job.events.put(("done", ("stop", Usage(3, 0, 1, SpecStats(method="off")))))
 
 
 @pytest.fixture

@@ -76,7 +76,7 @@ def describe_os_error(path: str | Path, exc: OSError | ValueError) -> str:
         errno.ENOENT: "check the path",
         errno.ENOTDIR: "a part of the path is not a folder; check the path",
         errno.ELOOP: "a part of the path is a symlink loop or was swapped for a symlink; check the path",
-    }.get(exc.errno, "check the path")
+    }.get(exc.errno or 0, "check the path")
     return f"{str(path)[:200]}: {reason.lower()}; {hint}"
 
 
@@ -386,8 +386,9 @@ def _check_writable(path: Path, mode: int) -> None:
 def write_prepared(prepared: PreparedEdit, *, journal: bool = True, root: Path | None = None) -> str | None:
     """Write exactly `prepared.after`, refusing (FileChanged, nothing written) when the file is no longer the
     one it was computed from; returns the journal entry's id (None without a journal or a previous file)."""
-    keep = Journal() if journal and prepared.before is not None else None
-    blob = keep.keep(prepared.before) if keep is not None else None
+    before = prepared.before
+    keep = Journal() if journal and before is not None else None
+    blob = keep.keep(before) if keep is not None and before is not None else None
     atomic_write(
         prepared.path,
         prepared.after,
@@ -396,7 +397,7 @@ def write_prepared(prepared: PreparedEdit, *, journal: bool = True, root: Path |
         must_not_exist=prepared.before is None,
         root=root,
     )
-    if keep is None:
+    if keep is None or blob is None:
         return None
     return keep.note(prepared.path, blob, _sha256(prepared.after), prepared.mode)
 
@@ -412,10 +413,12 @@ def apply_script_to_file(
 ) -> FileEdit:
     """Prepare `script` on the file, then write it unless `dry_run`. On any refusal the file is untouched."""
     prepared = prepare_script(path, script, allow_broken=allow_broken, deadline=deadline)
+    applied = prepared.edit
+    assert applied is not None  # a script's preparation carries the applier's result
     if dry_run or not prepared.changes:
-        return FileEdit(prepared.path, prepared.edit, prepared.diff, False, None)
+        return FileEdit(prepared.path, applied, prepared.diff, False, None)
     entry = write_prepared(prepared, journal=journal)
-    return FileEdit(prepared.path, prepared.edit, prepared.diff, True, entry)
+    return FileEdit(prepared.path, applied, prepared.diff, True, entry)
 
 
 # -- the journal -------------------------------------------------------------------------------------------
@@ -461,8 +464,9 @@ class Journal:
 
     def note(self, path: Path, before: str, after: str, mode: int | None) -> str:
         """Log an edit of `path` from blob `before` to content hash `after`; returns its id."""
+        entry_id = uuid.uuid4().hex[:12]
         entry = {
-            "id": uuid.uuid4().hex[:12],
+            "id": entry_id,
             "time": time.time(),
             "path": os.path.realpath(path),
             "before": before,
@@ -470,7 +474,7 @@ class Journal:
             "mode": mode,
         }
         self._append(entry)
-        return entry["id"]
+        return entry_id
 
     def _append(self, record: dict) -> None:
         line = json.dumps(record) + "\n"

@@ -72,7 +72,7 @@ class ScriptParser:
         done: list[Op] = []
         while self._pos < len(self._buf):
             op = self._step()
-            if op is _NEED_MORE:
+            if isinstance(op, _NeedMore):
                 break
             if op is not None:
                 self.ops.append(op)
@@ -94,7 +94,7 @@ class ScriptParser:
 
     # -- the state machine -------------------------------------------------------------------------
 
-    def _step(self) -> Op | object | None:
+    def _step(self) -> Op | _NeedMore | None:
         buf, pos, state = self._buf, self._pos, self._state
         ch = buf[pos]
         if state == _COMMENT:
@@ -176,7 +176,7 @@ class ScriptParser:
         self._seen_op = True
         return self._make_op()
 
-    def _scan_string(self) -> object | None:
+    def _scan_string(self) -> Op | _NeedMore | None:
         buf = self._buf
         pos = self._string_scan
         while True:
@@ -219,7 +219,7 @@ class ScriptParser:
         count = int(literal)
         return Retain(count) if self._name == "retain" else Delete(count)
 
-    def _skip_comment(self) -> object | None:
+    def _skip_comment(self) -> _NeedMore | None:
         if self._state != _COMMENT:
             self._after_comment, self._state = self._state, _COMMENT
         end = self._buf.find("\n", self._pos)
@@ -235,7 +235,11 @@ class ScriptParser:
         return ScriptSyntaxError(message, line, column)
 
 
-_NEED_MORE = object()
+class _NeedMore:
+    """What `_step` returns when the op is not complete in the buffer yet."""
+
+
+_NEED_MORE = _NeedMore()
 
 
 def _decode_prefix(raw: str) -> str:

@@ -148,6 +148,21 @@ def _splits_word(doc: str, offset: int) -> bool:
     return 0 < offset < len(doc) and _is_word(doc[offset - 1]) and _is_word(doc[offset])
 
 
+Pins = dict[int, "int | tuple[int, int]"]  # op index -> an insert's offset, or a quoted op's (start, end)
+
+
+def _pinned_offset(forced: Pins, index: int) -> int | None:
+    pin = forced.get(index)
+    assert pin is None or isinstance(pin, int)  # inserts are pinned by offset
+    return pin
+
+
+def _pinned_span(forced: Pins, index: int) -> tuple[int, int] | None:
+    pin = forced.get(index)
+    assert pin is None or isinstance(pin, tuple)  # quoted ops are pinned by span
+    return pin
+
+
 class _Resolver:
     """Resolves a script against one document; `resolve(forced)` may be re-run with positions pinned."""
 
@@ -167,7 +182,7 @@ class _Resolver:
             self._base_problems = syntax_problems(self.doc, self.language)
         return added_problems(self._base_problems, syntax_problems(after, self.language))
 
-    def resolve(self, forced: dict[int, int]) -> tuple[list[Op], list[Correction]]:
+    def resolve(self, forced: Pins) -> tuple[list[Op], list[Correction]]:
         """Exact ops for the whole script; `forced` pins op index -> document offset."""
         doc = self.doc
         out: list[Op] = []
@@ -182,10 +197,11 @@ class _Resolver:
                 continue
             if isinstance(op, Insert):
                 following = self.ops[index + 1] if index + 1 < len(self.ops) else None
-                at = forced.get(index)
+                at = _pinned_offset(forced, index)
                 if at is None and is_quoted(following):
                     # insert + quoted op is a replacement: the quoted text places both
-                    span = forced.get(index + 1) or self._place_quoted(index + 1, following, pos, done, forced)
+                    pinned = _pinned_span(forced, index + 1)
+                    span = pinned or self._place_quoted(index + 1, following, pos, done, forced)
                     forced = forced | {index + 1: span}
                     if span[0] != pos or doc[span[0] : span[1]] != following.text:
                         corrections.append(self._correction(index + 1, following, pos, *span))
@@ -216,7 +232,7 @@ class _Resolver:
                 out += [Retain(pos - done), Delete(op.n, doc[pos : pos + op.n])]
                 done = pos = pos + op.n
                 continue
-            start, end = forced[index] if index in forced else self._place_quoted(index, op, pos, done, forced)
+            start, end = _pinned_span(forced, index) or self._place_quoted(index, op, pos, done, forced)
             if start < done:
                 raise EditRefused(f"op {index} {_short(op)} would land before the previous edit", index)
             if start != pos or doc[start:end] != op.text:
@@ -229,8 +245,9 @@ class _Resolver:
 
     # -- quoted ops ------------------------------------------------------------------------------
 
-    def _place_quoted(self, index: int, op: Retain | Delete, pos: int, done: int, forced: dict) -> tuple[int, int]:
+    def _place_quoted(self, index: int, op: Retain | Delete, pos: int, done: int, forced: Pins) -> tuple[int, int]:
         doc, text = self.doc, op.text
+        assert text is not None  # only quoted ops are placed by their text
         if doc.startswith(text, pos):
             return pos, pos + len(text)
         run = quoted_run(self.ops, index)
@@ -263,7 +280,7 @@ class _Resolver:
 
     # -- inserts ---------------------------------------------------------------------------------
 
-    def _place_insert(self, index: int, op: Insert, pos: int, done: int, forced: dict) -> int:
+    def _place_insert(self, index: int, op: Insert, pos: int, done: int, forced: Pins) -> int:
         """Where an insert after a count-only retain belongs: whole lines on a line boundary, words whole."""
         doc, text = self.doc, op.text
         if not is_line_insert(op):
@@ -275,7 +292,7 @@ class _Resolver:
         fits = lambda q: _indent_fits(doc, q, text)  # noqa: E731
         return self._choose(index, pos, candidates, forced, lambda q: q, kind="line boundaries", fits=fits, lines=True)
 
-    def _place_inline(self, index: int, op: Insert, pos: int, done: int, forced: dict) -> int:
+    def _place_inline(self, index: int, op: Insert, pos: int, done: int, forced: Pins) -> int:
         doc = self.doc
         if self.language is None or not _splits_word(doc, pos):
             return pos
@@ -288,7 +305,7 @@ class _Resolver:
             return clean[0]
         return pos
 
-    def _clean(self, forced: dict) -> bool:
+    def _clean(self, forced: Pins) -> bool:
         trial = self._trial(forced)
         return trial is not None and not trial[1]
 
@@ -299,7 +316,7 @@ class _Resolver:
         index: int,
         pos: int,
         candidates: list[int],
-        forced: dict,
+        forced: Pins,
         span,
         kind: str = "matches",
         fits=None,
@@ -319,8 +336,9 @@ class _Resolver:
             return candidates[0]
         if candidates[0] == pos and fits(pos) and self._clean(forced | {index: span(pos)}):
             return pos  # where the counts put it is valid: trust them
-        trials = {c: self._trial(forced | {index: span(c)}) for c in candidates}
-        viable = [c for c in candidates if trials[c] is not None]
+        tried = {c: self._trial(forced | {index: span(c)}) for c in candidates}
+        trials = {c: trial for c, trial in tried.items() if trial is not None}
+        viable = [c for c in candidates if c in trials]
         if not viable:
             return candidates[0]  # every choice fails later; let the nearest report its own error
         rank = {c: (trials[c][1], not fits(c), trials[c][2]) for c in viable}
@@ -340,7 +358,7 @@ class _Resolver:
             index,
         )
 
-    def _trial(self, forced: dict) -> tuple[str, bool, int] | None:
+    def _trial(self, forced: Pins) -> tuple[str, bool, int] | None:
         """(resulting text, adds syntax errors, corrections) for the script with `forced` pinned; None
         when it does not resolve."""
         self.trials += 1

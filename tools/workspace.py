@@ -175,15 +175,17 @@ class Workspace:
             return _edit_error(exc, path, script)
         name = self.rel(prepared.path)
         edit = prepared.edit
+        assert edit is not None  # a script's preparation carries the applier's result
+        notes_said = [c.message for c in edit.corrections] + edit.notes
         data = {
             "file": name,
             "script": script,
             "corrections": [c.to_dict() for c in edit.corrections],
-            "notes": [c.message for c in edit.corrections] + edit.notes,
+            "notes": notes_said,
             "diff": prepared.diff,
             "written": False,
         }
-        notes = "".join(f"note: {line}\n" for line in data["notes"])
+        notes = "".join(f"note: {line}\n" for line in notes_said)
         if not prepared.changes:
             return ToolResult(OK, f"{notes}the script leaves {name} unchanged", data)
         preview = ToolResult(OK, f"would change {name}:\n{notes}{prepared.diff}", data, edit.after, prepared)
@@ -210,6 +212,8 @@ class Workspace:
     def commit(self, preview: ToolResult) -> ToolResult:
         """Write a previewed edit exactly as it was shown; refused, writing nothing, if the file changed since."""
         prepared, data = preview.prepared, dict(preview.data)
+        if prepared is None:
+            return ToolResult(ERROR, "nothing to write: this result was not a prepared edit", data)
         name = data["file"]
         try:
             write_prepared(prepared, root=self.root)
@@ -218,7 +222,8 @@ class Workspace:
         except OTError as exc:  # FileChanged
             return ToolResult(ERROR, str(exc), data)
         if prepared.edit is None:
-            return ToolResult(OK, f"wrote {name} ({len(preview.file_text)} code points)", data, preview.file_text)
+            written = preview.file_text or ""
+            return ToolResult(OK, f"wrote {name} ({len(written)} code points)", data, preview.file_text)
         data["written"] = True
         notes = "".join(f"note: {line}\n" for line in data["notes"])
         return ToolResult(OK, f"applied to {name}:\n{notes}{prepared.diff}", data, preview.file_text)
@@ -248,7 +253,8 @@ class Workspace:
             return _refusal(exc)
         budget = self.time_left(SEARCH_TIME_BUDGET)
         deadline = time.monotonic() + budget
-        hits, total = [], 0
+        hits: list[str] = []
+        total = 0
         try:
             for path in paths:
                 for number, line in _searchable_lines(path):
@@ -463,7 +469,9 @@ class _OutputCapture:
     KEEP = 4 * MAX_SHELL_OUTPUT  # bytes kept at each end: enough for MAX_SHELL_OUTPUT code points
 
     def __init__(self, process: subprocess.Popen) -> None:
-        self.process = process
+        if process.stdout is None:
+            raise ValueError("the shell's output must be a pipe (stdout=subprocess.PIPE)")
+        self.process, self.stdout = process, process.stdout
         self.head, self.tail = bytearray(), bytearray()
         self.total = 0
         self.overflowed = False
@@ -471,7 +479,7 @@ class _OutputCapture:
         self._reader.start()
 
     def _read(self) -> None:
-        fd = self.process.stdout.fileno()
+        fd = self.stdout.fileno()
         while chunk := os.read(fd, 65536):
             self._add(chunk)
             if self.total > MAX_SHELL_STREAM_BYTES and not self.overflowed:
@@ -497,7 +505,7 @@ class _OutputCapture:
         if self._reader.is_alive():
             _kill_group(self.process)
         self._reader.join(5)
-        self.process.stdout.close()
+        self.stdout.close()
 
     def text(self) -> str:
         if self.total == len(self.head) + len(self.tail):
