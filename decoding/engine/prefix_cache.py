@@ -99,6 +99,9 @@ class PrefixCachingTarget:
     def logits(self, hidden: Tensor) -> Tensor:
         return self.target.logits(hidden)
 
+    def embedding_tables(self) -> tuple[Tensor, Tensor]:
+        return self.target.embedding_tables()
+
     def rollback(self, length: int) -> None:
         self.target.rollback(length)
         del self.held[length:]

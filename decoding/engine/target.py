@@ -67,7 +67,8 @@ class GemmaTarget:
 
     def cached_rows(self, start: int, end: int) -> tuple[Tensor, Tensor]:
         """Copies of the keys and values of positions start..end-1, [L, Hkv, end-start, Dh] each."""
-        return tuple(t.clone() for t in self.cache.rows(start, end))
+        keys, values = self.cache.rows(start, end)
+        return keys.clone(), values.clone()
 
     def load_rows(self, start: int, k: Tensor, v: Tensor) -> None:
         """Write keys/values [L, Hkv, n, Dh] at positions start..start+n-1; the cache then holds start+n."""

@@ -38,7 +38,7 @@ from decoding.engine.generation import Generation, GenerationRequest, SpecStats
 from decoding.engine.loading import LoadedModel, load_model
 from decoding.engine.prefix_cache import DEFAULT_MAX_BYTES, PrefixCachingTarget
 from decoding.engine.sampling import SamplingParams
-from decoding.engine.target import GemmaTarget, make_target
+from decoding.engine.target import GemmaTarget, Target, make_target
 from decoding.serving.chat import MessageError, gemma_chat_prompt, stop_token_ids, text_content
 from tools.command_line import parse_arguments
 
@@ -118,11 +118,12 @@ def parse_request(body, chat: bool, model_name: str) -> Job:
         except MessageError as e:
             raise RequestError(str(e), e.param) from e
     else:
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-            prompt = prompt[0]
-        if not isinstance(prompt, str) or not prompt:
+        given = body.get("prompt")
+        if isinstance(given, list) and len(given) == 1 and isinstance(given[0], str):
+            given = given[0]
+        if not isinstance(given, str) or not given:
             raise RequestError("prompt must be a non-empty string", "prompt")
+        prompt = given
     for unsupported in ("logprobs", "tools", "functions", "suffix", "echo", "best_of"):
         if body.get(unsupported):  # absent, null, false or empty all mean "not used"
             raise RequestError(f"{unsupported} is not supported by this server", unsupported)
@@ -211,7 +212,7 @@ class Service:
         self.name = loaded.name
         self.tokenizer = loaded.tokenizer
         self.model_target = make_target(loaded.model, target_kind)  # what drafters that read the model are given
-        self.target = self.model_target
+        self.target: Target = self.model_target
         if prefix_cache_bytes and isinstance(self.model_target, GemmaTarget):
             self.target = PrefixCachingTarget(self.model_target, prefix_cache_bytes)
         self.context_length = getattr(loaded.model.config, "max_position_embeddings", 8192)
@@ -298,6 +299,12 @@ class Usage:
 # HTTP
 
 
+def _bound_address(server) -> tuple[str, int]:
+    """(host, port) a TCP server listens on."""
+    host, port = server.server_address[:2]
+    return str(host), int(port)
+
+
 class Handler(BaseHTTPRequestHandler):
     """One connection. Only what a local OpenAI client sends is accepted: JSON bodies, a loopback or bound Host
     (a web page the user visits cannot drive the server through DNS rebinding or a simple form post), no CORS."""
@@ -328,7 +335,7 @@ class Handler(BaseHTTPRequestHandler):
         host = self.headers.get("Host")
         if host is None:
             return False
-        bound, port = self.server.server_address[:2]
+        bound, port = _bound_address(self.server)
         if bound in ("0.0.0.0", "::"):  # the user opened the server to the network: any name may reach it
             return True
         if host.startswith("["):  # [::1]:8765
