@@ -20,7 +20,7 @@ from pathlib import Path
 
 from agent.config import ConfigError, Settings, load_settings, require_model
 from agent.embedded import EmbeddedServer, EmbeddedServerError
-from agent.loop import Agent, Budget, Outcome, RunState, first_messages
+from agent.loop import Agent, Budget, Outcome, RunState, first_messages, printable
 from agent.model import Model, ModelUnavailable, supports_native_tools
 from agent.transcript import Redactor, Transcript, read_events
 from tools.edit_file import state_dir
@@ -102,7 +102,7 @@ def run_command(args: argparse.Namespace, count_tokens: Callable[[str], int] | N
     report["transcript"] = str(path)
     _write_report(args.json, report)
     if args.json != "-":  # stdout carries the JSON report alone when asked for
-        print(f"{outcome.status}: {report['reason']}")
+        print(printable(f"{outcome.status}: {report['reason']}"))
         if outcome.exit_code != 0:
             where = f" --transcript {path}" if args.transcript else ""
             print(f"run {state.run_id}; continue it with: agent run --resume {state.run_id}{where}")
@@ -224,6 +224,7 @@ def _write_report(target: str | None, report: dict) -> None:
     if not target:
         return
     text = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
+    text = printable(text)  # half a surrogate pair becomes its JSON escape
     if target == "-":
         sys.stdout.write(text)
     else:
