@@ -29,7 +29,7 @@ from agent.config import (
     require_model,
 )
 from agent.connection import FIX_UNREACHABLE, open_model
-from agent.loop import Agent, Outcome, RunState, first_messages
+from agent.loop import Agent, Outcome, RunState, first_messages, printable
 from agent.transcript import Redactor, Transcript, read_events
 from decoding.engine.tokenizer import count_tokens
 from decoding.serving.launch import EmbeddedServerError
@@ -140,7 +140,7 @@ def run_command(args: argparse.Namespace, count_tokens: Callable[[str], int] | N
     report["transcript"] = str(path)
     _write_report(args.json, report)
     if args.json != "-":  # stdout carries the JSON report alone when asked for
-        print(f"{outcome.status}: {report['reason']}")
+        print(printable(f"{outcome.status}: {report['reason']}"))
         if outcome.exit_code != 0:
             where = f" --transcript {path}" if args.transcript else ""
             print(f"run {state.run_id}; continue it with: agent run --resume {state.run_id}{where}")
@@ -239,6 +239,7 @@ def _write_report(target: str | None, report: dict) -> None:
     if not target:
         return
     text = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
+    text = printable(text)  # half a surrogate pair becomes its JSON escape
     if target == "-":
         sys.stdout.write(text)
     else:

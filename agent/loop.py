@@ -276,7 +276,8 @@ class Agent:
             results += [(a, ToolResult(ERROR, "ignored: one done or failed per reply")) for a in finishes[1:]]
         self._observe(state, results, native, cut=reply.finish_reason == "length")
         summary = ", ".join(f"{action_label(a)} {r.status}" for a, r in results) or "no action"
-        self.progress(f"step {state.steps}: {summary} ({reply.usage.get('completion_tokens', '?')} tokens out)")
+        tokens = reply.usage.get("completion_tokens", "?")
+        self.progress(printable(f"step {state.steps}: {summary} ({tokens} tokens out)"))
         return outcome
 
     def _judge(self, state: RunState, finish: Action, results: list[ToolResult]) -> tuple[Outcome | None, ToolResult]:
@@ -483,6 +484,11 @@ def _arg(args: dict, name: str, kind: type, default=_MISSING):
     if value is not default and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
         raise _BadArguments(f"argument {name!r} must be {kind.__name__}, not {type(value).__name__}")
     return value
+
+
+def printable(text: str) -> str:
+    """`text` safe to print: half a surrogate pair (from a model's cut escape) shown as its escape."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def action_label(action: Action) -> str:

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools.ot import Op, OTError
+from tools.ot import Insert, Op, OTError
 from tools.ot_script import parse_script
 from tools.patch import AppliedEdit, EditRefused, apply_edit
 from tools.syntax import language_for
@@ -74,7 +74,7 @@ def describe_os_error(path: str | Path, exc: OSError | ValueError) -> str:
         errno.ENAMETOOLONG: "use a shorter name",
         errno.ENOSPC: "free some disk space",
         errno.ENOENT: "check the path",
-        errno.ENOTDIR: "a part of the path is not a folder; check the path",
+        errno.ENOTDIR: "a part of the path is not a folder (or was swapped for a symlink); check the path",
         errno.ELOOP: "a part of the path is a symlink loop or was swapped for a symlink; check the path",
     }.get(exc.errno or 0, "check the path")
     return f"{str(path)[:200]}: {reason.lower()}; {hint}"
@@ -344,13 +344,13 @@ def prepare_script(
     file = read_text_file(path)
     _check_writable(file.path, file.mode)
     ops = parse_script(script) if isinstance(script, str) else list(script)
-    edit = apply_edit(file.text, ops, language_for(file.path), allow_broken=allow_broken, deadline=deadline)
-    if "\x00" in edit.after:
+    if any(isinstance(op, Insert) and "\x00" in op.text for op in ops):
         raise EditRefused(
             f"refused: the edit inserts a NUL character (\\u0000), which would turn {file.path.name} into a binary "
             "file that later edits refuse; the file is unchanged. Write the character as an escape of the file's "
             "language instead (e.g. \"\\\\0\" or \"\\\\x00\" in a string literal)"
         )
+    edit = apply_edit(file.text, ops, language_for(file.path), allow_broken=allow_broken, deadline=deadline)
     diff = unified_diff(file.text, edit.after, file.path.name)
     return PreparedEdit(file.path, file.raw, file.encode(edit.after), file.mode, diff, edit)
 
