@@ -32,6 +32,7 @@ from decoding.model import load_model
 from decoding.mtp import MTPDrafter, MTPError
 from decoding.prefix_cache import PrefixCachingTarget
 from decoding.target import GemmaTarget, Target, make_target
+from decoding.threads import pin_threads
 from decoding.workloads import Workload, shared_prefix_prompts, standard_workloads
 
 PEER = "transformers-pld"
@@ -366,7 +367,8 @@ def run_bench(
         loaded = load_model(model, dtype)
         target = make_target(loaded.model)
         for n in threads:
-            torch.set_num_threads(n)
+            pin_threads(n)
+            torch.set_num_threads(n)  # for the transformers peer; our generations set it themselves
             bench_workload(loaded, target, chosen[-1], 8, dtype, n, lookup, 1, methods, mtp_k)  # warm-up
             for workload in chosen:
                 new = bench_workload(

@@ -16,6 +16,7 @@ import torch
 from decoding.drafters import AdaptiveK, DraftContext, Drafter
 from decoding.sampling import SamplingParams, target_probs, verify_greedy, verify_sampling
 from decoding.target import Target
+from decoding.threads import ThreadPolicy
 
 
 @dataclass
@@ -93,6 +94,8 @@ class Generation:
 
     def __iter__(self) -> Iterator[list[int]]:
         req, target = self.request, self.target
+        threads = ThreadPolicy()  # the cores other work leaves free, looked at again every few seconds
+        threads.update()
         target.reset(len(req.prompt) + req.max_new_tokens + 1)
         hidden = target.forward(req.prompt)  # [T, D]
         self._keep_for_drafter(hidden)
@@ -103,6 +106,7 @@ class Generation:
             yield chunk
         adaptive = AdaptiveK(k_max=req.k_max, k=req.k_start)
         while self.finish_reason is None:
+            threads.update()
             budget = req.max_new_tokens - len(self.tokens)
             draft, draft_probs, source, self_sized = self._draft(min(adaptive.k, budget - 1), budget - 1)
             base = target.length

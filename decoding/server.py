@@ -27,8 +27,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import torch
-
 from decoding.drafters import SPECULATION_METHODS, make_drafter
 from decoding.engine import Generation, GenerationRequest, SpecStats
 from decoding.model import LoadedModel, load_model
@@ -36,6 +34,7 @@ from decoding.mtp import MTPError
 from decoding.prefix_cache import DEFAULT_MAX_BYTES, PrefixCachingTarget
 from decoding.sampling import SamplingParams
 from decoding.target import GemmaTarget, make_target
+from decoding.threads import pin_threads
 
 DEFAULT_MAX_TOKENS = 512
 MAX_BODY_BYTES = 16 << 20
@@ -475,7 +474,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype", choices=["float32", "bfloat16"], default="float32", help="weight dtype (default: float32)"
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: the cores other work leaves free)"
+    )
     parser.add_argument(
         "--prefix-cache-mb",
         type=int,
@@ -497,10 +498,9 @@ def run_server(
     """Load the model, then serve until interrupted; prints the base URL once ready."""
     if engine != "embedded":
         raise ValueError(f"unknown engine {engine!r}; only 'embedded' is available")
-    if threads is not None:
-        if threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    pin_threads(threads)
     if prefix_cache_mb < 0:
         raise ValueError(f"--prefix-cache-mb must be >= 0, got {prefix_cache_mb}")
     service = Service(load_model(model, dtype), prefix_cache_bytes=prefix_cache_mb << 20)
