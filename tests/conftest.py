@@ -13,3 +13,25 @@ def embedded_model():
     from decoding.engine.loading import load_model
 
     return load_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma():
+    """A random 3-layer Gemma 3 (one global layer, 8-position window): the real model's code paths in milliseconds."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        sliding_window=8,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        max_position_embeddings=512,
+    )
+    return Gemma3ForCausalLM(config).eval()

@@ -7,27 +7,6 @@ from decoding.engine.prefix_cache import PrefixCachingTarget, common_prefix
 from decoding.engine.target import GemmaTarget
 
 
-@pytest.fixture(scope="module")
-def tiny_gemma():
-    """A random 3-layer Gemma 3 (one global layer, 8-position window): the real model's code paths in milliseconds."""
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    torch.manual_seed(0)
-    config = Gemma3TextConfig(
-        vocab_size=97,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        sliding_window=8,
-        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
-        max_position_embeddings=512,
-    )
-    return Gemma3ForCausalLM(config).eval()
-
-
 def tokens(seed: int, n: int) -> list[int]:
     return torch.randint(3, 97, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
 

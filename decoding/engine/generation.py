@@ -16,6 +16,7 @@ import torch
 from decoding.drafting.base import AdaptiveK, DraftContext, Drafter
 from decoding.engine.sampling import SamplingParams, agreeing_prefix, target_probs, verify_greedy, verify_sampling
 from decoding.engine.target import Target
+from decoding.engine.threads import ThreadPolicy
 
 
 @dataclass
@@ -94,6 +95,8 @@ class Generation:
 
     def __iter__(self) -> Iterator[list[int]]:
         req, target = self.request, self.target
+        threads = ThreadPolicy()  # the cores other work leaves free, looked at again every few seconds
+        threads.update()
         target.reset(len(req.prompt) + req.max_new_tokens + 1)
         hidden = target.forward(req.prompt)  # [T, D]
         self._keep_for_drafter(hidden)
@@ -104,6 +107,7 @@ class Generation:
             yield chunk
         adaptive = AdaptiveK(k_max=req.k_max, k=req.k_start)
         while self.finish_reason is None:
+            threads.update()
             budget = req.max_new_tokens - len(self.tokens)
             draft, draft_probs, source, self_sized = self._draft(min(adaptive.k, budget - 1), budget - 1)
             base = target.length

@@ -33,6 +33,7 @@ from decoding.engine.generation import Generation, GenerationRequest
 from decoding.engine.loading import load_model
 from decoding.engine.prefix_cache import PrefixCachingTarget
 from decoding.engine.target import GemmaTarget, Target, make_target
+from decoding.engine.threads import pin_threads
 from decoding.lab.workloads import Workload, shared_prefix_prompts, standard_workloads
 from decoding.serving.chat import stop_token_ids
 from tools.command_line import parse_arguments
@@ -369,7 +370,8 @@ def run_bench(
         loaded = load_model(model, dtype)
         target = make_target(loaded.model)
         for n in threads:
-            torch.set_num_threads(n)
+            pin_threads(n)
+            torch.set_num_threads(n)  # for the transformers peer; our generations set it themselves
             bench_workload(loaded, target, chosen[-1], 8, dtype, n, lookup, 1, methods, mtp_k)  # warm-up
             for workload in chosen:
                 new = bench_workload(

@@ -30,8 +30,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import torch
-
 from decoding.drafting.drafters import SPECULATION_METHODS, make_drafter
 from decoding.drafting.mtp import MTPError
 from decoding.engine.generation import Generation, GenerationRequest, SpecStats
@@ -39,6 +37,7 @@ from decoding.engine.loading import LoadedModel, load_model
 from decoding.engine.prefix_cache import DEFAULT_MAX_BYTES, PrefixCachingTarget
 from decoding.engine.sampling import SamplingParams
 from decoding.engine.target import GemmaTarget, Target, make_target
+from decoding.engine.threads import pin_threads
 from decoding.serving.chat import MessageError, gemma_chat_prompt, stop_token_ids, text_content
 from tools.command_line import parse_arguments
 
@@ -523,7 +522,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype", choices=["float32", "bfloat16"], default="float32", help="weight dtype (default: float32)"
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: the cores other work leaves free)"
+    )
     parser.add_argument(
         "--prefix-cache-mb",
         type=int,
@@ -545,10 +546,9 @@ def run_server(
     """Load the model, then serve until interrupted; prints the base URL once ready."""
     if engine != "embedded":
         raise ValueError(f"unknown engine {engine!r}; only 'embedded' is available")
-    if threads is not None:
-        if threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    pin_threads(threads)
     if prefix_cache_mb < 0:
         raise ValueError(f"--prefix-cache-mb must be >= 0, got {prefix_cache_mb}")
     service = Service(load_model(model, dtype), prefix_cache_bytes=prefix_cache_mb << 20)
