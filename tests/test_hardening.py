@@ -451,6 +451,16 @@ def test_a_torn_journal_line_is_skipped_with_a_note_and_later_undos_work(tmp_pat
     assert any("skipped a damaged journal line" in note for note in journal.notes)
 
 
+def test_agent_undo_says_when_it_skipped_a_torn_journal_line(tmp_path, capsys):
+    path = tmp_path / "a.py"
+    path.write_text("x = 1\n")
+    apply_script_to_file(path, 'retain(4)\ndelete("1")\ninsert("2")')
+    with open(Journal().log, "a") as handle:
+        handle.write('{"id": "torn"\n')
+    assert main(["undo", str(path)]) == 0 and path.read_text() == "x = 1\n"
+    assert "note: " in capsys.readouterr().err
+
+
 def test_undo_force_of_a_deleted_file_restores_its_mode(tmp_path):
     path = tmp_path / "run.sh"
     path.write_text("echo hi\n")
