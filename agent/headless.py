@@ -67,7 +67,10 @@ def run_command(args: argparse.Namespace, count_tokens: Callable[[str], int] | N
         return EXIT_MISCONFIGURED
 
     redact = Redactor()
-    transcript = Transcript(path, redact)
+    try:
+        transcript = Transcript(path, redact)
+    except OSError as exc:
+        return _usage(f"cannot write the transcript {path}: {exc}; point RETAIN_STATE_DIR or --transcript elsewhere")
     transcript.write(
         "start",
         run_id=state.run_id,

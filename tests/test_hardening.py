@@ -21,6 +21,7 @@ from agent.cli import build_parser, main
 from agent.headless import run_command
 from agent.loop import Agent, Budget, EditProposal, RunState, first_messages
 from agent.model import Model, ModelUnavailable
+from agent.protocol import action_from_call
 from agent.transcript import Redactor, Transcript, read_events
 from tools.edit_file import (
     FileChanged,
@@ -118,6 +119,14 @@ def test_odd_arguments_from_the_model_become_messages_not_crashes(ws, capsys, ca
     assert report["tool_calls"][0]["status"] in (ERROR, REFUSED, OK)
     assert requests[1]["messages"][-1]["role"] == "tool" and requests[1]["messages"][-1]["content"]
     assert code in (0, 1)
+
+
+def test_huge_numbers_in_tool_calls_are_told_to_the_model(ws, capsys):
+    huge = "1234567890" * 500  # varied digits: litellm stops a stream that repeats one chunk
+    code, _, requests = run_agent(ws, capsys, [Turn(f"```read stats.py 1-{huge}```"), Turn("```done\nok\n```")])
+    assert "line numbers that large" in told(requests[1]) and code == 0
+    action = action_from_call("c1", "read", f'{{"path": "stats.py", "start_line": {huge}}}')
+    assert action.tool == "invalid" and "not valid JSON" in action.args["error"]
 
 
 def test_an_unexpected_tool_exception_reaches_the_model_with_its_class_and_text(ws, capsys, monkeypatch):
