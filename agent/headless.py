@@ -105,7 +105,10 @@ def run_command(args: argparse.Namespace, count_tokens: Callable[[str], int] | N
         return ExitCode.UNAVAILABLE
 
     redact = Redactor()
-    transcript = Transcript(path, redact)
+    try:
+        transcript = Transcript(path, redact)
+    except OSError as exc:
+        return _usage(f"cannot write the transcript {path}: {exc}; point RETAIN_STATE_DIR or --transcript elsewhere")
     transcript.write(
         "start",
         run_id=state.run_id,

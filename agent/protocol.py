@@ -20,6 +20,7 @@ FINISH_TOOLS = ("done", "failed")
 TEXT_TOOLS = ("read", "edit", "create", "overwrite", "list", "search", "shell", *FINISH_TOOLS)
 
 _OPEN = re.compile(rf"^(?P<fence>`{{3,}})(?P<tool>{'|'.join(TEXT_TOOLS)})(?![\w-])[ \t]*(?P<arg>[^\n]*)$", re.M)
+MAX_LINE_DIGITS = 18  # longer line numbers are no line of any file (and too long for int() past 4,300 digits)
 _RANGE = re.compile(r"^(?P<path>.+?)(?:\s+(?P<start>\d+)(?:\s*-\s*(?P<end>\d+))?)?$")
 
 
@@ -55,6 +56,8 @@ def _text_action(tool: str, arg: str, body: str) -> Action:
         if not match:
             return Action("invalid", {"error": "read needs a path: ```read PATH [START-END]```"})
         args: dict = {"path": match["path"]}
+        if max(len(match["start"] or ""), len(match["end"] or "")) > MAX_LINE_DIGITS:
+            return Action("invalid", {"error": "read: no file has line numbers that large; ```read PATH 1-200```"})
         if match["start"]:
             args["start_line"] = int(match["start"])
             args["end_line"] = int(match["end"]) if match["end"] else None
@@ -76,7 +79,7 @@ def action_from_call(call_id: str, name: str, arguments: str) -> Action:
     """A native tool call as an Action; arguments that are not a JSON object become an "invalid" action."""
     try:
         args = json.loads(arguments or "{}")
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # not JSON, or a number too long for Python to read
         return Action("invalid", {"error": f"the arguments of {name} are not valid JSON: {exc}"}, call_id)
     if not isinstance(args, dict):
         return Action("invalid", {"error": f"the arguments of {name} must be a JSON object"}, call_id)

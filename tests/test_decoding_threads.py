@@ -19,14 +19,14 @@ def _unpinned():
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("busy, expected", [(0, 4), (1, 3), (3, 1), (9, 1)])
+@pytest.mark.parametrize(("busy", "expected"), [(0, 4), (1, 3), (3, 1), (9, 1)])
 def test_the_engine_takes_the_cores_other_work_leaves(monkeypatch, busy, expected):
     monkeypatch.setattr(threads, "cores", lambda: 4)
     monkeypatch.setattr(threads, "busy_elsewhere", lambda: busy)
     assert choose_threads() == expected
     pin_threads(3)
     assert choose_threads() == 3
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="threads must be >= 1"):
         pin_threads(0)
 
 

@@ -20,6 +20,11 @@ import tools.patch as patch
 from agent.client import Model, ModelUnavailable
 from agent.headless import build_parser, run_command
 from agent.loop import Agent, Budget, EditProposal, RunState, first_messages
+<<<<<<< HEAD
+=======
+from agent.model import Model, ModelUnavailable
+from agent.protocol import action_from_call
+>>>>>>> harden
 from agent.transcript import Redactor, Transcript, read_events
 from tools.edit_file import (
     FileChanged,
@@ -118,6 +123,14 @@ def test_odd_arguments_from_the_model_become_messages_not_crashes(ws, capsys, ca
     assert report["tool_calls"][0]["status"] in (ERROR, REFUSED, OK)
     assert requests[1]["messages"][-1]["role"] == "tool" and requests[1]["messages"][-1]["content"]
     assert code in (0, 1)
+
+
+def test_huge_numbers_in_tool_calls_are_told_to_the_model(ws, capsys):
+    huge = "1234567890" * 500  # varied digits: litellm stops a stream that repeats one chunk
+    code, _, requests = run_agent(ws, capsys, [Turn(f"```read stats.py 1-{huge}```"), Turn("```done\nok\n```")])
+    assert "line numbers that large" in told(requests[1]) and code == 0
+    action = action_from_call("c1", "read", f'{{"path": "stats.py", "start_line": {huge}}}')
+    assert action.tool == "invalid" and "not valid JSON" in action.args["error"]
 
 
 def test_an_unexpected_tool_exception_reaches_the_model_with_its_class_and_text(ws, capsys, monkeypatch):
@@ -449,6 +462,16 @@ def test_a_torn_journal_line_is_skipped_with_a_note_and_later_undos_work(tmp_pat
     journal.undo(path)
     assert path.read_text() == "x = 1\n"
     assert any("skipped a damaged journal line" in note for note in journal.notes)
+
+
+def test_agent_undo_says_when_it_skipped_a_torn_journal_line(tmp_path, capsys):
+    path = tmp_path / "a.py"
+    path.write_text("x = 1\n")
+    apply_script_to_file(path, 'retain(4)\ndelete("1")\ninsert("2")')
+    with open(Journal().log, "a") as handle:
+        handle.write('{"id": "torn"\n')
+    assert main(["undo", str(path)]) == 0 and path.read_text() == "x = 1\n"
+    assert "note: " in capsys.readouterr().err
 
 
 def test_undo_force_of_a_deleted_file_restores_its_mode(tmp_path):

@@ -480,11 +480,14 @@ class _OutputCapture:
 
     def _read(self) -> None:
         fd = self.stdout.fileno()
-        while chunk := os.read(fd, 65536):
-            self._add(chunk)
-            if self.total > MAX_SHELL_STREAM_BYTES and not self.overflowed:
-                self.overflowed = True
-                _kill_group(self.process)
+        try:
+            while chunk := os.read(fd, 65536):
+                self._add(chunk)
+                if self.total > MAX_SHELL_STREAM_BYTES and not self.overflowed:
+                    self.overflowed = True
+                    _kill_group(self.process)
+        except OSError:  # the pipe was closed under it: a child that outlived its group kept it open
+            return
 
     def _add(self, data: bytes) -> None:
         self.total += len(data)
