@@ -20,11 +20,7 @@ import tools.patch as patch
 from agent.client import Model, ModelUnavailable
 from agent.headless import build_parser, run_command
 from agent.loop import Agent, Budget, EditProposal, RunState, first_messages
-<<<<<<< HEAD
-=======
-from agent.model import Model, ModelUnavailable
 from agent.protocol import action_from_call
->>>>>>> harden
 from agent.transcript import Redactor, Transcript, read_events
 from tools.edit_file import (
     FileChanged,
