@@ -257,7 +257,7 @@ def test_agent_tui_without_a_model_says_how_to_configure_one(tmp_path, monkeypat
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     assert main(["tui"]) == 4
     err = capsys.readouterr().err
-    assert err.startswith("agent tui: no model is configured") and "--model embedded" in err
+    assert err.startswith("agent tui: no model is configured") and "ollama pull" in err
 
 
 def test_an_unreachable_server_is_reported_in_the_app_with_the_fix(ws):

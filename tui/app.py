@@ -445,7 +445,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "agent tui") -> int:
     args = parser.parse_args(argv)
     workspace = Path.cwd()
     cli = {"model": args.model, "api_base": args.api_base, "max_steps": args.max_steps, "shell": args.shell,
-           "tools": args.tools}
+           "tools": args.tools, "turn_tokens": args.turn_tokens, "allow_demo_model": args.allow_demo_model}
     try:
         settings = load_settings(cli, workspace)
         require_model(settings)
