@@ -13,7 +13,9 @@ shell = "auto"
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -105,6 +107,17 @@ def require_model(settings: Settings, found: str = "") -> str:
     if is_demo(settings) and not settings.allow_demo_model:
         raise ConfigError(DEMO_REFUSED.format(get_a_model=GET_A_MODEL, timeout=DEMO_TIMEOUT))
     return settings.model
+
+
+def save_model(path: Path, model: str, api_base: str | None, allow_demo_model: bool = False) -> None:
+    """Write a model choice into the agent.toml at `path`, keeping the file's other settings (and comments)."""
+    chosen = {"model": model, "api_base": api_base, "allow_demo_model": allow_demo_model or None}
+    lines = [f"{key} = {json.dumps(value)}" for key, value in chosen.items() if value is not None]
+    if path.is_file():
+        setting = re.compile(r"\s*(model|api_base|allow_demo_model)\s*=")
+        lines += [line for line in path.read_text(encoding="utf-8").splitlines() if not setting.match(line)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def is_demo(settings: Settings) -> bool:

@@ -42,9 +42,14 @@ DEMO_LABEL = "demo: a 270M base model; it shows the machinery, it does not solve
 class Choice:
     """One way to reach a model: what the setup screen shows and the settings it writes."""
 
-    label: str
-    model: str
+    shown: str  # the model as the user knows it: the server's id, or the litellm name
+    where: str  # what serves it: "vLLM at URL", "key in $VAR", or what the demo is
+    model: str  # the litellm name written to agent.toml
     api_base: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.shown}  ({self.where})"
 
     @property
     def demo(self) -> bool:
@@ -59,7 +64,7 @@ def find_servers(ports: tuple[tuple[str, int], ...] | None = None, timeout: floa
     found = []
     for (kind, port), models in zip(ports, answers, strict=True):
         api_base = f"http://127.0.0.1:{port}/v1"
-        found += [Choice(f"{model}  ({kind} at {api_base})", f"openai/{model}", api_base) for model in models]
+        found += [Choice(model, f"{kind} at {api_base}", f"openai/{model}", api_base) for model in models]
     return found
 
 
@@ -76,11 +81,11 @@ def _probe(port: int, timeout: float) -> list[str]:
 def provider_keys(env: dict | None = None) -> list[Choice]:
     """Providers whose key variable is set (named by the variable, the value is never read into the label)."""
     env = os.environ if env is None else env
-    return [Choice(f"{model}  (key in ${name})", model) for name, model in PROVIDER_KEYS if env.get(name)]
+    return [Choice(model, f"key in ${name}", model) for name, model in PROVIDER_KEYS if env.get(name)]
 
 
 def demo_choice() -> Choice:
-    return Choice(f"embedded  ({DEMO_LABEL})", EMBEDDED)
+    return Choice(EMBEDDED, DEMO_LABEL, EMBEDDED)
 
 
 def all_choices(env: dict | None = None) -> list[Choice]:
@@ -97,5 +102,5 @@ def found_lines(choices: list[Choice]) -> str:
     lines = ["Found on this machine:"]
     for choice in usable:
         base = f" --api-base {choice.api_base}" if choice.api_base else ""
-        lines.append(f"  --model {choice.model}{base}    # {choice.label}")
+        lines.append(f"  --model {choice.model}{base}    # {choice.where}")
     return "\n".join(lines)

@@ -194,7 +194,7 @@ def test_no_model_configured_exits_4_naming_the_servers_found_running(ws, capsys
         code, _, err, report = run(ws, capsys, None)
     assert code == 4 and report["status"] == "misconfigured"
     assert "no model is configured" in err and "RETAIN_MODEL" in err and "ollama pull" in err
-    assert f"--model openai/replay-model --api-base {server.url}    # replay-model  (Ollama at {server.url})" in err
+    assert f"--model openai/replay-model --api-base {server.url}    # Ollama at {server.url}" in err
 
 
 def test_usage_errors_exit_2(ws, capsys):
