@@ -159,7 +159,7 @@ class Model:
         if late:
             if close is not None:
                 close()
-            raise ModelTimeout(f"{self.name} at {self.where()}: still writing after {timeout:g} s; stream closed")
+            raise ModelTimeout(f"{self.name} at {self.where()}: still writing after {timeout:.0f} s; stream closed")
         usage = raw_usage or usage  # the server's own numbers when they could be read, else litellm's
         tool_calls = [{**c, "id": c["id"] or f"call_{i}"} for i, c in sorted(calls.items())]
         return Reply("".join(text), tool_calls, usage, finish_reason)

@@ -40,7 +40,7 @@ Get a real model in one of these ways:
   vLLM (a GPU):  agent serve --engine vllm --model google/gemma-4-26B-A4B-it   (or: vllm serve MODEL)
                  then  --model hosted_vllm/google/gemma-4-26B-A4B-it --api-base http://127.0.0.1:8000/v1
   Ollama:        ollama pull qwen2.5-coder:7b
-                 then  --model ollama/qwen2.5-coder:7b --api-base http://127.0.0.1:11434
+                 then  --model openai/qwen2.5-coder:7b --api-base http://127.0.0.1:11434/v1
   a provider:    export OPENAI_API_KEY=…  then  --model openai/gpt-4.1
                  (ANTHROPIC_API_KEY with anthropic/…, GEMINI_API_KEY with gemini/…, any litellm provider)"""
 
