@@ -5,6 +5,7 @@ litellm is imported on first use (with its cost map read locally, not fetched): 
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -17,7 +18,8 @@ PREDICTION_PROVIDERS = ("openai", "hosted_vllm", "mistral")  # take OpenAI's `pr
 
 
 class ModelUnavailable(Exception):
-    """The server cannot be reached, or rejects the model or the key: nothing the agent can fix (exit 4)."""
+    """The server cannot be reached, rejects the model or the key, or does not speak the streaming protocol:
+    nothing the agent can fix (exit 4)."""
 
 
 class ModelTimeout(Exception):
@@ -119,6 +121,7 @@ class Model:
             kwargs["extra_body"] = {"prediction": {"type": "content", "content": prediction}}
         if max_tokens:
             kwargs["max_tokens"] = max_tokens
+        tap = None
         try:
             stream = litellm.completion(
                 model=self.name,
@@ -130,7 +133,7 @@ class Model:
                 **kwargs,
             )
             close = getattr(getattr(stream, "completion_stream", None), "close", None)
-            raw_usage = _tee_raw_usage(stream)
+            tap = _StreamTap(stream)
             text, calls, usage, finish_reason, late = [], {}, {}, None, False
             for chunk in stream:
                 late = deadline is not None and time.monotonic() >= deadline
@@ -151,6 +154,8 @@ class Model:
                         slot["name"] += call.function.name or ""
                         slot["arguments"] += call.function.arguments or ""
         except Exception as exc:
+            if tap is not None and tap.unreadable(exc):
+                raise self._misbehaving("its stream could not be read", tap) from exc
             raise self._classify(exc, litellm) from exc
         if cancel is not None and cancel.is_set():
             if close is not None:
@@ -160,9 +165,17 @@ class Model:
             if close is not None:
                 close()
             raise ModelTimeout(f"{self.name} at {self.where()}: still writing after {timeout:.0f} s; stream closed")
-        usage = raw_usage or usage  # the server's own numbers when they could be read, else litellm's
+        if problem := tap.problem():
+            raise self._misbehaving(problem, tap)
+        usage = tap.usage or usage  # the server's own numbers when they could be read, else litellm's
         tool_calls = [{**c, "id": c["id"] or f"call_{i}"} for i, c in sorted(calls.items())]
         return Reply("".join(text), tool_calls, usage, finish_reason)
+
+    def _misbehaving(self, what: str, tap: _StreamTap) -> ModelUnavailable:
+        return ModelUnavailable(
+            f"the model server at {self.where()} misbehaved: {what} ({tap.received()}); it is not an "
+            "OpenAI-compatible streaming endpoint, so check --api-base and the server"
+        )
 
     def _classify(self, exc: Exception, litellm) -> Exception:
         where = f"{self.name} at {self.where()}"
@@ -192,39 +205,111 @@ def _connection_failure(exc: BaseException) -> bool:
     return False
 
 
-def _tee_raw_usage(stream) -> dict:
-    """Keep the server's raw fields that litellm's chunks drop: speculation stats.
+class _StreamTap:
+    """What a streamed turn brought over the wire: how many events were parsed, the first bytes received
+    (to quote a server that does not speak server-sent events), and the raw fields litellm's chunks drop.
 
     Our server puts `speculation` in `usage`; vLLM puts per-request `metrics.speculative_decoding` next to it on
     the final chunk (when started with `--per-request-spec-decode-metrics`, as `agent serve --engine vllm` does).
-    litellm's stream wrapper reads the provider's chunks from `completion_stream`, whose OpenAI-style handler turns
-    each raw chunk into a `ModelResponseStream` with `chunk_parser`; those are the places the fields are still
-    there. Other providers simply report none.
+    litellm's stream wrapper reads the provider's chunks from `completion_stream` (an `openai.Stream`, or an
+    OpenAI-style handler whose `chunk_parser` turns each raw chunk into a `ModelResponseStream`); those are the
+    places the fields are still there, and their httpx response is where the bytes arrive. Other providers
+    simply report none.
     """
-    found: dict = {}
-    inner = getattr(stream, "completion_stream", None)
-    if inner is None:
-        return found
-    parse = getattr(inner, "chunk_parser", None)
-    if callable(parse):
 
-        def parse_keeping_metrics(chunk):
-            metrics = chunk.get("metrics") if isinstance(chunk, dict) else None
-            if isinstance(metrics, dict) and metrics.get("speculative_decoding"):
-                found["speculation"] = speculation_from_vllm(metrics["speculative_decoding"])
-            return parse(chunk)
+    HEAD_BYTES = 4096  # bytes kept to check (the first events)
+    QUOTE_BYTES = 300  # of which quoted in a message
 
-        inner.chunk_parser = parse_keeping_metrics
+    def __init__(self, stream) -> None:
+        self.usage: dict = {}
+        self.events = 0
+        self.head = bytearray()
+        self.content_type = ""
+        inner = getattr(stream, "completion_stream", None)
+        if inner is None:
+            self.events = -1  # nothing to watch: trust litellm
+            return
+        self._watch_bytes(getattr(inner, "response", None) or getattr(inner, "http_response", None))
+        parse = getattr(inner, "chunk_parser", None)
+        if callable(parse):
 
-    def tee():
-        for chunk in inner:
-            usage = getattr(chunk, "usage", None)
-            if usage is not None and hasattr(usage, "model_dump"):
-                found.update(usage.model_dump(exclude_none=True))
-            yield chunk
+            def parse_keeping_metrics(chunk):
+                metrics = chunk.get("metrics") if isinstance(chunk, dict) else None
+                if isinstance(metrics, dict) and metrics.get("speculative_decoding"):
+                    self.usage["speculation"] = speculation_from_vllm(metrics["speculative_decoding"])
+                return parse(chunk)
 
-    stream.completion_stream = tee()
-    return found
+            inner.chunk_parser = parse_keeping_metrics
+
+        def tee():
+            for chunk in inner:
+                self.events += 1
+                usage = getattr(chunk, "usage", None)
+                if usage is not None and hasattr(usage, "model_dump"):
+                    self.usage.update(usage.model_dump(exclude_none=True))
+                yield chunk
+
+        stream.completion_stream = tee()
+
+    def _watch_bytes(self, response) -> None:
+        """Keep the first bytes the httpx `response` streams."""
+        if response is None or not callable(getattr(response, "iter_bytes", None)):
+            return
+        self.content_type = str(getattr(response, "headers", {}).get("content-type", ""))
+        original = response.iter_bytes
+
+        def iter_bytes(*args, **kwargs):
+            for data in original(*args, **kwargs):
+                if len(self.head) < self.HEAD_BYTES:
+                    self.head += data[: self.HEAD_BYTES - len(self.head)]
+                yield data
+
+        response.iter_bytes = iter_bytes
+
+    def problem(self) -> str | None:
+        """Why the stream just read is not OpenAI-style server-sent events, or None when it is (or cannot be
+        told: a provider whose bytes are not watched)."""
+        if not self.head:
+            return "a streamed request was answered without any stream events" if self.events == 0 else None
+        if self.content_type and not self.content_type.lower().startswith("text/event-stream"):
+            return "a streamed request was answered with something other than server-sent events"
+        lines = bytes(self.head).decode("utf-8", "replace").split("\n")
+        complete = lines if len(self.head) < self.HEAD_BYTES else lines[:-1]
+        data = [line[5:].strip() for line in complete if line.startswith("data:")]
+        if not data and len(self.head) < self.HEAD_BYTES:
+            return "a streamed request was answered without any stream events"
+        if any(not _is_json(payload) for payload in data if payload != "[DONE]"):
+            return "its stream events are not JSON"
+        return None
+
+    def unreadable(self, exc: BaseException) -> bool:
+        """Whether `exc` came from reading a stream the server did send (events that are not JSON)."""
+        return bool(self.head) and _in_chain(exc, json.JSONDecodeError)
+
+    def received(self) -> str:
+        kind = f"Content-Type {self.content_type or 'missing'}"
+        if not self.head:
+            return f"{kind}, an empty body"
+        quote = bytes(self.head[: self.QUOTE_BYTES]).decode("utf-8", "replace")
+        return f"{kind}, received {quote!r}{'…' if len(self.head) > self.QUOTE_BYTES else ''}"
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _in_chain(exc: BaseException | None, kind: type) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, kind):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def speculation_from_vllm(metrics: dict) -> dict:

@@ -32,7 +32,7 @@ from agent.config import (
 )
 from agent.connection import FIX_UNREACHABLE, open_model
 from agent.detect import all_choices, found_lines
-from agent.loop import Agent, Outcome, RunState, first_messages
+from agent.loop import Agent, Outcome, RunState, first_messages, printable
 from agent.transcript import Redactor, Transcript, read_events
 from decoding.engine.tokenizer import count_tokens
 from decoding.serving.launch import EmbeddedServerError
@@ -158,6 +158,9 @@ def run_command(args: argparse.Namespace, count_tokens: Callable[[str], int] | N
     except KeyboardInterrupt:
         outcome, model_name = Outcome("failed", "interrupted"), settings.model
         transcript.write("end", status=outcome.status, exit_code=outcome.exit_code, reason=outcome.reason)
+    except Exception as exc:  # a failure of the agent itself still ends the transcript and writes the report
+        outcome, model_name = Outcome("failed", f"the agent failed: {type(exc).__name__}: {exc}"), settings.model
+        transcript.write("end", status=outcome.status, exit_code=outcome.exit_code, reason=outcome.reason)
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, old_handler)
@@ -167,7 +170,7 @@ def run_command(args: argparse.Namespace, count_tokens: Callable[[str], int] | N
     report["transcript"] = str(path)
     _write_report(args.json, report)
     if args.json != "-":  # stdout carries the JSON report alone when asked for
-        print(f"{outcome.status}: {report['reason']}")
+        print(printable(f"{outcome.status}: {report['reason']}"))
         if outcome.exit_code != 0:
             where = f" --transcript {path}" if args.transcript else ""
             print(f"run {state.run_id}; continue it with: agent run --resume {state.run_id}{where}")
@@ -271,6 +274,7 @@ def _write_report(target: str | None, report: dict) -> None:
     if not target:
         return
     text = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
+    text = printable(text)  # half a surrogate pair becomes its JSON escape
     if target == "-":
         sys.stdout.write(text)
     else:

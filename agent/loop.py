@@ -16,9 +16,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, NotRequired, TypedDict
 
 from agent.client import Model, ModelCancelled, ModelFailed, ModelTimeout, ModelUnavailable, Reply
-from agent.config import TURN_TOKENS, Settings, turn_tokens
+from agent.config import TURN_TOKENS, ApproveMode, Settings, ShellMode, turn_tokens
 from agent.protocol import FINISH_TOOLS, Action, action_from_call, parse_actions, tool_specs
 from agent.transcript import Transcript
 from tools.edit_file import FileRefused, read_text_file
@@ -52,6 +53,10 @@ IDLE_STOP = (
 )
 CANCELLED_NOTE = "\n\n[the user stopped this reply before it was finished]"
 DECLINED = "not applied: the user rejected this edit; {file} is unchanged. Do not retry it as it is."
+TOOL_FAILED = (
+    "the {tool} tool failed on these arguments ({kind}: {error}); check the arguments (paths, patterns, "
+    "script), and check the files involved before you retry"
+)
 INTERRUPTED = (
     "The run was interrupted before the results of your last reply were recorded. Check the current state "
     "of the files you were changing before you continue."
@@ -66,14 +71,32 @@ class Budget:
     turn_tokens: int = TURN_TOKENS  # one reply's output tokens (less when the token budget has less left)
 
 
+OutcomeStatus = Literal["done", "failed", "budget", "unavailable", "cancelled"]
+
+
 @dataclass
 class Outcome:
-    status: str  # "done", "failed", "budget", "unavailable" or "cancelled"
+    status: OutcomeStatus
     reason: str
 
     @property
     def exit_code(self) -> ExitCode:
         return EXIT_CODES[self.status]
+
+
+class EditRecord(TypedDict):
+    """An edit as the report shows it: where, what, how it landed, and its cost against rewriting the file."""
+
+    step: int
+    file: str
+    script: str  # as the model wrote it, secrets redacted
+    status: str  # a tool status: "ok", "refused" or "error"
+    corrections: list[dict]
+    turn_output_tokens: int | None
+    output_tokens: int | None  # Gemma tokens of the script
+    whole_file_tokens: int | None  # Gemma tokens of the file as written
+    tokens_saved: int | None
+    declined: NotRequired[bool]  # the user rejected it
 
 
 @dataclass
@@ -85,7 +108,7 @@ class RunState:
     messages: list[dict] = field(default_factory=list)
     steps: int = 0
     tool_calls: list[dict] = field(default_factory=list)
-    edits: list[dict] = field(default_factory=list)
+    edits: list[EditRecord] = field(default_factory=list)
     usage: dict = field(default_factory=dict)
     focus: str | None = None  # the file last read or changed: the likely target of the next edit
     ended: dict | None = None  # the last "end" event
@@ -152,8 +175,8 @@ class Agent:
         transcript: Transcript,
         *,
         budget: Budget,
-        shell: str = "ask",
-        approve: str = "auto",
+        shell: ShellMode = "ask",
+        approve: ApproveMode = "auto",
         native_tools: bool = False,
         count_tokens: Callable[[str], int] | None = None,
         confirm: Callable[[str], bool] | None = None,
@@ -197,6 +220,8 @@ class Agent:
     def run(self, state: RunState) -> Outcome:
         self._started = time.monotonic() if self.started is None else self.started
         steps, tokens, self._idle_turns = 0, 0, 0
+        if self.budget.timeout is not None:  # tool work stops at the run's wall-clock end too
+            self.workspace.deadline = self._started + self.budget.timeout
         self._close_interrupted_turn(state)
         while True:
             if self.cancel is not None and self.cancel.is_set():
@@ -206,7 +231,7 @@ class Agent:
                 return self._end(state, Outcome("budget", spent))
             try:
                 reply = self.model.complete(
-                    state.messages,
+                    self.transcript.redact(state.messages),  # secrets in the task or a reply never reach the model
                     tools=tool_specs() if self.native_tools else None,
                     prediction=self._prediction(state),
                     max_tokens=self._tokens_left(tokens),
@@ -263,7 +288,8 @@ class Agent:
             results += [(a, ToolResult(ERROR, "ignored: one done or failed per reply")) for a in finishes[1:]]
         self._observe(state, results, native, cut=reply.finish_reason == "length")
         summary = ", ".join(f"{action_label(a)} {r.status}" for a, r in results) or "no action"
-        self.progress(f"step {state.steps}: {summary} ({reply.usage.get('completion_tokens', '?')} tokens out)")
+        tokens = reply.usage.get("completion_tokens", "?")
+        self.progress(printable(f"step {state.steps}: {summary} ({tokens} tokens out)"))
         return outcome
 
     def _judge(self, state: RunState, finish: Action, results: list[ToolResult]) -> tuple[Outcome | None, ToolResult]:
@@ -291,6 +317,8 @@ class Agent:
             result = self._dispatch(action)
         except _BadArguments as exc:
             result = ToolResult(ERROR, str(exc))
+        except Exception as exc:  # whatever a model sends, the run goes on and the model hears what went wrong
+            result = ToolResult(ERROR, TOOL_FAILED.format(tool=action.tool, kind=type(exc).__name__, error=exc))
         result.output = self.transcript.redact(result.output)
         event: dict = {"step": state.steps, "call": _call_record(state.steps, action, result)}
         if action.tool in ("read", "edit", "create") and result.status == OK:
@@ -319,7 +347,7 @@ class Agent:
             if preview.status != OK:
                 return preview
             if self.approve == "auto":
-                return self._if_approved(action.tool, preview, lambda: ws.edit(path, script))
+                return self._if_approved(action.tool, preview)
             note = "not applied: edits are not approved in this run (--approve never). It "
             return ToolResult(REFUSED, note + preview.output, preview.data)
         if action.tool == "create":
@@ -332,7 +360,7 @@ class Agent:
             preview = ws.create(path, content, overwrite=overwrite, dry_run=True)
             if preview.status != OK:
                 return preview
-            return self._if_approved(action.tool, preview, lambda: ws.create(path, content, overwrite=overwrite))
+            return self._if_approved(action.tool, preview)
         if action.tool == "list":
             return ws.list(_arg(args, "pattern", str, "**/*"))
         if action.tool == "search":
@@ -341,13 +369,14 @@ class Agent:
             return self._shell(_arg(args, "command", str))
         raise _BadArguments(f"there is no tool {action.tool!r}")
 
-    def _if_approved(self, tool: str, preview: ToolResult, write: Callable[[], ToolResult]) -> ToolResult:
-        """Write the previewed edit if the approver says yes; an edit that changes nothing is not asked about."""
-        if preview.file_text is None:
+    def _if_approved(self, tool: str, preview: ToolResult) -> ToolResult:
+        """Write exactly the previewed edit if the approver says yes (refused if the file changed meanwhile);
+        an edit that changes nothing is not asked about."""
+        if preview.prepared is None:
             return preview
         data = preview.data
         if self.approve_edit(EditProposal(tool, data["file"], data["diff"], data["notes"])):
-            return write()
+            return self.workspace.commit(preview)
         return ToolResult(REFUSED, DECLINED.format(file=data["file"]), {**data, "declined": True})
 
     def _shell(self, command: str) -> ToolResult:
@@ -364,10 +393,10 @@ class Agent:
                 return ToolResult(REFUSED, "refused: the user declined to run this command")
         return self.workspace.shell(command, timeout=self._time_left(SHELL_TIMEOUT))
 
-    def _edit_record(self, step: int, action: Action, result: ToolResult, reply: Reply) -> dict:
+    def _edit_record(self, step: int, action: Action, result: ToolResult, reply: Reply) -> EditRecord:
         """The report's view of an edit: where, what, how it landed, and its cost against rewriting the file."""
         script = str(action.args.get("script", ""))
-        record = {
+        record: EditRecord = {
             "step": step,
             "file": result.data.get("file", str(action.args.get("path"))),
             "script": self.transcript.redact(script),
@@ -381,10 +410,10 @@ class Agent:
         if result.data.get("declined"):
             record["declined"] = True
         if self.count_tokens is not None:
-            record["output_tokens"] = self.count_tokens(script)
+            record["output_tokens"] = output = self.count_tokens(script)
             if result.status == OK and result.file_text is not None:
-                record["whole_file_tokens"] = self.count_tokens(result.file_text)
-                record["tokens_saved"] = record["whole_file_tokens"] - record["output_tokens"]
+                record["whole_file_tokens"] = whole = self.count_tokens(result.file_text)
+                record["tokens_saved"] = whole - output
         return record
 
     def _observe(self, state: RunState, results: list[tuple[Action, ToolResult]], native: bool, cut: bool) -> None:
@@ -435,14 +464,18 @@ class Agent:
         return max(1.0, min(limit, self.budget.timeout - (time.monotonic() - self._started)))
 
     def _prediction(self, state: RunState) -> str | None:
-        """The focus file's current text, for servers that draft from it (not with native tools: OpenAI refuses)."""
+        """The focus file's current text, redacted like tool output, for servers that draft from it (not with
+        native tools: OpenAI refuses)."""
         if self.native_tools or state.focus is None:
             return None
         try:
-            text = read_text_file(self.workspace.resolve(state.focus)).text
-        except (PathRefused, FileRefused):
+            path = self.workspace.resolve(state.focus)
+            if path.stat().st_size > 4 * MAX_PREDICTION_CHARS:  # too long whatever its encoding: not read
+                return None
+            text = read_text_file(path).text
+        except (PathRefused, FileRefused, OSError):
             return None
-        return text if len(text) <= MAX_PREDICTION_CHARS else None
+        return self.transcript.redact(text) if len(text) <= MAX_PREDICTION_CHARS else None
 
     def _end(self, state: RunState, outcome: Outcome) -> Outcome:
         self.transcript.write("end", status=outcome.status, exit_code=outcome.exit_code, reason=outcome.reason)
@@ -463,6 +496,11 @@ def _arg(args: dict, name: str, kind: type, default=_MISSING):
     if value is not default and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
         raise _BadArguments(f"argument {name!r} must be {kind.__name__}, not {type(value).__name__}")
     return value
+
+
+def printable(text: str) -> str:
+    """`text` safe to print: half a surrogate pair (from a model's cut escape) shown as its escape."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def action_label(action: Action) -> str:

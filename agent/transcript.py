@@ -44,7 +44,8 @@ class Transcript:
         self.path = path
         self.redact = redact
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 -- open for the transcript's life
+        # half a surrogate pair (a model's cut escape) is written as its JSON escape, which reads back the same
+        self._file = open(path, "a", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115 -- open for its life
 
     def write(self, event_type: str, **fields) -> None:
         event = self.redact({"type": event_type, "time": round(time.time(), 3), **fields})

@@ -27,6 +27,7 @@ from pathlib import Path
 from evals.cases import DEFAULT_CASES, load_cases
 from evals.progress import Progress
 from evals.report import write_report
+from tools.command_line import parse_arguments
 from tools.edit_file import apply_script_to_file
 from tools.ot import Op, OTError, Retain, format_script, is_line_insert, is_quoted, ot_diff
 from tools.patch import apply_edit, without_blank_lines
@@ -169,9 +170,7 @@ def render(report: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "agent bench apply") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
-    add_arguments(parser)
-    return run_command(parser.parse_args(argv))
+    return run_command(parse_arguments(argv, prog, __doc__.split("\n")[0], add_arguments))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -29,6 +29,7 @@ from evals.run import (
     run_decode,
     run_live,
 )
+from tools.command_line import parse_arguments
 
 QUICK_WORKLOADS = 1  # free-running workloads with --quick (copy-heavy, the shortest prompts)
 
@@ -245,10 +246,7 @@ def _live(report: dict, cases: list[dict], args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "agent eval") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0], epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    return run_command(parser.parse_args(argv))
+    return run_command(parse_arguments(argv, prog, __doc__.split("\n")[0], add_arguments, EPILOG))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ class Turn:
     delay: float = 0.0  # seconds before answering: a turn still being generated
     chunk_delay: float = 0.0  # seconds between streamed deltas: a model still writing
     finish_reason: str | None = None  # default: "tool_calls" with tool calls, else "stop"
+    raw: str | None = None  # answer with exactly this body instead (a misbehaving server)
+    raw_type: str = "text/event-stream"  # the Content-Type sent with `raw`
 
 
 class ReplayServer:
@@ -81,6 +83,8 @@ def _handler(server: ReplayServer):
             if turn is None:
                 return self._json(400, {"error": {"message": "the replay has no more recorded turns"}})
             time.sleep(turn.delay)
+            if turn.raw is not None:
+                return self._raw(turn)
             usage = {
                 "prompt_tokens": turn.prompt_tokens,
                 "completion_tokens": turn.completion_tokens,
@@ -96,6 +100,14 @@ def _handler(server: ReplayServer):
             data = json.dumps(payload).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _raw(self, turn: Turn) -> None:
+            data = turn.raw.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", turn.raw_type)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)

@@ -116,3 +116,14 @@ def test_bench_decode_is_delegated_with_its_own_options(capsys):
     with pytest.raises(SystemExit) as info:
         main(["bench", "decode", "--help"])
     assert info.value.code == 0 and "agent bench decode" in capsys.readouterr().out
+
+
+def test_a_mistyped_command_is_named_with_the_nearest_one(capsys):
+    assert main(["evl"]) == 2
+    assert "did you mean `agent eval`" in capsys.readouterr().err
+
+
+def test_a_command_group_alone_lists_its_commands(capsys):
+    assert main(["bench"]) == 2
+    err = capsys.readouterr().err
+    assert "bench apply" in err and "bench decode" in err

@@ -1,7 +1,19 @@
+"""`agent bench decode`: its rows, ratios and notes are what the engine and the peer really did."""
+
 import pytest
 
 from decoding.engine.target import make_target
-from decoding.lab.bench import PEER, Row, bench_workload, format_table, mtp_held_out_note, rounding_note
+from decoding.lab.bench import (
+    PEER,
+    Row,
+    bench_workload,
+    format_engine,
+    format_table,
+    mtp_held_out_note,
+    prefix_cache_figures,
+    rounding_note,
+    verify_cost,
+)
 from decoding.lab.workloads import standard_workloads
 
 
@@ -35,3 +47,16 @@ def test_bench_notes_give_the_heads_held_out_figures_and_explain_bfloat16_mismat
     same = Row("bfloat16", 2, "w", "ngram", 8, 1.0, 8.0, matches_plain=True)
     diverged = Row("bfloat16", 2, "w", "mtp", 8, 1.0, 8.0, matches_plain=False)
     assert rounding_note([same]) == "" and "rounds differently" in rounding_note([same, diverged])
+
+
+@pytest.mark.slow
+def test_bench_reports_the_verify_cost_curve_and_the_prefix_caches_first_token(embedded_model):
+    target = make_target(embedded_model.model)
+    ids = embedded_model.tokenizer(standard_workloads()[0].prompt).input_ids[:300]
+    costs = verify_cost(target, ids, ks=(0, 4), repeats=1)
+    assert list(costs) == [0, 4] and 0 < costs[0] < costs[4]
+    prefix = prefix_cache_figures(target, embedded_model.tokenizer, tokens=400, repeats=1)
+    assert prefix.cached_tokens >= 400 and prefix.prompt_tokens > prefix.cached_tokens
+    assert prefix.warm_s < prefix.cold_s
+    text = format_engine(costs, prefix)
+    assert "k=4 " in text and f"{prefix.cached_tokens} of them cached" in text

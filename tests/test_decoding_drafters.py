@@ -1,3 +1,5 @@
+"""Prompt lookup and adaptive k: the drafting vocabulary every drafter and the vLLM plugins share."""
+
 import pytest
 
 from decoding.drafting.base import AdaptiveK, DraftContext, NgramDrafter, ngram_lookup

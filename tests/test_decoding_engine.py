@@ -1,3 +1,5 @@
+"""The engine: speculative decoding gives plain decoding's tokens exactly, and the KV cache rolls back cleanly."""
+
 import inspect
 
 import pytest

@@ -1,3 +1,5 @@
+"""Lossless verification: greedy keeps the agreeing prefix, rejection sampling keeps the target's distribution."""
+
 import pytest
 import torch
 

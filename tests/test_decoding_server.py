@@ -1,5 +1,8 @@
+"""The OpenAI-compatible server: requests as real clients send them, errors as OpenAI shapes them, streams."""
+
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -7,16 +10,16 @@ import pytest
 
 from decoding.drafting.base import Draft, DraftContext
 from decoding.engine.generation import SpecStats
-from decoding.lab.workloads import standard_workloads
+from decoding.lab.workloads import shared_prefix_prompts, standard_workloads
 from decoding.serving.chat import gemma_chat_prompt
 from decoding.serving.server import (
     PredictionTally,
     RequestError,
     Service,
+    Usage,
     check_context,
     make_server,
     parse_request,
-    usage,
 )
 
 slow = pytest.mark.slow
@@ -84,6 +87,38 @@ def test_completion_with_prediction_speculates_and_matches_plain_decoding(base_u
         "mean_accepted_length": 1.0,
         "accepted_by": {},
     }
+
+
+def timed_call(url: str, body: dict) -> tuple[float, dict]:
+    start = time.perf_counter()
+    status, payload = call(url, body)
+    assert status == 200, payload
+    return time.perf_counter() - start, json.loads(payload)
+
+
+@slow
+def test_a_second_request_sharing_a_long_prefix_reuses_its_cache(base_url, embedded_model):
+    """Issue #17: a 2,000-token shared prefix is prefilled once; the first token of the next request comes far sooner
+    (>= 5x on an idle machine; 2x here so a loaded one passes) and greedy text is the uncached server's."""
+    first, second = shared_prefix_prompts(embedded_model.tokenizer, 2000)
+    request = {"max_tokens": 1, "temperature": 0, "speculation": "off"}
+    cold, cold_answer = timed_call(f"{base_url}/completions", {**request, "prompt": first})
+    warm, warm_answer = timed_call(f"{base_url}/completions", {**request, "prompt": second})
+    assert cold_answer["usage"]["prompt_tokens_details"]["cached_tokens"] < 16  # what other tests' prompts share
+    assert warm_answer["usage"]["prompt_tokens_details"]["cached_tokens"] >= 2000
+    assert cold / warm >= 2, (cold, warm)
+    longer = {"max_tokens": 24, "temperature": 0, "speculation": "off", "prompt": second}
+    _, cached = timed_call(f"{base_url}/completions", longer)
+    assert cached["usage"]["prompt_tokens_details"]["cached_tokens"] == cached["usage"]["prompt_tokens"] - 1
+    server = make_server(Service(embedded_model, prefix_cache_bytes=0), "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        _, uncached = timed_call(f"http://127.0.0.1:{server.server_address[1]}/v1/completions", longer)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert uncached["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+    assert cached["choices"][0]["text"] == uncached["choices"][0]["text"] != ""
 
 
 @slow
@@ -288,7 +323,7 @@ def test_prediction_tokens_count_only_drafts_copied_from_the_prediction():
 
 def test_prediction_fields_appear_only_when_a_prediction_was_sent():
     stats = SpecStats(method="ngram", drafted=30, accepted=20)
-    assert "completion_tokens_details" not in usage(10, 40, stats, None)
-    report = usage(10, 40, stats, (12, 3))
+    assert "completion_tokens_details" not in Usage(10, 0, 40, stats).as_dict()
+    report = Usage(10, 0, 40, stats, (12, 3)).as_dict()
     assert report["completion_tokens_details"] == {"accepted_prediction_tokens": 12, "rejected_prediction_tokens": 3}
     assert report["speculation"]["accepted"] == 20  # the drafter's totals stay here

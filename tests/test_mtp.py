@@ -1,3 +1,5 @@
+"""The MTP drafter head: its files are checked, it drafts what the target would say, hybrid chooses arms."""
+
 import json
 import time
 

@@ -1,3 +1,5 @@
+"""Training the MTP head: held-out files stay held out, and a short run writes a head that loads."""
+
 import json
 import shutil
 

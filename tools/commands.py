@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from tools.command_line import parse_arguments
 from tools.exit_codes import ExitCode
 
 APPLY_EPILOG = """\
@@ -27,38 +28,37 @@ exit codes: 0 applied, 2 usage or unreadable file, 3 script unresolvable, 4 woul
 
 
 def apply_main(argv: Sequence[str] | None = None, prog: str = "agent apply") -> int:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Apply an edit script to FILE in place and print the unified diff.",
-        epilog=APPLY_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    description = "Apply an edit script to FILE in place and print the unified diff."
+    return _cmd_apply(parse_arguments(argv, prog, description, _apply_arguments, APPLY_EPILOG))
+
+
+def ot_diff_main(argv: Sequence[str] | None = None, prog: str = "agent ot-diff") -> int:
+    description = "Print a minimal, self-checking edit script (one op per line) turning BEFORE into AFTER."
+    return _cmd_ot_diff(parse_arguments(argv, prog, description, _ot_diff_arguments))
+
+
+def undo_main(argv: Sequence[str] | None = None, prog: str = "agent undo") -> int:
+    description = "Restore the content a file had before the last edit applied through Retain."
+    return _cmd_undo(parse_arguments(argv, prog, description, _undo_arguments))
+
+
+def _apply_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", type=Path, help="the file to edit")
     parser.add_argument("script", help="path of the edit script, or - to read it from stdin")
     parser.add_argument("--dry-run", action="store_true", help="show the diff, write nothing")
     parser.add_argument("--json", action="store_true", help='print {"ok", "corrections", "error", "diff"} as JSON')
     parser.add_argument("--allow-broken", action="store_true", help="apply even if the edit adds syntax errors")
-    return _cmd_apply(parser.parse_args(argv))
 
 
-def ot_diff_main(argv: Sequence[str] | None = None, prog: str = "agent ot-diff") -> int:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Print a minimal, self-checking edit script (one op per line) turning BEFORE into AFTER.",
-    )
+def _ot_diff_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("before", type=Path)
     parser.add_argument("after", type=Path)
     parser.add_argument("--counts-only", action="store_true", help="deletes as counts, without their quoted text")
-    return _cmd_ot_diff(parser.parse_args(argv))
 
 
-def undo_main(argv: Sequence[str] | None = None, prog: str = "agent undo") -> int:
-    parser = argparse.ArgumentParser(
-        prog=prog, description="Restore the content a file had before the last edit applied through Retain."
-    )
+def _undo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", nargs="?", type=Path, help="undo the last edit of this file (default: the last edit)")
     parser.add_argument("--force", action="store_true", help="restore even if the file changed since the edit")
-    return _cmd_undo(parser.parse_args(argv))
 
 
 def _read_script(source: str) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeGuard
 
 
 class OTError(ValueError):
@@ -19,7 +20,9 @@ class OTError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class Retain:
+class _Span:
+    """An op over the document's own text: `n` code points, and the text they must be when it is quoted."""
+
     n: int
     text: str | None = None
 
@@ -27,13 +30,12 @@ class Retain:
         _check_count(self)
 
 
-@dataclass(frozen=True, slots=True)
-class Delete:
-    n: int
-    text: str | None = None
+class Retain(_Span):
+    __slots__ = ()
 
-    def __post_init__(self) -> None:
-        _check_count(self)
+
+class Delete(_Span):
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +46,7 @@ class Insert:
 Op = Retain | Delete | Insert
 
 
-def _check_count(op: Retain | Delete) -> None:
+def _check_count(op: _Span) -> None:
     if op.n < 0:
         raise OTError(f"{type(op).__name__.lower()} count must not be negative, got {op.n}")
     if op.text is not None and len(op.text) != op.n:
@@ -70,7 +72,7 @@ def op_length(op: Op) -> int:
     return 0 if isinstance(op, Insert) else op.n
 
 
-def is_quoted(op: Op | None) -> bool:
+def is_quoted(op: Op | None) -> TypeGuard[Retain | Delete]:
     """A retain or delete that carries its text, and so can be checked against the document."""
     return isinstance(op, Retain | Delete) and op.text is not None
 
@@ -96,7 +98,7 @@ def _merge(a: Op, b: Op) -> Op | None:
     """`a` and `b` as one op when they are of the same kind, else None."""
     if isinstance(a, Insert) and isinstance(b, Insert):
         return Insert(a.text + b.text)
-    if type(a) is type(b):
+    if isinstance(a, _Span) and isinstance(b, _Span) and type(a) is type(b):
         text = a.text + b.text if a.text is not None and b.text is not None else None
         return type(a)(a.n + b.n, text)
     return None
@@ -188,6 +190,7 @@ def compose(first: Sequence[Op], second: Sequence[Op]) -> list[Op]:
             ib, b = _next(b_ops, ib)
             continue
         if b is None:  # the rest of `first` passes through the implicit trailing retain of `second`
+            assert a is not None  # the loop runs while either list has ops left
             out.append(a)
             ia, a = _next(a_ops, ia)
             continue

@@ -20,6 +20,8 @@ OP_NAMES = ("retain", "delete", "insert")
 _STRING_STOP = re.compile(r'["\\]')
 _NAME = re.compile(r"[A-Za-z_]\w*")
 _DIGITS = re.compile(r"\d+")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+MAX_COUNT_DIGITS = 18  # a count longer than this is larger than any file (and than Python parses quickly)
 
 
 class ScriptSyntaxError(OTError):
@@ -70,7 +72,7 @@ class ScriptParser:
         done: list[Op] = []
         while self._pos < len(self._buf):
             op = self._step()
-            if op is _NEED_MORE:
+            if isinstance(op, _NeedMore):
                 break
             if op is not None:
                 self.ops.append(op)
@@ -92,7 +94,7 @@ class ScriptParser:
 
     # -- the state machine -------------------------------------------------------------------------
 
-    def _step(self) -> Op | object | None:
+    def _step(self) -> Op | _NeedMore | None:
         buf, pos, state = self._buf, self._pos, self._state
         ch = buf[pos]
         if state == _COMMENT:
@@ -174,7 +176,7 @@ class ScriptParser:
         self._seen_op = True
         return self._make_op()
 
-    def _scan_string(self) -> object | None:
+    def _scan_string(self) -> Op | _NeedMore | None:
         buf = self._buf
         pos = self._string_scan
         while True:
@@ -199,13 +201,25 @@ class ScriptParser:
                 text = json.loads(literal, strict=False)
             except json.JSONDecodeError as exc:
                 raise self._error(f"bad string literal: {exc.msg}", self._arg_start + exc.pos) from None
+            if half := _SURROGATE.search(text):
+                raise self._error(
+                    f"the string has half of a UTF-16 surrogate pair (\\u{ord(half.group()):04x}) without its other "
+                    "half; write the character itself, or both halves (e.g. \\ud83d\\ude00)",
+                    self._arg_start,
+                )
             if self._name == "insert":
                 return Insert(text)
             return Retain(len(text), text) if self._name == "retain" else Delete(len(text), text)
+        if len(literal) > MAX_COUNT_DIGITS:
+            raise self._error(
+                f"count too large ({len(literal)} digits); counts are code points in the file, so use a quoted "
+                'retain("…") to reach text far away',
+                self._arg_start,
+            )
         count = int(literal)
         return Retain(count) if self._name == "retain" else Delete(count)
 
-    def _skip_comment(self) -> object | None:
+    def _skip_comment(self) -> _NeedMore | None:
         if self._state != _COMMENT:
             self._after_comment, self._state = self._state, _COMMENT
         end = self._buf.find("\n", self._pos)
@@ -221,7 +235,11 @@ class ScriptParser:
         return ScriptSyntaxError(message, line, column)
 
 
-_NEED_MORE = object()
+class _NeedMore:
+    """What `_step` returns when the op is not complete in the buffer yet."""
+
+
+_NEED_MORE = _NeedMore()
 
 
 def _decode_prefix(raw: str) -> str:

@@ -14,6 +14,7 @@ Models miscount. This module turns the script a model wrote into an exact op lis
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -37,6 +38,7 @@ SNAP_RADIUS = 3  # code points within which an insert moves to a line or word bo
 FUZZY_MIN_LENGTH = 8  # shorter quotes are matched exactly or not at all
 MAX_CANDIDATES = 8  # nearest candidate positions tried for one op
 MAX_TRIALS = 64  # whole-script resolutions tried while choosing between candidate positions
+TIME_BUDGET = 5.0  # seconds spent placing one script at most (checked between whole-script trials)
 
 
 class EditRefused(OTError):
@@ -48,7 +50,7 @@ class EditRefused(OTError):
 
 
 class _TooManyTrials(Exception):
-    """Choosing between candidate positions needed more whole-script trials than MAX_TRIALS."""
+    """Choosing between candidate positions needed more whole-script trials than MAX_TRIALS, or more time."""
 
 
 class SyntaxRefused(OTError):
@@ -83,14 +85,24 @@ class AppliedEdit:
     notes: list[str] = field(default_factory=list)
 
 
-def apply_edit(before: str, script: Sequence[Op], language: str | None, *, allow_broken: bool = False) -> AppliedEdit:
-    """Place `script` on `before` and return the result; raises EditRefused or SyntaxRefused."""
-    resolver = _Resolver(before, list(script), language)
+def apply_edit(
+    before: str,
+    script: Sequence[Op],
+    language: str | None,
+    *,
+    allow_broken: bool = False,
+    deadline: float | None = None,
+) -> AppliedEdit:
+    """Place `script` on `before` and return the result; raises EditRefused or SyntaxRefused.
+
+    Placing gives up (EditRefused) after TIME_BUDGET seconds, or at `deadline` (time.monotonic()) if sooner."""
+    budget_end = time.monotonic() + TIME_BUDGET
+    resolver = _Resolver(before, list(script), language, min(budget_end, deadline or budget_end))
     try:
         ops, corrections = resolver.resolve({})
     except _TooManyTrials:
         raise EditRefused(
-            "the script has too many ambiguous positions to check them all; anchor its edits with quoted "
+            "the script has too many ambiguous positions to check them all in time; anchor its edits with quoted "
             'retain("…") or delete("…") text'
         ) from None
     after = apply(before, ops)
@@ -136,13 +148,29 @@ def _splits_word(doc: str, offset: int) -> bool:
     return 0 < offset < len(doc) and _is_word(doc[offset - 1]) and _is_word(doc[offset])
 
 
+Pins = dict[int, "int | tuple[int, int]"]  # op index -> an insert's offset, or a quoted op's (start, end)
+
+
+def _pinned_offset(forced: Pins, index: int) -> int | None:
+    pin = forced.get(index)
+    assert pin is None or isinstance(pin, int)  # inserts are pinned by offset
+    return pin
+
+
+def _pinned_span(forced: Pins, index: int) -> tuple[int, int] | None:
+    pin = forced.get(index)
+    assert pin is None or isinstance(pin, tuple)  # quoted ops are pinned by span
+    return pin
+
+
 class _Resolver:
     """Resolves a script against one document; `resolve(forced)` may be re-run with positions pinned."""
 
-    def __init__(self, doc: str, ops: list[Op], language: str | None) -> None:
+    def __init__(self, doc: str, ops: list[Op], language: str | None, deadline: float) -> None:
         self.doc = doc
         self.ops = ops
         self.language = language
+        self.deadline = deadline  # time.monotonic() after which no more trials are run
         self.trials = 0
         self.trial_depth = 0  # >0 while trying a candidate: nested choices take the nearest
         self._base_problems: list[SyntaxProblem] | None = None
@@ -154,7 +182,7 @@ class _Resolver:
             self._base_problems = syntax_problems(self.doc, self.language)
         return added_problems(self._base_problems, syntax_problems(after, self.language))
 
-    def resolve(self, forced: dict[int, int]) -> tuple[list[Op], list[Correction]]:
+    def resolve(self, forced: Pins) -> tuple[list[Op], list[Correction]]:
         """Exact ops for the whole script; `forced` pins op index -> document offset."""
         doc = self.doc
         out: list[Op] = []
@@ -169,10 +197,11 @@ class _Resolver:
                 continue
             if isinstance(op, Insert):
                 following = self.ops[index + 1] if index + 1 < len(self.ops) else None
-                at = forced.get(index)
+                at = _pinned_offset(forced, index)
                 if at is None and is_quoted(following):
                     # insert + quoted op is a replacement: the quoted text places both
-                    span = forced.get(index + 1) or self._place_quoted(index + 1, following, pos, done, forced)
+                    pinned = _pinned_span(forced, index + 1)
+                    span = pinned or self._place_quoted(index + 1, following, pos, done, forced)
                     forced = forced | {index + 1: span}
                     if span[0] != pos or doc[span[0] : span[1]] != following.text:
                         corrections.append(self._correction(index + 1, following, pos, *span))
@@ -203,7 +232,7 @@ class _Resolver:
                 out += [Retain(pos - done), Delete(op.n, doc[pos : pos + op.n])]
                 done = pos = pos + op.n
                 continue
-            start, end = forced[index] if index in forced else self._place_quoted(index, op, pos, done, forced)
+            start, end = _pinned_span(forced, index) or self._place_quoted(index, op, pos, done, forced)
             if start < done:
                 raise EditRefused(f"op {index} {_short(op)} would land before the previous edit", index)
             if start != pos or doc[start:end] != op.text:
@@ -216,8 +245,9 @@ class _Resolver:
 
     # -- quoted ops ------------------------------------------------------------------------------
 
-    def _place_quoted(self, index: int, op: Retain | Delete, pos: int, done: int, forced: dict) -> tuple[int, int]:
+    def _place_quoted(self, index: int, op: Retain | Delete, pos: int, done: int, forced: Pins) -> tuple[int, int]:
         doc, text = self.doc, op.text
+        assert text is not None  # only quoted ops are placed by their text
         if doc.startswith(text, pos):
             return pos, pos + len(text)
         run = quoted_run(self.ops, index)
@@ -250,7 +280,7 @@ class _Resolver:
 
     # -- inserts ---------------------------------------------------------------------------------
 
-    def _place_insert(self, index: int, op: Insert, pos: int, done: int, forced: dict) -> int:
+    def _place_insert(self, index: int, op: Insert, pos: int, done: int, forced: Pins) -> int:
         """Where an insert after a count-only retain belongs: whole lines on a line boundary, words whole."""
         doc, text = self.doc, op.text
         if not is_line_insert(op):
@@ -262,7 +292,7 @@ class _Resolver:
         fits = lambda q: _indent_fits(doc, q, text)  # noqa: E731
         return self._choose(index, pos, candidates, forced, lambda q: q, kind="line boundaries", fits=fits, lines=True)
 
-    def _place_inline(self, index: int, op: Insert, pos: int, done: int, forced: dict) -> int:
+    def _place_inline(self, index: int, op: Insert, pos: int, done: int, forced: Pins) -> int:
         doc = self.doc
         if self.language is None or not _splits_word(doc, pos):
             return pos
@@ -275,7 +305,7 @@ class _Resolver:
             return clean[0]
         return pos
 
-    def _clean(self, forced: dict) -> bool:
+    def _clean(self, forced: Pins) -> bool:
         trial = self._trial(forced)
         return trial is not None and not trial[1]
 
@@ -286,7 +316,7 @@ class _Resolver:
         index: int,
         pos: int,
         candidates: list[int],
-        forced: dict,
+        forced: Pins,
         span,
         kind: str = "matches",
         fits=None,
@@ -306,8 +336,9 @@ class _Resolver:
             return candidates[0]
         if candidates[0] == pos and fits(pos) and self._clean(forced | {index: span(pos)}):
             return pos  # where the counts put it is valid: trust them
-        trials = {c: self._trial(forced | {index: span(c)}) for c in candidates}
-        viable = [c for c in candidates if trials[c] is not None]
+        tried = {c: self._trial(forced | {index: span(c)}) for c in candidates}
+        trials = {c: trial for c, trial in tried.items() if trial is not None}
+        viable = [c for c in candidates if c in trials]
         if not viable:
             return candidates[0]  # every choice fails later; let the nearest report its own error
         rank = {c: (trials[c][1], not fits(c), trials[c][2]) for c in viable}
@@ -327,11 +358,11 @@ class _Resolver:
             index,
         )
 
-    def _trial(self, forced: dict) -> tuple[str, bool, int] | None:
+    def _trial(self, forced: Pins) -> tuple[str, bool, int] | None:
         """(resulting text, adds syntax errors, corrections) for the script with `forced` pinned; None
         when it does not resolve."""
         self.trials += 1
-        if self.trials > MAX_TRIALS:
+        if self.trials > MAX_TRIALS or time.monotonic() > self.deadline:
             raise _TooManyTrials
         self.trial_depth += 1
         try:

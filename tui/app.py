@@ -45,6 +45,7 @@ from agent.loop import Agent, EditProposal, Outcome, RunState
 from agent.protocol import Action
 from decoding.engine.tokenizer import count_tokens
 from decoding.serving.launch import EmbeddedServer, EmbeddedServerError
+from tools.command_line import parse_arguments
 from tools.edit_file import Journal, UndoRefused
 from tools.exit_codes import ExitCode
 from tools.workspace import OK, ToolResult, Workspace
@@ -507,6 +508,12 @@ machine, provider keys in the environment and the embedded demo, and saves the c
 
 
 
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_agent_options(parser)
+    parser.add_argument("--resume", metavar="SESSION", help="continue this session")
+    parser.add_argument("--new", action="store_true", help="start a new session without listing earlier ones")
+
+
 def main(argv: Sequence[str] | None = None, prog: str = "agent tui") -> int:
     """`agent tui` (and `agent` alone at a terminal): the app in the current directory."""
     app = build_app(argv, prog)
@@ -523,16 +530,8 @@ def build_app(argv: Sequence[str] | None, prog: str = "agent tui") -> RetainApp 
 
     No model configured, or the demo model without --allow-demo-model, opens the app on the setup screen.
     """
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Open the Retain app in the current directory (also what `agent` alone does).",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_agent_options(parser)
-    parser.add_argument("--resume", metavar="SESSION", help="continue this session")
-    parser.add_argument("--new", action="store_true", help="start a new session without listing earlier ones")
-    args = parser.parse_args(argv)
+    description = "Open the Retain app in the current directory (also what `agent` alone does)."
+    args = parse_arguments(argv, prog, description, _add_arguments, EPILOG)
     workspace = Path.cwd()
     cli = {"model": args.model, "api_base": args.api_base, "max_steps": args.max_steps, "shell": args.shell,
            "tools": args.tools, "turn_tokens": args.turn_tokens, "allow_demo_model": args.allow_demo_model}

@@ -93,10 +93,13 @@ def _none(text: str) -> Option:
     return Option(Text(f"  {text}", style="dim"), disabled=True)
 
 
+Bindings = list[BindingType]  # a screen's key bindings, shown in its footer
+
+
 class EditApproval(ModalScreen[str]):
     """The diff of an edit before it is written; answers "approve", "reject", "always" or "stop"."""
 
-    BINDINGS: ClassVar[list[BindingType]] = [
+    BINDINGS: ClassVar[Bindings] = [
         Binding("y", "answer('approve')", "Approve"),
         Binding("n", "answer('reject')", "Reject"),
         Binding("a", "answer('always')", "Approve all (auto-approve)"),
@@ -129,10 +132,7 @@ class EditApproval(ModalScreen[str]):
 class CommandApproval(ModalScreen[bool]):
     """A shell command the model wants to run in the workspace."""
 
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("y", "answer(True)", "Run"),
-        Binding("n,escape", "answer(False)", "Refuse"),
-    ]
+    BINDINGS: ClassVar[Bindings] = [Binding("y", "answer(True)", "Run"), Binding("n,escape", "answer(False)", "Refuse")]
 
     def __init__(self, command: str) -> None:
         super().__init__()
@@ -151,10 +151,8 @@ class CommandApproval(ModalScreen[bool]):
 class FilePicker(ModalScreen[str | None]):
     """Fuzzy search over the workspace's files; the chosen path, or None."""
 
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "dismiss(None)", "Close"),
-        Binding("down", "focus_list", show=False),
-    ]
+    BINDINGS: ClassVar[Bindings] = [Binding("escape", "dismiss(None)", "Close"),
+                                    Binding("down", "focus_list", show=False)]
 
     def __init__(self, paths: list[str]) -> None:
         super().__init__()
@@ -201,7 +199,7 @@ class FilePicker(ModalScreen[str | None]):
 class SessionPicker(ModalScreen[SessionInfo | None]):
     """The workspace's earlier sessions, to resume one; None starts a new session."""
 
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "dismiss(None)", "New session")]
+    BINDINGS: ClassVar[Bindings] = [Binding("escape", "dismiss(None)", "New session")]
 
     def __init__(self, sessions: list[SessionInfo]) -> None:
         super().__init__()

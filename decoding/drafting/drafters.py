@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from decoding.drafting.base import Draft, DraftContext, Drafter, NgramDrafter
 from decoding.drafting.cursor import CursorTokenDrafter
@@ -44,7 +45,7 @@ class HybridDrafter:
         copied = self.source.propose(context, k)
         arm = None if copied.tokens else self._choose() if ready else "lookup"
         self._previous = (time.perf_counter(), len(context.tokens), arm if ready else None)
-        if arm == "mtp":
+        if arm == "mtp" and self.mtp is not None:
             return self.mtp.draft(context)
         if arm == "lookup" and self.fallback is not None:
             copied = self.fallback.propose(context, k)
@@ -67,11 +68,14 @@ class HybridDrafter:
         return other if self._choices & (self._choices - 1) == 0 else best  # retried at choices 4, 8, 16, ...
 
 
-SPECULATION_METHODS = ("off", "ngram", "cursor", "mtp", "hybrid", "auto")
+SpeculationMethod = Literal["off", "ngram", "cursor", "mtp", "hybrid", "auto"]
+SPECULATION_METHODS: tuple[str, ...] = get_args(SpeculationMethod)
 TRUSTED_MATCH = 3  # prompt-lookup match length (tokens) that hybrid copies rather than asking the MTP head
 
 
-def make_drafter(method: str, *, tokenizer=None, target=None, n_min: int = 2, n_max: int = 6) -> Drafter | None:
+def make_drafter(
+    method: SpeculationMethod | str, *, tokenizer=None, target=None, n_min: int = 2, n_max: int = 6
+) -> Drafter | None:
     """The drafter for a speculation method; None for "off". "auto" is "hybrid".
 
     "cursor" follows edit scripts through the source and needs the tokenizer. "mtp" needs the `target` its head was
@@ -95,6 +99,7 @@ def make_drafter(method: str, *, tokenizer=None, target=None, n_min: int = 2, n_
         trusted = max(n_min, TRUSTED_MATCH)
         copying = "cursor" if tokenizer else "ngram"
         source = make_drafter(copying, tokenizer=tokenizer, n_min=trusted, n_max=n_max)
+        assert source is not None  # only "off" makes no drafter
         fallback = NgramDrafter(n_min=n_min, n_max=trusted - 1) if n_min < trusted else None
         mtp = None
         if target is not None:

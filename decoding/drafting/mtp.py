@@ -61,6 +61,8 @@ class Norm(nn.Module):
 class MTPHead(nn.Module):
     """The head's weights and math; `token_ids` [K] are the target vocabulary rows it scores."""
 
+    token_ids: Tensor  # a buffer: moves with the head, not a weight
+
     def __init__(self, config: MTPConfig, token_ids: Tensor):
         super().__init__()
         c = config
@@ -311,6 +313,7 @@ class MTPDrafter:
             self._keys = self._values = None
             self._start = first
         else:
+            assert self._values is not None  # cached together with the keys
             keep = start - self._start
             self._keys, self._values = self._keys[:, :, :keep], self._values[:, :, :keep]
         dtype = self.shared.dtype
@@ -327,13 +330,14 @@ class MTPDrafter:
         return self._start + (0 if self._keys is None else self._keys.shape[2])
 
     def _append(self, k: Tensor, v: Tensor) -> None:
-        if self._keys is None:
+        if self._keys is None or self._values is None:
             self._keys, self._values = k, v
         else:
             self._keys, self._values = torch.cat([self._keys, k], dim=2), torch.cat([self._values, v], dim=2)
 
     def _trim(self) -> None:
         """Keep the last `window` target-fed rows (drafted rows beyond them are dropped by the next catch-up)."""
+        assert self._keys is not None and self._values is not None  # called right after an append
         excess = self._keys.shape[2] - self.head.config.window
         if excess > 0:
             self._keys, self._values = self._keys[:, :, excess:], self._values[:, :, excess:]
@@ -349,6 +353,7 @@ class MTPDrafter:
         """Up to `k_max` tokens after `context`, which `observe` has already seen."""
         self._catch_up(context)
         head, shared = self.head, self.shared
+        assert self._last is not None and self._keys is not None and self._values is not None  # observe() saw rows
         x, q = self._last
         tokens: list[int] = []
         length = self.k_max if context.limit is None else min(self.k_max, context.limit)

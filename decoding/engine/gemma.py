@@ -85,6 +85,10 @@ class KVCache(nn.Module):
     def capacity(self) -> int:
         return self.k.shape[2]
 
+    def rows(self, start: int, end: int) -> tuple[Tensor, Tensor]:
+        """Views of the keys and values of positions start..end-1: [L, Hkv, end-start, Dh] each."""
+        return self.k[:, :, start:end], self.v[:, :, start:end]
+
 
 def head_linear(x: Tensor, w: Tensor) -> Tensor:
     """x [N, in] -> [N, out] for the output layer w [out, in].

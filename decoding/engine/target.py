@@ -59,6 +59,25 @@ class GemmaTarget:
             self.cache = self.model.new_cache(capacity)
         self.cache.length = 0
 
+    def reserve(self, capacity: int) -> None:
+        """Grow the cache to hold `capacity` positions, keeping what it holds (a prefix cache resumes from it)."""
+        if capacity > self.cache.capacity:
+            old, self.cache = self.cache, self.model.new_cache(capacity)
+            self.load_rows(0, *old.rows(0, old.length))
+
+    def cached_rows(self, start: int, end: int) -> tuple[Tensor, Tensor]:
+        """Copies of the keys and values of positions start..end-1, [L, Hkv, end-start, Dh] each."""
+        keys, values = self.cache.rows(start, end)
+        return keys.clone(), values.clone()
+
+    def load_rows(self, start: int, k: Tensor, v: Tensor) -> None:
+        """Write keys/values [L, Hkv, n, Dh] at positions start..start+n-1; the cache then holds start+n."""
+        self.rollback(start)
+        end = start + k.shape[2]
+        self.cache.k[:, :, start:end] = k
+        self.cache.v[:, :, start:end] = v
+        self.cache.length = end
+
     def forward(self, tokens: list[int]) -> Tensor:
         return self.model(torch.tensor(tokens, dtype=torch.long), self.cache)
 

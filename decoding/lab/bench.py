@@ -9,6 +9,10 @@ and no drafter can shorten it; on a long prompt and a 2-core CPU it takes second
 drafting changes. The peer's prefill is timed by its own `generate(max_new_tokens=1)`. For drafting rows the table
 adds the acceptance at each draft position (free-running: the draft against the tokens the target actually
 produced), which drafter the accepted tokens came from, and the drafter's own time per drafted token.
+
+After each (dtype, threads) table come the engine's own figures: the verify-cost curve (the time of a forward of
+k+1 rows with their logits ÷ that of one row: what a drafted token costs when it is rejected) and the prefix cache's
+time to the first token of a prompt sharing a 2,000-token prefix with the prompt before, cold ÷ warm.
 """
 
 from __future__ import annotations
@@ -27,9 +31,11 @@ from decoding.drafting.drafters import make_drafter
 from decoding.drafting.mtp import MTPDrafter, MTPError
 from decoding.engine.generation import Generation, GenerationRequest
 from decoding.engine.loading import load_model
-from decoding.engine.target import make_target
-from decoding.lab.workloads import Workload, standard_workloads
+from decoding.engine.prefix_cache import PrefixCachingTarget
+from decoding.engine.target import GemmaTarget, Target, make_target
+from decoding.lab.workloads import Workload, shared_prefix_prompts, standard_workloads
 from decoding.serving.chat import stop_token_ids
+from tools.command_line import parse_arguments
 
 PEER = "transformers-pld"
 
@@ -132,6 +138,71 @@ def _peer(hf_model, ids, max_new, stop_ids: frozenset[int], lookup: int) -> Resu
 
 
 METHODS = ("plain", "ngram", "cursor", "mtp", "hybrid", PEER)
+VERIFY_KS = (0, 1, 2, 4, 8, 16)
+PREFIX_TOKENS = 2000
+
+
+def verify_cost(
+    target: Target, ids: Sequence[int], ks: Sequence[int] = VERIFY_KS, repeats: int = 3
+) -> dict[int, float]:
+    """Seconds of a verify forward of k+1 rows plus their logits, after the prompt `ids` (best of `repeats`,
+    the ks interleaved so load falls on all alike); the rows are the prompt's own last max(ks)+1 tokens."""
+    rows = max(ks) + 1
+    target.reset(len(ids) + 1)
+    target.forward(list(ids[:-rows]))
+    base, best = target.length, {}
+    for _ in range(repeats):
+        for k in ks:
+            target.rollback(base)
+            _, seconds = _timed(lambda k=k: target.logits(target.forward(list(ids[-rows:][: k + 1]))))
+            best[k] = min(seconds, best.get(k, seconds))
+    return best
+
+
+@dataclass
+class PrefixFigures:
+    prompt_tokens: int
+    cached_tokens: int
+    cold_s: float  # time to the first token of the first prompt, nothing cached
+    warm_s: float  # the same for the second prompt, its shared prefix cached
+
+    @property
+    def ratio(self) -> float:
+        return self.cold_s / self.warm_s
+
+
+def prefix_cache_figures(
+    target: GemmaTarget, tokenizer, tokens: int = PREFIX_TOKENS, repeats: int = 2
+) -> PrefixFigures:
+    """Time to the first token of two prompts sharing a `tokens`-token file, in turn through a fresh prefix cache
+    (best of `repeats` each)."""
+    first, second = (tokenizer(p).input_ids for p in shared_prefix_prompts(tokenizer, tokens))
+    cold = warm = float("inf")
+    for _ in range(repeats):
+        cached = PrefixCachingTarget(target)
+        cold = min(cold, first_token_seconds(cached, first))
+        warm = min(warm, first_token_seconds(cached, second))
+    return PrefixFigures(len(second), cached.reused, cold, warm)
+
+
+def first_token_seconds(target: Target, ids: list[int]) -> float:
+    start = time.perf_counter()
+    for _ in Generation(target, GenerationRequest(ids, 1)):
+        pass
+    return time.perf_counter() - start
+
+
+def format_engine(costs: dict[int, float], prefix: PrefixFigures | None) -> str:
+    """The verify-cost curve and the prefix cache's first-token times as two lines."""
+    one = costs[0]
+    curve = ", ".join(f"k={k} {seconds / one:.2f}" for k, seconds in costs.items())
+    lines = [f"verify cost (k+1 rows with logits ÷ one row of {1000 * one:.0f} ms): {curve}"]
+    if prefix is not None:
+        lines.append(
+            f"prefix cache: first token of a {prefix.prompt_tokens}-token prompt, {prefix.cached_tokens} of them "
+            f"cached: {prefix.warm_s:.2f} s vs {prefix.cold_s:.2f} s uncached ({prefix.ratio:.1f}x sooner)"
+        )
+    return "\n".join(lines)
 
 
 def drafter_factories(target, tokenizer, methods: Sequence[str], mtp_k: Sequence[int]) -> dict:
@@ -306,6 +377,9 @@ def run_bench(
                 )
                 rows += new
                 echo(format_table(new).split("\n", 2)[-1])
+            costs = verify_cost(target, loaded.tokenizer(chosen[0].prompt).input_ids)
+            cached = prefix_cache_figures(target, loaded.tokenizer) if isinstance(target, GemmaTarget) else None
+            echo(format_engine(costs, cached))
     return rows
 
 
@@ -362,9 +436,7 @@ def bench_from_args(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m decoding.lab.bench") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    add_bench_arguments(parser)
-    return bench_from_args(parser.parse_args(argv))
+    return bench_from_args(parse_arguments(argv, prog, __doc__.splitlines()[0], add_bench_arguments))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -64,7 +65,8 @@ def is_held_out(relative: str) -> bool:
 
 
 def split_files(root: Path) -> tuple[list[Path], list[Path]]:
-    train, held = [], []
+    train: list[Path] = []
+    held: list[Path] = []
     for path in source_files(root):
         (held if is_held_out(path.relative_to(root).as_posix()) else train).append(path)
     return train, held
@@ -322,10 +324,11 @@ def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     loaded = load_model(args.model)
     reader = TargetReader(loaded, args.device)
+    hf_model: Any = loaded.model  # a transformers model: its accessors are beyond torch's Module type
     embed, output = (
         reader.target.embedding_tables()
         if reader.target
-        else (loaded.model.get_input_embeddings().weight, loaded.model.get_output_embeddings().weight)
+        else (hf_model.get_input_embeddings().weight, hf_model.get_output_embeddings().weight)
     )
     embed, output = embed.detach(), output.detach()
     root = args.source or stdlib_root()

@@ -63,6 +63,18 @@ def free_text() -> Workload:
     return Workload("free-text", "The history of the printing press begins in")
 
 
+def shared_prefix_prompts(tokenizer, tokens: int = 2000, module_name: str = "textwrap") -> tuple[str, str]:
+    """Two prompts sharing a real file's first lines of at least `tokens` tokens, then different questions: a
+    prefix cache's work (every agent turn re-sends the files it read)."""
+    text = ""
+    for line in _source(module_name).splitlines(keepends=True):
+        text += line
+        if len(tokenizer(text).input_ids) >= tokens:
+            prefix = f"File {module_name}.py:\n```python\n{text}```\n\n"
+            return prefix + "Summarize the file above.", prefix + "Which function is the longest?"
+    raise ValueError(f"{module_name}.py has fewer than {tokens} tokens")
+
+
 def standard_workloads() -> list[Workload]:
     return [
         copy_edit("bisect", "with the parameter `hi` renamed to `high`"),

@@ -10,13 +10,20 @@ target_forwards, mean_accepted_length, accepted_by}` (every drafter's totals; ac
 drafter that proposed them, e.g. {"ngram": 40, "mtp": 12}) and, only for a request that sent a `prediction`, OpenAI's
 `completion_tokens_details.accepted_prediction_tokens` / `rejected_prediction_tokens`: the draft tokens copied from
 that prediction which the model accepted / rejected (see PredictionTally).
+
+A prefix cache keeps the keys and values of recent prompts and outputs (`decoding.engine.prefix_cache`): a request that
+shares a prefix with one before prefills only the rest, and `usage.prompt_tokens_details.cached_tokens` says how
+many prompt tokens it reused, as OpenAI's does.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import queue
+import select
+import socket
 import sys
 import threading
 import time
@@ -31,12 +38,18 @@ from decoding.drafting.drafters import SPECULATION_METHODS, make_drafter
 from decoding.drafting.mtp import MTPError
 from decoding.engine.generation import Generation, GenerationRequest, SpecStats
 from decoding.engine.loading import LoadedModel, load_model
+from decoding.engine.prefix_cache import DEFAULT_MAX_BYTES, PrefixCachingTarget
 from decoding.engine.sampling import SamplingParams
-from decoding.engine.target import make_target
+from decoding.engine.target import GemmaTarget, Target, make_target
 from decoding.serving.chat import MessageError, gemma_chat_prompt, stop_token_ids, text_content
+from tools.command_line import parse_arguments
 
 DEFAULT_MAX_TOKENS = 512
 MAX_BODY_BYTES = 16 << 20
+MAX_SEED = 2**63 - 1  # torch's generator takes a 64-bit seed
+CLIENT_CHECK_SECONDS = 0.5  # how often a non-streamed request checks its client is still there
+READ_TIMEOUT = 30.0  # seconds a client may take to send its headers and body
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]", "::1")
 
 
 class RequestError(Exception):
@@ -59,6 +72,8 @@ def _number(body: dict, name: str, kind, default, lo=None, hi=None, why: str = "
         return default
     if isinstance(value, bool) or not isinstance(value, kind):
         raise RequestError(f"{name} must be a {'integer' if kind is int else 'number'}", name)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RequestError(f"{name} must be a finite number, got {value}", name)
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         raise RequestError(f"{name} must be {_allowed(lo, hi)}, got {value}{f' ({why})' if why else ''}", name)
     return value
@@ -68,6 +83,17 @@ def _allowed(lo, hi) -> str:
     if lo is not None and hi is not None:
         return f"{lo}" if lo == hi else f"between {lo} and {hi}"
     return f"at least {lo}" if lo is not None else f"at most {hi}"
+
+
+def _check_encodable(text: str, param: str) -> None:
+    """JSON can carry half a surrogate pair (a `\\ud83d` cut from its partner); no tokenizer can encode it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise RequestError(
+            f"{param} holds a lone surrogate (\\u{ord(text[e.start]):04x} at character {e.start}): not valid Unicode "
+            "text; send the whole pair or the character itself", param
+        ) from e
 
 
 @dataclass
@@ -102,11 +128,12 @@ def parse_request(body, chat: bool, model_name: str) -> Job:
         except MessageError as e:
             raise RequestError(str(e), e.param) from e
     else:
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-            prompt = prompt[0]
-        if not isinstance(prompt, str) or not prompt:
+        given = body.get("prompt")
+        if isinstance(given, list) and len(given) == 1 and isinstance(given[0], str):
+            given = given[0]
+        if not isinstance(given, str) or not given:
             raise RequestError("prompt must be a non-empty string", "prompt")
+        prompt = given
     for unsupported in ("logprobs", "tools", "functions", "suffix", "echo", "best_of"):
         if body.get(unsupported):  # absent, null, false or empty all mean "not used"
             raise RequestError(f"{unsupported} is not supported by this server", unsupported)
@@ -120,7 +147,7 @@ def parse_request(body, chat: bool, model_name: str) -> Job:
         temperature=float(_number(body, "temperature", (int, float), 1.0, 0, 2)),
         top_p=top_p,
         top_k=_number(body, "top_k", int, 0, 0, None),
-        seed=_number(body, "seed", int, None),
+        seed=_number(body, "seed", int, None, 0, MAX_SEED),
     )
     speculation = body.get("speculation", "auto")
     if speculation not in SPECULATION_METHODS:
@@ -137,6 +164,9 @@ def parse_request(body, chat: bool, model_name: str) -> Job:
     stop = [stop] if isinstance(stop, str) else stop
     if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
         raise RequestError("stop must be a non-empty string or a list of up to 4 of them", "stop")
+    for param, text in (("messages" if chat else "prompt", prompt), ("prediction.content", prediction or ""),
+                        *(("stop", s) for s in stop)):
+        _check_encodable(text, param)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise RequestError("stream must be a boolean", "stream")
@@ -182,13 +212,19 @@ class TextStream:
 
 
 class Service:
-    """The loaded model plus a single worker that runs queued jobs one at a time."""
+    """The loaded model plus a single worker that runs queued jobs one at a time.
 
-    def __init__(self, loaded: LoadedModel, target_kind: str = "auto"):
+    `prefix_cache_bytes` bounds the prefix cache's snapshots (0: no prefix cache); it needs our Gemma target.
+    """
+
+    def __init__(self, loaded: LoadedModel, target_kind: str = "auto", prefix_cache_bytes: int = DEFAULT_MAX_BYTES):
         self.loaded = loaded
         self.name = loaded.name
         self.tokenizer = loaded.tokenizer
-        self.target = make_target(loaded.model, target_kind)
+        self.model_target = make_target(loaded.model, target_kind)  # what drafters that read the model are given
+        self.target: Target = self.model_target
+        if prefix_cache_bytes and isinstance(self.model_target, GemmaTarget):
+            self.target = PrefixCachingTarget(self.model_target, prefix_cache_bytes)
         self.context_length = getattr(loaded.model.config, "max_position_embeddings", 8192)
         self.eos_ids = stop_token_ids(self.tokenizer)
         self.jobs: queue.Queue[Job] = queue.Queue()
@@ -212,7 +248,7 @@ class Service:
         check_context(len(prompt_ids), job.max_tokens, self.context_length, job.chat)
         sources = [self.tokenizer(job.prediction, add_special_tokens=False).input_ids] if job.prediction else []
         try:
-            drafter = make_drafter(job.speculation, tokenizer=self.tokenizer, target=self.target)
+            drafter = make_drafter(job.speculation, tokenizer=self.tokenizer, target=self.model_target)
         except MTPError as e:
             raise RequestError(str(e), "speculation") from e
         tally = None
@@ -240,8 +276,10 @@ class Service:
         if delta:
             job.events.put(("delta", delta))
         finish = "stop" if text.stopped else generation.finish_reason or "stop"
+        cached = self.target.reused if isinstance(self.target, PrefixCachingTarget) else 0
         predicted = None if tally is None else tally.counts(text.tokens)
-        job.events.put(("done", (finish, len(prompt_ids), len(text.tokens), generation.stats, predicted)))
+        used = Usage(len(prompt_ids), cached, len(text.tokens), generation.stats, predicted)
+        job.events.put(("done", (finish, used)))
 
 
 def check_context(prompt_tokens: int, max_tokens: int, context_length: int, chat: bool) -> None:
@@ -296,30 +334,49 @@ class PredictionTally:
         return accepted, drafted - accepted
 
 
-def usage(prompt_tokens: int, completion_tokens: int, stats: SpecStats, predicted: tuple[int, int] | None) -> dict:
-    """The usage object; `predicted` is (accepted, rejected) prediction tokens, None when no prediction was sent."""
-    report: dict = {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
-    if predicted is not None:
-        accepted, rejected = predicted
-        report["completion_tokens_details"] = {
-            "accepted_prediction_tokens": accepted,
-            "rejected_prediction_tokens": rejected,
+@dataclass
+class Usage:
+    prompt_tokens: int
+    cached_tokens: int  # prompt tokens whose keys and values came from the prefix cache
+    completion_tokens: int
+    stats: SpecStats
+    predicted: tuple[int, int] | None = None  # (accepted, rejected) prediction tokens; None: no prediction sent
+
+    def as_dict(self) -> dict:
+        """OpenAI's `usage` object with our `speculation` figures (every drafter's totals)."""
+        report: dict = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
         }
-    report["speculation"] = stats.as_dict()
-    return report
+        if self.predicted is not None:
+            accepted, rejected = self.predicted
+            report["completion_tokens_details"] = {
+                "accepted_prediction_tokens": accepted,
+                "rejected_prediction_tokens": rejected,
+            }
+        report["speculation"] = self.stats.as_dict()
+        return report
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # HTTP
 
 
+def _bound_address(server) -> tuple[str, int]:
+    """(host, port) a TCP server listens on."""
+    host, port = server.server_address[:2]
+    return str(host), int(port)
+
+
 class Handler(BaseHTTPRequestHandler):
+    """One connection. Only what a local OpenAI client sends is accepted: JSON bodies, a loopback or bound Host
+    (a web page the user visits cannot drive the server through DNS rebinding or a simple form post), no CORS."""
+
     service: Service  # set on the subclass made by make_server
     protocol_version = "HTTP/1.1"
+    timeout = READ_TIMEOUT  # a half-sent request does not hold its thread forever
 
     def log_message(self, format, *args):  # quiet: one line per request is noise in a terminal agent
         pass
@@ -338,7 +395,36 @@ class Handler(BaseHTTPRequestHandler):
             error.status, {"error": {"message": str(error), "type": kind, "param": error.param, "code": error.code}}
         )
 
+    def _host_allowed(self) -> bool:
+        """The Host header names this server: a loopback name or the address it is bound to, with its port."""
+        host = self.headers.get("Host")
+        if host is None:
+            return False
+        bound, port = _bound_address(self.server)
+        if bound in ("0.0.0.0", "::"):  # the user opened the server to the network: any name may reach it
+            return True
+        if host.startswith("["):  # [::1]:8765
+            name, _, rest = host.partition("]")
+            name, given_port = name + "]", rest.removeprefix(":")
+        else:
+            name, _, given_port = host.partition(":")
+        if given_port and given_port != str(port):
+            return False
+        return name.lower() in (*LOOPBACK_NAMES, str(bound), f"[{bound}]")
+
+    def _refuse_foreign(self) -> bool:
+        """Answer 403 (and close) to a request whose Host is not this server's; True when refused."""
+        if self._host_allowed():
+            return False
+        self.close_connection = True
+        self._send_error(RequestError(
+            f"Host {self.headers.get('Host')!r} is not this server's address; this server answers local clients "
+            "only (use 127.0.0.1 or localhost)", status=403, code="forbidden_host"))
+        return True
+
     def do_GET(self) -> None:
+        if self._refuse_foreign():
+            return
         if self.path.rstrip("/") == "/v1/models":
             model = {"id": self.service.name, "object": "model", "created": 0, "owned_by": "retain"}
             self._send_json(200, {"object": "list", "data": [model]})
@@ -346,17 +432,18 @@ class Handler(BaseHTTPRequestHandler):
             self._send_error(RequestError(f"no route GET {self.path}", status=404, code="not_found"))
 
     def do_POST(self) -> None:
+        if self._refuse_foreign():
+            return
         routes = {"/v1/completions": False, "/v1/chat/completions": True}
         path = self.path.rstrip("/")
         try:
             if path not in routes:
                 raise RequestError(f"no route POST {self.path}", status=404, code="not_found")
             job = parse_request(self._read_json(), routes[path], self.service.name)
-        except RequestError as e:
-            self._send_error(e)
-            return
         except Exception as e:  # a malformed request must get an answer, not a dropped connection
-            self._send_error(RequestError(f"could not read the request: {e}"))
+            error = e if isinstance(e, RequestError) else RequestError(f"could not read the request: {e}")
+            self.close_connection = True  # an unread or bad body must not be taken for the next request
+            self._send_error(error)
             return
         self.service.submit(job)
         if job.stream:
@@ -365,6 +452,11 @@ class Handler(BaseHTTPRequestHandler):
             self._respond(job)
 
     def _read_json(self):
+        kind = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if kind != "application/json":
+            raise RequestError(
+                f"Content-Type must be application/json, not {kind or 'missing'!r}", status=415,
+                code="unsupported_media_type")
         length = self.headers.get("Content-Length")
         if length is None or not length.isdigit():
             raise RequestError("a Content-Length header is required", status=411)
@@ -389,17 +481,24 @@ class Handler(BaseHTTPRequestHandler):
     def _respond(self, job: Job) -> None:
         rid, created, parts = self._new_id(job), int(time.time()), []
         while True:
-            kind, value = job.events.get()
+            try:
+                kind, value = job.events.get(timeout=CLIENT_CHECK_SECONDS)
+            except queue.Empty:
+                if self._client_gone():
+                    job.cancelled.set()  # nobody will read the answer: free the worker for the next request
+                    self.close_connection = True
+                    return
+                continue
             if kind == "delta":
                 parts.append(value)
             elif kind == "error":
                 self._send_error(value)
                 return
             else:
-                finish, *counts = value
+                finish, used = value
                 payload = self._envelope(job, rid, created, chunk=False)
                 payload["choices"] = [self._choice(job, "".join(parts), finish, delta=False)]
-                payload["usage"] = usage(*counts)
+                payload["usage"] = used.as_dict()
                 self._send_json(200, payload)
                 return
 
@@ -431,12 +530,12 @@ class Handler(BaseHTTPRequestHandler):
                     self._event({"error": {"message": str(value), "type": "server_error", "code": value.code}})
                     break
                 else:
-                    finish, *counts = value
+                    finish, used = value
                     chunk["choices"] = [self._choice(job, None, finish, delta=True)]
                     self._event(chunk)
                     if job.include_usage:
                         tail = self._envelope(job, rid, created, chunk=True)
-                        tail["choices"], tail["usage"] = [], usage(*counts)
+                        tail["choices"], tail["usage"] = [], used.as_dict()
                         self._event(tail)
                     break
                 event = job.events.get()
@@ -444,6 +543,14 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             job.cancelled.set()  # the client left: stop generating for it
+
+    def _client_gone(self) -> bool:
+        """Whether the client closed its end while waiting for a non-streamed answer (readable at end of file)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
 
     def _event(self, payload: dict) -> None:
         self.wfile.write(b"data: " + json.dumps(payload).encode() + b"\n\n")
@@ -482,6 +589,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--dtype", choices=["float32", "bfloat16"], default="float32", help="weight dtype (default: float32)"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--prefix-cache-mb",
+        type=int,
+        default=DEFAULT_MAX_BYTES >> 20,
+        help=f"MiB for snapshots of cached prompts beside the live cache (default: {DEFAULT_MAX_BYTES >> 20}; 0: no "
+        "prefix cache at all)",
+    )
 
 
 def run_server(
@@ -491,6 +605,7 @@ def run_server(
     dtype: str = "float32",
     threads: int | None = None,
     engine: str = "embedded",
+    prefix_cache_mb: int = DEFAULT_MAX_BYTES >> 20,
 ) -> None:
     """Load the model, then serve until interrupted; prints the base URL once ready."""
     if engine != "embedded":
@@ -499,7 +614,9 @@ def run_server(
         if threads < 1:
             raise ValueError(f"--threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
-    service = Service(load_model(model, dtype))
+    if prefix_cache_mb < 0:
+        raise ValueError(f"--prefix-cache-mb must be >= 0, got {prefix_cache_mb}")
+    service = Service(load_model(model, dtype), prefix_cache_bytes=prefix_cache_mb << 20)
     server = make_server(service, host, port)
     print(f"Serving {service.name} at http://{host}:{server.server_address[1]}/v1", flush=True)
     try:
@@ -513,7 +630,7 @@ def run_server(
 def serve_from_args(args: argparse.Namespace) -> int:
     """Serve with options added by `add_serve_arguments`; a bad option or model path is an error, exit status 2."""
     try:
-        run_server(args.host, args.port, args.model, args.dtype, args.threads, args.engine)
+        run_server(args.host, args.port, args.model, args.dtype, args.threads, args.engine, args.prefix_cache_mb)
     except (FileNotFoundError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -521,9 +638,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m decoding.serving.server") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    add_serve_arguments(parser)
-    return serve_from_args(parser.parse_args(argv))
+    return serve_from_args(parse_arguments(argv, prog, __doc__.splitlines()[0], add_serve_arguments))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from decoding.serving.launch import wait_for_server
+from tools.command_line import parse_arguments
 
 SUPPORTED_VLLM = ((0, 32), (0, 33))  # [from, to): Gemma 4 MTP assistants need 0.32's Gemma4MTP path
 NGRAM_DEFAULTS = {"method": "ngram", "num_speculative_tokens": 8, "prompt_lookup_min": 2, "prompt_lookup_max": 4}
@@ -333,10 +334,7 @@ then: agent run TASK.md --model hosted_vllm/MODEL --api-base http://127.0.0.1:80
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m decoding.vllm.launch") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0], epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    return run_command(parser.parse_args(argv))
+    return run_command(parse_arguments(argv, prog, __doc__.split("\n")[0], add_arguments, EPILOG))
 
 
 if __name__ == "__main__":

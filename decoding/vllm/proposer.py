@@ -31,7 +31,7 @@ class LookupProposer:
     def propose(
         self, sampled_token_ids: list[list[int]], num_tokens_no_spec: Sequence[int], token_ids_cpu, slot_mappings=None
     ) -> list[list[int]]:
-        drafts = []
+        drafts: list[list[int]] = []
         for row, sampled in enumerate(sampled_token_ids):
             length = int(num_tokens_no_spec[row])
             room = min(self.k, self.max_model_len - length - 1)
