@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from agent.client import ModelUnavailable
 from agent.config import (
@@ -60,12 +61,14 @@ def runs_dir() -> Path:
 
 def main(argv: Sequence[str] | None = None, prog: str = "agent run") -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(prog)
     try:
-        args = build_parser(prog).parse_args(argv)
+        args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse has printed the usage error; the report says so too
         if exc.code != ExitCode.USAGE:
             raise
-        _write_report(_json_target(argv), {"status": "usage", "exit_code": ExitCode.USAGE, "reason": "bad arguments"})
+        report = {"status": "usage", "exit_code": ExitCode.USAGE, "reason": parser.failure}
+        _write_report(_json_target(argv), report)
         return ExitCode.USAGE
     # tokens saved are counted with the Gemma tokenizer, loaded on the first edit that needs it
     return run_command(args, count_tokens=count_tokens)
@@ -81,8 +84,18 @@ def _json_target(argv: Sequence[str]) -> str | None:
         return None
 
 
-def build_parser(prog: str = "agent run") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class _Parser(argparse.ArgumentParser):
+    """An argument parser that keeps its usage error's message for the --json report."""
+
+    failure = ""
+
+    def error(self, message: str) -> NoReturn:
+        self.failure = message
+        super().error(message)
+
+
+def build_parser(prog: str = "agent run") -> _Parser:
+    parser = _Parser(
         prog=prog,
         description="Run the agent on a task file in a workspace; progress on stderr, the result on stdout.",
         epilog=EPILOG,

@@ -490,14 +490,18 @@ def test_the_demo_model_runs_with_small_budgets_when_allowed(ws, capsys, monkeyp
 
 
 @pytest.mark.parametrize(
-    "argv",
-    [["MISSING.md"], ["--timeout", "soon"], ["--resume", "nosuchrun"]],
+    ("argv", "reason"),
+    [
+        (["MISSING.md"], "cannot read the task MISSING.md"),
+        (["--timeout", "soon"], "argument --timeout: invalid float value: 'soon'"),
+        (["--resume", "nosuchrun"], "no transcript for run nosuchrun"),
+    ],
     ids=["missing-task", "bad-option", "unknown-run"],
 )
-def test_json_reports_usage_errors_too(argv, capsys):
+def test_json_reports_usage_errors_too(argv, reason, capsys):
     assert main([*argv, "--model", "openai/m", "--json", "-"]) == 2
     report = json.loads(capsys.readouterr().out)
-    assert report["status"] == "usage" and report["exit_code"] == 2
+    assert report["status"] == "usage" and report["exit_code"] == 2 and report["reason"].startswith(reason)
 
 
 class FakeStderr(io.StringIO):
