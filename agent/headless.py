@@ -22,6 +22,7 @@ from typing import NoReturn
 from agent.client import ModelUnavailable
 from agent.config import (
     APPROVE_MODES,
+    GET_A_MODEL,
     RUN_TIMEOUT,
     ConfigError,
     Settings,
@@ -41,7 +42,9 @@ from tools.edit_file import state_dir
 from tools.exit_codes import ExitCode
 from tools.workspace import Workspace
 
-EPILOG = """\
+EPILOG = f"""\
+{GET_A_MODEL}
+
 settings: command line, then RETAIN_MODEL / RETAIN_API_BASE, then agent.toml (workspace, then
 ~/.config/retain/agent.toml). --model embedded (with --allow-demo-model) starts the embedded demo server
 on a free loopback port. Budgets: 30 model turns, 2,048 output tokens a reply, 600 s of wall time; a run

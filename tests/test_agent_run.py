@@ -437,6 +437,8 @@ def test_replies_without_an_action_three_times_in_a_row_end_the_run_with_exit_1(
     assert code == 1 and report["status"] == "failed" and len(server.requests) == 5  # the read reset the count
     assert report["reason"].startswith("the model wrote 3 replies in a row without an action")
     assert out.startswith("failed: the model wrote 3 replies") and "step 5: no action" in err
+    assert "agent run --help lists ways to get one" in report["reason"]
+    assert "Get a real model in one of these ways" in build_parser().format_help()  # as the reason says
 
 
 def test_the_output_cap_of_a_reply_is_configurable(ws, capsys):
