@@ -3,6 +3,7 @@ approval, cancelling, undo, the file picker, sessions and startup."""
 
 import asyncio
 import json
+import socket
 import sys
 from pathlib import Path
 
@@ -319,6 +320,25 @@ def test_the_demo_model_opens_the_setup_screen_saying_why(first_run):
         assert "the embedded model is a demo" in screen_text(app) and app.model is None
 
     drive(app, scenario)
+
+
+def test_closing_the_setup_screen_at_once_leaves_a_working_app_that_says_how_to_choose(first_run, monkeypatch):
+    silent = socket.socket()  # accepts, never answers: the probes take their whole timeout
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    monkeypatch.setattr(detect, "KNOWN_PORTS", (("vLLM", silent.getsockname()[1]),))
+    app = build_app(["--new"])
+
+    async def scenario(pilot):
+        await until(pilot, lambda: isinstance(app.screen, ModelSetup), timeout=3, what="the setup screen")
+        await pilot.press("escape")  # before the probes answer
+        await until(pilot, lambda: notes(app)[1:], what="the note")
+        await pilot.pause(1)  # the probes answer into a closed screen
+        assert notes(app)[-1] == "no model chosen: type /model to choose one"
+        assert "no model: /model chooses one" in str(app.query_one(StatusBar).render())
+
+    with silent:
+        drive(app, scenario)
 
 
 def test_slash_model_switches_to_another_server_and_saves_it_for_every_workspace(first_run, ws, tmp_path):
