@@ -70,7 +70,8 @@ class Settings:
     max_steps: int = 30
     max_tokens: int | None = None  # prompt + completion tokens over the run
     turn_tokens: int | None = None  # one reply's output tokens (None: TURN_TOKENS, or DEMO_TURN_TOKENS)
-    timeout: float | None = None  # `agent run`'s wall-clock seconds (None: RUN_TIMEOUT or DEMO_TIMEOUT; 0: none)
+    # wall-clock seconds of a run; 0: none. Unset: agent run takes RUN_TIMEOUT (DEMO_TIMEOUT), the app none
+    timeout: float | None = None
     allow_demo_model: bool = False  # the embedded model is refused without it
     shell: ShellMode = "ask"
     approve: ApproveMode = "auto"
@@ -161,8 +162,8 @@ def _check(settings: Settings) -> None:
     for name in ("max_steps", "max_tokens", "turn_tokens", "timeout"):
         value, least = getattr(settings, name), 0 if name == "timeout" else 1
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < least):
-            kind = "a number of seconds, 0 for no limit," if name == "timeout" else "a positive number"
-            raise ConfigError(f"{name} must be {kind} not {value!r}")
+            kind = "a number of seconds (0 for no limit)" if name == "timeout" else "a positive number"
+            raise ConfigError(f"{name} must be {kind}, not {value!r}")
     if not isinstance(settings.allow_demo_model, bool):
         raise ConfigError(f"allow_demo_model must be true or false, not {settings.allow_demo_model!r}")
     for name in ("model", "api_base", "api_key_env"):
