@@ -368,7 +368,7 @@ def test_an_unreachable_server_is_reported_in_the_app_with_the_fix(ws):
         app = pilot.app
         await until(pilot, lambda: len(notes(app)) == 2, what="the connection failure")
         assert notes(app)[-1].startswith(f"✗ model server unreachable at {url}")
-        assert "--model embedded" in notes(app)[-1]
+        assert "/model in the app lists the servers running here" in notes(app)[-1]
         assert "openai/replay-model: not connected" in str(app.query_one(StatusBar).render())
 
     drive(make_app(ws, url), scenario)
