@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -108,8 +109,11 @@ class Model:
 
         `on_text` gets each piece of reply text as it arrives. Setting `cancel` stops reading at the next
         chunk and closes the connection (a server that notices stops generating), raising ModelCancelled.
+        `timeout` bounds the whole turn: each read waits at most that long, and a stream still going at the
+        deadline is closed at its next chunk (ModelTimeout), so a model writing steadily cannot outlast it.
         """
         litellm = _litellm()
+        deadline = time.monotonic() + timeout if timeout else None
         kwargs: dict = {"stream": True, "stream_options": {"include_usage": True}}
         if tools:
             kwargs["tools"] = tools
@@ -130,9 +134,10 @@ class Model:
             )
             close = getattr(getattr(stream, "completion_stream", None), "close", None)
             tap = _StreamTap(stream)
-            text, calls, usage, finish_reason = [], {}, {}, None
+            text, calls, usage, finish_reason, late = [], {}, {}, None, False
             for chunk in stream:
-                if cancel is not None and cancel.is_set():
+                late = deadline is not None and time.monotonic() >= deadline
+                if (cancel is not None and cancel.is_set()) or late:
                     break
                 if getattr(chunk, "usage", None):
                     usage = chunk.usage.model_dump(exclude_none=True)
@@ -156,6 +161,10 @@ class Model:
             if close is not None:
                 close()
             raise ModelCancelled("".join(text))
+        if late:
+            if close is not None:
+                close()
+            raise ModelTimeout(f"{self.name} at {self.where()}: still writing after {timeout:.0f} s; stream closed")
         if problem := tap.problem():
             raise self._misbehaving(problem, tap)
         usage = tap.usage or usage  # the server's own numbers when they could be read, else litellm's

@@ -13,7 +13,7 @@ from decoding.serving.launch import EmbeddedServer
 
 FIX_UNREACHABLE = (
     "fix: start the model server, or point --api-base (or RETAIN_API_BASE, or api_base in agent.toml) at one that "
-    "is running; --model embedded starts the embedded server"
+    "is running; `agent run --help` lists ways to get a model, and /model in the app lists the servers running here"
 )
 
 

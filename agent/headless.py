@@ -2,8 +2,8 @@
 
 Exit codes: 0 the model declared the task done and every edit applied; 1 the agent failed or gave up;
 2 usage error; 3 a budget ran out; 4 the model server is unreachable or misconfigured.
-Progress goes to stderr (a line per step), the result to stdout, the report to `--json`, every event to
-the JSONL transcript.
+Progress goes to stderr (a line per step, and while a reply streams its tokens so far and tok/s), the result
+to stdout, the report to `--json` (usage errors too), every event to the JSONL transcript.
 """
 
 from __future__ import annotations
@@ -17,18 +17,23 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from agent.client import ModelUnavailable
 from agent.config import (
     APPROVE_MODES,
+    GET_A_MODEL,
+    RUN_TIMEOUT,
     ConfigError,
     Settings,
     add_agent_options,
     load_settings,
     positive,
     require_model,
+    run_timeout,
 )
 from agent.connection import FIX_UNREACHABLE, open_model
+from agent.detect import all_choices, found_lines
 from agent.loop import Agent, Outcome, RunState, first_messages, printable
 from agent.transcript import Redactor, Transcript, read_events
 from decoding.engine.tokenizer import count_tokens
@@ -37,9 +42,13 @@ from tools.edit_file import state_dir
 from tools.exit_codes import ExitCode
 from tools.workspace import Workspace
 
-EPILOG = """\
+EPILOG = f"""\
+{GET_A_MODEL}
+
 settings: command line, then RETAIN_MODEL / RETAIN_API_BASE, then agent.toml (workspace, then
-~/.config/retain/agent.toml). --model embedded starts the embedded server on a free loopback port.
+~/.config/retain/agent.toml). --model embedded (with --allow-demo-model) starts the embedded demo server
+on a free loopback port. Budgets: 30 model turns, 2,048 output tokens a reply, 600 s of wall time; a run
+also stops after 3 replies in a row without an action.
 
 exit codes: 0 done and every edit applied, 1 failed or gave up, 2 usage error, 3 a budget ran out,
 4 model server unreachable or misconfigured
@@ -54,12 +63,42 @@ def runs_dir() -> Path:
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "agent run") -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(prog)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse has printed the usage error; the report says so too
+        if exc.code != ExitCode.USAGE:
+            raise
+        report = {"status": "usage", "exit_code": ExitCode.USAGE, "reason": parser.failure}
+        _write_report(_json_target(argv), report)
+        return ExitCode.USAGE
     # tokens saved are counted with the Gemma tokenizer, loaded on the first edit that needs it
-    return run_command(build_parser(prog).parse_args(argv), count_tokens=count_tokens)
+    return run_command(args, count_tokens=count_tokens)
 
 
-def build_parser(prog: str = "agent run") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def _json_target(argv: Sequence[str]) -> str | None:
+    """Where --json points in arguments argparse rejected, if it can still be read from them."""
+    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    parser.add_argument("--json")
+    try:
+        return parser.parse_known_args(argv)[0].json
+    except (argparse.ArgumentError, SystemExit):
+        return None
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser that keeps its usage error's message for the --json report."""
+
+    failure = ""
+
+    def error(self, message: str) -> NoReturn:
+        self.failure = message
+        super().error(message)
+
+
+def build_parser(prog: str = "agent run") -> _Parser:
+    parser = _Parser(
         prog=prog,
         description="Run the agent on a task file in a workspace; progress on stderr, the result on stdout.",
         epilog=EPILOG,
@@ -69,7 +108,11 @@ def build_parser(prog: str = "agent run") -> argparse.ArgumentParser:
     add_agent_options(parser)
     parser.add_argument("--workspace", help="the directory to work in (default: the current one)")
     parser.add_argument("--max-tokens", type=positive(int), help="prompt + completion tokens at most")
-    parser.add_argument("--timeout", type=positive(float), help="wall-clock seconds at most")
+    parser.add_argument(
+        "--timeout",
+        type=positive(float, zero=True),
+        help=f"wall-clock seconds for the whole run (default {RUN_TIMEOUT:g}; 0 = no limit)",
+    )
     parser.add_argument("--approve", choices=APPROVE_MODES, help="apply edits? (default auto)")
     parser.add_argument("--json", metavar="REPORT", help="write the JSON report here (- for stdout)")
     parser.add_argument("--transcript", metavar="FILE", help="JSONL transcript (default: the state dir's runs/)")
@@ -84,21 +127,24 @@ def run_command(args: argparse.Namespace, count_tokens: Callable[[str], int] | N
         state, path, previous = _load_run(args)
         workspace = _workspace(args.workspace or previous.get("workspace") or ".")
     except _UsageError as exc:
-        return _usage(str(exc))
+        return _usage(str(exc), args.json)
 
     cli = {
         "model": args.model or previous.get("model"),  # a resumed run keeps its model unless told otherwise
         "api_base": args.api_base or (None if args.model else previous.get("api_base")),
         "max_steps": args.max_steps,
         "max_tokens": args.max_tokens,
+        "turn_tokens": args.turn_tokens,
         "timeout": args.timeout,
+        "allow_demo_model": args.allow_demo_model,
         "shell": args.shell,
         "approve": args.approve,
         "tools": args.tools,
     }
     try:
         settings = load_settings(cli, workspace.root)
-        require_model(settings)
+        require_model(settings, found="" if settings.model else found_lines(all_choices()))
+        settings.timeout = run_timeout(settings)
     except ConfigError as exc:
         print(f"agent run: {exc}", file=sys.stderr)
         _write_report(args.json, {"status": "misconfigured", "exit_code": ExitCode.UNAVAILABLE, "reason": str(exc)})
@@ -127,7 +173,7 @@ def run_command(args: argparse.Namespace, count_tokens: Callable[[str], int] | N
     if main_thread:  # a CI timeout (SIGTERM) still stops the server and records the end
         old_handler = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        outcome, model_name = _run(state, settings, workspace, transcript, count_tokens)
+        outcome, model_name = _run(state, settings, workspace, transcript, count_tokens, started)
     except KeyboardInterrupt:
         outcome, model_name = Outcome("failed", "interrupted"), settings.model
         transcript.write("end", status=outcome.status, exit_code=outcome.exit_code, reason=outcome.reason)
@@ -186,10 +232,11 @@ def _workspace(directory: str) -> Workspace:
 
 
 def _run(
-    state: RunState, settings: Settings, workspace: Workspace, transcript: Transcript, count_tokens
+    state: RunState, settings: Settings, workspace: Workspace, transcript: Transcript, count_tokens, started: float
 ) -> tuple[Outcome, str]:
-    """Start the embedded server if asked for, check the model server answers, then run the loop."""
-    server, name = None, settings.model
+    """Start the embedded server if asked for, check the model server answers, then run the loop; the wall-time
+    budget counts from `started`, so starting the server spends it too."""
+    server, name, meter = None, settings.model, StreamProgress()
     try:
         model, server, native = open_model(settings, _progress)
         name = model.name
@@ -201,13 +248,17 @@ def _run(
             native_tools=native,
             count_tokens=count_tokens,
             confirm=_ask_on_terminal if sys.stdin.isatty() else None,
-            progress=_progress,
+            progress=meter.line,
+            on_text=meter.text,
+            on_turn=meter.turn_ended,
+            started=started,
         )
         outcome = agent.run(state)
     except (ModelUnavailable, EmbeddedServerError) as exc:
         outcome = Outcome("unavailable", str(exc))
         transcript.write("end", status=outcome.status, exit_code=outcome.exit_code, reason=outcome.reason)
     finally:
+        meter.turn_ended()
         if server is not None:
             server.stop()
     if outcome.status == "unavailable":
@@ -262,6 +313,57 @@ def _progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _usage(message: str) -> int:
+def _usage(message: str, json_target: str | None) -> int:
     print(f"agent run: {message}", file=sys.stderr)
+    _write_report(json_target, {"status": "usage", "exit_code": ExitCode.USAGE, "reason": message})
     return ExitCode.USAGE
+
+
+class StreamProgress:
+    """While a reply streams, its tokens so far and tok/s on stderr every `every` seconds: one line rewritten in
+    place on a terminal, plain lines otherwise (a CI log). Tokens are estimated from characters until the turn's
+    usage arrives, hence the `~`."""
+
+    CHARS_PER_TOKEN = 4.0
+
+    def __init__(self, stream=None, every: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stream = stream or sys.stderr
+        self.every, self.clock = every, clock
+        self.tty = self.stream.isatty()
+        self.first: float | None = None  # when this reply's first text arrived
+        self.shown = 0.0  # when the last progress line was written
+        self.chars = 0
+        self.pending = False  # a rewritten line is on the terminal without its newline
+
+    def text(self, piece: str) -> None:
+        now = self.clock()
+        if self.first is None:
+            self.first = self.shown = now
+        self.chars += len(piece)
+        if now - self.shown >= self.every:
+            self.shown = now
+            tokens, elapsed = self.chars / self.CHARS_PER_TOKEN, now - self.first
+            self._write(f"model writing: ~{tokens:.0f} tokens, {tokens / elapsed:.1f} tok/s ({elapsed:.0f} s)")
+
+    def turn_ended(self, reply=None) -> None:
+        self.first, self.chars = None, 0
+        self._clear()
+
+    def line(self, text: str) -> None:
+        """A regular progress line (a step's summary), below any progress line being rewritten."""
+        self._clear()
+        print(text, file=self.stream, flush=True)
+
+    def _write(self, text: str) -> None:
+        if self.tty:
+            self.stream.write(f"\r\033[K{text}")
+            self.pending = True
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def _clear(self) -> None:
+        if self.pending:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+            self.pending = False

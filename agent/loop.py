@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal, NotRequired, TypedDict
 
 from agent.client import Model, ModelCancelled, ModelFailed, ModelTimeout, ModelUnavailable, Reply
-from agent.config import ApproveMode, Settings, ShellMode
+from agent.config import TURN_TOKENS, ApproveMode, Settings, ShellMode, turn_tokens
 from agent.protocol import FINISH_TOOLS, Action, action_from_call, parse_actions, tool_specs
 from agent.transcript import Transcript
 from tools.edit_file import FileRefused, read_text_file
@@ -36,7 +36,7 @@ EXIT_CODES = {
 }
 SHELL_TIMEOUT = 120.0
 TURN_TIMEOUT = 600.0  # one model turn at most
-TURN_OUTPUT_TOKENS = 8192  # one reply at most (less when the token budget has less left)
+IDLE_TURNS = 3  # model turns in a row without an action before the run stops: the model is not following along
 MAX_PREDICTION_CHARS = 200_000
 NO_ACTION = (
     "Your reply contained no tool block. Act with one of the fenced blocks from the instructions, for "
@@ -46,6 +46,10 @@ NO_ACTION = (
 CUT_OFF = (
     "Your reply was cut off at the output token limit, so its end was not received. Keep replies short: "
     "one file's edit per block, and small steps."
+)
+IDLE_STOP = (
+    f"the model wrote {IDLE_TURNS} replies in a row without an action (no tool block or tool call): it is not "
+    "following the protocol. Use an instruction-tuned model that can (agent run --help lists ways to get one)."
 )
 CANCELLED_NOTE = "\n\n[the user stopped this reply before it was finished]"
 DECLINED = "not applied: the user rejected this edit; {file} is unchanged. Do not retry it as it is."
@@ -64,6 +68,7 @@ class Budget:
     max_steps: int = 30
     max_tokens: int | None = None  # prompt + completion tokens, summed over turns
     timeout: float | None = None  # wall-clock seconds
+    turn_tokens: int = TURN_TOKENS  # one reply's output tokens (less when the token budget has less left)
 
 
 OutcomeStatus = Literal["done", "failed", "budget", "unavailable", "cancelled"]
@@ -181,6 +186,7 @@ class Agent:
         on_tool: Callable[[Action, ToolResult], None] | None = None,
         approve_edit: Callable[[EditProposal], bool] | None = None,
         cancel: threading.Event | None = None,
+        started: float | None = None,
     ) -> None:
         self.model = model
         self.workspace = workspace
@@ -197,20 +203,23 @@ class Agent:
         self.on_tool = on_tool  # each tool call with its full result
         self.approve_edit = approve_edit  # asked before each edit is written (with approve "auto"); False rejects
         self.cancel = cancel  # set from another thread to end the run at the next chunk or between turns
+        self.started = started  # when the wall-time budget began (time.monotonic()); None: when run() is called
         self._started = time.monotonic()
+        self._idle_turns = 0  # replies in a row without an action
 
     @classmethod
     def from_settings(
         cls, settings: Settings, model: Model, workspace: Workspace, transcript: Transcript, **options
     ) -> Agent:
         """An agent with the settings' budget, shell and approval modes; `options` are the other arguments."""
-        budget = Budget(settings.max_steps, settings.max_tokens, settings.timeout)
+        budget = Budget(settings.max_steps, settings.max_tokens, settings.timeout or None, turn_tokens(settings))
         return cls(
             model, workspace, transcript, budget=budget, shell=settings.shell, approve=settings.approve, **options
         )
 
     def run(self, state: RunState) -> Outcome:
-        self._started, steps, tokens = time.monotonic(), 0, 0
+        self._started = time.monotonic() if self.started is None else self.started
+        steps, tokens, self._idle_turns = 0, 0, 0
         if self.budget.timeout is not None:  # tool work stops at the run's wall-clock end too
             self.workspace.deadline = self._started + self.budget.timeout
         self._close_interrupted_turn(state)
@@ -250,6 +259,8 @@ class Agent:
             outcome = self._act(state, reply)
             if outcome:
                 return self._end(state, outcome)
+            if self._idle_turns >= IDLE_TURNS:
+                return self._end(state, Outcome("failed", IDLE_STOP))
 
     # -- one turn ------------------------------------------------------------------------------------
 
@@ -267,6 +278,7 @@ class Agent:
             actions = [action_from_call(c["id"], c["name"], c["arguments"]) for c in reply.tool_calls]
         else:
             actions = parse_actions(reply.text)
+        self._idle_turns = 0 if actions else self._idle_turns + 1
         results = [(a, self._execute(state, a, reply)) for a in actions if a.tool not in FINISH_TOOLS]
         finishes = [a for a in actions if a.tool in FINISH_TOOLS]
         outcome = None
@@ -442,8 +454,8 @@ class Agent:
 
     def _tokens_left(self, used: int) -> int:
         if self.budget.max_tokens is None:
-            return TURN_OUTPUT_TOKENS
-        return max(1, min(TURN_OUTPUT_TOKENS, self.budget.max_tokens - used))
+            return self.budget.turn_tokens
+        return max(1, min(self.budget.turn_tokens, self.budget.max_tokens - used))
 
     def _time_left(self, limit: float) -> float:
         """`limit` seconds, or less when the wall-time budget ends sooner."""

@@ -1,7 +1,7 @@
 """Edit cases for the evals: JSONL files, the built-in suite, and cases mined from a local git repository.
 
 A case is `{"id", "path", "language", "instruction", "before", "after", …}`: one file before and after one
-change. Mining follows the selection rules of `../shared/evals/README.md` with git plumbing only (the mined
+change. Mining follows the selection rules of `evals/data/README.md` with git plumbing only (the mined
 code is never built or run), so users can measure on their own history.
 """
 
@@ -21,7 +21,7 @@ from evals.progress import Progress
 from tools.edit_file import text_lines
 from tools.syntax import language_for, language_name
 
-DEFAULT_CASES = Path(__file__).resolve().parents[1] / ".." / "shared" / "evals" / "edits-dev.jsonl"
+DEFAULT_CASES = Path(__file__).resolve().parent / "data" / "edits-dev.jsonl"  # 180 real commits; data/NOTICE
 SUITE_DIR = Path(__file__).resolve().parent / "suite"
 
 MINED_SUFFIXES = (".py", ".js", ".ts", ".go", ".rs")  # the languages mined from git histories

@@ -20,4 +20,4 @@ embedded.SERVER_COMMAND = (
     "--turns",
     sys.argv[1],
 )
-sys.exit(main(["run", "--model", "embedded", *sys.argv[2:]]))
+sys.exit(main(["run", "--model", "embedded", "--allow-demo-model", *sys.argv[2:]]))

@@ -45,7 +45,7 @@ def test_no_model_says_how_to_configure_one(tmp_path, user_config):
         require_model(settings)
     message = str(error.value)
     assert "--model" in message and "RETAIN_MODEL" in message and "agent.toml" in message
-    assert str(user_config) in message and "--model embedded" in message
+    assert str(user_config) in message and "ollama pull" in message and "OPENAI_API_KEY" in message
 
 
 @pytest.mark.parametrize(
@@ -55,6 +55,8 @@ def test_no_model_says_how_to_configure_one(tmp_path, user_config):
         ('api_key = "sk-123"', "keep keys out of files"),
         ('shell = "sometimes"', "shell must be one of never, ask, auto"),
         ("max_steps = -1", "max_steps must be a positive number"),
+        ("timeout = -5", "timeout must be a number of seconds (0 for no limit), not -5"),
+        ("allow_demo_model = 1", "allow_demo_model must be true or false"),
         ("model = [", "not valid TOML"),
     ],
 )

@@ -1,5 +1,6 @@
 """`agent run` end to end: the loop drives litellm (streaming) against a replay server over real HTTP."""
 
+import io
 import json
 import os
 import re
@@ -14,8 +15,9 @@ from pathlib import Path
 import pytest
 from replay import ReplayServer, Turn
 
+from agent import detect
 from agent.client import Model, ModelUnavailable
-from agent.headless import build_parser, run_command
+from agent.headless import StreamProgress, build_parser, main, run_command
 from agent.loop import Agent, Budget, RunState, first_messages
 from agent.transcript import Redactor, Transcript
 from decoding.serving import launch as embedded
@@ -79,7 +81,7 @@ def test_a_task_completed_with_two_edits(ws, capsys):
 
     first, edit_turn, readme_turn, _ = server.requests
     assert first["stream"] is True and first["stream_options"] == {"include_usage": True}
-    assert first["max_tokens"] == 8192
+    assert first["max_tokens"] == 2048  # the default cap of one reply
     assert "prediction" not in first
     assert edit_turn["prediction"] == {"type": "content", "content": STATS}  # the file read last
     assert readme_turn["prediction"]["content"] == (ws / "stats.py").read_text()  # the file edited last
@@ -182,12 +184,17 @@ def test_a_connection_failure_during_a_turn_is_classified_as_unavailable():
         model.complete([{"role": "user", "content": "hi"}])
 
 
-def test_no_model_configured_exits_4_saying_how(ws, capsys, monkeypatch):
+def test_no_model_configured_exits_4_naming_the_servers_found_running(ws, capsys, monkeypatch):
     monkeypatch.delenv("RETAIN_MODEL", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(ws.parent / "config"))
-    code, _, err, report = run(ws, capsys, None)
+    with ReplayServer([]) as server:
+        port = int(server.url.rsplit(":", 1)[1].split("/")[0])
+        monkeypatch.setattr(detect, "KNOWN_PORTS", (("vLLM", free_port()), ("Ollama", port)))
+        code, _, err, report = run(ws, capsys, None)
     assert code == 4 and report["status"] == "misconfigured"
-    assert "no model is configured" in err and "RETAIN_MODEL" in err and "--model embedded" in err
+    assert "no model is configured" in err and "RETAIN_MODEL" in err and "ollama pull" in err
+    assert f"--model openai/replay-model --api-base {server.url}    # Ollama at {server.url}" in err
 
 
 def test_usage_errors_exit_2(ws, capsys):
@@ -274,7 +281,7 @@ def test_model_embedded_starts_the_server_uses_it_and_stops_it(ws, capsys, monke
     stand_in = Path(__file__).parent / "stand_in_server.py"
     command = (sys.executable, str(stand_in), "--host", "127.0.0.1", "--port", "{port}")
     monkeypatch.setattr(embedded, "SERVER_COMMAND", (*command, "--turns", str(ws.parent / "turns.json")))
-    code, _, err, report = run(ws, capsys, None, "--model", "embedded")
+    code, _, err, report = run(ws, capsys, None, "--model", "embedded", "--allow-demo-model")
     assert code == 0 and report["model"] == "openai/stand-in"
     assert report["usage"]["speculation"]["accepted"] == 9
     url = re.search(r"embedded server ready at (\S+)", err)[1]
@@ -413,7 +420,7 @@ def test_agent_run_against_the_real_embedded_server(ws, tmp_path, embedded_model
     report = tmp_path / "embedded.json"
     result = subprocess.run(
         [sys.executable, "-m", "tui.cli", "run", str(ws.parent / "task.md"), "--workspace", str(ws),
-         "--model", "embedded", "--max-tokens", "64", "--json", str(report)],
+         "--model", "embedded", "--allow-demo-model", "--max-tokens", "64", "--json", str(report)],
         capture_output=True, text=True, timeout=600, env=os.environ | {"PYTHONUNBUFFERED": "1"},
     )
     assert result.returncode == 3, result.stderr[-2000:]
@@ -421,3 +428,105 @@ def test_agent_run_against_the_real_embedded_server(ws, tmp_path, embedded_model
     assert data["status"] == "budget" and data["model"].startswith("openai/")
     assert 0 < data["usage"]["completion_tokens"] <= 64
     assert data["usage"]["speculation"]["method"]
+
+
+def test_replies_without_an_action_three_times_in_a_row_end_the_run_with_exit_1(ws, capsys):
+    turns = [Turn("Hmm."), Turn("```read stats.py```"), Turn("Well."), Turn("So."), Turn("Thus."), Turn("unused")]
+    with ReplayServer(turns) as server:
+        code, out, err, report = run(ws, capsys, server.url)
+    assert code == 1 and report["status"] == "failed" and len(server.requests) == 5  # the read reset the count
+    assert report["reason"].startswith("the model wrote 3 replies in a row without an action")
+    assert out.startswith("failed: the model wrote 3 replies") and "step 5: no action" in err
+    assert "agent run --help lists ways to get one" in report["reason"]
+    assert "Get a real model in one of these ways" in build_parser().format_help()  # as the reason says
+
+
+def test_the_output_cap_of_a_reply_is_configurable(ws, capsys):
+    (ws / "agent.toml").write_text("turn_tokens = 300\n")
+    turns = [Turn("```read stats.py```"), Turn("```done\nok\n```")] * 2
+    with ReplayServer(turns) as server:
+        run(ws, capsys, server.url)
+        run(ws, capsys, server.url, "--turn-tokens", "50")
+    assert [r["max_tokens"] for r in server.requests] == [300, 300, 50, 50]
+
+
+def test_timeout_is_wall_clock_a_stream_still_going_at_the_deadline_is_closed(ws, capsys):
+    steady = Turn("word " * 2000, chunk_delay=0.01)  # ~20 s of a model writing steadily: no read ever waits
+    with ReplayServer([steady]) as server:
+        began = time.monotonic()
+        code, _, _, report = run(ws, capsys, server.url, "--timeout", "2")
+        took = time.monotonic() - began
+    assert code == 3 and report["status"] == "budget" and "stream closed" in report["reason"]
+    assert took < 4, f"the run took {took:.1f} s with --timeout 2"
+    deadline = time.monotonic() + 5
+    while server.dropped == 0 and time.monotonic() < deadline:  # the server notices the closed stream
+        time.sleep(0.05)
+    assert server.dropped == 1
+
+
+def test_the_default_timeout_applies_and_zero_means_none(ws):
+    from agent.config import Settings, run_timeout
+
+    assert run_timeout(Settings(model="openai/m")) == 600
+    assert run_timeout(Settings(model="openai/m", timeout=0)) is None
+    assert run_timeout(Settings(model="openai/m", timeout=30)) == 30
+    assert run_timeout(Settings(model="embedded", allow_demo_model=True)) == 90
+
+
+def test_the_embedded_model_is_refused_without_allow_demo_model_saying_what_to_use(ws, capsys, monkeypatch):
+    monkeypatch.setattr(embedded, "SERVER_COMMAND", ("false",))  # must never start
+    code, _, err, report = run(ws, capsys, None, "--model", "embedded")
+    assert code == 4 and report["status"] == "misconfigured"
+    assert "a 270M base model; it shows the machinery, it does not solve tasks" in err
+    assert "vllm" in err and "ollama pull" in err and "OPENAI_API_KEY" in err and "--allow-demo-model" in err
+
+
+def test_the_demo_model_runs_with_small_budgets_when_allowed(ws, capsys, monkeypatch):
+    (ws.parent / "turns.json").write_text(json.dumps([{"text": "I am a base model."}] * 3))
+    stand_in = Path(__file__).parent / "stand_in_server.py"
+    command = (sys.executable, str(stand_in), "--host", "127.0.0.1", "--port", "{port}")
+    monkeypatch.setattr(embedded, "SERVER_COMMAND", (*command, "--turns", str(ws.parent / "turns.json")))
+    code, _, _, report = run(ws, capsys, None, "--model", "embedded", "--allow-demo-model")
+    assert code == 1 and "3 replies in a row without an action" in report["reason"]
+    assert report["usage"]["completion_tokens"] == 60  # three turns, then the stop
+
+
+@pytest.mark.parametrize(
+    ("argv", "reason"),
+    [
+        (["MISSING.md"], "cannot read the task MISSING.md"),
+        (["--timeout", "soon"], "argument --timeout: invalid float value: 'soon'"),
+        (["--resume", "nosuchrun"], "no transcript for run nosuchrun"),
+    ],
+    ids=["missing-task", "bad-option", "unknown-run"],
+)
+def test_json_reports_usage_errors_too(argv, reason, capsys):
+    assert main([*argv, "--model", "openai/m", "--json", "-"]) == 2
+    report = json.loads(capsys.readouterr().out)
+    assert report["status"] == "usage" and report["exit_code"] == 2 and report["reason"].startswith(reason)
+
+
+class FakeStderr(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_a_streaming_reply_shows_its_progress_every_two_seconds(tty):
+    now = [0.0]
+    stream = FakeStderr(tty)
+    meter = StreamProgress(stream, every=2.0, clock=lambda: now[0])
+    for _ in range(10):  # 20 characters (~5 tokens) every half second for 5 s
+        meter.text("x" * 20)
+        now[0] += 0.5
+    meter.line("step 1: no action (50 tokens out)")
+    shown = stream.getvalue()
+    lines = ["model writing: ~25 tokens, 12.5 tok/s (2 s)", "model writing: ~45 tokens, 11.2 tok/s (4 s)"]
+    if tty:  # one line, rewritten in place, then cleared for the step's line
+        assert shown == "".join(f"\r\033[K{line}" for line in lines) + "\r\033[Kstep 1: no action (50 tokens out)\n"
+    else:
+        assert shown == "".join(f"{line}\n" for line in [*lines, "step 1: no action (50 tokens out)"])

@@ -8,9 +8,19 @@ import urllib.request
 
 import pytest
 
+from decoding.drafting.base import Draft, DraftContext
+from decoding.engine.generation import SpecStats
 from decoding.lab.workloads import shared_prefix_prompts, standard_workloads
 from decoding.serving.chat import gemma_chat_prompt
-from decoding.serving.server import RequestError, Service, make_server, parse_request
+from decoding.serving.server import (
+    PredictionTally,
+    RequestError,
+    Service,
+    Usage,
+    check_context,
+    make_server,
+    parse_request,
+)
 
 slow = pytest.mark.slow
 
@@ -64,7 +74,10 @@ def test_completion_with_prediction_speculates_and_matches_plain_decoding(base_u
     usage = spec["usage"]
     assert usage["completion_tokens"] == 48 and spec["choices"][0]["finish_reason"] == "length"
     assert usage["speculation"]["method"] == "ngram"
-    assert usage["completion_tokens_details"]["accepted_prediction_tokens"] == usage["speculation"]["accepted"] > 16
+    predicted = usage["completion_tokens_details"]
+    assert 16 < predicted["accepted_prediction_tokens"] <= usage["speculation"]["accepted"]
+    assert predicted["rejected_prediction_tokens"] <= usage["speculation"]["drafted"] - usage["speculation"]["accepted"]
+    assert "completion_tokens_details" not in plain["usage"]  # no prediction sent, no prediction accounting
     assert usage["speculation"]["target_forwards"] < plain["usage"]["speculation"]["target_forwards"]
     assert plain["usage"]["speculation"] == {
         "method": "off",
@@ -192,8 +205,12 @@ def test_chat_prompt_uses_gemma_turns_and_folds_the_system_message():
 def test_request_defaults_and_validation():
     job = parse_request({"prompt": "x", "stop": "\n"}, chat=False, model_name="m")
     assert (job.max_tokens, job.sampling.temperature, job.speculation, job.stop) == (512, 1.0, "auto", ["\n"])
-    with pytest.raises(RequestError, match="n must"):
+    with pytest.raises(RequestError, match=r"^n must be 1, got 2 \(this server returns one choice per request"):
         parse_request({"prompt": "x", "n": 2}, chat=False, model_name="m")
+    with pytest.raises(RequestError, match=r"^max_tokens must be at least 1, got 0$"):
+        parse_request({"prompt": "x", "max_tokens": 0}, chat=False, model_name="m")
+    with pytest.raises(RequestError, match=r"^temperature must be between 0 and 2, got 3$"):
+        parse_request({"prompt": "x", "temperature": 3}, chat=False, model_name="m")
     with pytest.raises(RequestError, match="logprobs"):
         parse_request({"prompt": "x", "logprobs": 2}, chat=False, model_name="m")
     assert parse_request({"prompt": "x", "tools": [], "logprobs": False}, chat=False, model_name="m").prompt == "x"
@@ -257,3 +274,56 @@ def test_the_exported_chat_template_renders_turns_as_this_server_does(messages):
     template = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(CHAT_TEMPLATE)
     rendered = template.render(messages=messages, bos_token="<bos>", add_generation_prompt=True)
     assert rendered == "<bos>" + gemma_chat_prompt(messages)
+
+
+def test_a_prompt_too_long_is_blamed_on_the_prompt_and_too_many_tokens_on_max_tokens():
+    with pytest.raises(RequestError) as error:
+        check_context(9000, 16, 8192, chat=True)
+    assert error.value.param == "messages" and "9000 tokens" in str(error.value) and "8192" in str(error.value)
+    with pytest.raises(RequestError) as error:
+        check_context(8000, 512, 8192, chat=False)
+    assert error.value.param == "max_tokens" and "set max_tokens to at most 192" in str(error.value)
+    check_context(8000, 192, 8192, chat=False)  # fits exactly
+
+
+class Letters:
+    """A tokenizer of one token per letter (token = its code point)."""
+
+    @staticmethod
+    def decode(tokens):
+        return "".join(map(chr, tokens))
+
+
+class Scripted:
+    """A drafter proposing the drafts it is given, in order, each with the drafter it claims to come from."""
+
+    name = "hybrid"
+
+    def __init__(self, drafts):
+        self.drafts = list(drafts)
+
+    def propose(self, context, k):
+        text, source = self.drafts.pop(0)
+        return Draft([ord(c) for c in text], source=source)
+
+
+def test_prediction_tokens_count_only_drafts_copied_from_the_prediction():
+    prompt = [ord(c) for c in "PROMPT"]
+    output = [ord(c) for c in "def total(): pass"]
+    drafts = [("def t", "cursor"), ("otal(it", "cursor"), ("): p", "mtp"), ("zzz", "ngram")]
+    tally = PredictionTally(Scripted(drafts), "def total(items): return 0", Letters, len(prompt))
+    at = 0
+    for text, _ in drafts:  # each proposed where the output so far ends
+        tally.propose(DraftContext(tokens=prompt + output[:at], limit=64), k=8)
+        at += len(text)
+    # "def t" agrees whole (5), "otal(it" agrees for 5 ("otal(") and has 2 rejected; the head's draft and a
+    # draft that is not in the prediction are the drafter's business, not the prediction's
+    assert tally.counts(output) == (10, 2)
+
+
+def test_prediction_fields_appear_only_when_a_prediction_was_sent():
+    stats = SpecStats(method="ngram", drafted=30, accepted=20)
+    assert "completion_tokens_details" not in Usage(10, 0, 40, stats).as_dict()
+    report = Usage(10, 0, 40, stats, (12, 3)).as_dict()
+    assert report["completion_tokens_details"] == {"accepted_prediction_tokens": 12, "rejected_prediction_tokens": 3}
+    assert report["speculation"]["accepted"] == 20  # the drafter's totals stay here

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from evals.cases import clean_instruction, load_cases, load_suite, mine_git, skip_reason_for_message
+import evals
+from evals.cases import DEFAULT_CASES, clean_instruction, load_cases, load_suite, mine_git, skip_reason_for_message
 
 
 def test_built_in_suite_covers_the_main_languages_with_real_changes():
@@ -261,3 +262,15 @@ def test_mined_cases_saved_with_save_cases_measure_again_as_the_same_edits(histo
     assert [case["id"] for case in load_cases(saved)] == [case["id"] for case in mine_git(repo.path)]
     assert main(["--cases", str(saved), "--drafters", "none", "--formats", "ot", "--json", str(again)]) == 0
     assert json.loads(first.read_text())["cases"] == json.loads(again.read_text())["cases"]
+
+
+def test_the_real_edit_set_ships_in_the_package_with_a_notice_for_every_source():
+    assert DEFAULT_CASES.is_relative_to(Path(evals.__file__).parent)  # installed with the package, not beside it
+    cases = load_cases(DEFAULT_CASES)
+    assert len(cases) == 180
+    notice = (DEFAULT_CASES.parent / "NOTICE").read_text()
+    for repo in {case["repo"] for case in cases}:
+        assert f"https://github.com/{repo}" in notice
+    for case in cases:
+        assert f"{case['commit']}  {case['path']}" in notice
+    assert notice.count("  license:   ") == 6

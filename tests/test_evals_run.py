@@ -67,8 +67,6 @@ def test_token_counts_are_ordered_sensibly_on_the_suite(count_tokens):
 
 @pytest.mark.slow
 def test_token_counts_are_ordered_sensibly_on_real_commits(count_tokens):
-    if not DEFAULT_CASES.exists():
-        pytest.skip(f"real edits not found at {DEFAULT_CASES} (they live beside the repository in shared/evals)")
     report = run(load_cases(DEFAULT_CASES), FORMATS, count_tokens, ot_trials=1, progress=False)
     _check_ordering(report)
     assert report["summary"]["formats"]["ot"]["saved_share_median"] > 0.8

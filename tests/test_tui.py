@@ -3,18 +3,21 @@ approval, cancelling, undo, the file picker, sessions and startup."""
 
 import asyncio
 import json
+import socket
 import sys
 from pathlib import Path
 
 import pytest
 from replay import ReplayServer, Turn
+from textual.widgets import OptionList
 from tui_helpers import FIX_MEAN, FIXED, SIZE, SPECULATION, STATS, make_app, make_workspace, send, until, words
 
-from agent.config import Settings
+from agent import detect
+from agent.config import Settings, load_settings
 from decoding.serving import launch as embedded
 from decoding.serving.launch import free_port
-from tui.app import RetainApp
-from tui.screens import CommandApproval, EditApproval, FilePicker, SessionPicker
+from tui.app import RetainApp, build_app
+from tui.screens import CommandApproval, EditApproval, FilePicker, ModelSetup, SessionPicker
 from tui.session import list_sessions, sessions_dir
 from tui.widgets import AssistantMessage, Note, StatusBar, ToolCall, UserMessage
 
@@ -249,15 +252,113 @@ def test_agent_alone_without_a_terminal_prints_the_help(capsys):
     assert main([]) == 2 and "agent tui" in capsys.readouterr().out
 
 
-def test_agent_tui_without_a_model_says_how_to_configure_one(tmp_path, monkeypatch, capsys):
-    from tui.cli import main
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("RETAIN_MODEL", raising=False)
+@pytest.fixture
+def first_run(ws, tmp_path, monkeypatch):
+    """A machine with no model configured, no provider key, and a stand-in OpenAI server on a free loopback port
+    listed as vLLM's; the app opens in the workspace. Yields the server."""
+    monkeypatch.chdir(ws)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    assert main(["tui"]) == 4
-    err = capsys.readouterr().err
-    assert err.startswith("agent tui: no model is configured") and "--model embedded" in err
+    for variable in ("RETAIN_MODEL", "RETAIN_API_BASE", *(name for name, _ in detect.PROVIDER_KEYS)):
+        monkeypatch.delenv(variable, raising=False)
+    turns = [Turn(f"```edit stats.py\n{FIX_MEAN}\n```", delay=0.5), Turn("```done\nFixed.\n```")]
+    with ReplayServer(turns) as server:
+        port = int(server.url.rsplit(":", 1)[1].split("/")[0])
+        monkeypatch.setattr(detect, "KNOWN_PORTS", (("vLLM", port), ("Ollama", free_port())))
+        yield server
+
+
+def screen_text(app) -> str:
+    """The text of the screen on top, its option list's rows included."""
+    parts = [str(widget.render()) for widget in app.screen.query("Label, Static")]
+    for listed in app.screen.query(OptionList):
+        parts += [str(listed.get_option_at_index(i).prompt) for i in range(listed.option_count)]
+    return "\n".join(parts)
+
+
+def test_first_run_without_a_model_opens_the_setup_screen_lists_the_server_and_reaches_a_conversation(first_run, ws):
+    server = first_run
+    app = build_app(["--new"])
+
+    async def scenario(pilot):
+        await until(pilot, lambda: isinstance(app.screen, ModelSetup), timeout=3, what="the setup screen")
+        await until(pilot, lambda: "replay-model" in screen_text(app), timeout=3, what="the server in the list")
+        shown = screen_text(app)
+        assert "No model is configured" in shown
+        listed = shown.split("model servers running on this machine")[1]
+        assert listed.index(f"replay-model  (vLLM at {server.url})") < listed.index("providers with a key")
+        assert "none (OPENAI_API_KEY, … are unset)" in shown
+        assert "embedded  (demo: a 270M base model; it shows the machinery, it does not solve tasks)" in shown
+        await pilot.press("enter")  # the first server is highlighted
+        await until(pilot, lambda: "this workspace" in screen_text(app), what="where to save")
+        assert "Save openai/replay-model as the model for" in screen_text(app)
+        await pilot.press("enter")  # this workspace
+        await until(pilot, lambda: app.model is not None, timeout=60, what="the connection (litellm loads)")
+        assert not isinstance(app.screen, ModelSetup)
+        assert f"model openai/replay-model, saved to {ws / 'agent.toml'}" in notes(app)[-1]
+        app.query_one("#prompt").value = "make mean() safe for empty lists"
+        await pilot.press("enter")
+        assert "working" in str(app.query_one(StatusBar).render())  # at once, before any reply arrives
+        await until(pilot, lambda: "Apply this edit to stats.py?" in screen_text(app), what="the edit to approve")
+        assert isinstance(app.screen, EditApproval) and "+     return total(items) / max(" in screen_text(app)
+        await pilot.press("y")
+        await until(pilot, lambda: not app.running, timeout=60, what=f"the run to end: {notes(app)}")
+        assert notes(app)[-1] == "● done: Fixed." and (ws / "stats.py").read_text() == FIXED
+        assert "working" not in str(app.query_one(StatusBar).render())
+        await pilot.press("ctrl+q")
+
+    drive(app, scenario)
+    assert (ws / "agent.toml").read_text() == f'model = "openai/replay-model"\napi_base = "{server.url}"\n'
+    assert load_settings({}, ws).model == "openai/replay-model"  # the next start needs no setup
+    assert server.requests[0]["messages"][-1]["content"].endswith("make mean() safe for empty lists")
+
+
+def test_the_demo_model_opens_the_setup_screen_saying_why(first_run):
+    app = build_app(["--new", "--model", "embedded"])
+
+    async def scenario(pilot):
+        await until(pilot, lambda: isinstance(app.screen, ModelSetup), timeout=3, what="the setup screen")
+        assert "the embedded model is a demo" in screen_text(app) and app.model is None
+
+    drive(app, scenario)
+
+
+def test_closing_the_setup_screen_at_once_leaves_a_working_app_that_says_how_to_choose(first_run, monkeypatch):
+    silent = socket.socket()  # accepts, never answers: the probes take their whole timeout
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    monkeypatch.setattr(detect, "KNOWN_PORTS", (("vLLM", silent.getsockname()[1]),))
+    app = build_app(["--new"])
+
+    async def scenario(pilot):
+        await until(pilot, lambda: isinstance(app.screen, ModelSetup), timeout=3, what="the setup screen")
+        await pilot.press("escape")  # before the probes answer
+        await until(pilot, lambda: notes(app)[1:], what="the note")
+        await pilot.pause(1)  # the probes answer into a closed screen
+        assert notes(app)[-1] == "no model chosen: type /model to choose one"
+        assert "no model: /model chooses one" in str(app.query_one(StatusBar).render())
+
+    with silent:
+        drive(app, scenario)
+
+
+def test_slash_model_switches_to_another_server_and_saves_it_for_every_workspace(first_run, ws, tmp_path):
+    (ws / "agent.toml").write_text('model = "openai/old"\napi_base = "http://127.0.0.1:9/v1"\nmax_steps = 5\n')
+    app = build_app(["--new"])
+
+    async def scenario(pilot):
+        await until(pilot, lambda: notes(app)[1:], what="the old server to fail")
+        app.query_one("#prompt").value = "/model"
+        await pilot.press("enter")
+        await until(pilot, lambda: "replay-model" in screen_text(app), what="the setup screen's list")
+        assert "The model now: openai/old" in screen_text(app)
+        await pilot.press("enter", "down", "enter")  # the server, then every workspace
+        await until(pilot, lambda: app.model is not None, what="the new connection")
+        assert app.model.name == "openai/replay-model" and app.settings.api_base == first_run.url
+
+    drive(app, scenario)
+    user_config = tmp_path / "config" / "retain" / "agent.toml"
+    assert user_config.read_text() == f'model = "openai/replay-model"\napi_base = "{first_run.url}"\n'
+    assert "max_steps = 5" in (ws / "agent.toml").read_text()  # the workspace file is left alone
 
 
 def test_an_unreachable_server_is_reported_in_the_app_with_the_fix(ws):
@@ -267,7 +368,7 @@ def test_an_unreachable_server_is_reported_in_the_app_with_the_fix(ws):
         app = pilot.app
         await until(pilot, lambda: len(notes(app)) == 2, what="the connection failure")
         assert notes(app)[-1].startswith(f"✗ model server unreachable at {url}")
-        assert "--model embedded" in notes(app)[-1]
+        assert "/model in the app lists the servers running here" in notes(app)[-1]
         assert "openai/replay-model: not connected" in str(app.query_one(StatusBar).render())
 
     drive(make_app(ws, url), scenario)

@@ -45,6 +45,6 @@ async def until(pilot, condition: Callable[[], bool], timeout: float = 20, what:
 
 async def send(pilot, prompt: str) -> None:
     """Type a prompt once the model server answers, and send it."""
-    await until(pilot, lambda: pilot.app.model is not None, what="the model server")
+    await until(pilot, lambda: pilot.app.model is not None, timeout=60, what="the model server (litellm loads)")
     pilot.app.query_one("#prompt").value = prompt
     await pilot.press("enter")

@@ -4,6 +4,8 @@ written, and the decoding figures live in the status bar.
 The agent loop (agent/loop.py) runs in a thread; its hooks post messages to the app (text as it streams,
 turns, tool calls) or ask through a modal screen and wait for the answer (edits, commands). Nothing slow
 runs before the first frame: the model server is reached (or the embedded one started) in a thread too.
+Without a model the app opens on the setup screen (what this machine has running, provider keys, the demo);
+`/model` brings it back to switch.
 """
 
 from __future__ import annotations
@@ -28,8 +30,17 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header
 
 from agent.client import Model, ModelUnavailable
-from agent.config import ConfigError, Settings, add_agent_options, load_settings, require_model
+from agent.config import (
+    ConfigError,
+    Settings,
+    add_agent_options,
+    load_settings,
+    require_model,
+    save_model,
+    user_config_path,
+)
 from agent.connection import FIX_UNREACHABLE, open_model
+from agent.detect import Choice
 from agent.loop import Agent, EditProposal, Outcome, RunState
 from agent.protocol import Action
 from decoding.engine.tokenizer import count_tokens
@@ -38,7 +49,15 @@ from tools.command_line import parse_arguments
 from tools.edit_file import Journal, UndoRefused
 from tools.exit_codes import ExitCode
 from tools.workspace import OK, ToolResult, Workspace
-from tui.screens import CommandApproval, EditApproval, FilePicker, SessionPicker, workspace_files
+from tui.screens import (
+    CommandApproval,
+    EditApproval,
+    FilePicker,
+    ModelSetup,
+    SessionPicker,
+    save_targets,
+    workspace_files,
+)
 from tui.session import Session, SessionInfo, Stats, list_sessions
 from tui.widgets import AssistantMessage, Note, PromptInput, StatusBar, ToolCall, UserMessage, diff_counts
 
@@ -47,6 +66,8 @@ WELCOME = (
     "(y approve, n reject); ctrl+z undoes the last one."
 )
 OUTCOME_ICONS = {"done": "●", "failed": "✗", "budget": "◐", "unavailable": "✗", "cancelled": "■"}
+NO_MODEL = "No model is configured. Choose one; it is saved to an agent.toml, and /model changes it later."
+SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 
 
 # what the connecting and agent threads post to the app (Textual messages may be dataclasses)
@@ -119,10 +140,13 @@ class RetainApp(App):
         list_earlier: bool = True,
         count_tokens: Callable[[str], int] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        setup_note: str = NO_MODEL,
     ) -> None:
-        """`count_tokens` counts edit scripts and files for the tokens-saved figure; `clock` times decoding."""
+        """`count_tokens` counts edit scripts and files for the tokens-saved figure; `clock` times decoding;
+        `setup_note` says why the setup screen opens when `settings` names no model."""
         super().__init__()
         self.settings = settings
+        self.setup_note = setup_note
         self.workspace = Workspace(workspace)
         self.session = Session(self.workspace)
         self.resume_id = resume
@@ -138,6 +162,7 @@ class RetainApp(App):
         self.running = False
         self.closed = False
         self.pending: str | None = None  # a prompt sent before the model server answered
+        self.working_since: float | None = None  # when the prompt being worked on was sent
         self.applied: list[Path] = []  # files of this session's applied edits, oldest first, for ctrl+z
         self.for_model: list[str] = []  # what the user did between prompts, told with the next one
         self.reply: AssistantMessage | None = None
@@ -158,10 +183,10 @@ class RetainApp(App):
     def on_mount(self) -> None:
         self.sub_title = self.workspace.root.name
         self.conversation.anchor()
-        self.connecting = ("connecting to the model server …", self.clock())
+        if self.settings.model:
+            self.start_connecting()
         self.refresh_status()
-        self.set_interval(0.5, self.refresh_status)
-        self.connect()
+        self.set_interval(0.25, self.refresh_status)
         earlier = list_sessions(self.workspace.root) if self.list_earlier or self.resume_id else []
         if self.resume_id:
             found = [info for info in earlier if info.session_id == self.resume_id]
@@ -171,7 +196,42 @@ class RetainApp(App):
                 self.notify(f"no session {self.resume_id} in this workspace", severity="error")
         elif earlier:
             self.push_screen(SessionPicker(earlier), callback=self.resume)
+        if not self.settings.model:
+            self.open_setup(self.setup_note)
         self.prompt.focus()
+
+    def start_connecting(self) -> None:
+        self.connecting = ("connecting to the model server …", self.clock())
+        self.refresh_status()
+        self.connect()
+
+    # -- choosing a model --------------------------------------------------------------------------
+
+    def open_setup(self, note: str) -> None:
+        targets = save_targets(self.workspace.root, user_config_path())
+        self.push_screen(ModelSetup(note, targets), callback=self.model_chosen)
+
+    async def model_chosen(self, answer: tuple[Choice, Path] | None) -> None:
+        """Save the choice, then connect to it (after stopping the embedded server a previous choice started)."""
+        if answer is None:
+            if not self.settings.model:
+                await self.add(Note("no model chosen: type /model to choose one", classes="error"))
+            return
+        choice, path = answer
+        try:
+            save_model(path, choice.model, choice.api_base, allow_demo_model=choice.demo)
+        except OSError as exc:
+            self.notify(f"could not save to {path}: {exc}; using {choice.model} for this session", severity="error")
+        else:
+            await self.add(Note(f"model {choice.model}, saved to {path} (/model changes it)", classes="setup"))
+        if self.server is not None:
+            server, self.server = self.server, None
+            await asyncio.to_thread(server.stop)
+        self.settings.model, self.settings.api_base = choice.model, choice.api_base
+        self.settings.allow_demo_model = choice.demo
+        self.model = None
+        self.stats.model = ""
+        self.start_connecting()
 
     @work(thread=True, group="connect")
     def connect(self) -> None:
@@ -203,6 +263,7 @@ class RetainApp(App):
     async def on_connect_failed(self, message: ConnectFailed) -> None:
         self.connecting = None
         self.pending = None
+        self.working_since = None
         self.stats.model = f"{self.settings.model}: not connected"
         self.refresh_status()
         await self.add(Note(f"✗ {message.reason}\n{FIX_UNREACHABLE}", classes="error"))
@@ -211,12 +272,20 @@ class RetainApp(App):
         status = self.status_bar
         if not status.is_attached:  # the app is closing
             return
+        now = self.clock()
+        working = ""
+        if self.working_since is not None:  # from the moment a prompt is sent until its run ends
+            elapsed = now - self.working_since
+            working = f" {SPINNER[int(elapsed * 4) % len(SPINNER)]} working {elapsed:.0f} s │"
         if self.connecting:
             line, since = self.connecting
-            status.update(f" {line} ({self.clock() - since:.0f} s)")
+            status.update(f"{working} {line} ({now - since:.0f} s)")
+            return
+        if not self.settings.model:
+            status.update(" no model: /model chooses one")
             return
         auto = " │ auto-approve" if self.auto_approve else ""
-        status.update(self.stats.line(self.clock()) + auto)
+        status.update(working + self.stats.line(now) + auto)
 
     def watch_auto_approve(self) -> None:
         if self.is_mounted:
@@ -260,14 +329,19 @@ class RetainApp(App):
             self.notify("the model is still working; esc stops it", severity="warning")
             return
         event.input.clear()
+        if prompt == "/model":
+            self.open_setup(f"The model now: {self.settings.model or 'none'}. Choose another.")
+            return
         await self.add(UserMessage(prompt))
         if self.model is None:
             if self.connecting is None:
-                await self.add(Note("✗ no model server: see the message above", classes="error"))
+                await self.add(Note("✗ no model server: see the message above, or /model", classes="error"))
                 return
             self.pending = prompt
-            return
-        self.start_run(prompt)
+        else:
+            self.start_run(prompt)
+        self.working_since = self.clock()
+        self.refresh_status()
 
     def start_run(self, prompt: str) -> None:
         text = "\n".join([*self.for_model, prompt])
@@ -366,6 +440,7 @@ class RetainApp(App):
         icon = OUTCOME_ICONS.get(outcome.status, "·")
         await self.add(Note(f"{icon} {outcome.status}: {outcome.reason}", classes=f"outcome {outcome.status}"))
         self.running = False
+        self.working_since = None
         self.refresh_status()
 
     async def end_reply(self) -> None:
@@ -426,8 +501,9 @@ keys: enter send · esc stop the model · y / n approve or reject an edit · ctr
       ctrl+z undo the last edit · @ insert a file path · ctrl+q quit
 
 The workspace is the current directory. Model settings are those of agent run (--model, RETAIN_MODEL,
-agent.toml); --model embedded starts the embedded server while the app opens. Sessions are kept in the
-state dir's sessions/ and offered for resuming at start.
+agent.toml); with none, the app opens on a setup screen listing the model servers running on this
+machine, provider keys in the environment and the embedded demo, and saves the choice to agent.toml;
+/model switches later. Sessions are kept in the state dir's sessions/ and offered for resuming at start.
 """
 
 
@@ -440,19 +516,36 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None, prog: str = "agent tui") -> int:
     """`agent tui` (and `agent` alone at a terminal): the app in the current directory."""
-    description = "Open the Retain app in the current directory (also what `agent` alone does)."
-    args = parse_arguments(argv, prog, description, _add_arguments, EPILOG)
-    workspace = Path.cwd()
-    cli = {"model": args.model, "api_base": args.api_base, "max_steps": args.max_steps, "shell": args.shell,
-           "tools": args.tools}
-    try:
-        settings = load_settings(cli, workspace)
-        require_model(settings)
-    except ConfigError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return ExitCode.UNAVAILABLE
-    app = RetainApp(settings, workspace, resume=args.resume, list_earlier=not args.new, count_tokens=count_tokens)
+    app = build_app(argv, prog)
+    if isinstance(app, int):
+        return app
     app.run()
     if app.session.transcript is not None:
         print(f"session {app.session.session_id}; continue it with: agent tui --resume {app.session.session_id}")
     return ExitCode.OK
+
+
+def build_app(argv: Sequence[str] | None, prog: str = "agent tui") -> RetainApp | int:
+    """The app for these arguments in the current directory, or an exit code when the settings cannot be read.
+
+    No model configured, or the demo model without --allow-demo-model, opens the app on the setup screen.
+    """
+    description = "Open the Retain app in the current directory (also what `agent` alone does)."
+    args = parse_arguments(argv, prog, description, _add_arguments, EPILOG)
+    workspace = Path.cwd()
+    cli = {"model": args.model, "api_base": args.api_base, "max_steps": args.max_steps, "shell": args.shell,
+           "tools": args.tools, "turn_tokens": args.turn_tokens, "allow_demo_model": args.allow_demo_model}
+    try:
+        settings = load_settings(cli, workspace)
+    except ConfigError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return ExitCode.UNAVAILABLE
+    note = NO_MODEL
+    try:
+        require_model(settings)
+    except ConfigError as exc:  # no model, or the demo refused: the setup screen says so and offers the rest
+        if settings.model:
+            note = f"{str(exc).splitlines()[0]}\nChoose a real model (the demo stays on the list)."
+        settings.model = None
+    return RetainApp(settings, workspace, resume=args.resume, list_earlier=not args.new, count_tokens=count_tokens,
+                     setup_note=note)

@@ -1,4 +1,4 @@
-"""Modal screens: approving an edit or a command, picking a file, picking a session to resume."""
+"""Modal screens: choosing a model, approving an edit or a command, picking a file, picking a session to resume."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from rich.text import Text
+from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
@@ -15,11 +16,81 @@ from textual.screen import ModalScreen
 from textual.widgets import Footer, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
+from agent.detect import KNOWN_PORTS, Choice, all_choices
 from agent.loop import EditProposal
 from tui.session import SessionInfo
 from tui.widgets import diff_counts, diff_text
 
 MAX_PICKER_ROWS = 200
+LOOKING = "looking for model servers on this machine …"
+
+
+class ModelSetup(ModalScreen[tuple[Choice, Path] | None]):
+    """Choose a model from what this machine has (servers answering on the usual ports, provider keys, the demo),
+    then where to save the choice; answers (choice, agent.toml path), or None when closed."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "dismiss(None)", "Close")]
+
+    def __init__(self, note: str, targets: list[tuple[str, Path]]) -> None:
+        """`note` says why the screen is shown; `targets` are (description, path) of the agent.toml files."""
+        super().__init__()
+        self.note = note
+        self.targets = targets
+        self.choices: list[Choice] = []
+        self.chosen: Choice | None = None
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label("Choose a model", id="question")
+            yield Static(Text(self.note), id="setup-note")
+            yield OptionList(Option(LOOKING, disabled=True), id="choices")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.detect()
+
+    @work(thread=True, group="detect")
+    def detect(self) -> None:
+        """Probe the ports off the interface's thread: the screen is up at once, the list fills in under a second."""
+        choices = all_choices()
+        self.app.call_from_thread(self.show_choices, choices)
+
+    def show_choices(self, choices: list[Choice]) -> None:
+        self.choices = choices
+        servers = [(i, c) for i, c in enumerate(choices) if c.api_base]
+        keys = [(i, c) for i, c in enumerate(choices) if not c.api_base and not c.demo]
+        demo = [(i, c) for i, c in enumerate(choices) if c.demo]
+        ports = ", ".join(f"{port} ({kind})" for kind, port in KNOWN_PORTS)
+        options: list[Option] = [_heading("model servers running on this machine")]
+        options += [Option(c.label, id=str(i)) for i, c in servers] or [_none(f"none answers on {ports}")]
+        options.append(_heading("providers with a key in the environment"))
+        options += [Option(c.label, id=str(i)) for i, c in keys] or [_none("none (OPENAI_API_KEY, … are unset)")]
+        options.append(_heading("no setup"))
+        options += [Option(c.label, id=str(i)) for i, c in demo]
+        self._set_options(options)
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        event.stop()
+        if self.chosen is None:
+            self.chosen = self.choices[int(event.option.id)]
+            self.query_one("#question", Label).update(f"Save {self.chosen.model} as the model for …")
+            self._set_options([Option(label, id=str(i)) for i, (label, _) in enumerate(self.targets)])
+        else:
+            self.dismiss((self.chosen, self.targets[int(event.option.id)][1]))
+
+    def _set_options(self, options: list[Option]) -> None:
+        listed = self.query_one("#choices", OptionList)
+        listed.set_options(options)
+        listed.highlighted = next((i for i, option in enumerate(options) if not option.disabled), None)
+        listed.focus()
+
+
+def _heading(text: str) -> Option:
+    return Option(Text(text, style="bold"), disabled=True)
+
+
+def _none(text: str) -> Option:
+    return Option(Text(f"  {text}", style="dim"), disabled=True)
 
 
 Bindings = list[BindingType]  # a screen's key bindings, shown in its footer
@@ -146,6 +217,14 @@ class SessionPicker(ModalScreen[SessionInfo | None]):
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         self.dismiss(self.sessions.get(event.option.id))
+
+
+def save_targets(workspace: Path, user_config: Path) -> list[tuple[str, Path]]:
+    """Where a model choice can be saved: this workspace's agent.toml, or the user's for every workspace."""
+    return [
+        (f"this workspace   ({workspace / 'agent.toml'})", workspace / "agent.toml"),
+        (f"every workspace  ({user_config})", user_config),
+    ]
 
 
 def workspace_files(root: Path, paths: list[Path]) -> list[str]:

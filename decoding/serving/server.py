@@ -5,9 +5,11 @@ handled on threads, but generation runs on a single worker thread that takes req
 
 Extensions: `prediction: {"type": "content", "content": "..."}` is source text the drafters copy from (OpenAI
 Predicted Outputs' shape), `speculation: "off" | "ngram" | "cursor" | "mtp" | "hybrid" | "auto"` picks the drafter
-(auto = hybrid), `top_k` limits sampling. `usage` reports `completion_tokens_details.accepted_prediction_tokens` /
-`rejected_prediction_tokens` and `speculation = {method, drafted, accepted, target_forwards, mean_accepted_length,
-accepted_by}` (accepted draft tokens per drafter that proposed them, e.g. {"ngram": 40, "mtp": 12}).
+(auto = hybrid), `top_k` limits sampling. `usage` reports `speculation = {method, drafted, accepted,
+target_forwards, mean_accepted_length, accepted_by}` (every drafter's totals; accepted_by: accepted draft tokens per
+drafter that proposed them, e.g. {"ngram": 40, "mtp": 12}) and, only for a request that sent a `prediction`, OpenAI's
+`completion_tokens_details.accepted_prediction_tokens` / `rejected_prediction_tokens`: the draft tokens copied from
+that prediction which the model accepted / rejected (see PredictionTally).
 
 A prefix cache keeps the keys and values of recent prompts and outputs (`decoding.engine.prefix_cache`): a request that
 shares a prefix with one before prefills only the rest, and `usage.prompt_tokens_details.cached_tokens` says how
@@ -61,7 +63,9 @@ class RequestError(Exception):
 # Request parsing
 
 
-def _number(body: dict, name: str, kind, default, lo=None, hi=None):
+def _number(body: dict, name: str, kind, default, lo=None, hi=None, why: str = ""):
+    """The number `name` of the body within [lo, hi] (None: unbounded), else a RequestError saying what is allowed;
+    `why` explains a limit that is this server's own."""
     value = body.get(name, default)
     if value is None:
         return default
@@ -70,8 +74,14 @@ def _number(body: dict, name: str, kind, default, lo=None, hi=None):
     if isinstance(value, float) and not math.isfinite(value):
         raise RequestError(f"{name} must be a finite number, got {value}", name)
     if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise RequestError(f"{name} must be between {lo} and {hi}, got {value}", name)
+        raise RequestError(f"{name} must be {_allowed(lo, hi)}, got {value}{f' ({why})' if why else ''}", name)
     return value
+
+
+def _allowed(lo, hi) -> str:
+    if lo is not None and hi is not None:
+        return f"{lo}" if lo == hi else f"between {lo} and {hi}"
+    return f"at least {lo}" if lo is not None else f"at most {hi}"
 
 
 def _check_encodable(text: str, param: str) -> None:
@@ -126,7 +136,7 @@ def parse_request(body, chat: bool, model_name: str) -> Job:
     for unsupported in ("logprobs", "tools", "functions", "suffix", "echo", "best_of"):
         if body.get(unsupported):  # absent, null, false or empty all mean "not used"
             raise RequestError(f"{unsupported} is not supported by this server", unsupported)
-    _number(body, "n", int, 1, 1, 1)  # one choice per request
+    _number(body, "n", int, 1, 1, 1, why="this server returns one choice per request; send n requests for more")
     max_tokens = _number(body, "max_completion_tokens", int, None, 1, None)
     max_tokens = max_tokens or _number(body, "max_tokens", int, DEFAULT_MAX_TOKENS, 1, None)
     top_p = float(_number(body, "top_p", (int, float), 1.0, 0, 1))
@@ -234,18 +244,16 @@ class Service:
 
     def _run(self, job: Job) -> None:
         prompt_ids = self.tokenizer(job.prompt).input_ids
-        if len(prompt_ids) + job.max_tokens > self.context_length:
-            raise RequestError(
-                f"prompt ({len(prompt_ids)} tokens) + max_tokens ({job.max_tokens}) exceeds the context length "
-                f"{self.context_length}",
-                "max_tokens",
-                code="context_length_exceeded",
-            )
+        check_context(len(prompt_ids), job.max_tokens, self.context_length, job.chat)
         sources = [self.tokenizer(job.prediction, add_special_tokens=False).input_ids] if job.prediction else []
         try:
             drafter = make_drafter(job.speculation, tokenizer=self.tokenizer, target=self.model_target)
         except MTPError as e:
             raise RequestError(str(e), "speculation") from e
+        tally = None
+        if job.prediction is not None:
+            tally = PredictionTally(drafter, job.prediction, self.tokenizer, len(prompt_ids))
+            drafter = tally if drafter is not None else None
         request = GenerationRequest(
             prompt=prompt_ids,
             max_new_tokens=job.max_tokens,
@@ -268,7 +276,61 @@ class Service:
             job.events.put(("delta", delta))
         finish = "stop" if text.stopped else generation.finish_reason or "stop"
         cached = self.target.reused if isinstance(self.target, PrefixCachingTarget) else 0
-        job.events.put(("done", (finish, Usage(len(prompt_ids), cached, len(text.tokens), generation.stats))))
+        predicted = None if tally is None else tally.counts(text.tokens)
+        used = Usage(len(prompt_ids), cached, len(text.tokens), generation.stats, predicted)
+        job.events.put(("done", (finish, used)))
+
+
+def check_context(prompt_tokens: int, max_tokens: int, context_length: int, chat: bool) -> None:
+    """Refuse a request that cannot fit, blaming what does not fit: the prompt itself, or the tokens asked for."""
+    prompt = "messages" if chat else "prompt"
+    if prompt_tokens >= context_length:
+        raise RequestError(
+            f"the {prompt} are {prompt_tokens} tokens, but this model's context length is {context_length} "
+            f"(including the reply): shorten the {prompt}",
+            prompt,
+            code="context_length_exceeded",
+        )
+    if prompt_tokens + max_tokens > context_length:
+        raise RequestError(
+            f"the {prompt} ({prompt_tokens} tokens) + max_tokens ({max_tokens}) exceed this model's context length "
+            f"{context_length}: set max_tokens to at most {context_length - prompt_tokens}, or shorten the {prompt}",
+            "max_tokens",
+            code="context_length_exceeded",
+        )
+
+
+class PredictionTally:
+    """The request's drafter, counting the draft tokens it copied from the request's `prediction`: what OpenAI's
+    accepted_prediction_tokens / rejected_prediction_tokens report, rather than every drafter's totals.
+
+    A draft counts when a copying drafter proposed it (not the MTP head, which reads no text) and its text occurs in
+    the prediction; its accepted part is how far the output agrees with it, which is what verification accepted.
+    """
+
+    def __init__(self, drafter, prediction: str, tokenizer, prompt_length: int) -> None:
+        self.drafter, self.prediction, self.tokenizer = drafter, prediction, tokenizer
+        self.name = drafter.name if drafter is not None else "off"
+        self.prompt_length = prompt_length
+        self.drafts: list[tuple[int, list[int]]] = []  # (output position of its first token, its tokens)
+
+    def propose(self, context, k: int):
+        draft = self.drafter.propose(context, k)
+        tokens = draft.tokens[: context.limit if draft.self_sized and context.limit else k]  # what is verified
+        copied = (draft.source or self.name) != "mtp"
+        if tokens and copied and self.tokenizer.decode(tokens) in self.prediction:
+            self.drafts.append((len(context.tokens) - self.prompt_length, list(tokens)))
+        return draft
+
+    def counts(self, output: list[int]) -> tuple[int, int]:
+        """(accepted, rejected) prediction tokens, given the tokens the request generated."""
+        accepted = drafted = 0
+        for at, tokens in self.drafts:
+            agree = 0
+            while agree < len(tokens) and at + agree < len(output) and output[at + agree] == tokens[agree]:
+                agree += 1
+            accepted, drafted = accepted + agree, drafted + len(tokens)
+        return accepted, drafted - accepted
 
 
 @dataclass
@@ -277,21 +339,24 @@ class Usage:
     cached_tokens: int  # prompt tokens whose keys and values came from the prefix cache
     completion_tokens: int
     stats: SpecStats
+    predicted: tuple[int, int] | None = None  # (accepted, rejected) prediction tokens; None: no prediction sent
 
     def as_dict(self) -> dict:
-        """OpenAI's `usage` object with our `speculation` figures."""
-        stats = self.stats
-        return {
+        """OpenAI's `usage` object with our `speculation` figures (every drafter's totals)."""
+        report: dict = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
             "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
-            "completion_tokens_details": {
-                "accepted_prediction_tokens": stats.accepted,
-                "rejected_prediction_tokens": stats.drafted - stats.accepted,
-            },
-            "speculation": stats.as_dict(),
         }
+        if self.predicted is not None:
+            accepted, rejected = self.predicted
+            report["completion_tokens_details"] = {
+                "accepted_prediction_tokens": accepted,
+                "rejected_prediction_tokens": rejected,
+            }
+        report["speculation"] = self.stats.as_dict()
+        return report
 
 
 # ---------------------------------------------------------------------------------------------------------------
