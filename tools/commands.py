@@ -122,11 +122,15 @@ def _cmd_ot_diff(args: argparse.Namespace) -> int:
 def _cmd_undo(args: argparse.Namespace) -> int:
     from tools.edit_file import Journal, UndoRefused
 
+    journal = Journal()
     try:
-        path, diff = Journal().undo(args.file, force=args.force)
+        path, diff = journal.undo(args.file, force=args.force)
     except UndoRefused as exc:
         print(f"agent undo: {exc}", file=sys.stderr)
         return ExitCode.FAILED
+    finally:
+        for note in journal.notes:  # journal lines it had to skip (torn by a crash)
+            print(f"agent undo: note: {note}", file=sys.stderr)
     print(diff, end="")
     print(f"restored {path}", file=sys.stderr)
     return ExitCode.OK
