@@ -150,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = f"; did you mean `agent {close[0]}`?" if close else f"; commands: {', '.join(names)}"
         print(f"agent: unknown command {argv[0]!r}{hint}", file=sys.stderr)
         return ExitCode.USAGE
-    print(usage(), file=sys.stderr)
+    print(usage())  # `agent` alone in a pipe or a script: the help, as before
     return ExitCode.USAGE
 
 

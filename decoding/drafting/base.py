@@ -35,7 +35,8 @@ class DraftContext:
 
 
 class Drafter(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def propose(self, context: DraftContext, k: int) -> Draft: ...
 

@@ -21,14 +21,15 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import torch
 
 from decoding.drafting.base import Draft, DraftContext, Drafter
 from decoding.drafting.drafters import make_drafter
-from decoding.drafting.mtp import MTPDrafter, MTPError
+from decoding.drafting.mtp import MTPDrafter, MTPError, shared_head
 from decoding.engine.generation import Generation, GenerationRequest
 from decoding.engine.loading import load_model
 from decoding.engine.prefix_cache import PrefixCachingTarget
@@ -98,7 +99,11 @@ def _timed(fn):
     return result, time.perf_counter() - start
 
 
-def _ours(target, ids, sources, max_new, drafter, stop_ids: frozenset[int]) -> Result:
+DrafterFactory = Callable[[], Drafter | None]
+
+
+def _ours(target, ids, sources, max_new, make_drafter: DrafterFactory, stop_ids: frozenset[int]) -> Result:
+    drafter = make_drafter()  # a fresh one per run: drafters may follow one generation
     timed = Timed(drafter) if drafter is not None else None
     request = GenerationRequest(list(ids), max_new, drafter=timed, sources=sources, stop_ids=stop_ids)
     gen = Generation(target, request)
@@ -151,7 +156,8 @@ def verify_cost(
     rows = max(ks) + 1
     target.reset(len(ids) + 1)
     target.forward(list(ids[:-rows]))
-    base, best = target.length, {}
+    base = target.length
+    best: dict[int, float] = {}
     for _ in range(repeats):
         for k in ks:
             target.rollback(base)
@@ -206,9 +212,11 @@ def format_engine(costs: dict[int, float], prefix: PrefixFigures | None) -> str:
     return "\n".join(lines)
 
 
-def drafter_factories(target, tokenizer, methods: Sequence[str], mtp_k: Sequence[int]) -> dict:
+def drafter_factories(
+    target, tokenizer, methods: Sequence[str], mtp_k: Sequence[int]
+) -> dict[str, DrafterFactory]:
     """Row name -> a function making a fresh drafter (None = plain); MTP rows only when the head fits the target."""
-    factories = {}
+    factories: dict[str, DrafterFactory] = {}
     for method in methods:
         if method == "mtp":
             try:
@@ -217,16 +225,15 @@ def drafter_factories(target, tokenizer, methods: Sequence[str], mtp_k: Sequence
                 continue
             for k in mtp_k:
                 name = "mtp" if len(mtp_k) == 1 else f"mtp-k{k}"
-                factories[name] = lambda k=k: _mtp_with_k(target, k)
+                factories[name] = partial(_mtp_with_k, target, k)
         elif method != PEER:
-            factories[method] = lambda m=method: make_drafter(
-                "off" if m == "plain" else m, tokenizer=tokenizer, target=target
-            )
+            speculation = "off" if method == "plain" else method
+            factories[method] = partial(make_drafter, speculation, tokenizer=tokenizer, target=target)
     return factories
 
 
 def _mtp_with_k(target, k: int) -> MTPDrafter:
-    drafter = make_drafter("mtp", target=target)
+    drafter = MTPDrafter(shared_head(target))
     drafter.k_max = k
     return drafter
 
@@ -248,8 +255,9 @@ def bench_workload(
     sources = [tok(workload.prediction, add_special_tokens=False).input_ids] if workload.prediction else []
     stop_ids = stop_token_ids(tok)
     factories = drafter_factories(target, tok, ["plain", *methods], mtp_k)
-    # a fresh drafter per run: drafters may follow one generation
-    runs = {name: lambda f=f: _ours(target, ids, sources, max_new, f(), stop_ids) for name, f in factories.items()}
+    runs: dict[str, Callable[[], Result]] = {
+        name: partial(_ours, target, ids, sources, max_new, factory, stop_ids) for name, factory in factories.items()
+    }
     if PEER in methods:
         runs[PEER] = lambda: _peer(loaded.model, ids, max_new, stop_ids, lookup)
     results: dict[str, Result] = {}
