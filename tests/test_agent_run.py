@@ -420,7 +420,7 @@ def test_agent_run_against_the_real_embedded_server(ws, tmp_path, embedded_model
     report = tmp_path / "embedded.json"
     result = subprocess.run(
         [sys.executable, "-m", "tui.cli", "run", str(ws.parent / "task.md"), "--workspace", str(ws),
-         "--model", "embedded", "--allow-demo-model", "--max-tokens", "64", "--json", str(report)],
+         "--model", "embedded", "--allow-demo-model", "--max-tokens", "64", "--timeout", "0", "--json", str(report)],
         capture_output=True, text=True, timeout=600, env=os.environ | {"PYTHONUNBUFFERED": "1"},
     )
     assert result.returncode == 3, result.stderr[-2000:]
