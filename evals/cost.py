@@ -27,7 +27,7 @@ BASELINE_NAMES = {
 }
 ALTERNATIVES = ("whole", "search-replace", "udiff")  # ot-counts is OT too, not an alternative to it
 BASES = ("perturbed", "clean")
-BEST, CHEAPEST = "its best drafter", "the cheapest alternative on each edit, each with its best drafter"
+BEST, CHEAPEST = "its best drafter", "per edit, the alternative that costs least there (each with its best drafter)"
 
 
 def forwards(cases: list[dict], fmt: str, drafter: str) -> dict[str, int]:
@@ -117,29 +117,36 @@ def ratio(subject: dict[str, dict[str, float] | None], alternative: dict[str, di
 
 def summarize_cost(cases: list[dict], formats_summary: dict, drafters: Sequence[str]) -> dict:
     """`{"subject", "formats": {format: its best drafter's row}, "ratios": [OT against each alternative, then
-    against the cheapest alternative per edit]}` for the formats decoded and measured; no ratios without OT."""
+    against the cheapest alternative on each edit]}` for the formats decoded and measured; no ratios without OT."""
     rows = {}
     for fmt in formats_summary:
         drafter = best_drafter(cases, fmt, drafters)
         if drafter is not None:
             rows[fmt] = format_row(cases, fmt, drafter, apply_rates(formats_summary, fmt))
+
+    def costs(fmt: str, drafter: str) -> dict[str, dict[str, float] | None]:
+        return edit_costs(forwards(cases, fmt, drafter), apply_rates(formats_summary, fmt))
+
     ratios = []
     if SUBJECT in rows:
-        subject = edit_costs(forwards(cases, SUBJECT, rows[SUBJECT]["drafter"]), rows[SUBJECT]["rates"])
-        best = []
+        subject = costs(SUBJECT, rows[SUBJECT]["drafter"])
         for fmt, drafter, why in comparisons(rows, drafters):
-            costs = edit_costs(forwards(cases, fmt, drafter), apply_rates(formats_summary, fmt))
-            best += [costs] if why == BEST else []
-            if (figures := ratio(subject, costs)) is not None:
+            if (figures := ratio(subject, costs(fmt, drafter))) is not None:
                 ratios.append({"format": fmt, "drafter": drafter, "why": why} | figures)
+        best = [costs(fmt, rows[fmt]["drafter"]) for fmt in ALTERNATIVES if fmt in rows]
         if len(best) > 1 and (figures := ratio(subject, cheapest(best))) is not None:
-            ratios.append({"format": "cheapest per edit", "drafter": None, "why": CHEAPEST} | figures)
+            ratios.append({"format": "cheapest alternative", "drafter": None, "why": CHEAPEST} | figures)
     return {"subject": SUBJECT, "formats": rows, "ratios": ratios}
 
 
 def comparisons(rows: dict[str, dict], drafters: Sequence[str]) -> list[tuple[str, str, str]]:
-    """(format, drafter, why) to compare OT with: the baselines whose drafter was run, then each alternative format
-    with its best drafter (which may be its baseline's too)."""
-    pairs = [(fmt, drafter, BASELINE_NAMES[fmt]) for fmt, drafter in BASELINES.items()
-             if fmt in rows and drafter in drafters]
-    return pairs + [(fmt, rows[fmt]["drafter"], BEST) for fmt in ALTERNATIVES if fmt in rows]
+    """(format, drafter, why) to compare OT with: per alternative format, its baseline pair where that drafter was
+    run, and the format with its best drafter where that is another one."""
+    pairs = []
+    for fmt in (fmt for fmt in ALTERNATIVES if fmt in rows):
+        baseline, best = BASELINES[fmt], rows[fmt]["drafter"]
+        if baseline in drafters:
+            pairs.append((fmt, baseline, BASELINE_NAMES[fmt] + ("; also its best drafter" if best == baseline else "")))
+        if best != baseline:
+            pairs.append((fmt, best, BEST))
+    return pairs

@@ -265,16 +265,12 @@ def stratify(cases: list[dict], n: int) -> list[dict]:
 
 
 def _quotas(sizes: dict[str, int], n: int) -> dict[str, int]:
-    """Picks per group: one each, then the rest in proportion to the groups' sizes (largest remainders first);
-    with fewer picks than groups, one each for the `n` largest."""
+    """Picks per group, in proportion to the groups' sizes with one each (Sainte-Laguë: each further pick to the
+    group with the most cases per pick); with fewer picks than groups, one each for the `n` largest."""
     order = sorted(sizes, key=lambda group: (-sizes[group], group))
-    if n < len(order):
-        return {group: 1 for group in order[:n]}
-    rest, spare = n - len(order), sum(sizes.values()) - len(order)
-    exact = {group: rest * (sizes[group] - 1) / spare if spare else 0 for group in order}
-    quotas = {group: 1 + int(exact[group]) for group in order}
-    by_remainder = sorted(order, key=lambda group: -(exact[group] - int(exact[group])))
-    for group in by_remainder[: n - sum(quotas.values())]:
+    quotas = {group: 1 for group in order[:n]}
+    while sum(quotas.values()) < n:
+        group = max((g for g in order if quotas[g] < sizes[g]), key=lambda g: sizes[g] / (quotas[g] + 0.5))
         quotas[group] += 1
     return quotas
 
