@@ -30,10 +30,14 @@ BASES = ("perturbed", "clean")
 BEST, CHEAPEST = "its best drafter", "per edit, the alternative that costs least there (each with its best drafter)"
 
 
+def _runs(case: dict, drafter: str) -> dict[str, dict]:
+    """One case's figures per format for one drafter (none where it was not decoded)."""
+    return case.get("decode", {}).get(drafter, {}).get("formats", {})
+
+
 def forwards(cases: list[dict], fmt: str, drafter: str) -> dict[str, int]:
     """Target forwards per edit id for one format and drafter, over the edits decoded that way."""
-    return {case["id"]: runs[fmt]["target_forwards"] for case in cases
-            if fmt in (runs := case.get("decode", {}).get(drafter, {}).get("formats", {}))}
+    return {case["id"]: runs[fmt]["target_forwards"] for case in cases if fmt in (runs := _runs(case, drafter))}
 
 
 def best_drafter(cases: list[dict], fmt: str, drafters: Sequence[str]) -> str | None:
@@ -58,7 +62,7 @@ def per_applied(value: float, rate: float) -> float | None:
 def format_row(cases: list[dict], fmt: str, drafter: str, rates: dict[str, float]) -> dict:
     """One format with one drafter: totals of the decoded edits, and forwards per applied edit per basis (median
     and mean over the edits)."""
-    runs = [runs[fmt] for case in cases if fmt in (runs := case.get("decode", {}).get(drafter, {}).get("formats", {}))]
+    runs = [per_format[fmt] for case in cases if fmt in (per_format := _runs(case, drafter))]
     tokens, target_forwards = sum(run["tokens"] for run in runs), sum(run["target_forwards"] for run in runs)
     median = statistics.median(run["target_forwards"] for run in runs)
     return {
