@@ -28,6 +28,8 @@ from evals.run import (
     run,
     run_decode,
     run_live,
+    shortest,
+    stratify,
 )
 from tools.command_line import parse_arguments
 
@@ -35,6 +37,9 @@ QUICK_WORKLOADS = 1  # free-running workloads with --quick (copy-heavy, the shor
 
 
 QUICK_LANGUAGES = 3  # cases decoded with --quick: the first case of each of the first languages
+
+
+QUICK_DECODE_FORMATS = ("search-replace", "udiff", "ot", "whole")  # whole only on the shortest file decoded
 
 
 LIVE_MAX_TOKENS = 4096  # per live reply
@@ -50,6 +55,9 @@ examples:
   agent eval --cases edits.jsonl --decode-formats ot --json out.json
                                               decode the OT scripts: about 50 s per edit on 2 cores for the five
                                               drafters; if it stops, add --resume and run it again
+  agent eval --cases edits.jsonl --stratify 40 --decode-formats search-replace,udiff,ot,whole --whole-cases 10
+             --json out.json --resume       the cost per applied edit: tokens and applies on every edit, decoding
+                                              on 40 spread over languages and sizes, whole files on 10 of them
   agent eval --cases edits.jsonl --model hosted_vllm/gemma-4 --api-base http://127.0.0.1:8000/v1
                                               each edit through the agent's edit turn on a live server
 
@@ -88,14 +96,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "has them), 'all', or 'none' for formats only (default: all; none with --model)")
     parser.add_argument("--decode-formats", type=lambda v: _names(v, FORMATS, "format"), default=None,
                         help="formats whose reference output is decoded, reference-forced (default: every format "
-                             "but whole, which costs one forward per token of the file; ot with --quick)")
+                             "but whole, which costs one forward per token of the file; with --quick "
+                             f"{','.join(QUICK_DECODE_FORMATS)}, whole on the shortest file only)")
+    parser.add_argument("--stratify", type=int, metavar="N",
+                        help="decode only N of the cases, spread over languages (in proportion) and file sizes, the "
+                             "same N every time; tokens and applies are still measured on every case")
+    parser.add_argument("--whole-cases", type=int, metavar="M",
+                        help="decode whole files on M of the decoded cases only (spread the same way; default: all)")
     parser.add_argument("--limit", type=int, help="use at most N cases")
     parser.add_argument("--save-cases", type=Path, metavar="FILE",
                         help="write the cases measured as JSONL (e.g. those mined with --from-git), to measure the "
                              "same edits again with --cases FILE")
     parser.add_argument("--quick", action="store_true",
                         help=f"{OT_TRIALS_QUICK} miscount perturbation per OT script instead of {OT_TRIALS}; decode "
-                             f"one case in each of {QUICK_LANGUAGES} languages, the ot format only, and "
+                             f"one case in each of {QUICK_LANGUAGES} languages (whole files only the shortest), and "
                              f"{QUICK_WORKLOADS} copy-heavy free-running workload of up to {QUICK_MAX_TOKENS} tokens")
     parser.add_argument("--max-tokens", type=int, default=None,
                         help=f"new tokens per free-running generation (default: {MAX_TOKENS}; 0 skips them) and "
@@ -154,6 +168,10 @@ def run_command(args: argparse.Namespace) -> int:
     if args.api_base and not args.model:
         print("agent eval: --api-base needs --model (the model to ask at that endpoint)", file=sys.stderr)
         return 2
+    for option, value in (("--stratify", args.stratify), ("--whole-cases", args.whole_cases)):
+        if value is not None and value < 1:
+            print(f"agent eval: {option} must be at least 1, not {value}", file=sys.stderr)
+            return 2
     if args.resume and not args.json:
         print("agent eval: --resume needs --json OUT (the report to continue)", file=sys.stderr)
         return 2
@@ -167,11 +185,12 @@ def run_command(args: argparse.Namespace) -> int:
     except argparse.ArgumentTypeError as exc:
         print(f"agent eval: --drafters: {exc}", file=sys.stderr)
         return 2
-    decode_formats = args.decode_formats or (("ot",) if args.quick else tuple(f for f in FORMATS if f != "whole"))
-    done = {}
+    decode_formats = args.decode_formats or (QUICK_DECODE_FORMATS if args.quick else
+                                             tuple(f for f in FORMATS if f != "whole"))
+    done = None
     if args.resume and drafters:  # an unreadable report is refused before any work
         try:
-            done = decoded_before(args.json, decode_formats, drafters)
+            done = decoded_before(args.json)
         except ValueError as exc:
             print(f"agent eval: --resume: {exc}", file=sys.stderr)
             return 2
@@ -195,19 +214,19 @@ def run_command(args: argparse.Namespace) -> int:
             return 4
     from decoding.engine.tokenizer import gemma_token_counter
 
-    report = run(cases, args.formats, gemma_token_counter(), OT_TRIALS_QUICK if args.quick else OT_TRIALS)
+    # every decoded format is measured too: its cost per applied edit needs its apply rate
+    formats = tuple(f for f in FORMATS if f in args.formats or (drafters and f in decode_formats))
+    report = run(cases, formats, gemma_token_counter(), OT_TRIALS_QUICK if args.quick else OT_TRIALS)
     if drafters:
         from decoding.engine.loading import load_model
 
         max_tokens = args.max_tokens if args.max_tokens is not None else QUICK_MAX_TOKENS if args.quick else MAX_TOKENS
-        decoded = one_per_language(cases, QUICK_LANGUAGES) if args.quick else cases
-        if args.resume:
-            kept = sum(case["id"] in done for case in decoded)
-            print(f"resuming {args.json}: {kept} of {len(decoded)} cases decoded already", file=sys.stderr)
+        decoded, whole = decoded_cases(cases, args)
         print("loading the embedded model …", file=sys.stderr)
         run_decode(report, decoded, load_model(), decode_formats, drafters, max_tokens,
                    QUICK_WORKLOADS if args.quick else None, done=done,
-                   checkpoint=(lambda: write_report(report, args.json)) if args.json else lambda: None)
+                   checkpoint=(lambda: write_report(report, args.json)) if args.json else lambda: None,
+                   whole_ids=whole)
     if args.model:
         status = _live(report, cases, args)
         if status:
@@ -218,6 +237,18 @@ def run_command(args: argparse.Namespace) -> int:
     if args.plot:
         plot(report, args.plot)
     return 0
+
+
+def decoded_cases(cases: list[dict], args: argparse.Namespace) -> tuple[list[dict], set[str] | None]:
+    """The cases to decode (--stratify N, else one per language with --quick, else all) and the ids of those to
+    decode whole files on (--whole-cases M of them, spread the same way; the shortest with --quick; None: all)."""
+    if args.stratify:
+        decoded = stratify(cases, args.stratify)
+    else:
+        decoded = one_per_language(cases, QUICK_LANGUAGES) if args.quick else cases
+    if args.whole_cases:
+        return decoded, {case["id"] for case in stratify(decoded, args.whole_cases)}
+    return decoded, {case["id"] for case in shortest(decoded, 1)} if args.quick else None
 
 
 def _live(report: dict, cases: list[dict], args: argparse.Namespace) -> int:

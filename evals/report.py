@@ -51,6 +51,8 @@ def render(report: dict, title: str) -> str:
                   for fmt, kind, f in kinds]
     if "decode" in report["summary"]:
         lines += ["", *render_decode(report["summary"]["decode"])]
+    if report["summary"].get("cost", {}).get("formats"):
+        lines += ["", *render_cost(report["summary"])]
     if "live" in report["summary"]:
         lines += ["", *render_live(report["summary"]["live"])]
     return "\n".join(lines)
@@ -71,7 +73,8 @@ def render_decode(decode: dict) -> list[str]:
                 f"| {_times(t.get('speedup_vs_off'))} | {_times(t.get('speedup_vs_off_median'))} |"
                 for drafter, t in per_drafter.items()]
 
-    lines = [f"Decoding, reference-forced on {decode['cases']} edits: the embedded Gemma 3 270M verifies each "
+    lines = [f"Decoding, reference-forced on {decode['cases']} edits{_whole_note(decode)}: the embedded Gemma 3 "
+             "270M verifies each "
              "format's minimal correct output as if it wrote it. This estimates the speedup for a model that "
              "writes this output; it is not the 270M's own output.", "", head.format(what="format"), rule]
     for fmt, per_drafter in decode["reference_forced"].items():
@@ -85,6 +88,51 @@ def render_decode(decode: dict) -> list[str]:
                   for row, drafter in zip(rows(name, per_drafter), per_drafter, strict=True)]
     lines += ["", "Target forwards include the prompt's; decode seconds run from the first token to the last "
               "(the prompt is prefilled once per case and shared). Speedup = off's decode time ÷ this drafter's."]
+    return lines
+
+
+def _whole_note(decode: dict) -> str:
+    """Where whole files were decoded on fewer edits than the other formats, how many."""
+    fewer = "whole" in decode["formats"] and decode.get("whole_cases", decode["cases"]) < decode["cases"]
+    return f" (whole files on {decode['whole_cases']} of them, the long ones to decode)" if fewer else ""
+
+
+def _ratio_name(ratio: dict) -> str:
+    return ratio["format"] if ratio["drafter"] is None else f"{ratio['format']} + {ratio['drafter']}"
+
+
+def render_cost(summary: dict) -> list[str]:
+    """The cost per applied edit: each format with its best drafter, then OT's ratio to each alternative."""
+    cost, decode = summary["cost"], summary["decode"]
+    measured = next(iter(summary["formats"].values()))["cases"]
+    lines = [f"Cost per applied edit, reference-forced on {decode['cases']} edits{_whole_note(decode)}: each format "
+             "with its best drafter (fewest target forwards). Forwards per applied edit = target forwards ÷ the "
+             f"format's apply rate over all {measured} edits measured: perturbed (the minimal output with the "
+             "mistakes models make, the model-like rate; whole files have no perturbations, so their clean rate) "
+             "and clean (the minimal output).", "",
+             "| format | best drafter | edits | tokens / forward | forwards median | applies perturbed "
+             "| applies clean | per applied edit, perturbed: median | mean | clean: median | mean |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for fmt, row in cost["formats"].items():
+        per = row["per_applied"]
+        lines.append(f"| {fmt} | {row['drafter']} | {row['edits']} | {row['tokens_per_forward']:.2f} "
+                     f"| {_number(row['forwards_median'])} | {_percent(row['rates']['perturbed'])} "
+                     f"| {_percent(row['rates']['clean'])} | {_number(per['perturbed']['median'])} "
+                     f"| {_number(per['perturbed']['mean'])} | {_number(per['clean']['median'])} "
+                     f"| {_number(per['clean']['mean'])} |")
+    if cost["ratios"]:
+        subject = cost["formats"][cost["subject"]]
+        lines += ["", f"{cost['subject']} + {subject['drafter']} against each alternative: its forwards per applied "
+                  "edit ÷ the alternative's, the median over the edits both were decoded on and the ratio of the "
+                  "totals (below 1.00x OT costs less).", "",
+                  "| alternative | why | edits | perturbed: median | total | clean: median | total "
+                  "| forwards alone: median | total | OT cheaper (perturbed) |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {_ratio_name(r)} | {r['why']} | {r['edits']} | {_times(r['perturbed']['median'])} "
+                  f"| {_times(r['perturbed']['total'])} | {_times(r['clean']['median'])} "
+                  f"| {_times(r['clean']['total'])} | {_times(r['forwards']['median'])} "
+                  f"| {_times(r['forwards']['total'])} | {r.get('wins', 'n/a')} of {r['edits']} |"
+                  for r in cost["ratios"]]
     return lines
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -132,29 +133,36 @@ def run(
 def run_decode(
     report: dict, cases: list[dict], loaded, decode_formats: tuple[str, ...], drafters: tuple[str, ...],
     max_tokens: int, workloads: int | None = None, progress: bool = True, done: dict[str, dict] | None = None,
-    checkpoint: Callable[[], None] = lambda: None,
+    checkpoint: Callable[[], None] = lambda: None, whole_ids: set[str] | None = None,
 ) -> None:
     """Add the decoding evals to `report`: reference-forced per case (`decode` of the decoded cases; the others
     keep an empty one), free-running on the standard workloads (only the `workloads` copy-heavy ones with the
-    shortest prompts when given; none when `max_tokens` is 0), and their summaries. Cases in `done` (id → the
-    figures of an earlier run) keep those figures; `checkpoint()` runs after each case decoded."""
+    shortest prompts when given; none when `max_tokens` is 0), their summaries and the cost per applied edit.
+    `whole` is decoded only on the cases in `whole_ids` (all when None): it costs a forward per token of the file.
+    Cases whose `decode` in `done` (id → an earlier run's) covers their formats and every drafter keep those
+    figures; `checkpoint()` runs after each case decoded."""
     from decoding.lab.workloads import standard_workloads
+    from evals.cost import summarize_cost
     from evals.decode import Decoder, decode_case, free_running, summarize_forced, summarize_free
 
     decoder = Decoder(loaded)
-    done = done or {}
     by_id = {case["id"]: case for case in report["cases"]}
     workloads = standard_workloads() if workloads is None else copy_heavy(standard_workloads())[:workloads]
     workloads = workloads if max_tokens else []
-    todo = [case for case in cases if case["id"] not in done]
-    bar = Progress(len(todo) * len(decode_formats) * len(drafters) + len(workloads) * len(drafters), "decoding",
-                   progress)
+    plans = []
     for case in cases:
-        if case["id"] in done:
-            by_id[case["id"]]["decode"] = done[case["id"]]
-            continue
-        by_id[case["id"]]["decode"] = decode_case(decoder, case, decode_formats, drafters, bar.step)
-        checkpoint()
+        formats = case_formats(decode_formats, whole_ids is None or case["id"] in whole_ids)
+        plans.append((case, formats, reusable((done or {}).get(case["id"]), formats, drafters)))
+    if done is not None and progress:
+        kept = sum(earlier is not None for _, _, earlier in plans)
+        print(f"resuming: {kept} of {len(cases)} cases decoded already", file=sys.stderr)
+    units = sum(len(formats) for _, formats, earlier in plans if earlier is None) * len(drafters)
+    bar = Progress(units + len(workloads) * len(drafters), "decoding", progress)
+    for case, formats, earlier in plans:
+        figures = earlier or decode_case(decoder, case, formats, drafters, bar.step)
+        by_id[case["id"]]["decode"] = with_applies(figures, by_id[case["id"]]["formats"])
+        if earlier is None:
+            checkpoint()
     free = free_running(decoder, drafters, max_tokens, workloads, bar.step)
     bar.close()
     report["free_running"] = free
@@ -162,30 +170,53 @@ def run_decode(
         "cases": len(cases),
         "formats": list(decode_formats),
         "drafters": list(drafters),
+        "whole_cases": len(cases) if whole_ids is None else len(whole_ids),
         "reference_forced": summarize_forced(report["cases"], decode_formats, drafters),
         "free_running": summarize_free(free),
         "max_tokens": max_tokens,
     }
+    report["summary"]["cost"] = summarize_cost(report["cases"], report["summary"]["formats"], drafters)
 
 
-def decoded_before(path: Path, formats: tuple[str, ...], drafters: tuple[str, ...]) -> dict[str, dict]:
-    """The reference-forced figures in an earlier JSON report that cover every format and drafter asked for,
-    by case id; none when there is no report yet. Raises ValueError for a file that is not such a report."""
-    from evals.decode import drafter_totals
+def case_formats(decode_formats: tuple[str, ...], whole: bool) -> tuple[str, ...]:
+    """The formats one case is decoded in: `whole` only where asked, being the long one."""
+    return decode_formats if whole else tuple(fmt for fmt in decode_formats if fmt != "whole")
 
+
+def with_applies(decode: dict, formats: dict) -> dict:
+    """A case's decode figures with, per drafter and format, whether that format's output applies on this case:
+    `applies` (the minimal output) and `applies_perturbed` (the share of its perturbations that apply; None for
+    a format without any), so each row of the JSON holds every figure of the cost per applied edit."""
+    for per_drafter in decode.values():
+        for fmt, figures in per_drafter["formats"].items():
+            trials = formats.get(fmt, {}).get("perturbed")
+            figures["applies"] = formats[fmt]["applies"] if fmt in formats else None
+            figures["applies_perturbed"] = sum(t["applies"] for t in trials) / len(trials) if trials else None
+    return decode
+
+
+def decoded_before(path: Path) -> dict[str, dict]:
+    """The reference-forced figures of an earlier JSON report, by case id (cases never decoded left out); none
+    when there is no report yet. Raises ValueError for a file that is not such a report."""
     if not path.exists():
         return {}
     try:
         cases = json.loads(path.read_text(encoding="utf-8"))["cases"]
-        return {
-            case["id"]: {drafter: drafter_totals({fmt: case["decode"][drafter]["formats"][fmt] for fmt in formats})
-                         for drafter in drafters}
-            for case in cases
-            if case.get("decode") and all(fmt in case["decode"].get(drafter, {}).get("formats", {})
-                                          for drafter in drafters for fmt in formats)
-        }
+        return {case["id"]: case["decode"] for case in cases if case.get("decode")}
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"{path} is not a JSON report of agent eval ({type(exc).__name__}: {exc})") from exc
+
+
+def reusable(earlier: dict | None, formats: tuple[str, ...], drafters: tuple[str, ...]) -> dict | None:
+    """An earlier run's figures of one case cut down to `formats` and `drafters`, with their sums; None unless it
+    has them all (then the case is decoded again)."""
+    from evals.decode import drafter_totals
+
+    try:
+        return {drafter: drafter_totals({fmt: earlier[drafter]["formats"][fmt] for fmt in formats})
+                for drafter in drafters}
+    except (KeyError, TypeError):
+        return None
 
 
 def copy_heavy(workloads: list) -> list:
@@ -215,3 +246,35 @@ def one_per_language(cases: list[dict], languages: int) -> list[dict]:
         if len(seen) < languages:
             seen.setdefault(case.get("language") or "", case)
     return list(seen.values())
+
+
+def stratify(cases: list[dict], n: int) -> list[dict]:
+    """`n` of the cases spread over languages and file sizes, the same every time: each language gets a share in
+    proportion to its cases (at least one while `n` allows; the most common languages first when it does not),
+    and within a language the picks are evenly spaced along the files ordered by size. In the input order."""
+    if n >= len(cases):
+        return list(cases)
+    groups: dict[str, list[dict]] = {}
+    for case in cases:
+        groups.setdefault(case.get("language") or "", []).append(case)
+    chosen = set()
+    for language, quota in _quotas({language: len(group) for language, group in groups.items()}, n).items():
+        ordered = sorted(groups[language], key=lambda case: (len(case["before"]), case["id"]))
+        chosen |= {ordered[int((i + 0.5) * len(ordered) / quota)]["id"] for i in range(quota)}
+    return [case for case in cases if case["id"] in chosen]
+
+
+def _quotas(sizes: dict[str, int], n: int) -> dict[str, int]:
+    """Picks per group, in proportion to the groups' sizes with one each (Sainte-Laguë: each further pick to the
+    group with the most cases per pick); with fewer picks than groups, one each for the `n` largest."""
+    order = sorted(sizes, key=lambda group: (-sizes[group], group))
+    quotas = {group: 1 for group in order[:n]}
+    while sum(quotas.values()) < n:
+        group = max((g for g in order if quotas[g] < sizes[g]), key=lambda g: sizes[g] / (quotas[g] + 0.5))
+        quotas[group] += 1
+    return quotas
+
+
+def shortest(cases: list[dict], n: int) -> list[dict]:
+    """The `n` cases with the shortest files (whole-file decoding costs a forward per token of the file)."""
+    return sorted(cases, key=lambda case: (len(case["before"]), case["id"]))[:n]

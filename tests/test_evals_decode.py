@@ -189,9 +189,18 @@ def test_quick_cli_decodes_reference_forced_per_drafter(tmp_path, capsys, monkey
     tokens = report["cases"][0]["formats"]["ot"]["tokens"]
     off = decode["off"]["formats"]["ot"]
     assert off["target_forwards"] == off["tokens"] > tokens  # one forward per token: the fenced output and the stop
-    assert all(figures["target_forwards"] <= off["target_forwards"] for figures in decode.values())
+    assert decode["cursor"]["formats"]["ot"]["target_forwards"] <= off["target_forwards"]
+    assert decode["cursor"]["target_forwards"] < decode["off"]["target_forwards"]  # summed over the formats
     assert report["summary"]["decode"]["reference_forced"]["ot"]["off"]["speedup_vs_off"] == 1.0
     assert (tmp_path / "tokens-speedup.png").read_bytes()[:4] == b"\x89PNG"
+    # the cost per applied edit: every format decoded (whole too: the one case is the shortest), each row whole
+    assert set(decode["cursor"]["formats"]) == {"search-replace", "udiff", "ot", "whole"}
+    assert {"tokens", "target_forwards", "seconds", "applies", "applies_perturbed"} <= set(
+        decode["cursor"]["formats"]["udiff"])
+    cost = report["summary"]["cost"]
+    assert cost["formats"]["whole"]["drafter"] == "cursor"  # drafting from the file pays when copying it
+    assert [r["format"] for r in cost["ratios"]] == ["whole", "search-replace", "udiff", "cheapest alternative"]
+    assert "Cost per applied edit" in table and "| whole + cursor |" in table
 
 
 @pytest.mark.slow
@@ -314,3 +323,38 @@ def test_an_unreachable_live_server_is_reported_before_any_decoding(monkeypatch,
             f"http://127.0.0.1:{free_port()}/v1"]
     assert main(argv) == 4
     assert decoded == [] and "unreachable" in capsys.readouterr().err
+
+
+def test_stratify_decodes_a_spread_and_whole_files_on_fewer(tmp_path, monkeypatch, capsys):
+    from evals.run import stratify
+
+    out = tmp_path / "eval.json"
+    decoded: list[str] = []
+    fake_decoding(monkeypatch, decoded)
+    argv = ["--limit", "12", "--formats", "ot", "--decode-formats", "ot,whole", "--drafters", "ngram,cursor",
+            "--max-tokens", "0", "--json", str(out), "--stratify", "5", "--whole-cases", "2"]
+    assert main(argv) == 0
+    suite = load_suite(limit=12)
+    picked = stratify(suite, 5)
+    assert decoded == [case["id"] for case in picked]
+    report = json.loads(out.read_text())
+    whole = [case["id"] for case in report["cases"] if "whole" in case["decode"].get("ngram", {}).get("formats", {})]
+    assert whole == [case["id"] for case in stratify(picked, 2)]
+    assert set(report["cases"][0]["formats"]) == {"ot", "whole"}  # a decoded format is measured too
+    decode = report["summary"]["decode"]
+    assert decode["whole_cases"] == 2 and decode["reference_forced"]["whole"]["ngram"]["runs"] == 2
+    table = capsys.readouterr().out
+    assert "reference-forced on 5 edits (whole files on 2 of them" in table and "| whole + cursor |" in table
+    assert main([*argv, "--stratify", "0"]) == 2
+
+
+def test_quick_decodes_whole_files_only_on_the_shortest(tmp_path, monkeypatch):
+    out = tmp_path / "eval.json"
+    fake_decoding(monkeypatch, [])
+    assert main(["--quick", "--drafters", "ngram", "--max-tokens", "0", "--json", str(out)]) == 0
+    cases = json.loads(out.read_text())["cases"]
+    decoded = {case["id"]: set(case["decode"]["ngram"]["formats"]) for case in cases if case["decode"]}
+    sizes = {case["id"]: len(case["before"]) for case in load_suite()}
+    (whole,) = [case_id for case_id, formats in decoded.items() if "whole" in formats]
+    assert len(decoded) == 3 and sizes[whole] == min(sizes[case_id] for case_id in decoded)
+    assert all(formats >= {"search-replace", "udiff", "ot"} for formats in decoded.values())

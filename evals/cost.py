@@ -1,0 +1,156 @@
+"""The deciding measure of the edit formats: target forwards per applied edit (issue #15).
+
+On a GPU the target's forwards are the latency of an edit, but an edit that does not apply is written again, so
+what an edit costs in a format is its forwards ÷ the rate at which that format's output applies (the expected
+forwards until one applies, tries being independent). Each format is taken with its own best drafter (the one
+with the fewest target forwards over the edits it was decoded on), and OT is compared with each alternative
+with its best drafter and with the pairs people use today: whole + cursor (Cursor-style speculative rewrite),
+search-replace + ngram and udiff + ngram (an agent on vLLM's prompt lookup).
+
+Forwards are reference-forced (`evals.decode`) on the decoded edits; apply rates are over every edit measured
+(`evals.run.summarize`): perturbed (the minimal output with the mistakes models make) as the model-like rate,
+clean (the minimal output itself) beside it. Whole files have no perturbations; their clean rate stands for both.
+Model-free arithmetic on a report, so it is tested on synthetic reports.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+
+SUBJECT = "ot"
+BASELINES = {"whole": "cursor", "search-replace": "ngram", "udiff": "ngram"}
+BASELINE_NAMES = {
+    "whole": "Cursor-style speculative rewrite",
+    "search-replace": "an agent on vLLM's prompt lookup",
+    "udiff": "an agent on vLLM's prompt lookup",
+}
+ALTERNATIVES = ("whole", "search-replace", "udiff")  # ot-counts is OT too, not an alternative to it
+BASES = ("perturbed", "clean")
+BEST, CHEAPEST = "its best drafter", "per edit, the alternative that costs least there (each with its best drafter)"
+
+
+def _runs(case: dict, drafter: str) -> dict[str, dict]:
+    """One case's figures per format for one drafter (none where it was not decoded)."""
+    return case.get("decode", {}).get(drafter, {}).get("formats", {})
+
+
+def forwards(cases: list[dict], fmt: str, drafter: str) -> dict[str, int]:
+    """Target forwards per edit id for one format and drafter, over the edits decoded that way."""
+    return {case["id"]: runs[fmt]["target_forwards"] for case in cases if fmt in (runs := _runs(case, drafter))}
+
+
+def best_drafter(cases: list[dict], fmt: str, drafters: Sequence[str]) -> str | None:
+    """The drafter with the fewest target forwards in total on `fmt` (the first of equals); None if undecoded."""
+    totals = {drafter: sum(per_edit.values()) for drafter in drafters if (per_edit := forwards(cases, fmt, drafter))}
+    return min(totals, key=totals.__getitem__) if totals else None
+
+
+def apply_rates(formats_summary: dict, fmt: str) -> dict[str, float]:
+    """A format's apply rate per basis over every edit measured; a format without perturbations (whole) gets its
+    clean rate as the perturbed one."""
+    part = formats_summary[fmt]
+    perturbed = part.get("perturbed_applies")
+    return {"perturbed": part["applies"] if perturbed is None else perturbed, "clean": part["applies"]}
+
+
+def per_applied(value: float, rate: float) -> float | None:
+    """Forwards per applied edit; None when the format never applies (no number of tries makes it)."""
+    return value / rate if rate else None
+
+
+def format_row(cases: list[dict], fmt: str, drafter: str, rates: dict[str, float]) -> dict:
+    """One format with one drafter: totals of the decoded edits, and forwards per applied edit per basis (median
+    and mean over the edits)."""
+    runs = [per_format[fmt] for case in cases if fmt in (per_format := _runs(case, drafter))]
+    tokens, target_forwards = sum(run["tokens"] for run in runs), sum(run["target_forwards"] for run in runs)
+    median = statistics.median(run["target_forwards"] for run in runs)
+    return {
+        "drafter": drafter,
+        "edits": len(runs),
+        "tokens": tokens,
+        "target_forwards": target_forwards,
+        "tokens_per_forward": tokens / target_forwards,
+        "seconds": round(sum(run["seconds"] for run in runs), 3),
+        "forwards_median": median,
+        "rates": rates,
+        "per_applied": {basis: {"median": per_applied(median, rates[basis]),
+                                "mean": per_applied(target_forwards / len(runs), rates[basis])} for basis in BASES},
+    }
+
+
+def edit_costs(per_edit: dict[str, int], rates: dict[str, float]) -> dict[str, dict[str, float] | None]:
+    """Each edit's cost per basis: its forwards alone (`forwards`), and its forwards per applied edit with the
+    perturbed and the clean apply rate (None for a basis on which the format never applies)."""
+    return {"forwards": dict(per_edit)} | {
+        basis: {edit: value / rates[basis] for edit, value in per_edit.items()} if rates[basis] else None
+        for basis in BASES
+    }
+
+
+def cheapest(alternatives: list[dict[str, dict[str, float] | None]]) -> dict[str, dict[str, float] | None]:
+    """Per basis and edit, the lowest cost among the alternatives decoded on that edit."""
+    cheapest_costs: dict[str, dict[str, float] | None] = {}
+    for basis in ("forwards", *BASES):
+        known = [costs[basis] for costs in alternatives if costs[basis] is not None]
+        edits = {edit for costs in known for edit in costs}
+        cheapest_costs[basis] = {edit: min(c[edit] for c in known if edit in c) for edit in edits} if known else None
+    return cheapest_costs
+
+
+def ratio(subject: dict[str, dict[str, float] | None], alternative: dict[str, dict[str, float] | None]) -> dict | None:
+    """The subject's cost ÷ the alternative's per basis, over the edits both were decoded on: the median of the
+    per-edit ratios and the ratio of the totals; `wins`, the edits where the subject costs less per applied edit
+    (perturbed). None without a common edit."""
+    common = sorted(edit for edit in subject["forwards"] if edit in alternative["forwards"])
+    if not common:
+        return None
+    figures: dict = {"edits": len(common)}
+    for basis in ("forwards", *BASES):
+        ours, theirs = subject[basis], alternative[basis]
+        if ours is None or theirs is None:
+            figures[basis] = {"median": None, "total": None}
+            continue
+        per_edit = [ours[edit] / theirs[edit] for edit in common]
+        figures[basis] = {"median": statistics.median(per_edit),
+                          "total": sum(ours[edit] for edit in common) / sum(theirs[edit] for edit in common)}
+        if basis == "perturbed":
+            figures["wins"] = sum(value < 1 for value in per_edit)
+    return figures
+
+
+def summarize_cost(cases: list[dict], formats_summary: dict, drafters: Sequence[str]) -> dict:
+    """`{"subject", "formats": {format: its best drafter's row}, "ratios": [OT against each alternative, then
+    against the cheapest alternative on each edit]}` for the formats decoded and measured; no ratios without OT."""
+    rows = {}
+    for fmt in formats_summary:
+        drafter = best_drafter(cases, fmt, drafters)
+        if drafter is not None:
+            rows[fmt] = format_row(cases, fmt, drafter, apply_rates(formats_summary, fmt))
+
+    def costs(fmt: str, drafter: str) -> dict[str, dict[str, float] | None]:
+        return edit_costs(forwards(cases, fmt, drafter), apply_rates(formats_summary, fmt))
+
+    ratios = []
+    if SUBJECT in rows:
+        subject = costs(SUBJECT, rows[SUBJECT]["drafter"])
+        for fmt, drafter, why in comparisons(rows, drafters):
+            if (figures := ratio(subject, costs(fmt, drafter))) is not None:
+                ratios.append({"format": fmt, "drafter": drafter, "why": why} | figures)
+        best = [costs(fmt, rows[fmt]["drafter"]) for fmt in ALTERNATIVES if fmt in rows]
+        if len(best) > 1 and (figures := ratio(subject, cheapest(best))) is not None:
+            ratios.append({"format": "cheapest alternative", "drafter": None, "why": CHEAPEST} | figures)
+    return {"subject": SUBJECT, "formats": rows, "ratios": ratios}
+
+
+def comparisons(rows: dict[str, dict], drafters: Sequence[str]) -> list[tuple[str, str, str]]:
+    """(format, drafter, why) to compare OT with: per alternative format, its baseline pair where that drafter was
+    run, and the format with its best drafter where that is another one."""
+    pairs = []
+    for fmt in (fmt for fmt in ALTERNATIVES if fmt in rows):
+        baseline, best = BASELINES[fmt], rows[fmt]["drafter"]
+        if baseline in drafters:
+            pairs.append((fmt, baseline, BASELINE_NAMES[fmt] + ("; also its best drafter" if best == baseline else "")))
+        if best != baseline:
+            pairs.append((fmt, best, BEST))
+    return pairs
