@@ -113,10 +113,16 @@ class Workspace:
             base = Path(folder)
             for name in dirs + files:
                 path = base / name
-                if matches(path.relative_to(self.root).as_posix()):
-                    if Path(os.path.realpath(path)).is_relative_to(self.root):
-                        found.append(path)
+                if matches(path.relative_to(self.root).as_posix()) and self._inside(path):
+                    found.append(path)
         return sorted(found)
+
+    def _inside(self, path: Path) -> bool:
+        """Whether `path` resolves inside the root (False when it vanishes while being resolved)."""
+        try:
+            return Path(os.path.realpath(path)).is_relative_to(self.root)
+        except OSError:
+            return False
 
     # -- tools ---------------------------------------------------------------------------------------
 
