@@ -206,8 +206,8 @@ def _connection_failure(exc: BaseException) -> bool:
 
 
 class _StreamTap:
-    """What a streamed turn brought over the wire: how many events were parsed, the first bytes received
-    (to quote a server that does not speak server-sent events), and the raw fields litellm's chunks drop.
+    """What a streamed turn brought over the wire: the first bytes received (to tell and quote a server that
+    does not speak server-sent events), and the raw fields litellm's chunks drop.
 
     Our server puts `speculation` in `usage`; vLLM puts per-request `metrics.speculative_decoding` next to it on
     the final chunk (when started with `--per-request-spec-decode-metrics`, as `agent serve --engine vllm` does).
@@ -222,12 +222,11 @@ class _StreamTap:
 
     def __init__(self, stream) -> None:
         self.usage: dict = {}
-        self.events = 0
         self.head = bytearray()
         self.content_type = ""
+        self.watching = False  # whether the bytes are watched (else, for other providers, litellm is trusted)
         inner = getattr(stream, "completion_stream", None)
         if inner is None:
-            self.events = -1  # nothing to watch: trust litellm
             return
         self._watch_bytes(getattr(inner, "response", None) or getattr(inner, "http_response", None))
         parse = getattr(inner, "chunk_parser", None)
@@ -243,7 +242,6 @@ class _StreamTap:
 
         def tee():
             for chunk in inner:
-                self.events += 1
                 usage = getattr(chunk, "usage", None)
                 if usage is not None and hasattr(usage, "model_dump"):
                     self.usage.update(usage.model_dump(exclude_none=True))
@@ -255,6 +253,7 @@ class _StreamTap:
         """Keep the first bytes the httpx `response` streams."""
         if response is None or not callable(getattr(response, "iter_bytes", None)):
             return
+        self.watching = True
         self.content_type = str(getattr(response, "headers", {}).get("content-type", ""))
         original = response.iter_bytes
 
@@ -269,8 +268,10 @@ class _StreamTap:
     def problem(self) -> str | None:
         """Why the stream just read is not OpenAI-style server-sent events, or None when it is (or cannot be
         told: a provider whose bytes are not watched)."""
+        if not self.watching:
+            return None
         if not self.head:
-            return "a streamed request was answered without any stream events" if self.events == 0 else None
+            return "a streamed request was answered with an empty body"
         if self.content_type and not self.content_type.lower().startswith("text/event-stream"):
             return "a streamed request was answered with something other than server-sent events"
         lines = bytes(self.head).decode("utf-8", "replace").split("\n")

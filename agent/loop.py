@@ -220,8 +220,8 @@ class Agent:
     def run(self, state: RunState) -> Outcome:
         self._started = time.monotonic() if self.started is None else self.started
         steps, tokens, self._idle_turns = 0, 0, 0
-        if self.budget.timeout is not None:  # tool work stops at the run's wall-clock end too
-            self.workspace.deadline = self._started + self.budget.timeout
+        timeout = self.budget.timeout  # tool work stops at the run's wall-clock end too
+        self.workspace.deadline = None if timeout is None else self._started + timeout
         self._close_interrupted_turn(state)
         while True:
             if self.cancel is not None and self.cancel.is_set():

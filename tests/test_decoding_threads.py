@@ -5,7 +5,7 @@ import threading
 import pytest
 import torch
 
-from decoding import threads
+from decoding.engine import threads
 from decoding.engine.generation import generate
 from decoding.engine.target import GemmaTarget
 from decoding.engine.threads import ThreadPolicy, busy_elsewhere, choose_threads, pin_threads

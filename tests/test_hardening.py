@@ -514,6 +514,15 @@ def test_a_file_with_other_hard_links_is_edited_in_place(tmp_path):
     assert (tmp_path / "b.py").read_text() == "x = 1\n"
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_a_file_owned_by_another_user_keeps_its_owner(tmp_path):
+    path = tmp_path / "theirs.py"
+    path.write_text("x = 1\n")
+    os.chown(path, 12345, 12345)
+    apply_script_to_file(path, 'retain(4)\ndelete("1")\ninsert("2")')
+    assert path.read_text() == "x = 2\n" and (path.stat().st_uid, path.stat().st_gid) == (12345, 12345)
+
+
 def test_inserting_nul_into_a_text_file_is_refused(ws):
     result = ws.edit("stats.py", 'insert("\\u0000")')
     assert result.status == ERROR and "NUL" in result.output and (ws.root / "stats.py").read_text() == STATS

@@ -424,6 +424,14 @@ def apply_script_to_file(
 # -- the journal -------------------------------------------------------------------------------------------
 
 
+def _real(path: str | Path) -> str:
+    """The real path, or the absolute one when a folder on the way vanishes while it is resolved."""
+    try:
+        return os.path.realpath(path)
+    except OSError:
+        return os.path.abspath(path)
+
+
 def _is_record(record) -> bool:
     return isinstance(record, dict) and ("undo" in record or {"id", "path", "before", "after"} <= set(record))
 
@@ -468,7 +476,7 @@ class Journal:
         entry = {
             "id": entry_id,
             "time": time.time(),
-            "path": os.path.realpath(path),
+            "path": _real(path),
             "before": before,
             "after": after,
             "mode": mode,
@@ -515,7 +523,7 @@ class Journal:
 
     def undo(self, path: str | Path | None = None, *, force: bool = False) -> tuple[Path, str]:
         """Restore the file of the newest edit (of `path`, if given); returns (path, unified diff)."""
-        wanted = os.path.realpath(path) if path is not None else None
+        wanted = _real(path) if path is not None else None
         candidates = [e for e in self.entries() if wanted is None or e["path"] == wanted]
         if not candidates:
             raise UndoRefused(f"nothing to undo{f' for {path}' if path is not None else ''}")

@@ -114,10 +114,16 @@ class Workspace:
             base = Path(folder)
             for name in dirs + files:
                 path = base / name
-                inside = matches(path.relative_to(self.root).as_posix())
-                if inside and Path(os.path.realpath(path)).is_relative_to(self.root):
+                if matches(path.relative_to(self.root).as_posix()) and self._inside(path):
                     found.append(path)
         return sorted(found)
+
+    def _inside(self, path: Path) -> bool:
+        """Whether `path` resolves inside the root (False when it vanishes while being resolved)."""
+        try:
+            return Path(os.path.realpath(path)).is_relative_to(self.root)
+        except OSError:
+            return False
 
     # -- tools ---------------------------------------------------------------------------------------
 
