@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -131,7 +132,14 @@ def usage(prefix: tuple[str, ...] = ()) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _dispatch(list(sys.argv[1:] if argv is None else argv))
+    except BrokenPipeError:  # the reader went away (`agent --help | head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush is quiet too
+        return ExitCode.OK
+
+
+def _dispatch(argv: list[str]) -> int:
     if not argv and sys.stdin.isatty() and sys.stdout.isatty():
         argv = ["tui"]  # `agent` alone at a terminal opens the app
     for command in COMMANDS:
