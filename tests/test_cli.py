@@ -134,6 +134,6 @@ def test_help_piped_into_a_reader_that_stops_early_is_no_traceback(monkeypatch):
     """`agent --help | head -1`: the pipe closes under the help; that is the reader's choice, not an error."""
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader has gone
-    closed_pipe = io.TextIOWrapper(os.fdopen(write_end, "wb"), write_through=True)
+    closed_pipe = io.TextIOWrapper(os.fdopen(write_end, "wb", buffering=0), write_through=True)
     monkeypatch.setattr(sys, "stdout", closed_pipe)
     assert main(["--help"]) == 0
