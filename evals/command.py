@@ -47,7 +47,7 @@ LIVE_MAX_TOKENS = 4096  # per live reply
 
 EPILOG = """\
 examples:
-  agent eval --quick                          built-in suite, every drafter, about a minute on 2 cores
+  agent eval --quick                          built-in suite, every drafter, the cost table; minutes
   agent eval --cases edits.jsonl --drafters none --json out.json --plot out.png
                                               formats only: tokens and appliers, no model forward passes
   agent eval --from-git ~/src/project --limit 50 --drafters none

@@ -124,7 +124,8 @@ def summarize_cost(cases: list[dict], formats_summary: dict, drafters: Sequence[
     against the cheapest alternative on each edit]}` for the formats decoded and measured; no ratios without OT."""
     rows = {}
     for fmt in formats_summary:
-        drafter = best_drafter(cases, fmt, drafters)
+        baseline = BASELINES.get(fmt)  # on a tie the baseline's drafter is the best, so the pair is compared once
+        drafter = best_drafter(cases, fmt, sorted(drafters, key=lambda drafter: drafter != baseline))
         if drafter is not None:
             rows[fmt] = format_row(cases, fmt, drafter, apply_rates(formats_summary, fmt))
 

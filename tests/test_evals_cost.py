@@ -54,6 +54,13 @@ def test_each_format_gets_the_drafter_with_the_fewest_forwards_in_total(cost):
         case["decode"]["cursor"]["formats"]["ot"] = dict(case["decode"]["hybrid"]["formats"]["ot"])
     assert best_drafter(cases, "ot", DRAFTERS) == "cursor"
     assert best_drafter(cases, "ot-counts", DRAFTERS) is None
+    # whole ties ngram and cursor: the baseline's drafter (cursor) is its best, so it is compared once
+    for case in cases:
+        case["decode"]["ngram"]["formats"].get("whole", {})["target_forwards"] = 100
+    formats = synthetic_report()["summary"]["formats"]
+    cost = summarize_cost(cases, formats, DRAFTERS)
+    assert cost["formats"]["whole"]["drafter"] == "cursor"
+    assert [r["drafter"] for r in cost["ratios"] if r["format"] == "whole"] == ["cursor"]
 
 
 def test_a_format_row_divides_its_forwards_by_each_apply_rate(cost):
