@@ -9,7 +9,7 @@ from replay import ReplayServer, Turn
 from decoding.drafting.base import Draft, DraftContext
 from decoding.engine.generation import generate
 from evals.cases import load_suite
-from evals.command import main
+from evals.command import QUICK_DRAFTERS, QUICK_LANGUAGES, main
 from evals.decode import PromptCache, available_drafters, edit_prompt
 from evals.formats import reference_output
 
@@ -356,5 +356,15 @@ def test_quick_decodes_whole_files_only_on_the_shortest(tmp_path, monkeypatch):
     decoded = {case["id"]: set(case["decode"]["ngram"]["formats"]) for case in cases if case["decode"]}
     sizes = {case["id"]: len(case["before"]) for case in load_suite()}
     (whole,) = [case_id for case_id, formats in decoded.items() if "whole" in formats]
-    assert len(decoded) == 3 and sizes[whole] == min(sizes[case_id] for case_id in decoded)
+    assert len(decoded) == QUICK_LANGUAGES and sizes[whole] == min(sizes[case_id] for case_id in decoded)
     assert all(formats >= {"search-replace", "udiff", "ot"} for formats in decoded.values())
+
+
+def test_quick_times_the_drafters_that_pay_on_a_cpu(tmp_path, monkeypatch):
+    """--quick is the main job: it leaves out the MTP head, whose float32 verify rows only cost time on a CPU."""
+    out = tmp_path / "eval.json"
+    fake_decoding(monkeypatch, [])
+    assert main(["--quick", "--max-tokens", "0", "--json", str(out)]) == 0
+    decoded = [case["decode"] for case in json.loads(out.read_text())["cases"] if case["decode"]]
+    assert decoded and all(tuple(drafters) == QUICK_DRAFTERS for drafters in decoded)
+    assert "mtp" not in QUICK_DRAFTERS
