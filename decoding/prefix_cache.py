@@ -99,6 +99,9 @@ class PrefixCachingTarget:
     def logits(self, hidden: Tensor) -> Tensor:
         return self.target.logits(hidden)
 
+    def greedy(self, hidden: Tensor) -> list[int]:
+        return self.target.greedy(hidden)
+
     def rollback(self, length: int) -> None:
         self.target.rollback(length)
         del self.held[length:]
