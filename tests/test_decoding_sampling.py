@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from decoding.engine.sampling import SamplingParams, target_probs, verify_greedy, verify_sampling
+from decoding.engine.sampling import SamplingParams, accept_greedy, target_probs, verify_sampling
 
 # Chi-square critical value for 5 degrees of freedom at p = 0.001: a correct sampler fails 1 run in 1000,
 # and with fixed seeds these tests are deterministic.
@@ -76,11 +76,11 @@ def test_bonus_token_comes_from_the_last_row_when_all_drafts_pass():
 
 
 def test_greedy_verification_keeps_the_agreeing_prefix_and_the_targets_next_token():
-    logits = torch.log(P)  # argmax per row: 0, 2 (first of the tied 2/3), 5
-    assert verify_greedy([0, 2], logits) == (2, 5)
-    assert verify_greedy([0, 3], logits) == (1, 2)
-    assert verify_greedy([1, 2], logits) == (0, 0)
-    assert verify_greedy([], logits[:1]) == (0, 0)
+    best = torch.log(P).argmax(-1).tolist()  # 0, 2 (first of the tied 2/3), 5
+    assert accept_greedy([0, 2], best) == (2, 5)
+    assert accept_greedy([0, 3], best) == (1, 2)
+    assert accept_greedy([1, 2], best) == (0, 0)
+    assert accept_greedy([], best[:1]) == (0, 0)
 
 
 def test_top_k_and_top_p_shape_the_target_distribution():

@@ -7,6 +7,8 @@ the hidden rows the caller asks for: the 262,144 x 640 output layer is most of t
 
 from __future__ import annotations
 
+import warnings
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -100,6 +102,62 @@ def head_linear(x: Tensor, w: Tensor) -> Tensor:
     return F.linear(x, w)
 
 
+class GreedyHead:
+    """The argmax of each row's float32 logits at the cost of a float16 output layer: what greedy verification needs.
+
+    A float32 row reads all 671 MB of the 262,144 x 640 output layer and rows past two are compute-bound, so scoring
+    a k+1-row verify forward cost about k+1 times one row. Here a float16 copy of the layer (fbgemm's packed product:
+    half the bytes, float32 activations and sums) scores every row approximately; every token whose approximate
+    logit is within twice a proven error bound of the row's best is then scored exactly in float32, and the best of
+    those wins. The bound, (max_i ||w_i - f16(w_i)|| + 1e-4 max_i ||w_i||) ||h|| + 1e-3, covers the weights' rounding
+    and the float32 sums' (640 terms), so the result is the float32 argmax while only a few candidates per row are
+    scored in float32, each on its own so that its score never depends on which other candidates there were.
+    """
+
+    def __init__(self, w: Tensor):
+        with warnings.catch_warnings():  # fbgemm's ops are deprecated in favour of torchao, still in torch
+            warnings.simplefilter("ignore")
+            self.packed = torch.ops.quantized.linear_prepack_fp16(w, None)
+        self.w = w  # [V, D]
+        norms = w.norm(dim=1)
+        self.error_per_norm = float((w - w.half().float()).norm(dim=1).max() + 1e-4 * norms.max())
+
+    @staticmethod
+    def available(w: Tensor) -> bool:
+        return w.dtype == torch.float32 and "fbgemm" in torch.backends.quantized.supported_engines
+
+    def argmax(self, hidden: Tensor) -> list[int]:
+        """hidden [N, D] float32 -> the index of each row's largest logit, as in (w @ hidden.T).argmax(0)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            approx = torch.ops.quantized.linear_dynamic_fp16(hidden, self.packed)  # [N, V]
+        margin = 2 * (self.error_per_norm * hidden.norm(dim=1) + 1e-3)  # [N]
+        floor = approx.max(dim=1).values - margin  # [N]
+        tokens = []
+        for row, h in enumerate(hidden):
+            candidates = (approx[row] >= floor[row]).nonzero()[:, 0]  # ascending: a tie goes to the lower index
+            if 16 * len(candidates) > len(self.w):  # a flat row: the whole layer is cheaper than the gather
+                tokens.append(int(torch.mv(self.w, h).argmax()))
+            else:
+                exact = (self.w[candidates] * h).sum(dim=1)  # each dot product on its own: no blocking across rows
+                tokens.append(int(candidates[exact.argmax()]))
+        return tokens
+
+
+_GREEDY_HEADS: dict[int, tuple[weakref.ref, GreedyHead]] = {}
+
+
+def shared_greedy_head(weight: Tensor) -> GreedyHead:
+    """One `GreedyHead` per output-layer parameter: every target built on a model shares its packing."""
+    key = id(weight)
+    entry = _GREEDY_HEADS.get(key)
+    if entry is None or entry[0]() is not weight:
+        entry = (weakref.ref(weight), GreedyHead(weight.detach()))
+        _GREEDY_HEADS[key] = entry
+        weakref.finalize(weight, _GREEDY_HEADS.pop, key, None)
+    return entry[1]
+
+
 def rope_table(base: float, head_dim: int, capacity: int) -> tuple[Tensor, Tensor]:
     """cos, sin: [S, Dh] for the rotate-half RoPE layout."""
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
@@ -175,7 +233,10 @@ class Gemma3(nn.Module):
         self.embed_scale = torch.tensor(args.dim**0.5, dtype=self.dtype)
         self.blocks = nn.ModuleList(Block(args, layer, i) for i, layer in enumerate(decoder.layers))
         self.norm = RMSNorm(decoder.norm.weight, args.eps)
-        self.head = hf_model.get_output_embeddings().weight.detach()  # [V, D]; the embedding when tied
+        self._head_weight = hf_model.get_output_embeddings().weight
+        self.head = self._head_weight.detach()  # [V, D]; the embedding when tied
+        if GreedyHead.available(self.head):
+            shared_greedy_head(self._head_weight)  # packed now (seconds, once per model), not in the first request
         self._rope_capacity = 0
 
     def new_cache(self, capacity: int) -> KVCache:
@@ -215,6 +276,13 @@ class Gemma3(nn.Module):
                 x = block(x, cache, start, rope_global, mask_global, 0)
         cache.length = end
         return self.norm(x)
+
+    @torch.inference_mode()
+    def greedy(self, hidden: Tensor) -> list[int]:
+        """hidden: [N, D] -> each row's argmax token, as `logits(hidden).argmax(-1)` (the softcap keeps the order)."""
+        if not GreedyHead.available(self.head):
+            return self.logits(hidden).argmax(-1).tolist()
+        return shared_greedy_head(self._head_weight).argmax(hidden.float())
 
     @torch.inference_mode()
     def logits(self, hidden: Tensor) -> Tensor:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from decoding.drafting.base import AdaptiveK, DraftContext, Drafter
-from decoding.engine.sampling import SamplingParams, agreeing_prefix, target_probs, verify_greedy, verify_sampling
+from decoding.engine.sampling import SamplingParams, accept_greedy, target_probs, verify_sampling
 from decoding.engine.target import Target
 from decoding.engine.threads import ThreadPolicy
 
@@ -101,7 +101,7 @@ class Generation:
         hidden = target.forward(req.prompt)  # [T, D]
         self._keep_for_drafter(hidden)
         self.stats.target_forwards += 1
-        _, pending = self._verify([], None, target.logits(hidden[-1:]))
+        _, pending = self._verify([], None, hidden[-1:])
         chunk = self._emit([pending])
         if chunk:
             yield chunk
@@ -154,34 +154,39 @@ class Generation:
         """
         chunk = self.target.logit_chunk
         if not self._greedy or not chunk or chunk > len(draft):
-            return self._verify(draft, draft_probs, self.target.logits(hidden))
+            return self._verify(draft, draft_probs, hidden)
         start = 0
         while True:
             end = min(start + chunk, len(draft) + 1)
-            accepted, token = self._verify_greedy(draft[start : end - 1], self.target.logits(hidden[start:end]), start)
+            accepted, token = self._verify_greedy(draft[start : end - 1], hidden[start:end], start)
             if end == len(draft) + 1 or start + accepted < end - 1 or token != draft[end - 1]:
                 return start + accepted, token
             start = end  # the chunk's last row confirmed draft[end - 1]; the next row predicts draft[end]
 
-    def _verify(self, draft: list[int], draft_probs: torch.Tensor | None, logits: torch.Tensor) -> tuple[int, int]:
+    def _verify(self, draft: list[int], draft_probs: torch.Tensor | None, hidden: torch.Tensor) -> tuple[int, int]:
+        """Verify `draft` from the hidden rows [k+1, D] that score it."""
         if self._greedy:
-            return self._verify_greedy(draft, logits)
-        return verify_sampling(draft, draft_probs, target_probs(logits, self.request.sampling), self._generator)
+            return self._verify_greedy(draft, hidden)
+        probs = target_probs(self.target.logits(hidden), self.request.sampling)
+        return verify_sampling(draft, draft_probs, probs, self._generator)
 
     @property
     def _greedy(self) -> bool:
         return self.request.sampling.greedy or self.request.reference is not None
 
-    def _verify_greedy(self, draft: list[int], logits: torch.Tensor, offset: int = 0) -> tuple[int, int]:
-        """`verify_greedy`; under a reference, the draft's agreeing prefix with it and the reference's next token.
+    def _verify_greedy(self, draft: list[int], hidden: torch.Tensor, offset: int = 0) -> tuple[int, int]:
+        """`accept_greedy` on the target's argmax tokens of hidden rows [k+1, D]; under a reference (which the
+        target's tokens are computed for all the same, as a model writing it would), the draft's agreeing prefix
+        with it and the reference's next token.
 
         `offset`: where `draft` starts within the current draft (chunked verification).
         """
+        best = greedy_tokens(self.target, hidden)
         reference = self.request.reference
         if reference is None:
-            return verify_greedy(draft, logits)
+            return accept_greedy(draft, best)
         at = len(self.tokens) + offset
-        return agreeing_prefix(draft, reference[at : at + len(draft) + 1])
+        return accept_greedy(draft, reference[at : at + len(draft) + 1])
 
     def _count(self, drafted: int, accepted: int, source: str | None) -> None:
         stats = self.stats
@@ -211,6 +216,12 @@ class Generation:
                 break
         self.tokens.extend(out)
         return out
+
+
+def greedy_tokens(target: Target, hidden: torch.Tensor) -> list[int]:
+    """Each hidden row's argmax token: the target's own `greedy` where it has one (ours: exact at int8 cost)."""
+    greedy = getattr(target, "greedy", None)
+    return greedy(hidden) if greedy is not None else target.logits(hidden).argmax(-1).tolist()
 
 
 def generate(target: Target, prompt: Sequence[int], max_new_tokens: int, **options) -> Generation:

@@ -102,6 +102,9 @@ class PrefixCachingTarget:
     def embedding_tables(self) -> tuple[Tensor, Tensor]:
         return self.target.embedding_tables()
 
+    def greedy(self, hidden: Tensor) -> list[int]:
+        return self.target.greedy(hidden)
+
     def rollback(self, length: int) -> None:
         self.target.rollback(length)
         del self.held[length:]

@@ -56,20 +56,15 @@ def sample(probs: Tensor, generator: torch.Generator | None) -> int:
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-def verify_greedy(draft: list[int], logits: Tensor) -> tuple[int, int]:
-    """logits [k+1, V] at the positions predicting draft[0..k-1] and the bonus.
+def accept_greedy(draft: list[int], best: list[int]) -> tuple[int, int]:
+    """best: the target's argmax token at the k+1 positions predicting draft[0..k-1] and the bonus.
 
     Returns (accepted, next_token): the agreeing prefix length and the target's own token after it.
     """
-    return agreeing_prefix(draft, logits.argmax(dim=-1).tolist())  # [k+1] choices
-
-
-def agreeing_prefix(draft: list[int], choices: list[int]) -> tuple[int, int]:
-    """How many draft tokens equal the chosen tokens [k+1] position by position, and the choice after them."""
     accepted = 0
-    while accepted < len(draft) and draft[accepted] == choices[accepted]:
+    while accepted < len(draft) and draft[accepted] == best[accepted]:
         accepted += 1
-    return accepted, choices[accepted]
+    return accepted, best[accepted]
 
 
 def verify_sampling(

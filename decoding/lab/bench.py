@@ -10,9 +10,10 @@ drafting changes. The peer's prefill is timed by its own `generate(max_new_token
 adds the acceptance at each draft position (free-running: the draft against the tokens the target actually
 produced), which drafter the accepted tokens came from, and the drafter's own time per drafted token.
 
-After each (dtype, threads) table come the engine's own figures: the verify-cost curve (the time of a forward of
-k+1 rows with their logits ÷ that of one row: what a drafted token costs when it is rejected) and the prefix cache's
-time to the first token of a prompt sharing a 2,000-token prefix with the prompt before, cold ÷ warm.
+After each (dtype, threads) table come the engine's own figures: the verify-cost curve (the time of a greedy verify
+forward of k+1 rows, argmax tokens included, ÷ that of one row: what drafted tokens cost when they are rejected)
+and the prefix cache's time to the first token of a prompt sharing a 2,000-token prefix with the prompt before,
+cold ÷ warm.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch
 from decoding.drafting.base import Draft, DraftContext, Drafter
 from decoding.drafting.drafters import make_drafter
 from decoding.drafting.mtp import MTPDrafter, MTPError, shared_head
-from decoding.engine.generation import Generation, GenerationRequest
+from decoding.engine.generation import Generation, GenerationRequest, greedy_tokens
 from decoding.engine.loading import load_model
 from decoding.engine.prefix_cache import PrefixCachingTarget
 from decoding.engine.target import GemmaTarget, Target, make_target
@@ -151,8 +152,8 @@ PREFIX_TOKENS = 2000
 def verify_cost(
     target: Target, ids: Sequence[int], ks: Sequence[int] = VERIFY_KS, repeats: int = 3
 ) -> dict[int, float]:
-    """Seconds of a verify forward of k+1 rows plus their logits, after the prompt `ids` (best of `repeats`,
-    the ks interleaved so load falls on all alike); the rows are the prompt's own last max(ks)+1 tokens."""
+    """Seconds of a greedy verify forward of k+1 rows and their argmax tokens, after the prompt `ids` (best of
+    `repeats`, the ks interleaved so load falls on all alike); the rows are the prompt's own last max(ks)+1 tokens."""
     rows = max(ks) + 1
     target.reset(len(ids) + 1)
     target.forward(list(ids[:-rows]))
@@ -161,7 +162,7 @@ def verify_cost(
     for _ in range(repeats):
         for k in ks:
             target.rollback(base)
-            _, seconds = _timed(lambda k=k: target.logits(target.forward(list(ids[-rows:][: k + 1]))))
+            _, seconds = _timed(lambda k=k: greedy_tokens(target, target.forward(list(ids[-rows:][: k + 1]))))
             best[k] = min(seconds, best.get(k, seconds))
     return best
 
@@ -203,7 +204,7 @@ def format_engine(costs: dict[int, float], prefix: PrefixFigures | None) -> str:
     """The verify-cost curve and the prefix cache's first-token times as two lines."""
     one = costs[0]
     curve = ", ".join(f"k={k} {seconds / one:.2f}" for k, seconds in costs.items())
-    lines = [f"verify cost (k+1 rows with logits ÷ one row of {1000 * one:.0f} ms): {curve}"]
+    lines = [f"verify cost (a greedy forward of k+1 rows ÷ one row, {1000 * one:.0f} ms): {curve}"]
     if prefix is not None:
         lines.append(
             f"prefix cache: first token of a {prefix.prompt_tokens}-token prompt, {prefix.cached_tokens} of them "
