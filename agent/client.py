@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 PREDICTION_PROVIDERS = ("openai", "hosted_vllm", "mistral")  # take OpenAI's `prediction` field, or ignore it
+GROUNDING_PROVIDER = "hosted_vllm"  # local OpenAI-compatible servers: ours grounds edits, vLLM ignores the field
 
 
 class ModelUnavailable(Exception):
@@ -70,13 +71,16 @@ class Model:
         self.api_key = api_key or ("none" if api_base else None)
 
     @property
+    def provider(self) -> str | None:
+        try:
+            return _litellm().get_llm_provider(model=self.name, api_base=self.api_base)[1]
+        except Exception:  # litellm raises for names it cannot place
+            return None
+
+    @property
     def takes_prediction(self) -> bool:
         """Whether the provider accepts a `prediction` field (others may reject the request for it)."""
-        try:
-            provider = _litellm().get_llm_provider(model=self.name, api_base=self.api_base)[1]
-        except Exception:  # litellm raises for names it cannot place
-            return False
-        return provider in PREDICTION_PROVIDERS
+        return self.provider in PREDICTION_PROVIDERS
 
     def where(self) -> str:
         return self.api_base or f"the {self.name.split('/')[0]} provider's default endpoint"
@@ -100,12 +104,17 @@ class Model:
         *,
         tools: list[dict] | None = None,
         prediction: str | None = None,
+        prediction_path: str | None = None,
         max_tokens: int | None = None,
         timeout: float | None = None,
         on_text: Callable[[str], None] | None = None,
         cancel: threading.Event | None = None,
     ) -> Reply:
         """Stream one assistant turn; `prediction` is the text the server may draft from (Predicted Outputs).
+
+        With `prediction_path` (the file the prediction is), a local server (`hosted_vllm/…`) is also asked to ground
+        the reply's ```edit blocks for that file in it: Retain's server then only lets the model quote text the file
+        has (vLLM ignores the field).
 
         `on_text` gets each piece of reply text as it arrives. Setting `cancel` stops reading at the next
         chunk and closes the connection (a server that notices stops generating), raising ModelCancelled.
@@ -117,8 +126,11 @@ class Model:
         kwargs: dict = {"stream": True, "stream_options": {"include_usage": True}}
         if tools:
             kwargs["tools"] = tools
-        if prediction is not None and self.takes_prediction:
+        provider = self.provider
+        if prediction is not None and provider in PREDICTION_PROVIDERS:
             kwargs["extra_body"] = {"prediction": {"type": "content", "content": prediction}}
+            if prediction_path is not None and provider == GROUNDING_PROVIDER:
+                kwargs["extra_body"]["grounding"] = {"mode": "edit", "path": prediction_path}
         if max_tokens:
             kwargs["max_tokens"] = max_tokens
         tap = None

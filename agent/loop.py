@@ -229,11 +229,13 @@ class Agent:
             spent = self._budget_spent(steps, tokens)
             if spent:
                 return self._end(state, Outcome("budget", spent))
+            prediction = self._prediction(state)
             try:
                 reply = self.model.complete(
                     self.transcript.redact(state.messages),  # secrets in the task or a reply never reach the model
                     tools=tool_specs() if self.native_tools else None,
-                    prediction=self._prediction(state),
+                    prediction=prediction,
+                    prediction_path=state.focus if prediction is not None else None,
                     max_tokens=self._tokens_left(tokens),
                     timeout=self._time_left(TURN_TIMEOUT),
                     on_text=self.on_text,

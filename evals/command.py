@@ -17,6 +17,7 @@ from pathlib import Path
 
 from evals.cases import load_cases, load_suite, mine_git
 from evals.formats import FORMATS
+from evals.progress import Progress
 from evals.report import plot, render, write_report
 from evals.run import (
     MAX_TOKENS,
@@ -122,6 +123,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "name, or 'embedded' to start the embedded server)")
     parser.add_argument("--api-base", metavar="URL", help="the live model's OpenAI-compatible endpoint")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per live reply (default: 600)")
+    parser.add_argument("--grounding", action="store_true",
+                        help="instead, the grounded-decoding eval: the embedded base model writes the built-in "
+                             "suite's edits few-shot, grounding off and on; closed / parsed / applied / exact per "
+                             "mode (about 15 minutes on 2 cores; --limit N for fewer)")
     parser.add_argument("--json", type=Path, metavar="OUT",
                         help="also write every per-case figure as JSON (rewritten after each case decoded)")
     parser.add_argument("--resume", action="store_true",
@@ -183,6 +188,8 @@ def run_command(args: argparse.Namespace) -> int:
             problem = f"{out} is a directory" if out.is_dir() else f"no directory {out.parent} to write {out.name} in"
             print(f"agent eval: {option}: {problem}", file=sys.stderr)
             return 2
+    if args.grounding:
+        return _grounding(args)
     try:
         default = "none" if args.model else ",".join(QUICK_DRAFTERS) if args.quick else "all"
         drafters = _drafters(args.drafters or default)
@@ -253,6 +260,28 @@ def decoded_cases(cases: list[dict], args: argparse.Namespace) -> tuple[list[dic
     if args.whole_cases:
         return decoded, {case["id"] for case in stratify(decoded, args.whole_cases)}
     return decoded, {case["id"] for case in shortest(decoded, 1)} if args.quick else None
+
+
+def _grounding(args: argparse.Namespace) -> int:
+    """The grounded-decoding eval (evals/grounded.py) on the built-in suite."""
+    from dataclasses import asdict
+
+    from decoding.engine.loading import load_model
+    from evals.grounded import MODES, format_summary, run_grounded, snippets, summary
+
+    cases = snippets()[: args.limit]
+    print("loading the embedded model …", file=sys.stderr)
+    loaded = load_model()
+    bar = Progress(len(cases) * len(MODES), "grounded")
+    results = run_grounded(loaded, cases, on_case=None, before_case=lambda i, mode: bar.step(f"{cases[i].id} {mode}"))
+    bar.close()
+    table = summary(results)
+    print(format_summary(table))
+    if args.json:
+        rows = {mode: [{"id": case.id, **asdict(o)} for case, o in zip(cases, outcomes, strict=True)]
+                for mode, outcomes in results.items()}
+        args.json.write_text(json.dumps({"summary": table, "cases": rows}, indent=1), encoding="utf-8")
+    return 0
 
 
 def _live(report: dict, cases: list[dict], args: argparse.Namespace) -> int:

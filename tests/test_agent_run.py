@@ -397,6 +397,17 @@ def test_prediction_is_sent_only_to_providers_that_take_it(name, takes):
     assert Model(name, "http://127.0.0.1:1/v1").takes_prediction is takes
 
 
+def test_a_local_server_is_asked_to_ground_edits_in_the_predicted_file(ws, capsys, monkeypatch):
+    turns = [Turn("```read stats.py```"), Turn(f"```edit stats.py\n{FIX_MEAN}\n```"), Turn("```done\nfixed\n```")]
+    with ReplayServer(turns, model="gemma") as server:
+        code, *_ = run(ws, capsys, None, "--model", "hosted_vllm/gemma", "--api-base", server.url, counter=words)
+    assert code == 0
+    first, edit_turn, _ = server.requests
+    assert "grounding" not in first  # no file yet: nothing to ground in
+    assert edit_turn["grounding"] == {"mode": "edit", "path": "stats.py"}
+    assert edit_turn["prediction"] == {"type": "content", "content": STATS}
+
+
 def test_a_reply_cut_off_at_the_output_limit_is_not_applied_and_the_model_is_told(ws, capsys):
     cut = Turn('```edit stats.py\nretain("return total(items) / ")\ndelete("len(items)")\nins', finish_reason="length")
     with ReplayServer([cut, Turn("```done\nok\n```")]) as server:

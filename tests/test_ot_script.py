@@ -41,6 +41,9 @@ def test_newlines_alone_separate_and_brackets_are_optional():
         ('insert("abc', "unfinished string literal"),
         ("retain 5", "expected '(' after retain"),
         ("retain(1)] x", "found ']'"),
+        ("retain(\u09e9)", "retain expects a count or a JSON string"),  # a Bengali 3: counts are ASCII digits
+        ('insert("\\u12G4")', "invalid escape '\\\\u12G4'"),
+        ("retax(1)", "unknown operation 'retax'"),
     ],
 )
 def test_malformed_scripts_name_the_problem(script, message):

@@ -19,7 +19,7 @@ from tools.ot import Delete, Insert, Op, OTError, Retain
 OP_NAMES = ("retain", "delete", "insert")
 _STRING_STOP = re.compile(r'["\\]')
 _NAME = re.compile(r"[A-Za-z_]\w*")
-_DIGITS = re.compile(r"\d+")
+_DIGITS = re.compile(r"[0-9]+")  # ASCII only: `\d` and isdigit() take any script's digits
 _SURROGATE = re.compile("[\ud800-\udfff]")
 MAX_COUNT_DIGITS = 18  # a count longer than this is larger than any file (and than Python parses quickly)
 
@@ -66,6 +66,48 @@ class ScriptParser:
         if self._state != _STRING:
             return None
         return self._name, _decode_prefix(self._buf[self._arg_start + 1 : self._pos])
+
+    @property
+    def partial_count(self) -> str | None:
+        """Digits of a count still being written (the next character may add more), else None."""
+        return self._buf[self._arg_start : self._pos] if self._state == _NUMBER else None
+
+    @property
+    def between_ops(self) -> bool:
+        """Whether the text so far ends between operations (no name, argument or comment open)."""
+        return self._state in (_BETWEEN, _END) and self._pos == len(self._buf)
+
+    @property
+    def in_comment(self) -> bool:
+        return self._state == _COMMENT
+
+    @property
+    def in_escape(self) -> bool:
+        """Whether a string literal ends in an escape still being written (`\\` or `\\u12`)."""
+        return self._state == _STRING and self._pos < len(self._buf)
+
+    @property
+    def ended(self) -> bool:
+        """Whether the closing `]` has been read: only whitespace and comments may follow."""
+        return self._state == _END
+
+    @property
+    def pending_op(self) -> Op | None:
+        """The op whose argument is complete but whose `)` has not been read yet, else None (also when the
+        argument is bad: the `)` will say so)."""
+        if self._state != _CLOSE:
+            return None
+        try:
+            return self._make_op(self._buf[self._arg_start : self._pos].rstrip())
+        except ScriptSyntaxError:
+            return None
+
+    def fork(self) -> ScriptParser:
+        """An independent copy that has read the same text (to try a continuation without committing to it)."""
+        copy = object.__new__(ScriptParser)
+        copy.__dict__.update(self.__dict__)
+        copy.ops = list(self.ops)
+        return copy
 
     def feed(self, chunk: str) -> list[Op]:
         self._buf += chunk
@@ -124,6 +166,8 @@ class ScriptParser:
             if not match:
                 raise self._error(f"expected retain(…), delete(…) or insert(…), found {ch!r}", pos)
             if match.end() == len(buf):
+                if not any(op.startswith(match.group()) for op in OP_NAMES):
+                    raise self._error(f"unknown operation {match.group()!r}…; expected retain, delete or insert", pos)
                 return _NEED_MORE  # the name may continue in the next chunk
             name = match.group()
             if name not in OP_NAMES:
@@ -147,7 +191,7 @@ class ScriptParser:
                 self._state, self._arg_start, self._string_scan = _STRING, pos, pos + 1
                 self._pos = pos + 1
                 return None
-            if ch.isdigit():
+            if "0" <= ch <= "9":
                 if self._name == "insert":
                     raise self._error('insert takes a quoted string, e.g. insert("text")', pos)
                 self._state, self._arg_start = _NUMBER, pos
@@ -174,7 +218,7 @@ class ScriptParser:
         self._pos = pos + 1
         self._state = _BETWEEN
         self._seen_op = True
-        return self._make_op()
+        return self._make_op(self._buf[self._arg_start : pos].rstrip())
 
     def _scan_string(self) -> Op | _NeedMore | None:
         buf = self._buf
@@ -185,17 +229,24 @@ class ScriptParser:
                 self._pos = self._string_scan = len(buf)
                 return _NEED_MORE
             if match.group() == "\\":
-                if match.end() == len(buf):
+                size = _escape_size(buf, match.end())
+                if size is None:
                     self._pos = self._string_scan = match.start()
                     return _NEED_MORE  # the escaped character has not arrived yet
-                pos = match.end() + 1
+                if size == 0:
+                    escape = buf[match.start() : match.end() + (5 if buf[match.end()] == "u" else 1)]
+                    raise self._error(
+                        f"bad string literal: invalid escape {escape!r}; JSON strings take \\\\ \\\" \\n \\t \\r "
+                        "\\b \\f \\/ and \\uXXXX",
+                        match.start(),
+                    )
+                pos = match.end() + size
                 continue
             self._state = _CLOSE
             self._pos = self._string_scan = match.end()
             return None
 
-    def _make_op(self) -> Op:
-        literal = self._buf[self._arg_start : self._pos - 1].rstrip()
+    def _make_op(self, literal: str) -> Op:
         if literal.startswith('"'):
             try:
                 text = json.loads(literal, strict=False)
@@ -233,6 +284,25 @@ class ScriptParser:
         line = self._buf.count("\n", 0, index) + 1
         column = index - (self._buf.rfind("\n", 0, index) + 1) + 1
         return ScriptSyntaxError(message, line, column)
+
+
+_SIMPLE_ESCAPES = frozenset('"\\/bfnrt')
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _escape_size(buf: str, at: int) -> int | None:
+    """Characters after a backslash at `at - 1` that its escape takes: 1, or 5 for \\uXXXX; 0 when it is no JSON
+    escape; None when the buffer ends before that can be told."""
+    if at == len(buf):
+        return None
+    if buf[at] in _SIMPLE_ESCAPES:
+        return 1
+    if buf[at] != "u":
+        return 0
+    digits = buf[at + 1 : at + 5]
+    if not all(ch in _HEX for ch in digits):
+        return 0
+    return 5 if len(digits) == 4 else None
 
 
 class _NeedMore:

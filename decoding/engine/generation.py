@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from decoding.drafting.base import AdaptiveK, DraftContext, Drafter
+from decoding.engine.grounding import EditGrounding
 from decoding.engine.sampling import SamplingParams, accept_greedy, target_probs, verify_sampling
 from decoding.engine.target import Target
 from decoding.engine.threads import ThreadPolicy
@@ -64,6 +65,8 @@ class GenerationRequest:
     # Forced output (evals): drafts are verified against these tokens instead of the target's choice, while the
     # target still runs every verify forward, so forwards and time are those of a model that writes exactly this.
     reference: list[int] | None = None
+    # Edit blocks the target may only write grounded in the file (`decoding.engine.grounding`); None = free.
+    grounding: EditGrounding | None = None
 
     def __post_init__(self):
         if not self.prompt:
@@ -101,7 +104,7 @@ class Generation:
         hidden = target.forward(req.prompt)  # [T, D]
         self._keep_for_drafter(hidden)
         self.stats.target_forwards += 1
-        _, pending = self._verify([], None, hidden[-1:])
+        _, pending = self._verify_rows([], None, hidden[-1:])
         chunk = self._emit([pending])
         if chunk:
             yield chunk
@@ -152,6 +155,9 @@ class Generation:
 
         When output-layer cost grows with rows (float32 on CPU), rows after the first rejection are never scored.
         """
+        grounding = self.request.grounding
+        if grounding is not None and self.request.reference is None:
+            return self._verify_grounded(grounding, draft, hidden)
         chunk = self.target.logit_chunk
         if not self._greedy or not chunk or chunk > len(draft):
             return self._verify(draft, draft_probs, hidden)
@@ -162,6 +168,32 @@ class Generation:
             if end == len(draft) + 1 or start + accepted < end - 1 or token != draft[end - 1]:
                 return start + accepted, token
             start = end  # the chunk's last row confirmed draft[end - 1]; the next row predicts draft[end]
+
+    def _verify_grounded(self, grounding: EditGrounding, draft: list[int], hidden: torch.Tensor) -> tuple[int, int]:
+        """Row by row, the token grounded plain decoding would take there; drafts are kept while they equal it.
+
+        Plain decoding takes the target's choice among the allowed tokens (greedy: the best one; sampling: a draw
+        from the distribution renormalized over them). Emitting that token at every row and going on only while
+        it equals the draft gives exactly plain decoding's output, for any drafter.
+        """
+        best = greedy_tokens(self.target, hidden) if self._greedy else None
+
+        def take(row: int) -> int:
+            if best is not None:
+                token = best[row]
+                if not grounding.allows(token):
+                    token = grounding.best_allowed(self.target.logits(hidden[row : row + 1])[0])
+            else:
+                probs = target_probs(self.target.logits(hidden[row : row + 1]), self.request.sampling)[0]
+                token = grounding.sample(probs, self._generator)
+            grounding.advance(token)
+            return token
+
+        for row, drafted in enumerate(draft):
+            token = take(row)
+            if token != drafted:
+                return row, token
+        return len(draft), take(len(draft))
 
     def _verify(self, draft: list[int], draft_probs: torch.Tensor | None, hidden: torch.Tensor) -> tuple[int, int]:
         """Verify `draft` from the hidden rows [k+1, D] that score it."""

@@ -11,6 +11,11 @@ drafter that proposed them, e.g. {"ngram": 40, "mtp": 12}) and, only for a reque
 `completion_tokens_details.accepted_prediction_tokens` / `rejected_prediction_tokens`: the draft tokens copied from
 that prediction which the model accepted / rejected (see PredictionTally).
 
+`grounding: "off" | "edit" | {"mode": "edit", "path": "src/app.py"}` (default "edit" when the request sends a
+`prediction` or its prompt ends inside an ```edit block): inside ```edit blocks (for `path`, when given) the model
+may only write a well-formed edit script whose quoted text the file has (`decoding.engine.grounding`);
+`usage.grounding = {blocks, constrained_tokens, released_blocks}` reports it.
+
 A prefix cache keeps the keys and values of recent prompts and outputs (`decoding.engine.prefix_cache`): a request that
 shares a prefix with one before prefills only the rest, and `usage.prompt_tokens_details.cached_tokens` says how
 many prompt tokens it reused, as OpenAI's does.
@@ -29,12 +34,21 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from decoding.drafting.drafters import SPECULATION_METHODS, make_drafter
 from decoding.drafting.mtp import MTPError
 from decoding.engine.generation import Generation, GenerationRequest, SpecStats
+from decoding.engine.grounding import (
+    GROUNDING_MODES,
+    PROMPT_TAIL,
+    EditGrounding,
+    GroundingMode,
+    GroundingStats,
+    opens_edit_block,
+    vocabulary,
+)
 from decoding.engine.loading import LoadedModel, load_model
 from decoding.engine.prefix_cache import DEFAULT_MAX_BYTES, PrefixCachingTarget
 from decoding.engine.sampling import SamplingParams
@@ -106,6 +120,8 @@ class Job:
     stop: list[str]
     stream: bool
     include_usage: bool
+    grounding: GroundingMode = "off"
+    grounding_path: str | None = None  # only ```edit blocks for this path are grounded in the prediction
     events: queue.Queue = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
@@ -172,9 +188,30 @@ def parse_request(body, chat: bool, model_name: str) -> Job:
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise RequestError("stream_options must be an object", "stream_options")
+    grounding, grounding_path = _grounding(body.get("grounding"), prediction, prompt)
     return Job(
-        chat, prompt, max_tokens, sampling, speculation, prediction, stop, stream, bool(options.get("include_usage"))
+        chat, prompt, max_tokens, sampling, speculation, prediction, stop, stream, bool(options.get("include_usage")),
+        grounding, grounding_path,
     )
+
+
+def _grounding(given, prediction: str | None, prompt: str) -> tuple[GroundingMode, str | None]:
+    """(mode, path) from the request's `grounding`: "off", "edit" or {"mode": ..., "path": ...}; absent means
+    "edit" when the request sends the file (`prediction`) or its prompt ends inside an ```edit block."""
+    path = None
+    if isinstance(given, dict):
+        unknown = set(given) - {"mode", "path"}
+        if unknown:
+            raise RequestError(f"grounding has no field {sorted(unknown)[0]!r}; it takes mode and path", "grounding")
+        path = given.get("path")
+        if path is not None and (not isinstance(path, str) or not path):
+            raise RequestError("grounding.path must be a non-empty string", "grounding")
+        given = given.get("mode", "edit")
+    if given is None:
+        return ("edit" if prediction is not None or opens_edit_block(prompt[-PROMPT_TAIL:]) else "off"), None
+    if given not in GROUNDING_MODES:
+        raise RequestError('grounding must be "off", "edit" or {"mode": "edit", "path": "..."}', "grounding")
+    return given, path
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -262,6 +299,7 @@ class Service:
             sources=sources,
             source_text=job.prediction or None,
             stop_ids=self.eos_ids,
+            grounding=self._grounding(job),
         )
         generation = Generation(self.target, request)
         text = TextStream(self.tokenizer, job.stop)
@@ -277,8 +315,15 @@ class Service:
         finish = "stop" if text.stopped else generation.finish_reason or "stop"
         cached = self.target.reused if isinstance(self.target, PrefixCachingTarget) else 0
         predicted = None if tally is None else tally.counts(text.tokens)
-        used = Usage(len(prompt_ids), cached, len(text.tokens), generation.stats, predicted)
+        grounded = None if request.grounding is None else request.grounding.stats
+        used = Usage(len(prompt_ids), cached, len(text.tokens), generation.stats, predicted, grounded)
         job.events.put(("done", (finish, used)))
+
+    def _grounding(self, job: Job) -> EditGrounding | None:
+        if job.grounding == "off":
+            return None
+        vocab = vocabulary(self.tokenizer)
+        return EditGrounding(vocab, job.prediction, self.eos_ids, job.grounding_path, job.prompt[-PROMPT_TAIL:])
 
 
 def check_context(prompt_tokens: int, max_tokens: int, context_length: int, chat: bool) -> None:
@@ -340,6 +385,7 @@ class Usage:
     completion_tokens: int
     stats: SpecStats
     predicted: tuple[int, int] | None = None  # (accepted, rejected) prediction tokens; None: no prediction sent
+    grounding: GroundingStats | None = None  # None: the request was not grounded
 
     def as_dict(self) -> dict:
         """OpenAI's `usage` object with our `speculation` figures (every drafter's totals)."""
@@ -356,6 +402,8 @@ class Usage:
                 "rejected_prediction_tokens": rejected,
             }
         report["speculation"] = self.stats.as_dict()
+        if self.grounding is not None:
+            report["grounding"] = asdict(self.grounding)
         return report
 
 

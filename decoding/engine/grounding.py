@@ -1,0 +1,394 @@
+"""Grounded decoding: while the model writes an edit script, the target may only choose text the file has.
+
+The commonest failed edit, for every agent and format, is quoted text that is not in the file (tabs for spaces,
+CRLF, escapes, a word the model misremembers). When the server knows the file (the request's `prediction`), it
+can rule such text out as it is decoded. `EditGrounding` follows the reply token by token; inside an ```edit
+block it runs the script parser (`tools.ot_script.ScriptParser`) and a cursor into the file, and a token is
+allowed only when the block stays a well-formed script that the applier (`tools.patch`) will place:
+
+- names, punctuation and escapes keep the script parseable (no dead ends: `retai` may become `retain`, `retax`
+  may not);
+- a quoted `delete("…")` / `retain("…")` continues text that occurs in the file at or after the last edit, and
+  closes only where the applier finds it: within QUOTE_RADIUS of the cursor, or once anywhere after it;
+- a count never runs past the end of the file;
+- inserts are free; a stop token may only end the reply between operations.
+
+The engine asks `allows(token)` of the target's own choice first (nearly always yes), and only on a refusal looks
+further: the target's next best choices, then every allowed token, found by walking the vocabulary sorted by text
+along the characters the script may take next (`Vocabulary`). Greedy takes the best allowed token; sampling draws
+from the target's distribution renormalized over the allowed tokens. Speculative verification applies the same rule
+at each verified row, so grounded speculative output equals grounded plain output.
+
+Blocks outside the file (an ```edit fence naming another path than the request's) get the syntax rules only; a
+block where no token is allowed (a non-ASCII byte the script cannot take, say) is released: decoded freely to its
+end, and counted.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_left
+from dataclasses import dataclass
+from functools import cache
+from typing import Literal
+
+import torch
+
+from tools.ot import Delete, Insert, Op
+from tools.ot_script import MAX_COUNT_DIGITS, OP_NAMES, ScriptParser, ScriptSyntaxError
+from tools.patch import QUOTE_RADIUS
+
+GroundingMode = Literal["off", "edit"]
+GROUNDING_MODES: tuple[GroundingMode, ...] = ("off", "edit")
+PROMPT_TAIL = 8000  # characters at the end of a prompt looked at for an ```edit block it leaves open
+FIRST_CHOICES = 64  # the target's best tokens tried, in order, before the allowed set is enumerated
+SAMPLING_TRIES = 32  # draws from the unmasked distribution before sampling from the enumerated allowed set
+LINE_TAIL = 512  # characters of the current line kept outside blocks (enough for a fence line)
+_EDIT_FENCE = re.compile(r"(?P<fence>`{3,})edit(?![\w-])[ \t]*(?P<path>[^\n]*?)[ \t]*")
+_BYTE_PIECE = re.compile(r"<0x([0-9A-F]{2})>")
+_WHITESPACE = frozenset(chr(code) for code in range(0x3001) if chr(code).isspace())  # the parser's separators
+_SYNTAX_CHARS = frozenset(",[]#()\"0123456789" + "".join(OP_NAMES)) | _WHITESPACE
+_ESCAPE_CHARS = frozenset('"\\/bfnrtu0123456789abcdefABCDEF')
+
+
+class Vocabulary:
+    """Each token's text as decoded alone, and the texts sorted, for finding tokens by their leading characters.
+
+    `texts[id]` is None for control tokens (`<eos>`, turn markers) and for byte tokens of non-ASCII bytes (half a
+    character: a script cannot take them, a reply outside one can).
+    """
+
+    def __init__(self, tokenizer) -> None:
+        size = len(tokenizer)
+        pieces = tokenizer.convert_ids_to_tokens(list(range(size)))
+        control = set(tokenizer.all_special_ids)
+        control |= {index for index, added in tokenizer.added_tokens_decoder.items() if added.special}
+        self.control = frozenset(control)
+        self.texts: list[str | None] = []
+        for index, piece in enumerate(pieces):
+            byte = _BYTE_PIECE.fullmatch(piece)
+            if index in control:
+                text = None
+            elif byte:
+                value = int(byte.group(1), 16)
+                text = chr(value) if value < 0x80 else None
+            else:
+                text = piece.replace("\u2581", " ")
+            self.texts.append(text or None)
+        by_text: dict[str, list[int]] = {}
+        for index, text in enumerate(self.texts):
+            if text is not None:
+                by_text.setdefault(text, []).append(index)
+        self.ids_by_text = by_text
+        self.sorted_texts = sorted(by_text)
+
+    def containing(self, chars: frozenset[str]) -> tuple[list[int], torch.Tensor]:
+        """(ids whose text has any of `chars`, a mask [V] of the ids whose text has none of them)."""
+        return _containing(self, chars)
+
+
+@cache
+def vocabulary(tokenizer) -> Vocabulary:
+    """The tokenizer's `Vocabulary`, built once (about a second for Gemma's 262k tokens)."""
+    return Vocabulary(tokenizer)
+
+
+@cache
+def _containing(vocab: Vocabulary, chars: frozenset[str]) -> tuple[list[int], torch.Tensor]:
+    with_chars = [i for i, text in enumerate(vocab.texts) if text is not None and not chars.isdisjoint(text)]
+    free = torch.tensor([text is not None for text in vocab.texts])
+    free[with_chars] = False
+    return with_chars, free
+
+
+@dataclass
+class GroundingStats:
+    blocks: int = 0  # edit blocks the reply opened (or the prompt left open)
+    constrained_tokens: int = 0  # tokens where the target's own choice was not allowed and another was taken
+    released_blocks: int = 0  # blocks decoded freely because no token was allowed
+
+
+
+class ScriptFollower:
+    """One edit block as it is written: the parser, and where the script's cursor is in the file.
+
+    `feed(text)` returns where in `text` the block ended (at its closing fence), len(text) when it goes on,
+    or None when the text is not allowed. Without a source only the syntax is checked.
+    """
+
+    def __init__(self, source: str | None) -> None:
+        self.source = source
+        self.parser = ScriptParser()
+        self.cursor = 0  # where the script's counts and quotes put the cursor
+        self.floor = 0  # end of the last deletion: nothing before it can be quoted again
+        self.line_start = True
+
+    def fork(self) -> ScriptFollower:
+        copy = object.__new__(ScriptFollower)
+        copy.__dict__.update(self.__dict__)
+        copy.parser = self.parser.fork()
+        return copy
+
+    def feed(self, text: str) -> int | None:
+        at = 0
+        while at < len(text):
+            if self.line_start and text[at] == "`" and self.parser.between_ops:
+                return at  # a closing fence
+            newline = text.find("\n", at)
+            end = len(text) if newline < 0 else newline + 1
+            try:
+                ops = self.parser.feed(text[at:end])
+            except ScriptSyntaxError:
+                return None
+            if not all(self._advance(op) for op in ops):
+                return None
+            self.line_start = text[end - 1] == "\n"
+            at = end
+        return at if self._partial_allowed() else None
+
+    def next_chars(self) -> frozenset[str] | None:
+        """Characters that may come next (a superset), or None when almost any may (an insert, a comment)."""
+        progress = self.parser.in_progress
+        if progress is None:
+            return None if self.parser.in_comment else _SYNTAX_CHARS | {"`"}
+        name, typed = progress
+        if name == "insert" or self.source is None:
+            return None
+        source, start = self.source, max(self.floor, self.cursor - QUOTE_RADIUS)
+        chars = {'"', "\\"}
+        at = source.find(typed, start)
+        while at >= 0 and at + len(typed) < len(source):
+            chars.add(source[at + len(typed)])
+            at = source.find(typed, at + 1)
+        return frozenset(chars | _ESCAPE_CHARS if self.parser.in_escape else chars)
+
+    @property
+    def in_insert(self) -> bool:
+        progress = self.parser.in_progress
+        return progress is not None and progress[0] == "insert"
+
+    def _advance(self, op: Op) -> bool:
+        """Move the cursor over a completed op; False where the applier would refuse it."""
+        if not self._fits(op):
+            return False
+        if isinstance(op, Insert) or self.source is None:
+            return True
+        start = self.cursor if op.text is None else self._place(op.text)
+        assert start is not None
+        self.cursor = start + op.n
+        if isinstance(op, Delete):
+            self.floor = self.cursor
+        return True
+
+    def _fits(self, op: Op) -> bool:
+        if isinstance(op, Insert) or self.source is None:
+            return True
+        if op.text is None:
+            return self.cursor + op.n <= len(self.source)
+        return self._place(op.text) is not None
+
+    def _place(self, text: str) -> int | None:
+        """Where the applier puts a quoted op with `text`: at the cursor, the nearest place within QUOTE_RADIUS,
+        or the only place after the last deletion; None where it would refuse."""
+        source, cursor = self.source, self.cursor
+        assert source is not None
+        if not text:
+            return None
+        if cursor >= self.floor and source.startswith(text, cursor):
+            return cursor
+        lo, hi = max(self.floor, cursor - QUOTE_RADIUS), min(len(source), cursor + QUOTE_RADIUS + len(text))
+        near, at = [], source.find(text, lo, hi)
+        while at >= 0:
+            near.append(at)
+            at = source.find(text, at + 1, hi)
+        if near:
+            return min(near, key=lambda at: abs(at - cursor))
+        first = source.find(text, self.floor)
+        return first if first >= 0 and source.find(text, first + 1) < 0 else None
+
+    def _partial_allowed(self) -> bool:
+        """Whether what is being written can still become an op the applier places."""
+        source, parser = self.source, self.parser
+        pending = parser.pending_op
+        if pending is not None:
+            return self._fits(pending)
+        count = parser.partial_count
+        if count is not None:
+            return len(count) <= MAX_COUNT_DIGITS and (source is None or int(count) <= len(source) - self.cursor)
+        progress = parser.in_progress
+        if progress is None or progress[0] == "insert" or source is None:
+            return True
+        start = max(self.floor, self.cursor - QUOTE_RADIUS)
+        return source.find(progress[1], start) >= 0 and start < len(source)
+
+
+class ReplyFollower:
+    """The reply read so far: the current line outside blocks, or the edit block being written."""
+
+    def __init__(self, source: str | None, path: str | None = None) -> None:
+        self.source, self.path = source, path
+        self.line = ""
+        self.block: ScriptFollower | None = None
+        self.blocks = 0  # edit blocks opened
+
+    def fork(self) -> ReplyFollower:
+        copy = object.__new__(ReplyFollower)
+        copy.__dict__.update(self.__dict__)
+        copy.block = self.block.fork() if self.block is not None else None
+        return copy
+
+    def read(self, text: str) -> bool:
+        """Take in `text`; False (state then undefined: read into a fork) when a block does not allow it."""
+        at = 0
+        while at < len(text):
+            if self.block is None:
+                newline = text.find("\n", at)
+                if newline < 0:
+                    self.line = (self.line + text[at:])[-LINE_TAIL:]
+                    return True
+                self._open(self.line + text[at:newline])
+                self.line, at = "", newline + 1
+                continue
+            taken = self.block.feed(text[at:])
+            if taken is None:
+                return False
+            at += taken
+            if at < len(text):
+                self.block = None
+        return True
+
+    def _open(self, line: str) -> None:
+        fence = _EDIT_FENCE.fullmatch(line)
+        if fence is not None:
+            grounded = self.path is None or fence["path"] == self.path
+            self.block = ScriptFollower(self.source if grounded else None)
+            self.blocks += 1
+
+
+def opens_edit_block(text: str) -> bool:
+    """Whether `text` (a prompt's end) leaves an ```edit block open: a reply to it starts inside a script."""
+    reply = ReplyFollower(None)
+    return reply.read(_from_last_fence(text)) and reply.block is not None
+
+
+def _from_last_fence(text: str) -> str:
+    """`text` from its last ```edit fence line on (earlier blocks, e.g. examples, are no concern of the reply)."""
+    lines = text.split("\n")
+    fences = [i for i, line in enumerate(lines[:-1]) if _EDIT_FENCE.fullmatch(line)]
+    return "\n".join(lines[fences[-1] if fences else -1 :])
+
+
+class EditGrounding:
+    """Follows one reply and says which tokens keep its edit blocks grounded in `source` (see the module doc).
+
+    `prompt_tail`: the end of the prompt as text, so a reply that continues an ```edit block the prompt opened
+    is grounded from its first token. `path`: when given, only blocks for that path are checked against `source`.
+    """
+
+    def __init__(
+        self,
+        vocab: Vocabulary,
+        source: str | None,
+        stop_ids: frozenset[int] = frozenset(),
+        path: str | None = None,
+        prompt_tail: str = "",
+    ) -> None:
+        self.vocab, self.stop_ids = vocab, stop_ids
+        self.reply = ReplyFollower(source, path)
+        if not self.reply.read(_from_last_fence(prompt_tail)):  # the prompt's script is not grounded in this file
+            self.reply.block = None
+        self.reply.blocks = int(self.reply.block is not None)
+        self.constrained_tokens = 0
+        self.released_blocks = 0
+
+    @property
+    def stats(self) -> GroundingStats:
+        return GroundingStats(self.reply.blocks, self.constrained_tokens, self.released_blocks)
+
+    # -- the engine's questions -----------------------------------------------------------------------
+
+    def allows(self, token: int) -> bool:
+        block, text = self.reply.block, self.vocab.texts[token]
+        if text is None:
+            return block is None or (token in self.stop_ids and block.parser.between_ops)
+        if block is None and "\n" not in text:
+            return True
+        return self.reply.fork().read(text)
+
+    def advance(self, token: int) -> None:
+        """Take `token` as written; a token that is not allowed releases the block."""
+        text = self.vocab.texts[token]
+        if not self.allows(token):
+            self._release()
+        if text is not None:
+            trial = self.reply.fork()
+            if trial.read(text):
+                self.reply = trial
+            else:  # a block it opened does not allow the rest of it
+                self._release()
+                self.reply.line = ""
+
+    def best_allowed(self, logits: torch.Tensor) -> int:
+        """The allowed token with the highest logit (logits [V]); counts a constrained token."""
+        self.constrained_tokens += 1
+        top = torch.topk(logits, min(FIRST_CHOICES, logits.shape[-1])).indices.tolist()
+        for token in top:
+            if self.allows(token):
+                return token
+        allowed = self.allowed_tokens()
+        if not allowed:
+            return top[0]  # advance() releases the block
+        candidates = torch.tensor(allowed)
+        return int(candidates[logits[candidates].argmax()])
+
+    def sample(self, probs: torch.Tensor, generator: torch.Generator | None) -> int:
+        """One token from probs [V] renormalized over the allowed tokens."""
+        draws = torch.multinomial(probs, SAMPLING_TRIES, replacement=True, generator=generator).tolist()
+        for attempt, token in enumerate(draws):
+            if self.allows(token):
+                self.constrained_tokens += attempt > 0
+                return token
+        self.constrained_tokens += 1
+        allowed = self.allowed_tokens()
+        if not allowed:
+            return draws[0]  # advance() releases the block
+        masked = probs[torch.tensor(allowed)]
+        weights = masked if masked.sum() > 0 else torch.ones(len(allowed))
+        return allowed[int(torch.multinomial(weights, 1, generator=generator))]
+
+    def allowed_tokens(self) -> list[int]:
+        """Every allowed token id: a walk over the vocabulary along the characters the script may take next."""
+        block = self.reply.block
+        if block is None:
+            return list(range(len(self.vocab.texts)))
+        allowed = [token for token in self.stop_ids if self.allows(token)]
+        if block.next_chars() is None:  # an insert or a comment: every token without a character that ends it
+            ends = frozenset('"\\') if block.in_insert else frozenset("\n")
+            with_ends, free = self.vocab.containing(ends)
+            allowed += torch.nonzero(free).flatten().tolist()
+            return allowed + [token for token in with_ends if self.allows(token)]
+        self._walk(self.reply, "", 0, len(self.vocab.sorted_texts), allowed)
+        return allowed
+
+    def _walk(self, reply: ReplyFollower, prefix: str, lo: int, hi: int, out: list[int]) -> None:
+        """Collect the allowed tokens of sorted_texts[lo:hi], which all start with `prefix`, read by `reply`."""
+        texts, ids = self.vocab.sorted_texts, self.vocab.ids_by_text
+        if lo < hi and texts[lo] == prefix:
+            out += ids[prefix] if prefix else []
+            lo += 1
+        chars = reply.block.next_chars() if reply.block is not None else None
+        if chars is None:  # out of the block, or into an insert or a comment: check what is left one by one
+            out += [i for text in texts[lo:hi] if reply.fork().read(text[len(prefix) :]) for i in ids[text]]
+            return
+        for char in sorted(chars):
+            start = bisect_left(texts, prefix + char, lo, hi)
+            end = bisect_left(texts, prefix + chr(ord(char) + 1), start, hi)
+            if start < end:
+                child = reply.fork()
+                if child.read(char):
+                    self._walk(child, prefix + char, start, end, out)
+
+    def _release(self) -> None:
+        if self.reply.block is not None:
+            self.reply.block = None
+            self.released_blocks += 1
