@@ -216,6 +216,52 @@ def test_request_defaults_and_validation():
     assert parse_request({"prompt": "x", "tools": [], "logprobs": False}, chat=False, model_name="m").prompt == "x"
 
 
+def test_grounding_is_on_for_edits_by_default_and_validated():
+    def job(**body):
+        return parse_request({"prompt": "x", **body}, chat=False, model_name="m")
+
+    prediction = {"type": "content", "content": "a = 1\n"}
+    assert job().grounding == "off" and job(prediction=prediction).grounding == "edit"
+    assert job(prompt="Fix it.\n```edit a.py\n").grounding == "edit"  # the prompt opens an edit block
+    assert job(prediction=prediction, grounding="off").grounding == "off"
+    grounded = job(prediction=prediction, grounding={"mode": "edit", "path": "a.py"})
+    assert (grounded.grounding, grounded.grounding_path) == ("edit", "a.py")
+    for bad, message in [("on", "grounding must be"), ({"mode": "edit", "paths": "a"}, "no field 'paths'"),
+                         ({"path": ""}, "grounding.path must be")]:
+        with pytest.raises(RequestError, match=message):
+            job(grounding=bad)
+
+
+GROUNDING_SOURCE = "def cube(x):\n    return x * x * x\n\n\ndef square(x):\n    return x * x\n"
+GROUNDING_PROMPT = (
+    'Edit scripts change files. retain("text") keeps text, delete("text") removes it, insert("text") adds it.\n\n'
+    'File a.py:\nx = 1\ny = 2\nTask: set y to 3.\n```edit a.py\nretain("x = 1\\ny = ")\ndelete("2")\ninsert("3")\n'
+    f"```\n\nFile m.py:\n{GROUNDING_SOURCE}Task: rename cube to third_power.\n```edit m.py\n"
+)
+
+
+@slow
+def test_a_grounded_edit_block_parses_and_applies_where_the_free_one_does_not(base_url):
+    from tools.ot_script import parse_script
+    from tools.patch import apply_edit
+    from tools.syntax import language_for
+
+    request = {"prompt": GROUNDING_PROMPT, "max_tokens": 40, "temperature": 0, "speculation": "cursor",
+               "prediction": {"type": "content", "content": GROUNDING_SOURCE}}
+    replies = {}
+    for mode in ("off", "edit"):
+        status, body = call(f"{base_url}/completions", {**request, "grounding": mode})
+        assert status == 200
+        replies[mode] = json.loads(body)
+    free, grounded = (replies[mode]["choices"][0]["text"].split("```")[0] for mode in ("off", "edit"))
+    assert "grounding" not in replies["off"]["usage"]
+    usage = replies["edit"]["usage"]["grounding"]
+    assert usage["blocks"] == 1 and usage["constrained_tokens"] >= 1 and usage["released_blocks"] == 0
+    with pytest.raises(ValueError, match="syntax error"):
+        parse_script(free)  # the base model, free, writes prose where the script goes
+    apply_edit(GROUNDING_SOURCE, parse_script(grounded), language_for("m.py"))  # raises if it does not apply
+
+
 def test_serve_reports_a_bad_model_path_and_exits_2(tmp_path, capsys):
     from decoding.serving.server import main
 

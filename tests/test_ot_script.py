@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tools.ot import Delete, Insert, Retain, format_script, ot_diff
-from tools.ot_script import ScriptParser, ScriptSyntaxError, parse_script
+from tools.ot_script import SCRIPT_LINE_PATTERN, ScriptParser, ScriptSyntaxError, parse_script
 
 
 def test_all_forms_parse():
@@ -101,3 +101,12 @@ def test_any_text_parses_or_raises_a_syntax_error(text):
     except ScriptSyntaxError as exc:
         error = exc
     assert error is None or (error.line >= 1 and error.column >= 1)
+
+
+@settings(derandomize=True, max_examples=200, deadline=None)
+@given(st.text(alphabet='ab\n"\\é\t', max_size=30), st.text(alphabet='ab\n"\\é\t', max_size=30))
+def test_the_script_pattern_matches_every_line_format_script_writes(before, after):
+    pattern = re.compile(SCRIPT_LINE_PATTERN)
+    for line in format_script(ot_diff(before, after)).splitlines():
+        assert pattern.fullmatch(line), line
+        assert parse_script(line)

@@ -28,6 +28,7 @@ from decoding.lab.workloads import copy_edit
 from decoding.serving.launch import free_port
 from decoding.vllm.export import export_embedded
 from decoding.vllm.launch import GEMMA4_SIZES, NGRAM_DEFAULTS
+from tools.ot_script import SCRIPT_LINE_PATTERN, parse_script
 
 VLLM_PYTHON = os.environ.get("RETAIN_VLLM_PYTHON")
 REPO = Path(__file__).resolve().parent.parent
@@ -151,6 +152,20 @@ class TestNgram:
         assert speculation["drafted"] == after["num_draft_tokens"] - before["num_draft_tokens"]
         assert speculation["accepted"] == after["num_accepted_tokens"] - before["num_accepted_tokens"]
         assert speculation["verify_steps"] == after["num_drafts"] - before["num_drafts"]
+
+
+    def test_structured_output_holds_an_edit_block_to_the_script_syntax_while_speculating(self, ngram):
+        """What the vLLM path has instead of grounding: v1 refuses custom logits processors with speculative
+        decoding, but its structured outputs combine with it. A regular expression holds the reply to the script's
+        syntax (one op per line, then the closing fence); the file's text it cannot know."""
+        workload = COPY_EDITS[0]
+        prompt = f"{workload.prompt}\nThe same change as an edit script:\n```edit bisect.py\n"
+        pattern = rf"(?:(?:{SCRIPT_LINE_PATTERN})\n){{1,6}}```"
+        response = complete(ngram.url, prompt, MAX_TOKENS, structured_outputs={"regex": pattern})
+        text = response["choices"][0]["text"]
+        assert response["choices"][0]["finish_reason"] == "stop" and re.fullmatch(pattern, text), text
+        assert parse_script(text.removesuffix("```"))  # a well-formed script, whatever it quotes
+        assert sum(response["metrics"]["speculative_decoding"]["per_step_drafted"]) > 0
 
 
 def test_hybrid_plugin_puts_the_lookup_in_front_of_the_drafter(vllm_python, exported_model, plain_outputs):

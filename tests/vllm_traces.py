@@ -18,9 +18,11 @@ from decoding.drafting.base import ngram_lookup
 Drafter = Callable[[list[int]], list[int]]
 
 
-def complete(url: str, prompt: str, max_tokens: int, timeout: float = 600) -> dict:
-    """A greedy /completions request that returns token ids (and speculation metrics when the server has them)."""
-    body = {"model": "gemma", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "return_token_ids": True}
+def complete(url: str, prompt: str, max_tokens: int, timeout: float = 600, **extra) -> dict:
+    """A greedy /completions request that returns token ids (and speculation metrics when the server has them);
+    `extra` fields go into the body as they are."""
+    body = {"model": "gemma", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "return_token_ids": True,
+            **extra}
     request = urllib.request.Request(
         f"{url}/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
     )

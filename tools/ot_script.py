@@ -24,6 +24,13 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 MAX_COUNT_DIGITS = 18  # a count longer than this is larger than any file (and than Python parses quickly)
 
 
+_JSON_STRING = r'"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*"'
+_COUNT = rf"[0-9]{{1,{MAX_COUNT_DIGITS}}}"
+# One op per line, as `format_script` writes scripts: the script's syntax as a regular expression, for engines that
+# constrain decoding by a grammar (vLLM's structured outputs) rather than step by step.
+SCRIPT_LINE_PATTERN = rf"(?:retain|delete)\((?:{_COUNT}|{_JSON_STRING})\)|insert\({_JSON_STRING}\)"
+
+
 class ScriptSyntaxError(OTError):
     """The script is not well-formed; `line` and `column` (1-based) point into the script."""
 
@@ -76,6 +83,16 @@ class ScriptParser:
     def between_ops(self) -> bool:
         """Whether the text so far ends between operations (no name, argument or comment open)."""
         return self._state in (_BETWEEN, _END) and self._pos == len(self._buf)
+
+    @property
+    def text(self) -> str:
+        """Everything fed so far."""
+        return self._buf
+
+    @property
+    def in_parentheses(self) -> bool:
+        """Whether the text ends inside an op's parentheses or before its `(`, outside its argument."""
+        return self._state in (_NAME_DONE, _ARG, _CLOSE)
 
     @property
     def in_comment(self) -> bool:

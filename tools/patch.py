@@ -124,6 +124,18 @@ def apply_edit(
     return AppliedEdit(before, after, ops, corrections, notes)
 
 
+def place(doc: str, ops: Sequence[Op]) -> tuple[int, int]:
+    """(cursor, done) after placing `ops` on `doc` as `apply_edit` does, syntax aside: where the script's next op
+    starts from, and the offset before which nothing more can be placed. For following a script as it is written;
+    raises EditRefused where `apply_edit` would."""
+    resolver = _Resolver(doc, list(ops), None, time.monotonic() + TIME_BUDGET)
+    try:
+        resolver.resolve({})
+    except _TooManyTrials:
+        raise EditRefused("the script has too many ambiguous positions to check them all in time") from None
+    return resolver.cursor, resolver.done
+
+
 def where(doc: str, offset: int) -> str:
     """`line L, column C` (1-based, code points) of an offset."""
     offset = min(offset, len(doc))
@@ -174,6 +186,7 @@ class _Resolver:
         self.trials = 0
         self.trial_depth = 0  # >0 while trying a candidate: nested choices take the nearest
         self._base_problems: list[SyntaxProblem] | None = None
+        self.cursor = self.done = 0
 
     def added_problems(self, after: str) -> list[SyntaxProblem]:
         if self.language is None:
@@ -241,6 +254,7 @@ class _Resolver:
                 out += [Retain(start - done), Delete(end - start, doc[start:end])]
                 done = end
             pos, anchored = end, True
+        self.cursor, self.done = pos, done  # where the script leaves off (the outermost resolution sets them last)
         return out, corrections
 
     # -- quoted ops ------------------------------------------------------------------------------

@@ -11,7 +11,9 @@ allowed only when the block stays a well-formed script that the applier (`tools.
 - a quoted `delete("…")` / `retain("…")` continues text that occurs in the file at or after the last edit, and
   closes only where the applier finds it: within QUOTE_RADIUS of the cursor, or once anywhere after it;
 - a count never runs past the end of the file;
-- inserts are free; a stop token may only end the reply between operations.
+- inserts are free; a stop token may only end the reply between operations;
+- whitespace only between operations, and a little (the parser takes any, but a model that cannot go on would
+  write it forever).
 
 The engine asks `allows(token)` of the target's own choice first (nearly always yes), and only on a refusal looks
 further: the target's next best choices, then every allowed token, found by walking the vocabulary sorted by text
@@ -34,13 +36,15 @@ from typing import Literal
 
 import torch
 
-from tools.ot import Delete, Insert, Op
+from tools.ot import Insert, Op
 from tools.ot_script import MAX_COUNT_DIGITS, OP_NAMES, ScriptParser, ScriptSyntaxError
-from tools.patch import QUOTE_RADIUS
+from tools.patch import QUOTE_RADIUS, EditRefused, place
 
 GroundingMode = Literal["off", "edit"]
 GROUNDING_MODES: tuple[GroundingMode, ...] = ("off", "edit")
 PROMPT_TAIL = 8000  # characters at the end of a prompt looked at for an ```edit block it leaves open
+_PIECE = re.compile(r"[^\S\n]*\n|\s+|\S+")  # what is fed at once: a line break ends a piece (a fence may follow)
+MAX_GAP = 32  # whitespace characters allowed between two ops
 FIRST_CHOICES = 64  # the target's best tokens tried, in order, before the allowed set is enumerated
 SAMPLING_TRIES = 32  # draws from the unmasked distribution before sampling from the enumerated allowed set
 LINE_TAIL = 512  # characters of the current line kept outside blocks (enough for a fence line)
@@ -134,16 +138,18 @@ class ScriptFollower:
         while at < len(text):
             if self.line_start and text[at] == "`" and self.parser.between_ops:
                 return at  # a closing fence
-            newline = text.find("\n", at)
-            end = len(text) if newline < 0 else newline + 1
+            piece = _PIECE.match(text, at)
+            assert piece is not None  # every character starts a piece
             try:
-                ops = self.parser.feed(text[at:end])
+                ops = self.parser.feed(piece.group())
             except ScriptSyntaxError:
                 return None
-            if not all(self._advance(op) for op in ops):
+            if ops and not self._advance():
                 return None
-            self.line_start = text[end - 1] == "\n"
-            at = end
+            at = piece.end()
+            self.line_start = text[at - 1] == "\n"
+            if text[at - 1].isspace() and not self._spacing_allowed():
+                return None
         return at if self._partial_allowed() else None
 
     def next_chars(self) -> frozenset[str] | None:
@@ -167,48 +173,42 @@ class ScriptFollower:
         progress = self.parser.in_progress
         return progress is not None and progress[0] == "insert"
 
-    def _advance(self, op: Op) -> bool:
-        """Move the cursor over a completed op; False where the applier would refuse it."""
-        if not self._fits(op):
-            return False
-        if isinstance(op, Insert) or self.source is None:
+    def _advance(self) -> bool:
+        """Place the script's completed ops as the applier does; False where the applier would refuse."""
+        if self.source is None:
             return True
-        start = self.cursor if op.text is None else self._place(op.text)
-        assert start is not None
-        self.cursor = start + op.n
-        if isinstance(op, Delete):
-            self.floor = self.cursor
+        try:
+            self.cursor, self.floor = place(self.source, self.parser.ops)
+        except EditRefused:
+            return False
         return True
 
     def _fits(self, op: Op) -> bool:
-        if isinstance(op, Insert) or self.source is None:
+        """Whether the applier would place the script with `op` (complete but for its `)`) added."""
+        if self.source is None or isinstance(op, Insert):
             return True
-        if op.text is None:
-            return self.cursor + op.n <= len(self.source)
-        return self._place(op.text) is not None
+        try:
+            place(self.source, [*self.parser.ops, op])
+        except EditRefused:
+            return False
+        return True
 
-    def _place(self, text: str) -> int | None:
-        """Where the applier puts a quoted op with `text`: at the cursor, the nearest place within QUOTE_RADIUS,
-        or the only place after the last deletion; None where it would refuse."""
-        source, cursor = self.source, self.cursor
-        assert source is not None
-        if not text:
-            return None
-        if cursor >= self.floor and source.startswith(text, cursor):
-            return cursor
-        lo, hi = max(self.floor, cursor - QUOTE_RADIUS), min(len(source), cursor + QUOTE_RADIUS + len(text))
-        near, at = [], source.find(text, lo, hi)
-        while at >= 0:
-            near.append(at)
-            at = source.find(text, at + 1, hi)
-        if near:
-            return min(near, key=lambda at: abs(at - cursor))
-        first = source.find(text, self.floor)
-        return first if first >= 0 and source.find(text, first + 1) < 0 else None
+    def _spacing_allowed(self) -> bool:
+        """No whitespace inside an op's parentheses, and gaps between ops of at most MAX_GAP characters and two
+        line breaks: the parser takes any, but a run of it is how a model that cannot go on would go on forever."""
+        parser, text = self.parser, self.parser.text
+        if not (parser.in_parentheses or parser.between_ops) or parser.in_comment:
+            return True
+        gap = text[len(text.rstrip()) :]
+        if parser.in_parentheses:
+            return not gap
+        return len(gap) <= MAX_GAP and gap.count("\n") <= 2
 
     def _partial_allowed(self) -> bool:
         """Whether what is being written can still become an op the applier places."""
         source, parser = self.source, self.parser
+        if not self._spacing_allowed():
+            return False
         pending = parser.pending_op
         if pending is not None:
             return self._fits(pending)
