@@ -352,16 +352,22 @@ def _context_signed(block: Block) -> list[tuple[str, str]]:
     if any(sign == " " for sign, _ in block.lines):
         return block.lines
     old, new = block.old, block.new
+    lead, trail = shared_ends(old, new)
+    middle = [("-", line) for line in old[lead : len(old) - trail]] + [
+        ("+", line) for line in new[lead : len(new) - trail]
+    ]
+    return [(" ", line) for line in old[:lead]] + middle + [(" ", line) for line in old[len(old) - trail :]]
+
+
+def shared_ends(old: list[str], new: list[str]) -> tuple[int, int]:
+    """(lead, trail): how many lines the two lists share at their start, and then at their end."""
     lead = 0
     while lead < min(len(old), len(new)) and old[lead] == new[lead]:
         lead += 1
     trail = 0
     while trail < min(len(old), len(new)) - lead and old[-1 - trail] == new[-1 - trail]:
         trail += 1
-    middle = [("-", line) for line in old[lead : len(old) - trail]] + [
-        ("+", line) for line in new[lead : len(new) - trail]
-    ]
-    return [(" ", line) for line in old[:lead]] + middle + [(" ", line) for line in old[len(old) - trail :]]
+    return lead, trail
 
 
 def _has_old(lines: list[tuple[str, str]]) -> bool:

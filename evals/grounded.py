@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from evals.cases import load_suite
+from evals.formats import shared_ends
 from tools.ot import Delete, Insert, OTError
 from tools.ot_script import parse_script
 from tools.patch import apply_edit
@@ -76,12 +77,7 @@ def snippets(context: int = SNIPPET_CONTEXT) -> list[Snippet]:
     out = []
     for case in load_suite():
         before, after = case["before"].splitlines(keepends=True), case["after"].splitlines(keepends=True)
-        head = 0
-        while head < min(len(before), len(after)) and before[head] == after[head]:
-            head += 1
-        tail = 0
-        while tail < min(len(before), len(after)) - head and before[-1 - tail] == after[-1 - tail]:
-            tail += 1
+        head, tail = shared_ends(before, after)
         start = max(0, head - context)
         keep = max(0, tail - context)
         out.append(Snippet(
