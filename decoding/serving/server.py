@@ -270,6 +270,7 @@ class Service:
         self.jobs.put(job)
 
     def _work(self) -> None:
+        vocabulary(self.tokenizer)  # grounding's index of the vocabulary (about a second), before the first request
         while True:
             job = self.jobs.get()
             try:
