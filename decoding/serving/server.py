@@ -270,7 +270,10 @@ class Service:
         self.jobs.put(job)
 
     def _work(self) -> None:
-        vocabulary(self.tokenizer)  # grounding's index of the vocabulary (about a second), before the first request
+        try:
+            vocabulary(self.tokenizer)  # grounding's index of the vocabulary (about a second), before any request
+        except Exception as e:  # grounded requests will fail with it; every other request must still be served
+            print(f"agent serve: grounded decoding is unavailable: {e}", file=sys.stderr)
         while True:
             job = self.jobs.get()
             try:
