@@ -14,6 +14,7 @@ A 270M base model writes poor edits either way; what grounding changes is whethe
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -94,6 +95,9 @@ def prompt_for(snippet: Snippet) -> str:
     )
 
 
+_CLOSING_FENCE = re.compile(r"^```[ \t]*$", re.M)  # what ends the block, as the agent's protocol reads it
+
+
 @dataclass
 class Outcome:
     closed: bool = False  # the model ended the block with its fence
@@ -113,9 +117,9 @@ class Outcome:
 def judge(snippet: Snippet, text: str) -> Outcome:
     """Whether the block the model wrote closes, parses, applies and is exactly the intended edit."""
     outcome = Outcome(output=text)
-    fence = text.find("\n```")
-    script = text if fence < 0 else text[: fence + 1]
-    outcome.closed = fence >= 0 or text.startswith("```")
+    fence = _CLOSING_FENCE.search(text)
+    script = text if fence is None else text[: fence.start()]
+    outcome.closed = fence is not None
     if not outcome.closed:
         outcome.error = "the block is not closed"
         return outcome
@@ -173,17 +177,26 @@ def run_grounded(
             generation = Generation(target, request)
             started = time.perf_counter()
             for _ in generation:
-                if "\n```" in tokenizer.decode(generation.tokens):
+                if _CLOSING_FENCE.search(tokenizer.decode(generation.tokens)):
                     break
-            outcome = judge(snippet, tokenizer.decode(generation.tokens))
-            outcome.seconds = time.perf_counter() - started
-            outcome.tokens, outcome.forwards = len(generation.tokens), generation.stats.target_forwards
-            outcome.token_ids = list(generation.tokens)
+            seconds = time.perf_counter() - started
+            tokens = _through_closing_fence(tokenizer, generation.tokens)
+            outcome = judge(snippet, tokenizer.decode(tokens))
+            outcome.seconds, outcome.tokens, outcome.token_ids = seconds, len(tokens), tokens
+            outcome.forwards = generation.stats.target_forwards
             outcome.constrained = grounding.stats.constrained_tokens if grounding else 0
             results[mode].append(outcome)
             if on_case is not None:
                 on_case(index, mode, outcome)
     return results
+
+
+def _through_closing_fence(tokenizer, tokens: list[int]) -> list[int]:
+    """The tokens up to the one that completes the closing fence (a speculative step may have emitted more)."""
+    for end in range(1, len(tokens) + 1):
+        if _CLOSING_FENCE.search(tokenizer.decode(tokens[:end])):
+            return tokens[:end]
+    return tokens
 
 
 def summary(results: dict[str, list[Outcome]]) -> dict:

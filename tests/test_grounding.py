@@ -28,6 +28,9 @@ def test_names_and_escapes_have_no_dead_ends():
     assert not reads("retax") and not reads("replace")
     assert reads('insert("\\u00e9') and reads('insert("\\u00') and reads('insert("\\n\\t\\"')
     assert not reads('insert("\\q') and not reads('insert("\\u00g')
+    # inside a quote an escape begun must be able to end as a character the file has next
+    assert reads('retain("def cube(x):\\r\\n\\u002') and reads('retain("def cube(x):\\r\\n\\u0020')  # a space
+    assert not reads('retain("def cube(x):\\r\\n\\u00a') and not reads('retain("def cube(x):\\r\\n\\ud8')
 
 
 def test_whitespace_only_between_operations_and_not_without_end():
@@ -64,6 +67,7 @@ def test_a_fence_ends_a_block_only_between_operations():
     assert reply.read("Renaming.\n```edit m.py\nretain(3)\n") and reply.block is not None
     assert reply.fork().read("```\nfree text: delete(\"anything\")")
     assert not reply.fork().read('delete("x")```')
+    assert not reply.fork().read('insert("a\n```')  # the agent's protocol would end the block inside the string
     closed = reply.fork()
     assert closed.read("```\n") and closed.block is None and closed.blocks == 1
 

@@ -104,6 +104,11 @@ class ScriptParser:
         return self._state == _STRING and self._pos < len(self._buf)
 
     @property
+    def pending_escape(self) -> str:
+        """The escape a string literal ends in while it is being written (`\\`, `\\u0`), else ""."""
+        return self._buf[self._pos :] if self.in_escape else ""
+
+    @property
     def ended(self) -> bool:
         """Whether the closing `]` has been read: only whitespace and comments may follow."""
         return self._state == _END

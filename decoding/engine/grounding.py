@@ -136,8 +136,9 @@ class ScriptFollower:
     def feed(self, text: str) -> int | None:
         at = 0
         while at < len(text):
-            if self.line_start and text[at] == "`" and self.parser.between_ops:
-                return at  # a closing fence
+            if self.line_start and text[at] == "`":
+                # a closing fence; inside a string the agent's protocol would end the block there all the same
+                return at if self.parser.between_ops else None
             piece = _PIECE.match(text, at)
             assert piece is not None  # every character starts a piece
             try:
@@ -160,13 +161,18 @@ class ScriptFollower:
         name, typed = progress
         if name == "insert" or self.source is None:
             return None
-        source, start = self.source, max(self.floor, self.cursor - QUOTE_RADIUS)
-        chars = {'"', "\\"}
-        at = source.find(typed, start)
-        while at >= 0 and at + len(typed) < len(source):
-            chars.add(source[at + len(typed)])
-            at = source.find(typed, at + 1)
+        chars = {'"', "\\", *self._following(typed)}
         return frozenset(chars | _ESCAPE_CHARS if self.parser.in_escape else chars)
+
+    def _following(self, typed: str) -> set[str]:
+        """The characters that follow `typed` where the file has it (after the floor)."""
+        assert self.source is not None
+        source, found = self.source, set()
+        at = source.find(typed, max(self.floor, self.cursor - QUOTE_RADIUS))
+        while at >= 0 and at + len(typed) < len(source):
+            found.add(source[at + len(typed)])
+            at = source.find(typed, at + 1)
+        return found
 
     @property
     def in_insert(self) -> bool:
@@ -219,7 +225,21 @@ class ScriptFollower:
         if progress is None or progress[0] == "insert" or source is None:
             return True
         start = max(self.floor, self.cursor - QUOTE_RADIUS)
-        return source.find(progress[1], start) >= 0 and start < len(source)
+        if source.find(progress[1], start) < 0 or start >= len(source):
+            return False
+        escape = parser.pending_escape
+        return not escape or any(_completes(escape, char) for char in self._following(progress[1]))
+
+
+def _completes(escape: str, char: str) -> bool:
+    """Whether an escape still being written (`\\`, `\\u`, `\\u00`, …) can end as `char` (one UTF-16 unit: a
+    character outside the Basic Multilingual Plane would take a surrogate pair, which a quote cannot check half of)."""
+    digits = escape[2:]
+    if ord(char) > 0xFFFF:
+        return False
+    if len(escape) == 1:
+        return True
+    return f"{ord(char):04x}".startswith(digits.lower())
 
 
 class ReplyFollower:
