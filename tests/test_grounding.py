@@ -117,7 +117,7 @@ test_every_op_the_grounding_allowed_is_placed_by_the_applier = settings(
     derandomize=True, max_examples=200, deadline=None
 )(given(grounded_scripts())(placed_by_the_applier))
 test_many_more_scripts_the_grounding_allowed_are_placed_by_the_applier = slow(
-    settings(derandomize=True, max_examples=3000, deadline=None)(given(grounded_scripts())(placed_by_the_applier))
+    settings(derandomize=True, max_examples=1000, deadline=None)(given(grounded_scripts())(placed_by_the_applier))
 )
 
 
@@ -170,7 +170,7 @@ def test_the_targets_choice_is_replaced_by_the_best_allowed_token(tokenizer, voc
 @slow
 @pytest.mark.parametrize(
     "written",
-    ["", 'retain("def cube(x):\\r\\n    return ")\ndelete("', "retain(", 'retain(3)\ninsert("x', "# a note"],
+    ["", 'retain("def cube(x):\\r\\n    return ")\ndelete("', 'retain(3)\ninsert("x'],
 )
 def test_allowed_tokens_are_exactly_the_tokens_allowed_one_by_one(tokenizer, vocab, written):
     grounding = grounding_after(vocab, tokenizer, written)
