@@ -241,9 +241,9 @@ def _context_form(doc: str, start: int, end: int, new: str, pos: int, done: int,
     closing = [_quote(Retain, doc[start])] if not deleted and not last else []
     for size in range(start - pos + 1):
         ops = ([_quote(Retain, doc[start - size : start])] if size else []) + deleted + inserted
-        if isinstance(ops[0], Insert) and start != pos:
-            continue  # nothing quoted yet: the insert would go at the cursor
-        if isinstance(ops[0], Insert) or _lands(doc, ops, 0, pos, done, start - size):
+        # an insert with nothing quoted before it goes at the cursor
+        placed = start == pos if isinstance(ops[0], Insert) else _lands(doc, ops, 0, pos, done, start - size)
+        if placed:
             return ops + closing, end + len(closing), end
     raise AssertionError("a retain of everything since the cursor starts at the cursor")  # pragma: no cover
 
@@ -376,7 +376,7 @@ def perturbations(fmt: str, output: str, seed: str, trials: int = 3) -> list[tup
     - OT: one count-only retain off by ±1..3 (`trials` different ones, chosen with `seed`), labelled by the
       op it comes before;
     - line OT: one quoted retain left out (`trials` different ones, chosen with `seed`), as a model that does
-      not know which quotes are unique writes it: the delete after it then has to land on its own text;
+      not know which quotes are unique writes it: what followed the retain then has to land without it;
     - search/replace and udiff: `trimmed-whitespace` (blocks written at column 0, trailing spaces dropped)
       and `missing-context` (each block's first context line left out, else its last).
     The whole-file format has none: it has no counts or context to get wrong.
@@ -411,6 +411,7 @@ def _miscounted_scripts(output: str, rng: random.Random, trials: int) -> list[tu
 
 
 def _scripts_without_a_retain(output: str, rng: random.Random, trials: int) -> list[tuple[str, str]]:
+    """A count-free script has nothing to miscount; its mistake is a missing anchor, labelled by where it was."""
     ops = parse_script(output)
     quoted = [i for i, op in enumerate(ops) if isinstance(op, Retain) and op.text is not None]
     found = []
