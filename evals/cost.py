@@ -5,7 +5,8 @@ what an edit costs in a format is its forwards ÷ the rate at which that format'
 forwards until one applies, tries being independent). Each format is taken with its own best drafter (the one
 with the fewest target forwards over the edits it was decoded on), and OT is compared with each alternative
 with its best drafter and with the pairs people use today: whole + cursor (Cursor-style speculative rewrite),
-search-replace + ngram and udiff + ngram (an agent on vLLM's prompt lookup).
+search-replace + ngram and udiff + ngram (an agent on vLLM's prompt lookup). Line OT (`ot-lines`, count-free
+scripts of whole lines) is compared with the same alternatives, beside OT.
 
 Forwards are reference-forced (`evals.decode`) on the decoded edits; apply rates are over every edit measured
 (`evals.run.summarize`): perturbed (the minimal output with the mistakes models make) as the model-like rate,
@@ -19,13 +20,14 @@ import statistics
 from collections.abc import Sequence
 
 SUBJECT = "ot"
+OTHER_SUBJECTS = ("ot-lines",)  # other OT forms, each compared with the alternatives as OT is
 BASELINES = {"whole": "cursor", "search-replace": "ngram", "udiff": "ngram"}
 BASELINE_NAMES = {
     "whole": "Cursor-style speculative rewrite",
     "search-replace": "an agent on vLLM's prompt lookup",
     "udiff": "an agent on vLLM's prompt lookup",
 }
-ALTERNATIVES = ("whole", "search-replace", "udiff")  # ot-counts is OT too, not an alternative to it
+ALTERNATIVES = ("whole", "search-replace", "udiff")  # ot-counts and ot-lines are OT too, not alternatives to it
 BASES = ("perturbed", "clean")
 BEST, CHEAPEST = "its best drafter", "per edit, the alternative that costs least there (each with its best drafter)"
 
@@ -121,7 +123,8 @@ def ratio(subject: dict[str, dict[str, float] | None], alternative: dict[str, di
 
 def summarize_cost(cases: list[dict], formats_summary: dict, drafters: Sequence[str]) -> dict:
     """`{"subject", "formats": {format: its best drafter's row}, "ratios": [OT against each alternative, then
-    against the cheapest alternative on each edit]}` for the formats decoded and measured; no ratios without OT."""
+    against the cheapest alternative on each edit], "other_subjects": {format: its ratios, the same way}}` for the
+    formats decoded and measured; no ratios for an OT form that was not decoded."""
     rows = {}
     for fmt in formats_summary:
         baseline = BASELINES.get(fmt)  # on a tie the baseline's drafter is the best, so the pair is compared once
@@ -132,16 +135,21 @@ def summarize_cost(cases: list[dict], formats_summary: dict, drafters: Sequence[
     def costs(fmt: str, drafter: str) -> dict[str, dict[str, float] | None]:
         return edit_costs(forwards(cases, fmt, drafter), apply_rates(formats_summary, fmt))
 
-    ratios = []
-    if SUBJECT in rows:
-        subject = costs(SUBJECT, rows[SUBJECT]["drafter"])
+    def ratios(subject_format: str) -> list[dict]:
+        found: list[dict] = []
+        if subject_format not in rows:
+            return found
+        subject = costs(subject_format, rows[subject_format]["drafter"])
         for fmt, drafter, why in comparisons(rows, drafters):
             if (figures := ratio(subject, costs(fmt, drafter))) is not None:
-                ratios.append({"format": fmt, "drafter": drafter, "why": why} | figures)
+                found.append({"format": fmt, "drafter": drafter, "why": why} | figures)
         best = [costs(fmt, rows[fmt]["drafter"]) for fmt in ALTERNATIVES if fmt in rows]
         if len(best) > 1 and (figures := ratio(subject, cheapest(best))) is not None:
-            ratios.append({"format": "cheapest alternative", "drafter": None, "why": CHEAPEST} | figures)
-    return {"subject": SUBJECT, "formats": rows, "ratios": ratios}
+            found.append({"format": "cheapest alternative", "drafter": None, "why": CHEAPEST} | figures)
+        return found
+
+    others = {fmt: found for fmt in OTHER_SUBJECTS if (found := ratios(fmt))}
+    return {"subject": SUBJECT, "formats": rows, "ratios": ratios(SUBJECT), "other_subjects": others}
 
 
 def comparisons(rows: dict[str, dict], drafters: Sequence[str]) -> list[tuple[str, str, str]]:

@@ -47,6 +47,11 @@ FORMAT_INSTRUCTIONS = {
     ),
     "ot": EDIT_SCRIPT + " Quote the text you delete, and a little text right before each change.",
     "ot-counts": EDIT_SCRIPT + " Use counts only.",
+    "ot-lines": EDIT_SCRIPT + (
+        " Work in whole lines and without counts: delete(\"…\") the old lines, then insert(\"…\") the new ones; "
+        "where the deleted lines are not unique, first quote the end of the line before them with retain(\"…\"); "
+        "to add lines without deleting any, insert them, then quote the start of the line after them."
+    ),
 }
 # The fenced block each format is written in, as in the agent's text protocol (`edit` and `overwrite` are its tools).
 FENCE_TOOLS = {
@@ -55,6 +60,7 @@ FENCE_TOOLS = {
     "udiff": "diff",
     "ot": "edit",
     "ot-counts": "edit",
+    "ot-lines": "edit",
 }
 
 

@@ -9,7 +9,11 @@ format, since they cost the same few tokens in each):
 - `udiff`: unified-diff hunks without line numbers (`@@ ... @@`, as Aider asks models to write them), with
   the same minimal context;
 - `ot`: the edit script of `tools.ot.ot_diff` (quoted deletes and anchors), one op per line;
-- `ot-counts`: the same script with counts only.
+- `ot-counts`: the same script with counts only;
+- `ot-lines`: a count-free OT script of whole lines (`line_script`): per changed region, the old lines quoted in a
+  `delete("…")` and the new lines in an `insert("…")` after it, with a quoted `retain("…")` of the text just before
+  them only where the delete alone would not land there (a pure insertion quotes the start of the text after it).
+  Nothing in it is counted, and what it quotes is whole source lines, which drafters copy from the file.
 
 The appliers are the ones each format relies on in practice: search/replace looks for the old text line
 by line, exactly, then with a uniform indentation offset and trailing whitespace ignored (Aider's steps),
@@ -27,12 +31,23 @@ from dataclasses import dataclass
 from difflib import SequenceMatcher
 
 from tools.edit_file import text_lines
-from tools.ot import Insert, Op, OTError, Retain, format_script, is_line_insert, is_quoted, ot_diff
+from tools.ot import (
+    Delete,
+    Insert,
+    Op,
+    OTError,
+    Retain,
+    format_script,
+    is_line_insert,
+    is_quoted,
+    ot_diff,
+    quoted_runs,
+)
 from tools.ot_script import parse_script
-from tools.patch import apply_edit
+from tools.patch import apply_edit, quote_candidates
 
-FORMATS = ("whole", "search-replace", "udiff", "ot", "ot-counts")
-PERTURBABLE = ("search-replace", "udiff", "ot", "ot-counts")
+FORMATS = ("whole", "search-replace", "udiff", "ot", "ot-counts", "ot-lines")
+PERTURBABLE = ("search-replace", "udiff", "ot", "ot-counts", "ot-lines")
 MISCOUNTS = (-3, -2, -1, 1, 2, 3)
 
 SEARCH, DIVIDER, REPLACE = "<<<<<<< SEARCH", "=======", ">>>>>>> REPLACE"
@@ -187,6 +202,78 @@ def parse_udiff(text: str) -> list[Block]:
     return blocks
 
 
+# ---- line-granular OT ----------------------------------------------------------------------------------------
+
+
+def line_script(before: str, after: str) -> list[Op]:
+    """A count-free script of whole lines turning `before` into `after`, each quote placed by the applier
+    (`tools.patch`) exactly where it belongs."""
+    old_lines, new_lines = text_lines(before), text_lines(after)
+    offsets = [0]
+    for line in old_lines:
+        offsets.append(offsets[-1] + len(line))
+    opcodes = SequenceMatcher(None, old_lines, new_lines, autojunk=False).get_opcodes()
+    changes = [(i1, i2, j1, j2) for tag, i1, i2, j1, j2 in opcodes if tag != "equal"]
+    ops: list[Op] = []
+    pos = done = 0  # the applier's cursor and the end of the last edit, as offsets into `before`
+    for number, (i1, i2, j1, j2) in enumerate(changes):
+        last = number == len(changes) - 1
+        limit = len(before) if last else offsets[changes[number + 1][0]]  # where the next change starts
+        start, end, new = offsets[i1], offsets[i2], "".join(new_lines[j1:j2])
+        forms = [_context_form(before, start, end, new, pos, done, last)]
+        if start == end and start < len(before) and not (ops and isinstance(ops[-1], Delete) and start != pos):
+            # (an insert right after a delete goes where the deleted text was, not before the quote after it)
+            forms.append(_insert_before(before, start, new, pos, done, limit))
+        region_ops, pos, done = min((form for form in forms if form), key=_quoted_size)
+        ops += region_ops
+    return ops
+
+
+Region = tuple[list[Op], int, int]  # a change's ops, and the applier's cursor and last-edit end after them
+
+
+def _context_form(doc: str, start: int, end: int, new: str, pos: int, done: int, last: bool) -> Region:
+    """doc[start:end] (whole lines) deleted and `new` inserted after it, behind the shortest quote of the text
+    before them that makes the first quote land there. An insertion followed by another change quotes the
+    character after it: an insert before a quoted op would go where that op is found."""
+    deleted = [_quote(Delete, doc[start:end])] if end > start else []
+    inserted = [Insert(new)] if new else []
+    closing = [_quote(Retain, doc[start])] if not deleted and not last else []
+    for size in range(start - pos + 1):
+        ops = ([_quote(Retain, doc[start - size : start])] if size else []) + deleted + inserted
+        # an insert with nothing quoted before it goes at the cursor
+        placed = start == pos if isinstance(ops[0], Insert) else _lands(doc, ops, 0, pos, done, start - size)
+        if placed:
+            return ops + closing, end + len(closing), end
+    raise AssertionError("a retain of everything since the cursor starts at the cursor")  # pragma: no cover
+
+
+def _insert_before(doc: str, start: int, new: str, pos: int, done: int, limit: int) -> Region | None:
+    """An insertion at `start` placed by the shortest quote of the text after it (up to `limit`) that lands
+    there alone; None if none does."""
+    for size in range(1, limit - start + 1):
+        ops = [Insert(new), _quote(Retain, doc[start : start + size])]
+        if _lands(doc, ops, 1, pos, done, start):
+            return ops, start + size, start
+    return None
+
+
+def _quoted_size(region: Region) -> int:
+    """The code points a form quotes from the file: what it costs beyond the change itself."""
+    return sum(len(op.text) for op in region[0] if isinstance(op, Retain) and op.text is not None)
+
+
+def _quote(kind: type[Retain] | type[Delete], text: str) -> Retain | Delete:
+    return kind(len(text), text)
+
+
+def _lands(doc: str, ops: list[Op], index: int, pos: int, done: int, start: int) -> bool:
+    """Whether the applier places the quoted `ops[index]` at `start` and nowhere else it could choose: the
+    script's own quotes after it are left out, since a later change need not follow it back to back."""
+    _, found = quote_candidates(doc, quoted_runs(ops, index), pos, done)
+    return found == [start]
+
+
 # ---- applying --------------------------------------------------------------------------------------------------
 
 
@@ -257,7 +344,7 @@ def apply_output(fmt: str, before: str, output: str, language: str | None) -> st
         return apply_blocks(before, parse_search_replace(output))
     if fmt == "udiff":
         return apply_blocks(before, parse_udiff(output))
-    if fmt in ("ot", "ot-counts"):
+    if fmt in ("ot", "ot-counts", "ot-lines"):
         try:
             return apply_edit(before, parse_script(output), language).after
         except OTError as exc:
@@ -275,6 +362,8 @@ def reference_output(fmt: str, before: str, after: str) -> str:
         return render_udiff(minimal_blocks(before, after))
     if fmt in ("ot", "ot-counts"):
         return format_script(ot_diff(before, after, quoted=fmt == "ot"))
+    if fmt == "ot-lines":
+        return format_script(line_script(before, after))
     raise ValueError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
 
 
@@ -286,12 +375,16 @@ def perturbations(fmt: str, output: str, seed: str, trials: int = 3) -> list[tup
 
     - OT: one count-only retain off by ±1..3 (`trials` different ones, chosen with `seed`), labelled by the
       op it comes before;
+    - line OT: one quoted retain left out (`trials` different ones, chosen with `seed`), as a model that does
+      not know which quotes are unique writes it: what followed the retain then has to land without it;
     - search/replace and udiff: `trimmed-whitespace` (blocks written at column 0, trailing spaces dropped)
       and `missing-context` (each block's first context line left out, else its last).
     The whole-file format has none: it has no counts or context to get wrong.
     """
     if fmt in ("ot", "ot-counts"):
         return _miscounted_scripts(output, random.Random(seed), trials)
+    if fmt == "ot-lines":
+        return _scripts_without_a_retain(output, random.Random(seed), trials)
     if fmt in ("search-replace", "udiff"):
         parse, render = (
             (parse_search_replace, render_search_replace) if fmt == "search-replace" else (parse_udiff, render_udiff)
@@ -315,6 +408,21 @@ def _miscounted_scripts(output: str, rng: random.Random, trials: int) -> list[tu
         script = [*ops[:i], Retain(ops[i].n + delta), *ops[i + 1:]]
         found.append((f"miscount before {_what(ops[i + 1 :])}", format_script(script)))
     return found
+
+
+def _scripts_without_a_retain(output: str, rng: random.Random, trials: int) -> list[tuple[str, str]]:
+    """A count-free script has nothing to miscount; its mistake is a missing anchor, labelled by where it was."""
+    ops = parse_script(output)
+    quoted = [i for i, op in enumerate(ops) if isinstance(op, Retain) and op.text is not None]
+    found = []
+    for i in sorted(rng.sample(quoted, min(trials, len(quoted)))):
+        where = "after an insert" if i and isinstance(ops[i - 1], Insert) else f"before {_article(ops[i + 1])}"
+        found.append((f"no retain {where}", format_script([*ops[:i], *ops[i + 1 :]])))
+    return found
+
+
+def _article(op: Op) -> str:
+    return "a delete" if isinstance(op, Delete) else "an insert"
 
 
 def _what(following: list[Op]) -> str:

@@ -102,7 +102,8 @@ def _ratio_name(ratio: dict) -> str:
 
 
 def render_cost(summary: dict) -> list[str]:
-    """The cost per applied edit: each format with its best drafter, then OT's ratio to each alternative."""
+    """The cost per applied edit: each format with its best drafter, then the ratio of OT (and of each other OT form
+    decoded) to each alternative."""
     cost, decode = summary["cost"], summary["decode"]
     measured = next(iter(summary["formats"].values()))["cases"]
     lines = [f"Cost per applied edit, reference-forced on {decode['cases']} edits{_whole_note(decode)}: each format "
@@ -120,20 +121,26 @@ def render_cost(summary: dict) -> list[str]:
                      f"| {_percent(row['rates']['clean'])} | {_number(per['perturbed']['median'])} "
                      f"| {_number(per['perturbed']['mean'])} | {_number(per['clean']['median'])} "
                      f"| {_number(per['clean']['mean'])} |")
-    if cost["ratios"]:
-        subject = cost["formats"][cost["subject"]]
-        lines += ["", f"{cost['subject']} + {subject['drafter']} against each alternative: its forwards per applied "
-                  "edit ÷ the alternative's, the median over the edits both were decoded on and the ratio of the "
-                  "totals (below 1.00x OT costs less).", "",
-                  "| alternative | why | edits | perturbed: median | total | clean: median | total "
-                  "| forwards alone: median | total | OT cheaper (perturbed) |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {_ratio_name(r)} | {r['why']} | {r['edits']} | {_times(r['perturbed']['median'])} "
-                  f"| {_times(r['perturbed']['total'])} | {_times(r['clean']['median'])} "
-                  f"| {_times(r['clean']['total'])} | {_times(r['forwards']['median'])} "
-                  f"| {_times(r['forwards']['total'])} | {r.get('wins', 'n/a')} of {r['edits']} |"
-                  for r in cost["ratios"]]
+    subjects = {cost["subject"]: cost["ratios"]} | cost.get("other_subjects", {})
+    for fmt, ratios in subjects.items():
+        if ratios:
+            lines += ["", *_render_ratios(fmt, cost["formats"][fmt]["drafter"], ratios)]
     return lines
+
+
+def _render_ratios(subject: str, drafter: str, ratios: list[dict]) -> list[str]:
+    """One OT form with its best drafter against each alternative."""
+    lines = [f"{subject} + {drafter} against each alternative: its forwards per applied "
+             "edit ÷ the alternative's, the median over the edits both were decoded on and the ratio of the "
+             "totals (below 1.00x OT costs less).", "",
+             "| alternative | why | edits | perturbed: median | total | clean: median | total "
+             "| forwards alone: median | total | OT cheaper (perturbed) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    return lines + [f"| {_ratio_name(r)} | {r['why']} | {r['edits']} | {_times(r['perturbed']['median'])} "
+                    f"| {_times(r['perturbed']['total'])} | {_times(r['clean']['median'])} "
+                    f"| {_times(r['clean']['total'])} | {_times(r['forwards']['median'])} "
+                    f"| {_times(r['forwards']['total'])} | {r.get('wins', 'n/a')} of {r['edits']} |"
+                    for r in ratios]
 
 
 def render_live(live: dict) -> list[str]:

@@ -100,3 +100,41 @@ def test_outside_a_script_the_token_drafter_is_prompt_lookup():
 
     context = DraftContext(tokens=[ord(c) for c in "abcdXYZ abcd"], sources=[[ord(c) for c in "unrelated"]])
     assert CursorTokenDrafter(Chars()).propose(context, k=3).tokens == [ord(c) for c in "XYZ"]
+
+
+REPLACED = '''def total(order):
+    cost = order.price * order.quantity + shipping_cost(order)
+    fee = order.base + shipping_fee(order)
+    return cost + fee
+'''
+
+
+COST_LINE = "    cost = order.price * order.quantity + shipping_cost(order)\\n"
+
+
+def test_an_insert_after_a_delete_starts_with_the_deleted_line():
+    assert CursorDrafter(REPLACED).propose(f'delete("{COST_LINE}")\ninsert("') == COST_LINE
+
+
+def test_an_insert_after_a_delete_resyncs_on_the_deleted_text_after_a_change():
+    # " + ship" is nearer the cursor in the next line of the source, but the insert is rewriting the deleted one
+    script = f'delete("{COST_LINE}")\ninsert("    cost = order.price * count + ship'
+    assert CursorDrafter(REPLACED).propose(script) == "ping_cost(order)\\n"
+
+
+def test_an_insert_that_leaves_the_deleted_text_falls_back_to_the_source():
+    script = 'delete("    return cost + fee\\n")\ninsert("    fee = order.base + shipping'
+    assert CursorDrafter(REPLACED).propose(script) == "_fee(order)\\n"
+
+
+def test_a_proposal_goes_on_from_an_escape_the_script_has_begun():
+    script = 'retain("def total(order):\\n")\ndelete("    cost = order.price * order.quantity + shipping_cost(order)\\'
+    assert CursorDrafter(REPLACED).propose(script) == "n"
+
+
+def test_between_ops_a_delete_is_followed_by_its_replacement_and_an_anchor_by_a_delete():
+    drafter = CursorDrafter(REPLACED)
+    assert drafter.propose('delete("    return cost + fee\\n")') == '\ninsert("    return cost + fee\\n'
+    drafter = CursorDrafter(REPLACED)
+    assert drafter.propose('retain("(order):\\n")\n') == f'delete("{COST_LINE}'
+    assert CursorDrafter(REPLACED).propose('insert("x = 1\\n")\n') == ""

@@ -162,3 +162,21 @@ def test_stratify_on_the_suite_and_the_shortest_file():
     picked = stratify(suite, 5)
     assert len(picked) == 5 and len({c["language"] for c in picked}) == 5
     assert shortest(suite, 1)[0]["before"] == min((c["before"] for c in suite), key=len)
+
+
+def test_line_ot_gets_its_own_row_and_ratios_beside_ots():
+    report = synthetic_report()
+    for case, value in zip(report["cases"], [6, 10, 12], strict=True):
+        case["decode"]["cursor"]["formats"]["ot-lines"] = {"tokens": 3 * value, "target_forwards": value,
+                                                           "seconds": value / 10}
+    report["summary"]["formats"]["ot-lines"] = {"cases": 180, "applies": 1.0, "perturbed_applies": 0.5}
+    cost = summarize_cost(report["cases"], report["summary"]["formats"], DRAFTERS)
+    assert cost["formats"]["ot-lines"]["drafter"] == "cursor" and cost["subject"] == "ot"
+    assert [r["format"] for r in cost["ratios"]] == ["whole", "search-replace", "udiff", "cheapest alternative"]
+    (lines,) = cost["other_subjects"].values()
+    against = next(r for r in lines if r["format"] == "search-replace")
+    assert against["clean"]["total"] == pytest.approx(28 / 76)
+    report["summary"]["cost"] = cost
+    table = "\n".join(render_cost(report["summary"]))
+    assert "| ot-lines | cursor | 3 | 3.00 | 10 | 50.0% | 100.0% | 20 |" in table
+    assert "ot + hybrid against each alternative" in table and "ot-lines + cursor against each alternative" in table

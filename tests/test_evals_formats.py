@@ -31,7 +31,7 @@ def test_every_reference_applies_back_exactly_on_the_suite(fmt):
 
 def test_references_apply_back_on_the_real_commits():
     cases = load_cases(DEFAULT_CASES)
-    for fmt in ("whole", "search-replace", "udiff", "ot"):
+    for fmt in ("whole", "search-replace", "udiff", "ot", "ot-lines"):
         failed = [c["id"] for c in cases if not _applies(fmt, c, reference_output(fmt, c["before"], c["after"]))]
         assert failed == [], fmt
     # count-only scripts carry no text to check: the tolerant applier's line-boundary snapping can move an
@@ -166,3 +166,34 @@ def test_line_formats_split_lines_at_newlines_only(fmt):
     before = 'page = 1\n\x0c\ns = "a\u2028b"\nend = 2\n'
     after = before.replace('"a\u2028b"', '"A\u2028b"')
     assert apply_output(fmt, before, reference_output(fmt, before, after), "python") == after
+
+
+# ---- line-granular OT -----------------------------------------------------------------------------------------
+
+
+def test_line_scripts_quote_whole_lines_and_no_counts():
+    after = BEFORE.replace("return 3", "return 30")
+    assert reference_output("ot-lines", BEFORE, after) == 'delete("    return 3\\n")\ninsert("    return 30\\n")'
+
+
+def test_a_repeated_line_is_anchored_by_the_end_of_the_line_before_it():
+    after = BEFORE.replace("def b():\n    return 1", "def b():\n    return 2")
+    script = reference_output("ot-lines", BEFORE, after)
+    assert script.startswith('retain("b():\\n")\ndelete("    return 1\\n")')
+    assert apply_output("ot-lines", BEFORE, script, language_for("m.py")) == after
+
+
+def test_line_scripts_place_several_changes_and_insertions():
+    after = BEFORE.replace("def a():\n", "def a():\n    x = 0\n").replace("return 1\n\n\ndef c", "return 2\n\n\ndef c")
+    after += "\n\ndef d():\n    return 4\n"
+    script = reference_output("ot-lines", BEFORE, after)
+    assert not any(op.rstrip(")").split("(")[1].isdigit() for op in script.splitlines())
+    assert apply_output("ot-lines", BEFORE, script, language_for("m.py")) == after
+
+
+def test_a_line_script_without_a_needed_retain_does_not_land():
+    after = BEFORE.replace("def b():\n    return 1", "def b():\n    return 2")
+    case = {"before": BEFORE, "after": after, "path": "m.py"}
+    ((kind, perturbed),) = perturbations("ot-lines", reference_output("ot-lines", BEFORE, after), seed="x")
+    assert kind == "no retain before a delete"
+    assert not _applies("ot-lines", case, perturbed)

@@ -225,3 +225,18 @@ def test_any_script_lands_exactly_as_resolved_or_is_refused(doc, script, languag
     except OTError:
         return
     assert apply(doc, result.ops) == result.after
+
+
+def test_an_insert_after_a_quoted_delete_replaces_it_even_when_another_change_follows():
+    doc = "a = 1\nb = 2\nc = 3\nd = 4\ne = 5\nf = 6\n"
+    script = 'delete("b = 2\\n")\ninsert("b = 22\\n")\ndelete("e = 5\\n")\ninsert("e = 55\\n")'
+    assert apply_edit(doc, parse_script(script), None).after == doc.replace("2\n", "22\n").replace("5\n", "55\n")
+
+
+def test_quotes_repeated_alone_are_placed_by_the_run_they_start():
+    # "x:\n" and the return line each occur twice after the cursor; together they occur once, in b()
+    doc = (f"# {'-' * 60}\ndef a(x):\n    for y in x:\n        print(y)\n    if x is None:\n        return None\n\n\n"
+           "def b(x):\n    if not x:\n        return None\n    return 2\n")
+    script = 'retain("x:\\n")\ndelete("        return None\\n")\ninsert("        return 0\\n")'
+    after = apply_edit(doc, parse_script(script), language_for("a.py")).after
+    assert after == doc.replace("not x:\n        return None", "not x:\n        return 0")

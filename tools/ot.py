@@ -262,14 +262,25 @@ def quoted_run(ops: Sequence[Op], index: int) -> str:
     `retain("foo(") delete("a")` covers "foo(a": the applier searches for the whole run, which is far
     more often unique than either quote alone.
     """
-    parts = []
+    return quoted_runs(ops, index)[0]
+
+
+def quoted_runs(ops: Sequence[Op], index: int) -> list[str]:
+    """The runs of the quoted ops from `index` on, longest first, down to the op's own text.
+
+    Without counts between them, consecutive quotes need not be back to back in the document: in
+    `delete("a") insert("b") retain("c")` the retain may anchor a later change. So the applier looks for the
+    longest run the document has, and each shorter one is a fallback.
+    """
+    parts: list[str] = []
     for op in ops[index:]:
         if isinstance(op, Insert):
             continue
         if op.text is None:
             break
         parts.append(op.text)
-    return "".join(parts)
+    runs = ["".join(parts[:size]) for size in range(len(parts), 0, -1)]
+    return runs or [""]
 
 
 def anchor(doc: str, ops: list[Op]) -> list[Op]:

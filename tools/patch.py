@@ -3,8 +3,12 @@
 Models miscount. This module turns the script a model wrote into an exact op list for the document
 (`tools.ot`), landing the edit the model meant or refusing with a message the model can act on:
 
-- a quoted `delete("…")` / `retain("…")` is the truth: when the count before it is off, the quoted text is
-  found near the cursor (exact, then fuzzy) and the cursor shifts; each shift is reported as a Correction;
+- a quoted `delete("…")` / `retain("…")` is the truth: when the count before it is off (or there is none), the
+  quoted text is found near the cursor, else once after the last edit (exact, then fuzzy), and the cursor shifts;
+  each shift is reported as a Correction. Consecutive quotes are looked for together first (the longest run of
+  them the file has), so a short quote is placed by the quotes that follow it;
+- an insert right after a quoted delete goes where the deleted text was (the two are a replacement); an insert
+  before a quoted op goes where that op's text is;
 - an insert of whole lines lands on a line boundary, and an inline insert does not split a word when a
   nearby boundary makes the file parse;
 - where two places fit equally well, the file's syntax decides; if it cannot, the edit is refused;
@@ -29,7 +33,7 @@ from tools.ot import (
     is_line_insert,
     is_quoted,
     on_line_boundary,
-    quoted_run,
+    quoted_runs,
 )
 from tools.syntax import SyntaxProblem, added_problems, language_name, syntax_problems
 
@@ -163,6 +167,13 @@ def _splits_word(doc: str, offset: int) -> bool:
 Pins = dict[int, "int | tuple[int, int]"]  # op index -> an insert's offset, or a quoted op's (start, end)
 
 
+def _replaces_deleted(ops: Sequence[Op], index: int) -> bool:
+    """Whether the insert at `index` comes right after a quoted delete, so that the cursor is exactly where the
+    deleted text was; a quoted op after the insert then places itself, not the insert."""
+    previous = ops[index - 1] if index else None
+    return isinstance(previous, Delete) and previous.text is not None
+
+
 def _pinned_offset(forced: Pins, index: int) -> int | None:
     pin = forced.get(index)
     assert pin is None or isinstance(pin, int)  # inserts are pinned by offset
@@ -211,7 +222,9 @@ class _Resolver:
             if isinstance(op, Insert):
                 following = self.ops[index + 1] if index + 1 < len(self.ops) else None
                 at = _pinned_offset(forced, index)
-                if at is None and is_quoted(following):
+                if at is None and _replaces_deleted(self.ops, index):
+                    at = pos  # delete("a") insert("b") is a replacement too: b goes where a was
+                elif at is None and is_quoted(following):
                     # insert + quoted op is a replacement: the quoted text places both
                     pinned = _pinned_span(forced, index + 1)
                     span = pinned or self._place_quoted(index + 1, following, pos, done, forced)
@@ -262,16 +275,13 @@ class _Resolver:
     def _place_quoted(self, index: int, op: Retain | Delete, pos: int, done: int, forced: Pins) -> tuple[int, int]:
         doc, text = self.doc, op.text
         assert text is not None  # only quoted ops are placed by their text
-        if doc.startswith(text, pos):
+        where_found, found = quote_candidates(doc, quoted_runs(self.ops, index), pos, done)
+        if where_found == "cursor":
             return pos, pos + len(text)
-        run = quoted_run(self.ops, index)
-        lo = max(done, pos - QUOTE_RADIUS)
-        near = _occurrences(doc, run, lo, min(len(doc), pos + QUOTE_RADIUS + len(run)))
-        near = near or _occurrences(doc, text, lo, min(len(doc), pos + QUOTE_RADIUS + len(text)))
-        if near:
-            starts = self._choose(index, pos, near, forced, lambda s: (s, s + len(text)))
+        if where_found == "near":
+            starts = self._choose(index, pos, found, forced, lambda s: (s, s + len(text)))
             return starts, starts + len(text)
-        anywhere = _occurrences(doc, text, done, len(doc))
+        anywhere = found
         if len(anywhere) == 1:
             return anywhere[0], anywhere[0] + len(text)
         if anywhere:
@@ -438,6 +448,27 @@ def without_blank_lines(text: str) -> str:
 
 def _indent(line: str) -> str:
     return line[: len(line) - len(line.lstrip())]
+
+
+def quote_candidates(doc: str, runs: Sequence[str], pos: int, done: int) -> tuple[str, list[int]]:
+    """Where the applier looks for a quoted op, in order, and the starts it finds there.
+
+    `runs` are the op's quoted runs, longest first (`tools.ot.quoted_runs`); the op's own text is the last.
+    ("cursor", [pos]): its text is at the cursor. ("near", starts): the longest run found within QUOTE_RADIUS
+    of the cursor (not before `done`), where the nearest fitting candidate is chosen. ("after", starts): the
+    longest run found anywhere after `done` (one start places it, several are refused, none leaves fuzzy
+    matching). Exposed so that a writer of scripts can check that a quote lands where it means.
+    """
+    if doc.startswith(runs[-1], pos):
+        return "cursor", [pos]
+    lo = max(done, pos - QUOTE_RADIUS)
+    for run in runs:
+        if near := _occurrences(doc, run, lo, min(len(doc), pos + QUOTE_RADIUS + len(run))):
+            return "near", near
+    for run in runs:
+        if anywhere := _occurrences(doc, run, done, len(doc)):
+            return "after", anywhere
+    return "after", []
 
 
 def _occurrences(doc: str, text: str, lo: int, hi: int) -> list[int]:

@@ -4,10 +4,17 @@ While a model writes an OT edit script (`tools.ot_script`) against a file, most 
 that file. This module follows the script as it streams, keeps the cursor in the source, and proposes
 text:
 - inside a quoted `delete("…` or `retain("…`: the source text at the cursor (the quote copies it);
-- inside an `insert("…`: the rest of the source line that the line being inserted is copying, found by
-  the longest suffix of the inserted text that occurs in the source near the cursor.
-Proposals are JSON-escaped, as they appear inside the script's string literals, and end at the end of the
-source line (scripts quote line by line, and what follows the quote is the script's own syntax).
+- inside an `insert("…` right after a `delete("…")`: the deleted text, which a replacement mostly repeats: its
+  continuation while the insert still matches it, else what follows the longest tail of the inserted text
+  (at least MIN_RESYNC code points) found in it, the occurrence nearest the insert's own position;
+- otherwise inside an `insert("…`, or when the deleted text has no match: the rest of the source line that the
+  line being inserted is copying, found by the longest suffix of the inserted text that occurs in the source
+  near the cursor;
+- between ops: after a quoted delete, the insert that replaces it (`insert("` and the deleted text's first line);
+  after a quoted retain, the delete of the source at the cursor (a count-free script anchors a change that way).
+Proposals are JSON-escaped, as they appear inside the script's string literals (going on from an escape the
+script has begun), and end at the end of the source line (scripts quote line by line, and what follows the quote
+is the script's own syntax).
 
 `CursorTokenDrafter` is the engine's face of it: it finds the script being written in the decoded context (after
 the last ```edit fence or a line holding only `[`), turns the proposal into draft tokens, and fills the rest of the
@@ -26,6 +33,7 @@ from tools.ot_script import ScriptParser, ScriptSyntaxError
 SEARCH_RADIUS = 2000  # code points around the cursor searched for the text being copied
 DECODE_OVERLAP = 4  # tokens decoded again with each new step's tokens, so a boundary decodes as in the whole
 MIN_SUFFIX = 4  # shortest tail of an insert that is looked up in the source
+MIN_RESYNC = 3  # shortest tail of an insert that is looked up in the text deleted just before it
 
 
 class CursorDrafter:
@@ -38,6 +46,8 @@ class CursorDrafter:
         self._fed = 0  # characters of the script already fed to the parser
         self._cursor = 0  # source offset after the completed ops
         self._broken = False  # the output stopped being a script: propose nothing
+        self._deleted: str | None = None  # the text of the last op when it is a quoted delete
+        self._anchored = False  # the last op is a quoted retain: a change starts at the cursor
 
     def propose(self, script_so_far: str) -> str:
         """JSON-escaped text the model is likely to write next ("" when there is no good guess)."""
@@ -52,13 +62,34 @@ class CursorDrafter:
         self._fed = len(script_so_far)
         in_progress = self._parser.in_progress
         if in_progress is None:
-            return ""
+            return self._next_op(script_so_far)
         name, text = in_progress
         if name == "insert":
-            return _escape(self._line_continuation(text))
-        return _escape(self._quote_continuation(text))
+            replaced = _replacement_continuation(text, self._deleted) if self._deleted else ""
+            proposal = _escape(replaced[: self.max_chars] or self._line_continuation(text))
+        else:
+            proposal = _escape(self._quote_continuation(text))
+        if self._parser.in_escape:  # the script ends inside an escape (`\`): the proposal must go on from it
+            partial = script_so_far[script_so_far.rfind("\\") :]
+            return proposal.removeprefix(partial) if proposal.startswith(partial) else ""
+        return proposal
+
+    def _next_op(self, script_so_far: str) -> str:
+        """After a quoted delete, the insert that replaces it (starting as the deleted text does); after a quoted
+        retain, the delete of the source line at the cursor; the op's spelling, from what the script has of it."""
+        if self._deleted:
+            op, text = "insert", _through_line_end(self._deleted[: self.max_chars])
+        elif self._anchored:
+            op, text = "delete", self._quote_continuation("")
+        else:
+            return ""
+        written = script_so_far[script_so_far.rfind(")") + 1 :]
+        spelled = f'\n{op}("'
+        return spelled[len(written) :] + _escape(text) if spelled.startswith(written) else ""
 
     def _advance(self, op: Retain | Delete | Insert) -> None:
+        self._deleted = op.text if isinstance(op, Delete) else None
+        self._anchored = isinstance(op, Retain) and op.text is not None
         if isinstance(op, Insert):
             return
         if op.text is not None:
@@ -83,6 +114,30 @@ class CursorDrafter:
             if found is not None:
                 return _through_line_end(self.source[found + size : found + size + self.max_chars])
         return ""
+
+
+def _replacement_continuation(typed: str, deleted: str) -> str:
+    """What an insert replacing `deleted` writes next, through the end of the deleted line being repeated:
+    the rest of `deleted` while the insert agrees with it, else what follows the longest tail of `typed` found
+    in it (where the edit resumes copying after a change); "" when neither is there."""
+    if deleted.startswith(typed):
+        return _through_line_end(deleted[len(typed) :])
+    for size in range(min(len(typed), 64), MIN_RESYNC - 1, -1):
+        tail = typed[-size:]
+        ends = [at + size for at in _occurrences(deleted, tail)]
+        if ends:
+            end = min(ends, key=lambda end: abs(end - len(typed)))
+            return _through_line_end(deleted[end:])
+    return ""
+
+
+def _occurrences(text: str, part: str) -> list[int]:
+    """Every start of `part` in `text`, overlapping ones included."""
+    found, at = [], text.find(part)
+    while at >= 0:
+        found.append(at)
+        at = text.find(part, at + 1)
+    return found
 
 
 def _nearest(source: str, text: str, cursor: int) -> int | None:
