@@ -46,6 +46,7 @@ QUICK_DECODE_FORMATS = ("search-replace", "udiff", "ot", "whole")  # whole only 
 
 
 LIVE_MAX_TOKENS = 4096  # per live reply
+MODEL_FREE_DRAFTERS = ("off", "ngram", "cursor")  # drafters that never read the model (--forwards-only)
 
 
 EPILOG = """\
@@ -61,6 +62,9 @@ examples:
   agent eval --cases edits.jsonl --stratify 40 --decode-formats search-replace,udiff,ot,whole --whole-cases 10
              --json out.json --resume       the cost per applied edit: tokens and applies on every edit, decoding
                                               on 40 spread over languages and sizes, whole files on 10 of them
+  agent eval --cases evals/data/edits-dev.jsonl --forwards-only --decode-formats search-replace,udiff,ot
+                                              the cost per applied edit's forwards on every dev edit, without the
+                                              model (exact for off, ngram and cursor; no times); a few minutes
   agent eval --cases edits.jsonl --model hosted_vllm/gemma-4 --api-base http://127.0.0.1:8000/v1
                                               each edit through the agent's edit turn on a live server
 
@@ -123,6 +127,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "name, or 'embedded' to start the embedded server)")
     parser.add_argument("--api-base", metavar="URL", help="the live model's OpenAI-compatible endpoint")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per live reply (default: 600)")
+    parser.add_argument("--forwards-only", action="store_true",
+                        help="count the reference-forced target forwards without the model: under a reference the "
+                             f"drafts of {', '.join(MODEL_FREE_DRAFTERS)} (so their forwards) do not depend on it; "
+                             "seconds for all 180 dev edits, no times, no free-running workloads")
     parser.add_argument("--grounding", action="store_true",
                         help="instead, the grounded-decoding eval: the embedded base model writes the built-in "
                              "suite's edits few-shot, grounding off and on; closed / parsed / applied / exact per "
@@ -192,9 +200,15 @@ def run_command(args: argparse.Namespace) -> int:
         return _grounding(args)
     try:
         default = "none" if args.model else ",".join(QUICK_DRAFTERS) if args.quick else "all"
+        default = ",".join(MODEL_FREE_DRAFTERS) if args.forwards_only else default
         drafters = _drafters(args.drafters or default)
     except argparse.ArgumentTypeError as exc:
         print(f"agent eval: --drafters: {exc}", file=sys.stderr)
+        return 2
+    if args.forwards_only and not set(drafters) <= set(MODEL_FREE_DRAFTERS):
+        print(f"agent eval: --forwards-only counts the drafters that do not read the model "
+              f"({', '.join(MODEL_FREE_DRAFTERS)}), not {', '.join(sorted(set(drafters) - set(MODEL_FREE_DRAFTERS)))}",
+              file=sys.stderr)
         return 2
     decode_formats = args.decode_formats or (QUICK_DECODE_FORMATS if args.quick else
                                              tuple(f for f in FORMATS if f != "whole"))
@@ -232,9 +246,11 @@ def run_command(args: argparse.Namespace) -> int:
         from decoding.engine.loading import load_model
 
         max_tokens = args.max_tokens if args.max_tokens is not None else QUICK_MAX_TOKENS if args.quick else MAX_TOKENS
+        max_tokens = 0 if args.forwards_only else max_tokens  # free-running output is the model's own
         decoded, whole = decoded_cases(cases, args)
-        print("loading the embedded model …", file=sys.stderr)
-        run_decode(report, decoded, load_model(), decode_formats, drafters, max_tokens,
+        if not args.forwards_only:
+            print("loading the embedded model …", file=sys.stderr)
+        run_decode(report, decoded, None if args.forwards_only else load_model(), decode_formats, drafters, max_tokens,
                    QUICK_WORKLOADS if args.quick else None, done=done,
                    checkpoint=(lambda: write_report(report, args.json)) if args.json else lambda: None,
                    whole_ids=whole)

@@ -11,6 +11,11 @@ real output (decode time after the prompt, as above), reported beside the forced
 
 Times are decode time after the prompt: every drafter sees the same prompt, so it is prefilled once
 (`PromptCache`) and its cost is left out of the comparison.
+
+Forwards only (`Decoder.model_free`): under a reference, what the model-free drafters (`off`, `ngram`, `cursor`)
+propose depends on the prompt and the reference alone, and what is accepted is the reference's agreeing prefix, so
+their target forwards are the same whatever the model computes. A target that computes nothing gives those counts
+in seconds (no times, no model-reading drafter).
 """
 
 from __future__ import annotations
@@ -155,12 +160,52 @@ class PromptCache:
         self.held_hidden = self._held_rows(length)
 
 
+class ComputesNothing:
+    """A `Target` whose forwards compute nothing: for counting the forwards of reference-forced generations."""
+
+    vocab_size, logit_chunk = 1, 0
+
+    def __init__(self) -> None:
+        self.length = 0
+
+    def reset(self, capacity: int) -> None:
+        self.length = 0
+
+    def forward(self, tokens: list[int]) -> torch.Tensor:
+        self.length += len(tokens)
+        return torch.zeros(len(tokens), 1)
+
+    def rollback(self, length: int) -> None:
+        self.length = length
+
+    def greedy(self, hidden: torch.Tensor) -> list[int]:
+        return [0] * hidden.shape[0]
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(hidden.shape[0], 1)
+
+
 class Decoder:
     """The embedded model with its tokenizer, ready to time generations per drafter."""
 
     def __init__(self, loaded) -> None:
-        self.tokenizer = loaded.tokenizer
-        self.target = PromptCache(make_target(loaded.model))
+        self._init_with(loaded.tokenizer, make_target(loaded.model))
+
+    @classmethod
+    def model_free(cls) -> Decoder:
+        """The embedded tokenizer over a target that computes nothing: reference-forced forwards of the model-free
+        drafters, exact, without the model (times are meaningless)."""
+        from transformers import AutoTokenizer
+
+        from decoding.engine.tokenizer import tokenizer_dir
+
+        decoder = cls.__new__(cls)
+        decoder._init_with(AutoTokenizer.from_pretrained(tokenizer_dir()), ComputesNothing())
+        return decoder
+
+    def _init_with(self, tokenizer, target: Target) -> None:
+        self.tokenizer = tokenizer
+        self.target = PromptCache(target)
         self.end_of_turn = self.tokenizer.get_vocab()[END_OF_TURN]
         self.stop_ids = stop_token_ids(self.tokenizer)
 

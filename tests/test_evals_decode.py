@@ -10,7 +10,7 @@ from decoding.drafting.base import Draft, DraftContext
 from decoding.engine.generation import generate
 from evals.cases import load_suite
 from evals.command import QUICK_DRAFTERS, QUICK_LANGUAGES, main
-from evals.decode import PromptCache, available_drafters, edit_prompt
+from evals.decode import Decoder, PromptCache, available_drafters, decode_case, edit_prompt
 from evals.formats import reference_output
 
 VOCAB = 64
@@ -368,3 +368,20 @@ def test_quick_times_the_drafters_that_pay_on_a_cpu(tmp_path, monkeypatch):
     decoded = [case["decode"] for case in json.loads(out.read_text())["cases"] if case["decode"]]
     assert decoded and all(tuple(drafters) == QUICK_DRAFTERS for drafters in decoded)
     assert "mtp" not in QUICK_DRAFTERS
+
+
+@pytest.mark.slow
+def test_forwards_without_the_model_are_the_models_forwards(embedded_model):
+    case = min(load_suite(), key=lambda c: len(c["before"]))
+    drafters = ("ngram", "cursor")
+    with_model = decode_case(Decoder(embedded_model), case, ("ot",), drafters)
+    model_free = decode_case(Decoder.model_free(), case, ("ot",), drafters)
+    for drafter in drafters:
+        real, counted = with_model[drafter]["formats"]["ot"], model_free[drafter]["formats"]["ot"]
+        assert (counted["target_forwards"], counted["tokens"]) == (real["target_forwards"], real["tokens"]), drafter
+        assert real["target_forwards"] < real["tokens"]  # drafts were accepted: the count is not trivial
+
+
+def test_forwards_only_refuses_a_drafter_that_reads_the_model(capsys):
+    assert main(["--forwards-only", "--drafters", "ngram,mtp", "--limit", "1"]) == 2
+    assert "mtp" in capsys.readouterr().err
