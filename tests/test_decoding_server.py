@@ -272,8 +272,10 @@ def test_serve_reports_a_bad_model_path_and_exits_2(tmp_path, capsys):
 def test_bench_rejects_a_zero_thread_count(capsys):
     from decoding.lab.bench import main
 
-    assert main(["--threads", "0"]) == 2
-    assert "--threads" in capsys.readouterr().err
+    for bad in ("0", "-1", "two"):
+        with pytest.raises(SystemExit) as stopped:
+            main(["--threads", bad])  # before any benchmark starts: 0 is no count (auto is spelled "auto")
+        assert stopped.value.code == 2 and "--threads" in capsys.readouterr().err
 
 
 @slow

@@ -605,15 +605,19 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def thread_count(text: str) -> int:
-    """`--threads` values: a count, or `auto` (0)."""
-    return 0 if text == "auto" else int(text)
+    """`--threads` values: a count of at least 1, or `auto` (0)."""
+    if text == "auto":
+        return 0
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a thread count: give 1, 2, … or auto")
+    return int(text)
 
 
 def bench_from_args(args: argparse.Namespace) -> int:
     """Run the benchmark for options added by `add_bench_arguments`; exit status 1 if one of our float32 outputs
     diverged (the peers' outputs are reported, not required, to match)."""
-    if min(args.max_tokens, args.repeats, *args.mtp_k) < 1 or min(args.threads) < 0:
-        print("error: --max-tokens, --repeats, --threads and --mtp-k must be >= 1", file=sys.stderr)
+    if min(args.max_tokens, args.repeats, *args.mtp_k) < 1:
+        print("error: --max-tokens, --repeats and --mtp-k must be >= 1", file=sys.stderr)
         return 2
     print(load_line("start"))
     print(format_table([]))
