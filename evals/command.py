@@ -130,7 +130,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--forwards-only", action="store_true",
                         help="count the reference-forced target forwards without the model: under a reference the "
                              f"drafts of {', '.join(MODEL_FREE_DRAFTERS)} (so their forwards) do not depend on it; "
-                             "seconds for all 180 dev edits, no times, no free-running workloads")
+                             "minutes for all 180 dev edits (whole files take longest), no times, no free-running "
+                             "workloads")
     parser.add_argument("--grounding", action="store_true",
                         help="instead, the grounded-decoding eval: the embedded base model writes the built-in "
                              "suite's edits few-shot, grounding off and on; closed / parsed / applied / exact per "
