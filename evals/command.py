@@ -254,7 +254,7 @@ def run_command(args: argparse.Namespace) -> int:
         run_decode(report, decoded, None if args.forwards_only else load_model(), decode_formats, drafters, max_tokens,
                    QUICK_WORKLOADS if args.quick else None, done=done,
                    checkpoint=(lambda: write_report(report, args.json)) if args.json else lambda: None,
-                   whole_ids=whole)
+                   whole_ids=whole, model_free=args.forwards_only)
     if args.model:
         status = _live(report, cases, args)
         if status:

@@ -133,20 +133,20 @@ def run(
 def run_decode(
     report: dict, cases: list[dict], loaded, decode_formats: tuple[str, ...], drafters: tuple[str, ...],
     max_tokens: int, workloads: int | None = None, progress: bool = True, done: dict[str, dict] | None = None,
-    checkpoint: Callable[[], None] = lambda: None, whole_ids: set[str] | None = None,
+    checkpoint: Callable[[], None] = lambda: None, whole_ids: set[str] | None = None, model_free: bool = False,
 ) -> None:
     """Add the decoding evals to `report`: reference-forced per case (`decode` of the decoded cases; the others
     keep an empty one), free-running on the standard workloads (only the `workloads` copy-heavy ones with the
     shortest prompts when given; none when `max_tokens` is 0), their summaries and the cost per applied edit.
     `whole` is decoded only on the cases in `whole_ids` (all when None): it costs a forward per token of the file.
-    With `loaded` None only the forwards are counted, without the model (`Decoder.model_free`).
+    `model_free`: only count the forwards, without the model (`Decoder.model_free`; `loaded` is not used).
     Cases whose `decode` in `done` (id → an earlier run's) covers their formats and every drafter keep those
     figures; `checkpoint()` runs after each case decoded."""
     from decoding.lab.workloads import standard_workloads
     from evals.cost import summarize_cost
     from evals.decode import Decoder, decode_case, free_running, summarize_forced, summarize_free
 
-    decoder = Decoder(loaded) if loaded is not None else Decoder.model_free()
+    decoder = Decoder.model_free() if model_free else Decoder(loaded)
     by_id = {case["id"]: case for case in report["cases"]}
     workloads = standard_workloads() if workloads is None else copy_heavy(standard_workloads())[:workloads]
     workloads = workloads if max_tokens else []
