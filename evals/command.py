@@ -121,7 +121,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{QUICK_WORKLOADS} copy-heavy free-running workload of up to {QUICK_MAX_TOKENS} tokens")
     parser.add_argument("--max-tokens", type=int, default=None,
                         help=f"new tokens per free-running generation (default: {MAX_TOKENS}; 0 skips them) and "
-                             f"per live reply (default: {LIVE_MAX_TOKENS})")
+                             f"per live reply (default: {LIVE_MAX_TOKENS}) and per --grounding reply (default: 160)")
     parser.add_argument("--model", metavar="M",
                         help="also run every case through the agent's edit turn on this live model (a litellm "
                              "name, or 'embedded' to start the embedded server)")
@@ -284,13 +284,14 @@ def _grounding(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from decoding.engine.loading import load_model
-    from evals.grounded import MODES, format_summary, run_grounded, snippets, summary
+    from evals.grounded import MAX_NEW_TOKENS, MODES, format_summary, run_grounded, snippets, summary
 
     cases = snippets()[: args.limit]
     print("loading the embedded model …", file=sys.stderr)
     loaded = load_model()
     bar = Progress(len(cases) * len(MODES), "grounded")
-    results = run_grounded(loaded, cases, on_case=None, before_case=lambda i, mode: bar.step(f"{cases[i].id} {mode}"))
+    results = run_grounded(loaded, cases, args.max_tokens or MAX_NEW_TOKENS,
+                           before_case=lambda i, mode: bar.step(f"{cases[i].id} {mode}"))
     bar.close()
     table = summary(results)
     print(format_summary(table))

@@ -147,6 +147,7 @@ def judge(snippet: Snippet, text: str) -> Outcome:
 def run_grounded(
     loaded,
     cases: list[Snippet],
+    max_new_tokens: int = MAX_NEW_TOKENS,
     on_case: Callable[[int, str, Outcome], None] | None = None,
     before_case: Callable[[int, str], None] | None = None,
 ) -> dict[str, list[Outcome]]:
@@ -171,7 +172,7 @@ def run_grounded(
             grounding = None if mode == "off" else EditGrounding(vocab, snippet.before, stops, snippet.path, prompt)
             drafter = None if mode == "on-plain" else make_drafter("cursor", tokenizer=tokenizer)
             request = GenerationRequest(
-                prompt=prompt_ids, max_new_tokens=MAX_NEW_TOKENS, drafter=drafter, sources=[source_ids],
+                prompt=prompt_ids, max_new_tokens=max_new_tokens, drafter=drafter, sources=[source_ids],
                 source_text=snippet.before, stop_ids=stops, grounding=grounding,
             )
             generation = Generation(target, request)
