@@ -109,11 +109,6 @@ class ScriptParser:
         return self._buf[self._pos :] if self.in_escape else ""
 
     @property
-    def ended(self) -> bool:
-        """Whether the closing `]` has been read: only whitespace and comments may follow."""
-        return self._state == _END
-
-    @property
     def pending_op(self) -> Op | None:
         """The op whose argument is complete but whose `)` has not been read yet, else None (also when the
         argument is bad: the `)` will say so)."""
@@ -308,8 +303,8 @@ class ScriptParser:
         return ScriptSyntaxError(message, line, column)
 
 
-_SIMPLE_ESCAPES = frozenset('"\\/bfnrt')
-_HEX = frozenset("0123456789abcdefABCDEF")
+JSON_SIMPLE_ESCAPES = frozenset('"\\/bfnrt')  # the characters after a backslash that end an escape
+HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 
 
 def _escape_size(buf: str, at: int) -> int | None:
@@ -317,12 +312,12 @@ def _escape_size(buf: str, at: int) -> int | None:
     escape; None when the buffer ends before that can be told."""
     if at == len(buf):
         return None
-    if buf[at] in _SIMPLE_ESCAPES:
+    if buf[at] in JSON_SIMPLE_ESCAPES:
         return 1
     if buf[at] != "u":
         return 0
     digits = buf[at + 1 : at + 5]
-    if not all(ch in _HEX for ch in digits):
+    if not all(ch in HEX_DIGITS for ch in digits):
         return 0
     return 5 if len(digits) == 4 else None
 

@@ -37,7 +37,14 @@ from typing import Literal
 import torch
 
 from tools.ot import Insert, Op
-from tools.ot_script import MAX_COUNT_DIGITS, OP_NAMES, ScriptParser, ScriptSyntaxError
+from tools.ot_script import (
+    HEX_DIGITS,
+    JSON_SIMPLE_ESCAPES,
+    MAX_COUNT_DIGITS,
+    OP_NAMES,
+    ScriptParser,
+    ScriptSyntaxError,
+)
 from tools.patch import QUOTE_RADIUS, EditRefused, place
 
 GroundingMode = Literal["off", "edit"]
@@ -52,7 +59,7 @@ _EDIT_FENCE = re.compile(r"(?P<fence>`{3,})edit(?![\w-])[ \t]*(?P<path>[^\n]*?)[
 _BYTE_PIECE = re.compile(r"<0x([0-9A-F]{2})>")
 _WHITESPACE = frozenset(chr(code) for code in range(0x3001) if chr(code).isspace())  # the parser's separators
 _SYNTAX_CHARS = frozenset(",[]#()\"0123456789" + "".join(OP_NAMES)) | _WHITESPACE
-_ESCAPE_CHARS = frozenset('"\\/bfnrtu0123456789abcdefABCDEF')
+_ESCAPE_CHARS = JSON_SIMPLE_ESCAPES | HEX_DIGITS | {"u"}  # what may follow a backslash in a quote
 
 
 class Vocabulary:
@@ -67,7 +74,6 @@ class Vocabulary:
         pieces = tokenizer.convert_ids_to_tokens(list(range(size)))
         control = set(tokenizer.all_special_ids)
         control |= {index for index, added in tokenizer.added_tokens_decoder.items() if added.special}
-        self.control = frozenset(control)
         self.texts: list[str | None] = []
         for index, piece in enumerate(pieces):
             byte = _BYTE_PIECE.fullmatch(piece)
@@ -110,7 +116,6 @@ class GroundingStats:
     blocks: int = 0  # edit blocks the reply opened (or the prompt left open)
     constrained_tokens: int = 0  # tokens where the target's own choice was not allowed and another was taken
     released_blocks: int = 0  # blocks decoded freely because no token was allowed
-
 
 
 class ScriptFollower:
@@ -336,17 +341,21 @@ class EditGrounding:
         return self.reply.fork().read(text)
 
     def advance(self, token: int) -> None:
-        """Take `token` as written; a token that is not allowed releases the block."""
+        """Take `token` as written; a token that is not allowed releases the block (and is read as free text)."""
         text = self.vocab.texts[token]
-        if not self.allows(token):
+        if text is None:
+            if not self.allows(token):
+                self._release()
+            return
+        trial = self.reply.fork()
+        if not trial.read(text):
             self._release()
-        if text is not None:
             trial = self.reply.fork()
-            if trial.read(text):
-                self.reply = trial
-            else:  # a block it opened does not allow the rest of it
+            if not trial.read(text):  # a block it opened does not allow the rest of it
                 self._release()
                 self.reply.line = ""
+                return
+        self.reply = trial
 
     def best_allowed(self, logits: torch.Tensor) -> int:
         """The allowed token with the highest logit (logits [V]); counts a constrained token."""
