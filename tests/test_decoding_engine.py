@@ -35,6 +35,20 @@ def test_native_gemma_matches_transformers_logits(embedded_model):
     torch.testing.assert_close(native.logits(hidden[-8:]), reference, atol=1e-3, rtol=1e-4)
 
 
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 17])
+def test_native_forwards_of_any_size_match_transformers_past_the_window(tiny_gemma, rows):
+    """A prompt of five windows (prefilled a window at a time), then forwards of `rows` tokens (one or two rows
+    unpacked, more through the packed weights): every row's logits are transformers' for the whole sequence."""
+    ids = torch.randint(0, 97, (60,), generator=torch.Generator().manual_seed(rows)).tolist()
+    with torch.inference_mode():
+        reference = tiny_gemma(torch.tensor([ids])).logits[0]
+    native = GemmaTarget(tiny_gemma)
+    native.reset(len(ids))
+    hidden = [native.forward(ids[:40])]
+    hidden += [native.forward(ids[at : at + rows]) for at in range(40, len(ids), rows)]
+    torch.testing.assert_close(native.logits(torch.cat(hidden)), reference, atol=1e-4, rtol=1e-4)
+
+
 @slow
 @pytest.mark.parametrize("kind", [GemmaTarget, HFTarget])
 def test_rollback_then_recompute_equals_a_fresh_forward(embedded_model, kind):
