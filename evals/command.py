@@ -46,6 +46,7 @@ QUICK_DECODE_FORMATS = ("search-replace", "udiff", "ot", "whole")  # whole only 
 
 
 LIVE_MAX_TOKENS = 4096  # per live reply
+MAX_DRAFT_TOKENS = 64  # --draft-tokens: more rows than any verify forward here would use
 MODEL_FREE_DRAFTERS = ("off", "ngram", "cursor")  # drafters that never read the model (--forwards-only)
 
 
@@ -132,6 +133,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"drafts of {', '.join(MODEL_FREE_DRAFTERS)} (so their forwards) do not depend on it; "
                              "minutes for all 180 dev edits (whole files take longest), no times, no free-running "
                              "workloads")
+    parser.add_argument("--draft-tokens", type=int, metavar="N",
+                        help="every drafter drafts N tokens at every step, as vLLM's ngram does and as a GPU affords "
+                             "(verifying N rows costs about one there); default: the engine's adaptive length, which "
+                             "suits a CPU")
     parser.add_argument("--grounding", action="store_true",
                         help="instead, the grounded-decoding eval: the embedded base model writes the built-in "
                              "suite's edits few-shot, grounding off and on; closed / parsed / applied / exact per "
@@ -185,6 +190,10 @@ def run_command(args: argparse.Namespace) -> int:
     if args.api_base and not args.model:
         print("agent eval: --api-base needs --model (the model to ask at that endpoint)", file=sys.stderr)
         return 2
+    if args.draft_tokens is not None and not 1 <= args.draft_tokens <= MAX_DRAFT_TOKENS:
+        print(f"agent eval: --draft-tokens must be from 1 to {MAX_DRAFT_TOKENS}, not {args.draft_tokens}",
+              file=sys.stderr)
+        return 2
     for option, value in (("--stratify", args.stratify), ("--whole-cases", args.whole_cases)):
         if value is not None and value < 1:
             print(f"agent eval: {option} must be at least 1, not {value}", file=sys.stderr)
@@ -216,7 +225,7 @@ def run_command(args: argparse.Namespace) -> int:
     done = None
     if args.resume and drafters:  # an unreadable report is refused before any work
         try:
-            done = decoded_before(args.json)
+            done = decoded_before(args.json, args.draft_tokens)
         except ValueError as exc:
             print(f"agent eval: --resume: {exc}", file=sys.stderr)
             return 2
@@ -254,7 +263,7 @@ def run_command(args: argparse.Namespace) -> int:
         run_decode(report, decoded, None if args.forwards_only else load_model(), decode_formats, drafters, max_tokens,
                    QUICK_WORKLOADS if args.quick else None, done=done,
                    checkpoint=(lambda: write_report(report, args.json)) if args.json else lambda: None,
-                   whole_ids=whole, model_free=args.forwards_only)
+                   whole_ids=whole, model_free=args.forwards_only, draft_tokens=args.draft_tokens)
     if args.model:
         status = _live(report, cases, args)
         if status:

@@ -204,6 +204,7 @@ class Decoder:
         return decoder
 
     def _init_with(self, tokenizer, target: Target) -> None:
+        self.draft_tokens: int | None = None  # a fixed draft length for every drafter; None: the engine's adaptive one
         self.tokenizer = tokenizer
         self.target = PromptCache(target)
         self.end_of_turn = self.tokenizer.get_vocab()[END_OF_TURN]
@@ -225,9 +226,11 @@ class Decoder:
     ) -> tuple[dict, list[int]]:
         """One greedy generation: its figures (tokens, target forwards, decode seconds, drafted, accepted) and
         its tokens. `seconds` runs from the first token (the prompt's forward) to the end."""
+        fixed = {} if self.draft_tokens is None else dict.fromkeys(("k_min", "k_start", "k_max"), self.draft_tokens)
         request = GenerationRequest(
             prompt=prompt,
             max_new_tokens=max_new_tokens,
+            **fixed,
             drafter=make_drafter(drafter, tokenizer=self.tokenizer, target=self.target.target),
             sources=list(sources),
             stop_ids=self.stop_ids,

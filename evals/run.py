@@ -134,12 +134,15 @@ def run_decode(
     report: dict, cases: list[dict], loaded, decode_formats: tuple[str, ...], drafters: tuple[str, ...],
     max_tokens: int, workloads: int | None = None, progress: bool = True, done: dict[str, dict] | None = None,
     checkpoint: Callable[[], None] = lambda: None, whole_ids: set[str] | None = None, model_free: bool = False,
+    draft_tokens: int | None = None,
 ) -> None:
     """Add the decoding evals to `report`: reference-forced per case (`decode` of the decoded cases; the others
     keep an empty one), free-running on the standard workloads (only the `workloads` copy-heavy ones with the
     shortest prompts when given; none when `max_tokens` is 0), their summaries and the cost per applied edit.
     `whole` is decoded only on the cases in `whole_ids` (all when None): it costs a forward per token of the file.
     `model_free`: only count the forwards, without the model (`Decoder.model_free`; `loaded` is not used).
+    `draft_tokens`: every drafter drafts this many tokens at every step (None: the engine's adaptive length); the
+    report records it, and `decoded_before` keeps figures only from a report decoded the same way.
     Cases whose `decode` in `done` (id → an earlier run's) covers their formats and every drafter keep those
     figures; `checkpoint()` runs after each case decoded."""
     from decoding.lab.workloads import standard_workloads
@@ -147,6 +150,7 @@ def run_decode(
     from evals.decode import Decoder, decode_case, free_running, summarize_forced, summarize_free
 
     decoder = Decoder.model_free() if model_free else Decoder(loaded)
+    decoder.draft_tokens = report["draft_tokens"] = draft_tokens
     by_id = {case["id"]: case for case in report["cases"]}
     workloads = standard_workloads() if workloads is None else copy_heavy(standard_workloads())[:workloads]
     workloads = workloads if max_tokens else []
@@ -196,16 +200,24 @@ def with_applies(decode: dict, formats: dict) -> dict:
     return decode
 
 
-def decoded_before(path: Path) -> dict[str, dict]:
+def decoded_before(path: Path, draft_tokens: int | None = None) -> dict[str, dict]:
     """The reference-forced figures of an earlier JSON report, by case id (cases never decoded left out); none
-    when there is no report yet. Raises ValueError for a file that is not such a report."""
+    when there is no report yet. Raises ValueError for a file that is not such a report, or one decoded with
+    another draft length (`run_decode`'s `draft_tokens`): its forwards would not compare."""
     if not path.exists():
         return {}
     try:
-        cases = json.loads(path.read_text(encoding="utf-8"))["cases"]
-        return {case["id"]: case["decode"] for case in cases if case.get("decode")}
+        report = json.loads(path.read_text(encoding="utf-8"))
+        decoded = {case["id"]: case["decode"] for case in report["cases"] if case.get("decode")}
+        earlier = report.get("draft_tokens")
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"{path} is not a JSON report of agent eval ({type(exc).__name__}: {exc})") from exc
+    if decoded and earlier != draft_tokens:
+        def spelled(n: int | None) -> str:
+            return "adaptive draft lengths" if n is None else f"--draft-tokens {n}"
+        raise ValueError(f"{path} was decoded with {spelled(earlier)}, not {spelled(draft_tokens)}: resume it the "
+                         "same way, or write a new report")
+    return decoded
 
 
 def reusable(earlier: dict | None, formats: tuple[str, ...], drafters: tuple[str, ...]) -> dict | None:

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from decoding.drafting.base import DraftContext
-from decoding.drafting.cursor import CursorDrafter, CursorTokenDrafter
+from decoding.drafting.cursor import MAX_PROPOSAL_TOKENS, CursorDrafter, CursorTokenDrafter
 from tools.ot import format_script, ot_diff
 
 SOURCE = '''def parse(line):
@@ -45,11 +45,27 @@ def test_inside_an_insert_it_continues_the_source_line_being_copied():
     assert CursorDrafter(SOURCE).propose(script) == " in handle if line.strip())\\n"
 
 
-def test_between_operations_and_after_garbage_it_proposes_nothing():
+def test_after_garbage_it_proposes_nothing():
     drafter = CursorDrafter(SOURCE)
-    assert drafter.propose("retain(10)\n") == ""
     assert drafter.propose("retain(10)\nbogus(") == ""
     assert drafter.propose('retain(10)\nbogus(delete("x') == ""
+
+
+def test_between_and_inside_ops_it_proposes_the_scripts_own_syntax():
+    """The ops a script usually writes next, spelled on from what it has; a count's end and the op after it."""
+    body = SOURCE.index("    name, value")
+    cases = {
+        "": "retain(",
+        "ret": "ain(",
+        "retain": "(",
+        "retain(2": ')\ndelete("',  # each digit is a surprise, the count's end need not be
+        f"retain({body})": "\n" + r'delete("    name, value = line.split(\"=\", 1)\n',  # what is at the cursor
+        f"retain({body})\nins": 'ert("    ',  # another op begun: its opening, an indented new line
+        f'retain({body})\ninsert("x = 1\\n")': "\nretain(",  # after an insert, the count to the next change
+        f'retain({body})\ninsert("x = 1\\n")\nde': r'lete("    name, value = line.split(\"=\", 1)\n',
+    }
+    for script, proposal in cases.items():
+        assert CursorDrafter(SOURCE).propose(script) == proposal, script
 
 
 def test_following_a_real_script_the_quotes_are_drafted_many_characters_per_step():
@@ -90,14 +106,33 @@ def test_the_token_drafter_drafts_the_rest_of_the_quoted_source_line(embedded_mo
     assert text.startswith("en(path) as handle:\\n")  # the rest of the source line, JSON-escaped
 
 
+class Chars:
+    """A tokenizer with one token per character: enough to follow the text."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(map(chr, ids))
+
+    def __call__(self, text, add_special_tokens=False):
+        return type("Encoding", (), {"input_ids": [ord(c) for c in text]})
+
+
+def test_a_proposal_is_drafted_whole_past_a_short_draft_length_up_to_its_cap():
+    """Syntax and quoted file text are drafted whole (the drafter sizes the draft), at most MAX_PROPOSAL_TOKENS."""
+    source = [ord(c) for c in SOURCE]
+    script = [ord(c) for c in '```edit config.py\nretain(10)\ndelete("']
+    draft = CursorTokenDrafter(Chars()).propose(DraftContext(tokens=script, sources=[source]), k=2)
+    assert draft.self_sized and Chars().decode(draft.tokens) == "line):\\n"
+    counted = script[: script.index(ord(")")) + 1]  # the script ends after `retain(10)`
+    draft = CursorTokenDrafter(Chars()).propose(DraftContext(tokens=counted, sources=[source]), k=2)
+    assert draft.self_sized and Chars().decode(draft.tokens) == '\ndelete("line):\\n'[:MAX_PROPOSAL_TOKENS]
+    assert len('\ndelete("line):\\n') > MAX_PROPOSAL_TOKENS == len(draft.tokens)
+    draft = CursorTokenDrafter(Chars()).propose(DraftContext(tokens=script, sources=[source], limit=3), k=2)
+    assert len(draft.tokens) == 3  # never past the length budget
+    short = CursorTokenDrafter(Chars()).propose(DraftContext(tokens=script, sources=[source]), k=40)
+    assert not short.self_sized  # a draft length above the proposal: the proposal, then lookup, as before
+
+
 def test_outside_a_script_the_token_drafter_is_prompt_lookup():
-    class Chars:  # a tokenizer with one token per character is enough to follow the text
-        def decode(self, ids, skip_special_tokens=True):
-            return "".join(map(chr, ids))
-
-        def __call__(self, text, add_special_tokens=False):
-            return type("Encoding", (), {"input_ids": [ord(c) for c in text]})
-
     context = DraftContext(tokens=[ord(c) for c in "abcdXYZ abcd"], sources=[[ord(c) for c in "unrelated"]])
     assert CursorTokenDrafter(Chars()).propose(context, k=3).tokens == [ord(c) for c in "XYZ"]
 
@@ -137,4 +172,4 @@ def test_between_ops_a_delete_is_followed_by_its_replacement_and_an_anchor_by_a_
     assert drafter.propose('delete("    return cost + fee\\n")') == '\ninsert("    return cost + fee\\n'
     drafter = CursorDrafter(REPLACED)
     assert drafter.propose('retain("(order):\\n")\n') == f'delete("{COST_LINE}'
-    assert CursorDrafter(REPLACED).propose('insert("x = 1\\n")\n') == ""
+    assert CursorDrafter(REPLACED).propose('insert("x = 1\\n")\n') == "retain("

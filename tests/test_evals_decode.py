@@ -1,6 +1,7 @@
 """Decoding evals: reference forcing in the engine, the prompt cache, per-drafter figures, and the live-model eval."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -90,6 +91,19 @@ def test_forced_verification_accepts_the_drafts_that_match_and_still_runs_every_
     assert missing.stats.accepted < missing.stats.drafted
     assert oracle.stats.target_forwards < missing.stats.target_forwards < len(REFERENCE)
     assert sum(target.forwards) == len(PROMPT) + missing.stats.drafted + missing.stats.steps
+
+
+def test_a_fixed_draft_length_drafts_that_many_tokens_at_every_step():
+    """k_min = k_start = k_max: after a miss the draft stays as long (the adaptive length would shrink to 1)."""
+    target = CountingTarget()
+    fixed = generate(target, PROMPT, len(REFERENCE), reference=REFERENCE, stop_ids=STOP,
+                     drafter=Oracle(PROMPT, REFERENCE, miss=frozenset({0, 2})), k_min=3, k_start=3, k_max=3)
+    assert fixed.tokens == REFERENCE[:-1]
+    assert set(target.forwards[1:-1]) == {4}  # every verify forward: the pending token and 3 drafted ones
+    target = CountingTarget()
+    generate(target, PROMPT, len(REFERENCE), reference=REFERENCE, stop_ids=STOP,
+             drafter=Oracle(PROMPT, REFERENCE, miss=frozenset({0, 2})), k_start=3, k_max=3)
+    assert min(target.forwards[1:]) < 4  # adaptive: a miss shrinks the next draft
 
 
 def test_forced_generation_cannot_run_past_its_reference():
@@ -231,7 +245,7 @@ def fake_decoding(monkeypatch, decoded: list[str], stop_at: str | None = None) -
         figures = {"tokens": 9, "target_forwards": len(case["id"]), "seconds": 1.0}
         return {d: evals.decode.drafter_totals({f: dict(figures) for f in formats}) for d in drafters}
 
-    monkeypatch.setattr(evals.decode, "Decoder", lambda loaded: None)
+    monkeypatch.setattr(evals.decode, "Decoder", lambda loaded: SimpleNamespace())
     monkeypatch.setattr(evals.decode, "decode_case", decode_case)
     monkeypatch.setattr("decoding.engine.loading.load_model", lambda *args, **kwargs: None)
 
@@ -261,6 +275,25 @@ def test_an_interrupted_decoding_run_keeps_its_cases_and_resume_decodes_only_the
     decoded.clear()  # asking for a drafter the report lacks decodes every case again
     assert main([*argv, "--drafters", "off,cursor", "--resume"]) == 0
     assert decoded == ids
+
+
+def test_resume_keeps_figures_only_from_a_report_decoded_with_the_same_draft_length(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "eval.json"
+    argv = ["--limit", "2", "--formats", "ot", "--decode-formats", "ot", "--drafters", "off", "--max-tokens", "0",
+            "--json", str(out)]
+    decoded: list[str] = []
+    fake_decoding(monkeypatch, decoded)
+    assert main([*argv, "--draft-tokens", "16"]) == 0
+    assert json.loads(out.read_text())["draft_tokens"] == 16
+    saved = out.read_text()
+    assert main([*argv, "--resume"]) == 2
+    assert "decoded with --draft-tokens 16, not adaptive draft lengths" in capsys.readouterr().err
+    assert out.read_text() == saved
+    decoded.clear()
+    assert main([*argv, "--draft-tokens", "16", "--resume"]) == 0
+    assert decoded == []
+    assert main([*argv, "--draft-tokens", "0"]) == 2
+    assert "--draft-tokens must be from 1 to 64, not 0" in capsys.readouterr().err
 
 
 def test_resume_needs_a_report_it_can_read(tmp_path, capsys):
@@ -299,8 +332,6 @@ def test_resume_keeps_only_the_formats_asked_for_and_their_sums(tmp_path, monkey
 
 
 def test_free_running_compares_each_output_with_off_whatever_the_order():
-    from types import SimpleNamespace
-
     from decoding.lab.workloads import Workload
     from evals.decode import free_running
 

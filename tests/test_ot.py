@@ -93,3 +93,11 @@ def test_ot_diff_quotes_deletes_and_is_minimal_on_a_one_word_change():
     ops = ot_diff(before, after)
     assert [op for op in ops if isinstance(op, Delete)] == [Delete(4, "3.14")]
     assert [op for op in ops if isinstance(op, Insert)] == [Insert("math.pi")]
+
+
+def test_ot_diff_writes_each_replacement_as_taught_the_delete_then_its_insert():
+    ops = ot_diff("x = 1\ny = 2\n", "x = 10\ny = 3\n")
+    assert [op for op in ops if not isinstance(op, Retain)] == [Insert("0"), Delete(1, "2"), Insert("3")]
+    assert apply("x = 1\ny = 2\n", ops) == "x = 10\ny = 3\n"
+    assert normalize(ops) != ops  # normalize's canonical order puts the insert first; the edit is the same
+    assert apply("x = 1\ny = 2\n", normalize(ops)) == "x = 10\ny = 3\n"

@@ -230,7 +230,9 @@ def ot_diff(before: str, after: str, *, quoted: bool = True, timeout: float = 2.
 
     diff-match-patch in line mode then characters, with semantic cleanup, so edits land on word and
     line boundaries the way a person would write them. Deletes carry their text when `quoted`, which
-    makes the script self-checking and lets the applier re-anchor a miscounted retain.
+    makes the script self-checking and lets the applier re-anchor a miscounted retain; a quoted script is
+    in `written_order`. A count-only one keeps the insert first: after an unquoted delete that ends mid-line,
+    the applier would move an insert of whole lines to a line boundary.
     """
     import fast_diff_match_patch as fdmp
 
@@ -249,7 +251,20 @@ def ot_diff(before: str, after: str, *, quoted: bool = True, timeout: float = 2.
         else:
             ops.append(Insert(after[new_pos : new_pos + count]))
             new_pos += count
-    return anchor(before, normalize(ops)) if quoted else normalize(ops)
+    return written_order(anchor(before, normalize(ops))) if quoted else normalize(ops)
+
+
+def written_order(ops: Sequence[Op]) -> list[Op]:
+    """`ops` with each replacement as a script writes it: the delete, then the insert that replaces it.
+
+    The same edit as `normalize`'s insert-first order, but the one the model is taught, and the one a drafter can
+    follow: an insert after its delete mostly repeats the deleted text, which is already written.
+    """
+    out = list(ops)
+    for index in range(len(out) - 1):
+        if isinstance(out[index], Insert) and isinstance(out[index + 1], Delete):
+            out[index], out[index + 1] = out[index + 1], out[index]
+    return out
 
 
 ANCHOR_WINDOW = 36  # code points around an op within which its quoted text should be unique

@@ -75,6 +75,11 @@ class ScriptParser:
         return self._name, _decode_prefix(self._buf[self._arg_start + 1 : self._pos])
 
     @property
+    def op_name(self) -> str:
+        """The name of the op being written once its name is complete, else ""."""
+        return self._name if self._state not in (_BETWEEN, _END, _COMMENT) else ""
+
+    @property
     def partial_count(self) -> str | None:
         """Digits of a count still being written (the next character may add more), else None."""
         return self._buf[self._arg_start : self._pos] if self._state == _NUMBER else None

@@ -11,7 +11,9 @@ text:
   line being inserted is copying, found by the longest suffix of the inserted text that occurs in the source
   near the cursor;
 - between ops: after a quoted delete, the insert that replaces it (`insert("` and the deleted text's first line);
-  after a quoted retain, the delete of the source at the cursor (a count-free script anchors a change that way).
+  after a retain, the delete of the source at the cursor (the change it gets to, most often a replacement);
+  otherwise the op a script usually writes next (`NEXT_OP`), and the rest of an op name once begun;
+- in a count: its closing `)` and the op after it (each digit is a surprise, but the count's end need not be).
 Proposals are JSON-escaped, as they appear inside the script's string literals (going on from an escape the
 script has begun), and end at the end of the source line (scripts quote line by line, and what follows the quote
 is the script's own syntax).
@@ -34,6 +36,11 @@ SEARCH_RADIUS = 2000  # code points around the cursor searched for the text bein
 DECODE_OVERLAP = 4  # tokens decoded again with each new step's tokens, so a boundary decodes as in the whole
 MIN_SUFFIX = 4  # shortest tail of an insert that is looked up in the source
 MIN_RESYNC = 3  # shortest tail of an insert that is looked up in the text deleted just before it
+MAX_PROPOSAL_TOKENS = 16  # a proposal is drafted whole up to this many tokens, whatever the adaptive draft length
+# The op a script usually writes after each kind of op (None: at its start), in the taught form: a count to get to a
+# change, then the delete of what it replaces (or a quoted anchor, or an insert); after a delete, its replacement;
+# after an insert, the count to the next change.
+NEXT_OP = {None: "retain", "retain": "delete", "delete": "insert", "insert": "retain"}
 
 
 class CursorDrafter:
@@ -47,7 +54,7 @@ class CursorDrafter:
         self._cursor = 0  # source offset after the completed ops
         self._broken = False  # the output stopped being a script: propose nothing
         self._deleted: str | None = None  # the text of the last op when it is a quoted delete
-        self._anchored = False  # the last op is a quoted retain: a change starts at the cursor
+        self._last_op: str | None = None  # the name of the last completed op
 
     def propose(self, script_so_far: str) -> str:
         """JSON-escaped text the model is likely to write next ("" when there is no good guess)."""
@@ -61,12 +68,14 @@ class CursorDrafter:
             return ""
         self._fed = len(script_so_far)
         in_progress = self._parser.in_progress
+        if self._parser.partial_count is not None:
+            return ")\n" + NEXT_OP[self._parser.op_name] + '("'  # after a count: a quoted delete or insert
         if in_progress is None:
             return self._next_op(script_so_far)
         name, text = in_progress
         if name == "insert":
             replaced = _replacement_continuation(text, self._deleted) if self._deleted else ""
-            proposal = _escape(replaced[: self.max_chars] or self._line_continuation(text))
+            proposal = _escape(replaced[: self.max_chars] or self._line_continuation(text) or self._new_line(text))
         else:
             proposal = _escape(self._quote_continuation(text))
         if self._parser.in_escape:  # the script ends inside an escape (`\`): the proposal must go on from it
@@ -75,21 +84,34 @@ class CursorDrafter:
         return proposal
 
     def _next_op(self, script_so_far: str) -> str:
-        """After a quoted delete, the insert that replaces it (starting as the deleted text does); after a quoted
-        retain, the delete of the source line at the cursor; the op's spelling, from what the script has of it."""
-        if self._deleted:
-            op, text = "insert", _through_line_end(self._deleted[: self.max_chars])
-        elif self._anchored:
-            op, text = "delete", self._quote_continuation("")
-        else:
-            return ""
-        written = script_so_far[script_so_far.rfind(")") + 1 :]
-        spelled = f'\n{op}("'
-        return spelled[len(written) :] + _escape(text) if spelled.startswith(written) else ""
+        """The op usually written next (`NEXT_OP`), with the text it most likely quotes, spelled on from what the
+        script has of it; once the script has begun another op's name, that op instead."""
+        closed = script_so_far.rfind(")")
+        written = script_so_far[closed + 1 :]
+        predicted = self._opening(NEXT_OP[self._last_op])
+        spelled = predicted if self._last_op is None else "\n" + predicted
+        if spelled.startswith(written):
+            return spelled[len(written) :]
+        begun = written.lstrip()
+        for name in ("retain", "delete", "insert"):
+            if begun and name.startswith(begun[: len(name)]):
+                opening = self._opening(name)
+                return opening[len(begun) :] if opening.startswith(begun) else ""
+        return ""
+
+    def _opening(self, name: str) -> str:
+        """How op `name` most likely begins here: a delete quotes the source at the cursor; an insert after a
+        quoted delete repeats the deleted text, otherwise it starts a line as the source's does; a retain counts."""
+        if name == "delete":
+            return 'delete("' + _escape(self._quote_continuation(""))
+        if name == "insert":
+            text = _through_line_end(self._deleted[: self.max_chars]) if self._deleted else self._new_line("")
+            return 'insert("' + _escape(text)
+        return "retain("
 
     def _advance(self, op: Retain | Delete | Insert) -> None:
+        self._last_op = type(op).__name__.lower()
         self._deleted = op.text if isinstance(op, Delete) else None
-        self._anchored = isinstance(op, Retain) and op.text is not None
         if isinstance(op, Insert):
             return
         if op.text is not None:
@@ -105,6 +127,19 @@ class CursorDrafter:
             return ""
         end = start + len(typed)
         return _through_line_end(self.source[end : end + self.max_chars])
+
+    def _new_line(self, typed: str) -> str:
+        """At the start of an insert where a line starts or ends: the indentation its new line most likely has,
+        that of the source line at the cursor (after a line break when the cursor is at a line's end)."""
+        if typed or (self._cursor and self.source[self._cursor - 1] != "\n" and not self._at_line_end()):
+            return ""
+        line_start = self.source.rfind("\n", 0, self._cursor) + 1
+        line = self.source[line_start : self.source.find("\n", line_start) % (len(self.source) + 1)]
+        indentation = line[: len(line) - len(line.lstrip(" \t"))]
+        return "\n" + indentation if self._at_line_end() else indentation
+
+    def _at_line_end(self) -> bool:
+        return self.source.startswith("\n", self._cursor)
 
     def _line_continuation(self, typed: str) -> str:
         """The rest of the source line that the insert is copying, if its tail occurs in the source."""
@@ -195,7 +230,10 @@ class CursorTokenDrafter:
         return text
 
     def propose(self, context: DraftContext, k: int) -> Draft:
-        tokens = self._cursor_tokens(context)[:k]
+        proposed = self._cursor_tokens(context)
+        if len(proposed) > k:  # the script's syntax or the file's text: as long as the proposal, past a short k
+            return Draft(proposed[: min(MAX_PROPOSAL_TOKENS, context.limit or MAX_PROPOSAL_TOKENS)], self_sized=True)
+        tokens = proposed
         if len(tokens) < k:
             rest = DraftContext(tokens=context.tokens + tokens, sources=context.sources)
             tokens += self.lookup.propose(rest, k - len(tokens)).tokens

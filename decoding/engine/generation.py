@@ -62,6 +62,7 @@ class GenerationRequest:
     stop_ids: frozenset[int] = frozenset()
     k_max: int = 16
     k_start: int = 4
+    k_min: int = 1  # k_min = k_start = k_max: a fixed draft length (as vLLM's ngram drafts, and a GPU affords)
     # Forced output (evals): drafts are verified against these tokens instead of the target's choice, while the
     # target still runs every verify forward, so forwards and time are those of a model that writes exactly this.
     reference: list[int] | None = None
@@ -108,7 +109,7 @@ class Generation:
         chunk = self._emit([pending])
         if chunk:
             yield chunk
-        adaptive = AdaptiveK(k_max=req.k_max, k=req.k_start)
+        adaptive = AdaptiveK(k_max=req.k_max, k=req.k_start, k_min=req.k_min)
         while self.finish_reason is None:
             threads.update()
             budget = req.max_new_tokens - len(self.tokens)
