@@ -96,8 +96,20 @@ def test_ot_diff_quotes_deletes_and_is_minimal_on_a_one_word_change():
 
 
 def test_ot_diff_writes_each_replacement_as_taught_the_delete_then_its_insert():
-    ops = ot_diff("x = 1\ny = 2\n", "x = 10\ny = 3\n")
+    ops = ot_diff("x = 1\ny = 2\n", "x = 10\ny = 3\n", merge_within=0)
     assert [op for op in ops if not isinstance(op, Retain)] == [Insert("0"), Delete(1, "2"), Insert("3")]
     assert apply("x = 1\ny = 2\n", ops) == "x = 10\ny = 3\n"
     assert normalize(ops) != ops  # normalize's canonical order puts the insert first; the edit is the same
     assert apply("x = 1\ny = 2\n", normalize(ops)) == "x = 10\ny = 3\n"
+
+
+def test_quoted_changes_close_together_are_one_replacement_and_far_apart_stay_apart():
+    before = "def f(a, b):\n    return a + b\n" + "x = 1\n" * 30 + "y = 2\n"
+    after = before.replace("(a, b)", "(a, c)").replace("a + b", "a + c").replace("y = 2", "y = 3")
+    ops = ot_diff(before, after)
+    assert [op for op in ops if not isinstance(op, Retain)] == [
+        Delete(20, "b):\n    return a + b"), Insert("c):\n    return a + c"), Delete(1, "2"), Insert("3")
+    ]
+    assert apply(before, ops) == after
+    assert len([op for op in ot_diff(before, after, merge_within=0) if isinstance(op, Insert)]) == 3
+    assert len([op for op in ot_diff(before, after, quoted=False) if isinstance(op, Insert)]) == 3  # minimal

@@ -225,24 +225,36 @@ def _next(ops: list[Op], index: int) -> tuple[int, Op | None]:
     return index, ops[index] if index < len(ops) else None
 
 
-def ot_diff(before: str, after: str, *, quoted: bool = True, timeout: float = 2.0) -> list[Op]:
+MERGE_WITHIN = 64  # changes fewer code points apart than this are written as one delete and one insert
+
+
+def ot_diff(
+    before: str, after: str, *, quoted: bool = True, merge_within: int = MERGE_WITHIN, timeout: float = 2.0
+) -> list[Op]:
     """A minimal op list turning `before` into `after`.
 
     diff-match-patch in line mode then characters, with semantic cleanup, so edits land on word and
     line boundaries the way a person would write them. Deletes carry their text when `quoted`, which
     makes the script self-checking and lets the applier re-anchor a miscounted retain; a quoted script is
-    in `written_order`. A count-only one keeps the insert first: after an unquoted delete that ends mid-line,
-    the applier would move an insert of whole lines to a line boundary.
+    in `written_order`, and changes fewer than `merge_within` code points apart become one replacement (the text
+    between them deleted and inserted again): a count and an anchor per change cost more to write than
+    repeating a few code points, which a drafter copies from the delete. A count-only script stays minimal
+    and keeps the insert first: after an unquoted delete that ends mid-line, the applier would move an insert
+    of whole lines to a line boundary.
     """
     import fast_diff_match_patch as fdmp
 
+    segments = fdmp.diff(before, after, timelimit=timeout, checklines=True, cleanup="Semantic", counts_only=True)
     ops: list[Op] = []
     old_pos = new_pos = 0
-    for kind, count in fdmp.diff(
-        before, after, timelimit=timeout, checklines=True, cleanup="Semantic", counts_only=True
-    ):
+    for index, (kind, count) in enumerate(segments):
         if kind == "=":
-            ops.append(Retain(count))
+            kept = before[old_pos : old_pos + count]
+            between_changes = 0 < index < len(segments) - 1  # diff segments alternate: changes on both sides
+            if quoted and between_changes and count < merge_within:
+                ops += [Delete(count, kept), Insert(kept)]
+            else:
+                ops.append(Retain(count))
             old_pos += count
             new_pos += count
         elif kind == "-":
