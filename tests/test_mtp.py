@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from decoding.drafting.base import DraftContext, NgramDrafter
+from decoding.drafting.base import Draft, DraftContext, NgramDrafter
 from decoding.drafting.drafters import HybridDrafter, make_drafter
 from decoding.drafting.mtp import (
     DEFAULT_MANIFEST,
@@ -91,6 +91,17 @@ def test_hybrid_copies_trusted_matches_and_otherwise_asks_the_head():
     assert make_drafter("auto").propose(DraftContext([1, 5, 6, 1, 5]), 2).tokens == [6, 1]  # down to 2-token matches
     with pytest.raises(MTPError, match="needs the target"):
         make_drafter("mtp")
+
+
+def test_hybrid_keeps_a_copied_draft_sized_by_its_drafter():
+    class Sized:
+        name = "cursor"
+
+        def propose(self, context: DraftContext, k: int) -> Draft:
+            return Draft([4, 5, 6, 7, 8], self_sized=True)  # longer than k: the engine must not cut it to k
+
+    draft = HybridDrafter(source=Sized()).propose(DraftContext([1, 2]), 2)
+    assert draft.tokens == [4, 5, 6, 7, 8] and draft.self_sized and draft.source == "cursor"
 
 
 def test_hybrid_takes_the_arm_that_pays_and_retries_the_other():

@@ -49,7 +49,7 @@ class HybridDrafter:
             return self.mtp.draft(context)
         if arm == "lookup" and self.fallback is not None:
             copied = self.fallback.propose(context, k)
-        return Draft(copied.tokens, source=copied.source or self.source.name)
+        return Draft(copied.tokens, source=copied.source or self.source.name, self_sized=copied.self_sized)
 
     def _score(self, length: int) -> None:
         """Credit the previous step's arm with the tokens it emitted per second (its draft and verify forward)."""
