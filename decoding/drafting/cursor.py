@@ -94,9 +94,9 @@ class CursorDrafter:
             return spelled[len(written) :]
         begun = written.lstrip()
         for name in ("retain", "delete", "insert"):
-            if begun and name.startswith(begun[: len(name)]):
-                opening = self._opening(name)
-                return opening[len(begun) :] if opening.startswith(begun) else ""
+            opening = self._opening(name)
+            if begun and opening.startswith(begun):
+                return opening[len(begun) :]
         return ""
 
     def _opening(self, name: str) -> str:
@@ -131,15 +131,14 @@ class CursorDrafter:
     def _new_line(self, typed: str) -> str:
         """At the start of an insert where a line starts or ends: the indentation its new line most likely has,
         that of the source line at the cursor (after a line break when the cursor is at a line's end)."""
-        if typed or (self._cursor and self.source[self._cursor - 1] != "\n" and not self._at_line_end()):
+        at_line_start = self._cursor == 0 or self.source[self._cursor - 1] == "\n"
+        at_line_end = self.source.startswith("\n", self._cursor)
+        if typed or not (at_line_start or at_line_end):
             return ""
         line_start = self.source.rfind("\n", 0, self._cursor) + 1
-        line = self.source[line_start : self.source.find("\n", line_start) % (len(self.source) + 1)]
+        line = self.source[line_start:].partition("\n")[0]
         indentation = line[: len(line) - len(line.lstrip(" \t"))]
-        return "\n" + indentation if self._at_line_end() else indentation
-
-    def _at_line_end(self) -> bool:
-        return self.source.startswith("\n", self._cursor)
+        return "\n" + indentation if at_line_end else indentation
 
     def _line_continuation(self, typed: str) -> str:
         """The rest of the source line that the insert is copying, if its tail occurs in the source."""
