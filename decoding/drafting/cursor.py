@@ -30,7 +30,7 @@ import re
 
 from decoding.drafting.base import Draft, DraftContext, NgramDrafter
 from tools.ot import Delete, Insert, Retain
-from tools.ot_script import ScriptParser, ScriptSyntaxError
+from tools.ot_script import OP_NAMES, ScriptParser, ScriptSyntaxError
 
 SEARCH_RADIUS = 2000  # code points around the cursor searched for the text being copied
 DECODE_OVERLAP = 4  # tokens decoded again with each new step's tokens, so a boundary decodes as in the whole
@@ -93,9 +93,11 @@ class CursorDrafter:
         if spelled.startswith(written):
             return spelled[len(written) :]
         begun = written.lstrip()
-        for name in ("retain", "delete", "insert"):
+        if not begun:
+            return ""
+        for name in OP_NAMES:
             opening = self._opening(name)
-            if begun and opening.startswith(begun):
+            if opening.startswith(begun):
                 return opening[len(begun) :]
         return ""
 

@@ -98,7 +98,8 @@ class Projection(nn.Module):
     On this kind of CPU a verify forward's few rows are where F.linear is weakest: one layer's four products take
     2.6 ms for 17 float32 rows unpacked and 1.1 ms with weights packed once, while one or two rows (plain
     decoding) are faster unpacked and a prompt's hundreds of rows are level. Each row of the packed product does
-    not depend on how many rows there are.
+    not depend on how many rows there are. The packed copy is a second copy of the weights (about 400 MB for
+    the 270M model's layers in float32).
     """
 
     PACKED_FROM_ROWS = 3
