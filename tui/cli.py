@@ -87,6 +87,12 @@ def _bench_decode(argv: Sequence[str], prog: str) -> int:
     return bench.main(argv, prog=prog)
 
 
+def _bench_held_out(argv: Sequence[str], prog: str) -> int:
+    from decoding.lab import held_out
+
+    return held_out.main(argv, prog=prog)
+
+
 @dataclass(frozen=True)
 class Command:
     words: tuple[str, ...]
@@ -105,6 +111,7 @@ COMMANDS = (
     Command(("eval",), _eval, "editing evals: output tokens per edit format, whether each applies, decoding speed"),
     Command(("bench", "apply"), _bench_apply, "how the applier lands exact, miscounted and malformed scripts"),
     Command(("bench", "decode"), _bench_decode, "plain vs speculative decoding vs transformers' prompt lookup"),
+    Command(("bench", "held-out"), _bench_held_out, "drafters on code the MTP head never trained on, via agent serve"),
 )
 
 EXAMPLES = """\
@@ -126,8 +133,13 @@ def usage(prefix: tuple[str, ...] = ()) -> str:
     lines = [f"usage: agent {' '.join(prefix) + ' ' if prefix else ''}COMMAND [options]", "", "commands:"]
     lines += [f"  {' '.join(c.words):<{width}}  {c.help}" for c in shown]
     if not prefix:
-        lines = ["Retain: a local coding agent that edits files with operational-transform edit scripts.", "",
-                 *lines, "", EXAMPLES]
+        lines = [
+            "Retain: a local coding agent that edits files with operational-transform edit scripts.",
+            "",
+            *lines,
+            "",
+            EXAMPLES,
+        ]
     return "\n".join(lines)
 
 

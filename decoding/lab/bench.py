@@ -448,13 +448,17 @@ def mtp_held_out_note(methods: Sequence[str]) -> str:
         return ""
     from decoding.drafting.mtp import DEFAULT_MANIFEST
 
-    held_out = json.loads(DEFAULT_MANIFEST.read_text())["training"]["held_out"]
-    at = " ".join(f"{a:.2f}" for a in held_out["acceptance_at"])
-    by_k = ", ".join(f"k={k} {v:.2f}" for k, v in held_out["expected_accepted_length_by_k"].items())
-    return (
-        f"MTP head, teacher-forced on {held_out['positions']} positions of held-out stdlib code (its manifest): "
-        f"acceptance at 1,2,.. {at}; mean accepted length {by_k}"
-    )
+    training = json.loads(DEFAULT_MANIFEST.read_text())["training"]
+    lines = []
+    for key, what in (("held_out", "held-out stdlib files"), ("held_out_projects", "projects it never saw")):
+        if held_out := training.get(key):
+            at = " ".join(f"{a:.2f}" for a in held_out["acceptance_at"])
+            by_k = ", ".join(f"k={k} {v:.2f}" for k, v in held_out["expected_accepted_length_by_k"].items())
+            lines.append(
+                f"MTP head, teacher-forced on {held_out['positions']} positions of {what} (its manifest): "
+                f"acceptance at 1,2,.. {at}; mean accepted length {by_k}"
+            )
+    return "\n".join(lines)
 
 
 def rounding_note(rows: Sequence[Row]) -> str:

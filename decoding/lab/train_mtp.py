@@ -1,17 +1,20 @@
-"""Train the MTP drafter head by distillation from the target on the Python standard library's own sources.
+"""Train the MTP drafter head by distillation from the target on the Python code installed on this machine.
 
-    python -m decoding.lab.train_mtp                       # the shipped head: embedded Gemma 3 270M, 2 CPU threads
+    python -m decoding.lab.train_mtp                       # the shipped head: embedded Gemma 3 270M, on the CPU
     python -m decoding.lab.train_mtp --minutes 20 --device cuda --out /tmp/mtp.json
 
-The data is real code every machine already has: the `.py` files of the running interpreter's standard library
-(`sysconfig.get_paths()['stdlib']`, site-packages excluded), never a download and never the model's own free-running
-output. A fixed share of files (and the modules the decoding benchmark reads) is held out for evaluation.
+The data is real code every machine already has: the `.py` files of the running interpreter's standard library and
+of every package installed beside it (site-packages), never a download and never the model's own free-running
+output. Files are drawn project by project (weight: the square root of a project's file count), so torch and
+transformers do not crowd out the rest. Held out for evaluation: a fixed share of standard-library files (and the
+modules the decoding benchmark reads), and whole projects: the evals' (rich, click) and a fixed hash-chosen share of
+the others, so the head is scored on code from projects it never saw.
 
 Phases, all within `--minutes`: (1) the target reads training windows of real code once; their final hidden states
 are kept (bfloat16) and the scored vocabulary slice is fixed from token frequencies in the training files; (2) the
 head learns, on windows of those states, to predict the target's next-token distribution over the slice (soft
 cross-entropy against the target's own logits), chaining on its own outputs for `--depth` steps as it does when
-drafting; (3) held-out files are scored teacher-forced: at each position of real code, the head drafts k tokens from
+drafting; (3) both held-out sets are scored teacher-forced: at each position of real code, the head drafts k tokens from
 the target's state and each is compared with the target's full-vocabulary argmax. Progress goes to stderr.
 """
 
@@ -20,11 +23,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import math
+import os
+import random
 import sys
 import sysconfig
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +39,10 @@ import torch.nn.functional as F
 
 from decoding.drafting.mtp import DEFAULT_MANIFEST, MTPConfig, MTPHead, embedding_fingerprint, save_head
 
-HELD_OUT_SHARE = 16  # one file in this many is held out (by a hash of its path)
+HELD_OUT_SHARE = 16  # one standard-library file, and one installed project, in this many is held out (sha256)
 HELD_OUT_MODULES = frozenset({"bisect.py", "colorsys.py", "textwrap.py"})  # read by the decoding benchmark
+EVAL_PROJECTS = frozenset({"rich", "click"})  # the Python projects of the evals' real commits: never trained on
+STDLIB = "stdlib"
 SEGMENT = 512  # tokens per target prefill: BOS + 511 tokens of one file
 MAX_SEGMENTS_PER_FILE = 2
 
@@ -47,42 +55,96 @@ def log(message: str) -> None:
 # Data
 
 
+@dataclass(frozen=True)
+class SourceFile:
+    path: Path
+    name: str  # the path the model reads in the file's header line, relative to its root
+    project: str  # STDLIB, or the top-level package or module of an installed (or --source) tree
+
+
 def stdlib_root() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
+def installed_roots() -> list[Path]:
+    """The running environment's site-packages (pure and platform), each once."""
+    paths = sysconfig.get_paths()
+    return sorted({Path(paths["purelib"]), Path(paths["platlib"])})
+
+
 def source_files(root: Path) -> list[Path]:
-    """Every `.py` file under `root` but installed third-party packages, in a stable order."""
+    """Every `.py` file under `root` outside nested site-packages and caches, in a stable order."""
     skip = {"site-packages", "dist-packages", "__pycache__"}
     return sorted(p for p in root.rglob("*.py") if not skip & set(p.relative_to(root).parts))
 
 
-def is_held_out(relative: str) -> bool:
-    """Held-out files: the benchmark's modules and a fixed hash-chosen share of the rest."""
-    if relative in HELD_OUT_MODULES:
+def corpus(roots: Sequence[Path]) -> list[SourceFile]:
+    """The files under `roots`: the standard library's are one project; elsewhere each top-level package or module
+    is a project of its own (`rich/console.py` belongs to `rich`, `six.py` to `six`)."""
+    stdlib = stdlib_root().resolve()
+    files = []
+    for root in roots:
+        for path in source_files(root):
+            name = path.relative_to(root).as_posix()
+            project = STDLIB if root.resolve() == stdlib else name.split("/")[0].removesuffix(".py")
+            files.append(SourceFile(path, name, project))
+    return files
+
+
+def _hashed_out(key: str) -> bool:
+    return int(hashlib.sha256(key.encode()).hexdigest(), 16) % HELD_OUT_SHARE == 0
+
+
+def is_held_out(name: str, project: str = STDLIB) -> bool:
+    """The benchmark's modules, the evals' projects, and a fixed hash-chosen share of stdlib files and projects."""
+    if name in HELD_OUT_MODULES or project in EVAL_PROJECTS:
         return True
-    return int(hashlib.sha256(relative.encode()).hexdigest(), 16) % HELD_OUT_SHARE == 0
+    return _hashed_out(name if project == STDLIB else project)
 
 
-def split_files(root: Path) -> tuple[list[Path], list[Path]]:
-    train: list[Path] = []
-    held: list[Path] = []
-    for path in source_files(root):
-        (held if is_held_out(path.relative_to(root).as_posix()) else train).append(path)
-    return train, held
+def split_files(files: Sequence[SourceFile]) -> tuple[list[SourceFile], list[SourceFile], list[SourceFile]]:
+    """(training files, held-out files of trained-on projects, files of held-out projects)."""
+    train: list[SourceFile] = []
+    held: list[SourceFile] = []
+    other: list[SourceFile] = []
+    for f in files:
+        if not is_held_out(f.name, f.project):
+            train.append(f)
+        elif f.project == STDLIB or f.name in HELD_OUT_MODULES:
+            held.append(f)
+        else:
+            other.append(f)
+    return train, held, other
 
 
-def file_tokens(tokenizer, path: Path, root: Path) -> list[int]:
-    text = path.read_text(encoding="utf-8", errors="replace")
-    return tokenizer(f"# {path.relative_to(root).as_posix()}\n{text}", add_special_tokens=False).input_ids
+def interleaved(files: Sequence[SourceFile], seed: int) -> Iterator[SourceFile]:
+    """The files in a seeded order that draws projects with weight sqrt(their file count), so a few large projects
+    (torch, transformers) do not crowd out the many small ones."""
+    rng = random.Random(seed)
+    queues: dict[str, list[SourceFile]] = {}
+    for f in files:
+        queues.setdefault(f.project, []).append(f)
+    weights = {project: math.sqrt(len(q)) for project, q in queues.items()}
+    for q in queues.values():
+        rng.shuffle(q)
+    while queues:
+        projects = sorted(queues)
+        project = rng.choices(projects, [weights[p] for p in projects])[0]
+        yield queues[project].pop()
+        if not queues[project]:
+            del queues[project]
 
 
-def segments(tokenizer, files: list[Path], root: Path, budget: int, seed: int) -> list[list[int]]:
-    """BOS-led windows of SEGMENT tokens (short files give shorter ones) from files in a seeded order."""
-    order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed)).tolist()
+def file_tokens(tokenizer, source: SourceFile) -> list[int]:
+    text = source.path.read_text(encoding="utf-8", errors="replace")
+    return tokenizer(f"# {source.name}\n{text}", add_special_tokens=False).input_ids
+
+
+def segments(tokenizer, files: Sequence[SourceFile], budget: int, seed: int) -> list[list[int]]:
+    """BOS-led windows of SEGMENT tokens (short files give shorter ones) from files in interleaved order."""
     out, total = [], 0
-    for i in order:
-        ids = file_tokens(tokenizer, files[i], root)
+    for source in interleaved(files, seed):
+        ids = file_tokens(tokenizer, source)
         for s in range(0, min(len(ids), MAX_SEGMENTS_PER_FILE * (SEGMENT - 1)), SEGMENT - 1):
             piece = [tokenizer.bos_token_id, *ids[s : s + SEGMENT - 1]]
             if len(piece) < 64:
@@ -95,12 +157,12 @@ def segments(tokenizer, files: list[Path], root: Path, budget: int, seed: int) -
 
 
 def frequent_tokens(
-    tokenizer, files: list[Path], root: Path, size: int, seed: int, sample: int = 1_000_000
+    tokenizer, files: Sequence[SourceFile], size: int, seed: int, sample: int = 1_000_000
 ) -> tuple[torch.Tensor, list[int]]:
     """The `size` most frequent token ids over about `sample` tokens of the files, and the full ranking."""
     counts: Counter[int] = Counter()
-    for i in torch.randperm(len(files), generator=torch.Generator().manual_seed(seed + 1)).tolist():
-        counts.update(file_tokens(tokenizer, files[i], root))
+    for source in interleaved(files, seed + 1):
+        counts.update(file_tokens(tokenizer, source))
         if counts.total() >= sample:
             break
     ranking = [t for t, _ in counts.most_common()]
@@ -285,10 +347,10 @@ def target_info(loaded, embed) -> dict:
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=45.0, help="wall-clock budget for everything (default 45)")
+    parser.add_argument("--minutes", type=float, default=50.0, help="wall-clock budget for everything (default 50)")
     parser.add_argument("--device", default="cpu", help="torch device for the target and training (default cpu)")
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads (default 1: on a shared CPU more threads wait)"
+        "--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch CPU threads (default: every core)"
     )
     parser.add_argument(
         "--model", default=None, metavar="PATH", help="target: HF directory or .gguf (default: embedded)"
@@ -296,14 +358,25 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--out", type=Path, default=DEFAULT_MANIFEST, help=f"manifest to write (default {DEFAULT_MANIFEST})"
     )
-    parser.add_argument("--source", type=Path, default=None, help="directory of .py files (default: the stdlib)")
-    parser.add_argument("--tokens", type=int, default=400_000, help="training tokens the target reads (default 400k)")
-    parser.add_argument("--held-out-tokens", type=int, default=10_000, help="held-out tokens scored (default 10k)")
+    parser.add_argument(
+        "--source",
+        type=Path,
+        action="append",
+        metavar="DIR",
+        help="a directory of .py files, each top-level package a project (repeatable; default: the standard\n"
+        "library and the environment's site-packages)",
+    )
+    parser.add_argument(
+        "--tokens", type=int, default=1_000_000, help="training tokens the target reads at most (default 1M)"
+    )
+    parser.add_argument(
+        "--held-out-tokens", type=int, default=10_000, help="tokens scored per held-out set (default 10k)"
+    )
     parser.add_argument("--read-share", type=float, default=0.3, help="most of the budget spent reading (default 0.3)")
     parser.add_argument("--vocab", type=int, default=4096, help="tokens in the scored vocabulary slice (default 4096)")
     parser.add_argument("--depth", type=int, default=3, help="chained draft steps trained (default 3)")
     parser.add_argument("--eval-k", type=int, default=6, help="draft positions scored on held-out code (default 6)")
-    parser.add_argument("--batch", type=int, default=4, help="windows per step (default 4)")
+    parser.add_argument("--batch", type=int, default=8, help="windows per step (default 8)")
     parser.add_argument("--window", type=int, default=256, help="positions per window = head attention span")
     parser.add_argument("--hidden-dim", type=int, default=2048, help="the head's MLP width (default 2048)")
     parser.add_argument("--lr", type=float, default=1.5e-3, help="peak learning rate (default 1.5e-3)")
@@ -331,22 +404,31 @@ def run(args: argparse.Namespace) -> dict:
         else (hf_model.get_input_embeddings().weight, hf_model.get_output_embeddings().weight)
     )
     embed, output = embed.detach(), output.detach()
-    root = args.source or stdlib_root()
-    train_files, held_files = split_files(root)
+    roots = args.source or [stdlib_root(), *installed_roots()]
+    train_files, held_files, other_files = split_files(corpus(roots))
     if args.max_files:
-        train_files, held_files = train_files[: args.max_files], held_files[: args.max_files]
-    if not train_files or not held_files:
+        train_files, held_files, other_files = (f[: args.max_files] for f in (train_files, held_files, other_files))
+    if not train_files or not (held_files or other_files):
         raise SystemExit(
-            f"error: {root} has too few .py files to train and hold out ({len(train_files)} + {len(held_files)})"
+            f"error: {', '.join(map(str, roots))} has too few .py files to train and hold out "
+            f"({len(train_files)} + {len(held_files) + len(other_files)})"
         )
-    log(f"{len(train_files)} training files, {len(held_files)} held-out files under {root}")
-    token_ids, ranking = frequent_tokens(loaded.tokenizer, train_files, root, args.vocab, args.seed)
+    other_projects = sorted({f.project for f in other_files})
+    log(
+        f"{len(train_files)} training files in {len({f.project for f in train_files})} projects; held out: "
+        f"{len(held_files)} files of those projects, {len(other_files)} files of {len(other_projects)} other projects"
+    )
+    token_ids, ranking = frequent_tokens(loaded.tokenizer, train_files, args.vocab, args.seed)
     log(f"vocabulary slice: the {len(token_ids)} most frequent of {len(ranking)} distinct tokens")
 
     tok = loaded.tokenizer
-    held = read_windows(reader, segments(tok, held_files, root, args.held_out_tokens, args.seed), deadline, "held-out")
+    held = {
+        what: read_windows(reader, segments(tok, files, args.held_out_tokens, args.seed), deadline, what)
+        for what, files in (("held-out files", held_files), ("other projects", other_files))
+        if files
+    }
     read_deadline = began + 60 * args.minutes * args.read_share
-    train_data = read_windows(reader, segments(tok, train_files, root, args.tokens, args.seed), read_deadline, "train")
+    train_data = read_windows(reader, segments(tok, train_files, args.tokens, args.seed), read_deadline, "train")
     config = MTPConfig(dim=int(embed.shape[1]), hidden_dim=args.hidden_dim, window=args.window)
     if int(train_data[2].max()) <= config.window:
         config.window = int(train_data[2].max()) - 1
@@ -356,25 +438,28 @@ def run(args: argparse.Namespace) -> dict:
     log(f"training {sum(p.numel() for p in head.parameters()) / 1e6:.1f}M parameters")
     stats = train(head, device_embed, out_weight, train_data, args, deadline - eval_reserve, args.device)
     head = head.cpu().eval()
-    log("scoring held-out files")
-    result = evaluate(head, embed, output[token_ids].float(), output, held, args.eval_k, ranking)
-    log(f"held-out acceptance per draft position: {result['acceptance_at']}")
-    log(f"expected accepted length per forward by k: {result['expected_accepted_length_by_k']}")
+    results = {}
+    for what, data in held.items():
+        log(f"scoring {what}")
+        results[what] = evaluate(head, embed, output[token_ids].float(), output, data, args.eval_k, ranking)
+        log(f"{what}: acceptance per draft position {results[what]['acceptance_at']}")
+        log(f"{what}: expected accepted length per forward by k {results[what]['expected_accepted_length_by_k']}")
     training = {
-        "data": f"Python {sys.version.split()[0]} standard library sources ({root.name}), held out: "
-        f"{HELD_OUT_MODULES and sorted(HELD_OUT_MODULES)} and 1 file in {HELD_OUT_SHARE} by sha256 of its path",
+        "data": "the .py files under " + ", ".join(map(str, roots)) + f": held out are {sorted(HELD_OUT_MODULES)}, "
+        f"the projects {sorted(EVAL_PROJECTS)} and 1 stdlib file and 1 project in {HELD_OUT_SHARE} by sha256",
         "files": len(train_files),
+        "projects": len({f.project for f in train_files}),
         "tokens": int(train_data[2].sum()),
         "held_out_files": len(held_files),
-        "objective": "soft cross-entropy to the target's next-token distribution over the slice, "
-        f"{args.depth} chained steps weighted 0.8^j",
+        "other_projects": other_projects,
         "batch": args.batch,
         "lr": args.lr,
         "seed": args.seed,
         "device": args.device,
         **stats,
         "total_minutes": round((time.monotonic() - began) / 60, 2),
-        "held_out": result,
+        "held_out": results.get("held-out files"),
+        "held_out_projects": results.get("other projects"),
         "command": "python -m decoding.lab.train_mtp " + " ".join(sys.argv[1:]),
     }
     manifest = save_head(head, args.out, target_info(loaded, embed), training)
