@@ -10,7 +10,10 @@ scripts of whole lines) is compared with the same alternatives, beside OT.
 
 Forwards are reference-forced (`evals.decode`) on the decoded edits; apply rates are over every edit measured
 (`evals.run.summarize`): perturbed (the minimal output with the mistakes models make) as the model-like rate,
-clean (the minimal output itself) beside it. Whole files have no perturbations; their clean rate stands for both.
+grounded (those of the mistakes grounded decoding still lets a model write, `decoding.engine.grounding`: the
+model-like rate when every format is decoded grounded, as the server does) and clean (the minimal output itself)
+beside them. Whole files have no perturbations; their clean rate stands for all three. A report measured before
+the grounded basis has no grounded figures: unknown, so the perturbed rate stands in for them.
 Model-free arithmetic on a report, so it is tested on synthetic reports.
 """
 
@@ -28,7 +31,8 @@ BASELINE_NAMES = {
     "udiff": "an agent on vLLM's prompt lookup",
 }
 ALTERNATIVES = ("whole", "search-replace", "udiff")  # ot-counts and ot-lines are OT too, not alternatives to it
-BASES = ("perturbed", "clean")
+BASES = ("perturbed", "grounded", "clean")
+WINS = {"perturbed": "wins", "grounded": "wins_grounded"}  # the bases on which the edits OT wins are counted
 BEST, CHEAPEST = "its best drafter", "per edit, the alternative that costs least there (each with its best drafter)"
 
 
@@ -50,10 +54,12 @@ def best_drafter(cases: list[dict], fmt: str, drafters: Sequence[str]) -> str | 
 
 def apply_rates(formats_summary: dict, fmt: str) -> dict[str, float]:
     """A format's apply rate per basis over every edit measured; a format without perturbations (whole) gets its
-    clean rate as the perturbed one."""
+    clean rate as the perturbed one, and one without a grounded rate (whole; every format of a report measured
+    before it was) its perturbed rate as the grounded one."""
     part = formats_summary[fmt]
-    perturbed = part.get("perturbed_applies")
-    return {"perturbed": part["applies"] if perturbed is None else perturbed, "clean": part["applies"]}
+    perturbed, grounded = part.get("perturbed_applies"), part.get("grounded_applies")
+    perturbed = part["applies"] if perturbed is None else perturbed
+    return {"perturbed": perturbed, "grounded": perturbed if grounded is None else grounded, "clean": part["applies"]}
 
 
 def per_applied(value: float, rate: float) -> float | None:
@@ -83,7 +89,7 @@ def format_row(cases: list[dict], fmt: str, drafter: str, rates: dict[str, float
 
 def edit_costs(per_edit: dict[str, int], rates: dict[str, float]) -> dict[str, dict[str, float] | None]:
     """Each edit's cost per basis: its forwards alone (`forwards`), and its forwards per applied edit with the
-    perturbed and the clean apply rate (None for a basis on which the format never applies)."""
+    perturbed, the grounded and the clean apply rate (None for a basis on which the format never applies)."""
     return {"forwards": dict(per_edit)} | {
         basis: {edit: value / rates[basis] for edit, value in per_edit.items()} if rates[basis] else None
         for basis in BASES
@@ -102,8 +108,8 @@ def cheapest(alternatives: list[dict[str, dict[str, float] | None]]) -> dict[str
 
 def ratio(subject: dict[str, dict[str, float] | None], alternative: dict[str, dict[str, float] | None]) -> dict | None:
     """The subject's cost ÷ the alternative's per basis, over the edits both were decoded on: the median of the
-    per-edit ratios and the ratio of the totals; `wins`, the edits where the subject costs less per applied edit
-    (perturbed). None without a common edit."""
+    per-edit ratios and the ratio of the totals; `wins` and `wins_grounded`, the edits where the subject costs less
+    per applied edit (perturbed; grounded). None without a common edit."""
     common = sorted(edit for edit in subject["forwards"] if edit in alternative["forwards"])
     if not common:
         return None
@@ -116,8 +122,8 @@ def ratio(subject: dict[str, dict[str, float] | None], alternative: dict[str, di
         per_edit = [ours[edit] / theirs[edit] for edit in common]
         figures[basis] = {"median": statistics.median(per_edit),
                           "total": sum(ours[edit] for edit in common) / sum(theirs[edit] for edit in common)}
-        if basis == "perturbed":
-            figures["wins"] = sum(value < 1 for value in per_edit)
+        if basis in WINS:
+            figures[WINS[basis]] = sum(value < 1 for value in per_edit)
     return figures
 
 

@@ -90,7 +90,11 @@ def edit_prompt(case: dict, fmt: str) -> str:
 
 def written_output(case: dict, fmt: str) -> str:
     """What a model answering `edit_prompt` writes: the format's minimal correct output in its fenced block."""
-    output = reference_output(fmt, case["before"], case["after"])
+    return fenced(case, fmt, reference_output(fmt, case["before"], case["after"]))
+
+
+def fenced(case: dict, fmt: str, output: str) -> str:
+    """`output` of format `fmt` in the fenced block the agent's protocol writes it in, closed on its own line."""
     newline = "\n" if output and not output.endswith("\n") else ""
     return f"```{FENCE_TOOLS[fmt]} {_path(case)}\n{output}{newline}```"
 

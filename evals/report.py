@@ -31,24 +31,26 @@ def render(report: dict, title: str) -> str:
     summary = report["summary"]["formats"]
     lines = [title, "",
              "| format | tokens median | tokens p90 | saved vs whole median | saved p90 | saved % median "
-             "| applies | perturbed: applies | perturbed: wrong | perturbed n |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| applies | perturbed: applies | perturbed: wrong | perturbed n | grounded: applies | grounded n |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for fmt, part in summary.items():
         lines.append(
             f"| {fmt} | {_number(part['tokens_median'])} | {_number(part['tokens_p90'])} "
             f"| {_number(part.get('saved_median'))} | {_number(part.get('saved_p90'))} "
             f"| {_percent(part.get('saved_share_median'))} | {_percent(part['applies'])} "
             f"| {_percent(part.get('perturbed_applies'))} | {_percent(part.get('perturbed_wrong'))} "
-            f"| {part.get('perturbed_trials', 'n/a')} |"
+            f"| {part.get('perturbed_trials', 'n/a')} | {_percent(part.get('grounded_applies'))} "
+            f"| {part.get('grounded_trials', 'n/a')} |"
         )
     kinds = [(fmt, kind, figures) for fmt, part in summary.items()
              for kind, figures in part.get("perturbed_by_kind", {}).items()]
     if kinds:
         lines += ["", "Each format has its own perturbations; \"wrong\" = applied somewhere other than intended "
-                  "(the rest were refused).", "",
-                  "| format | perturbation | applies | wrong | n |", "|---|---|---|---|---|"]
-        lines += [f"| {fmt} | {kind} | {_percent(f['applies'])} | {_percent(f['wrong'])} | {f['trials']} |"
-                  for fmt, kind, f in kinds]
+                  "(the rest were refused); \"grounding allows\" = the share grounded decoding would still let a "
+                  "model write (grounded: the apply rate over those alone; the clean rate where it allows none).", "",
+                  "| format | perturbation | applies | wrong | grounding allows | n |", "|---|---|---|---|---|---|"]
+        lines += [f"| {fmt} | {kind} | {_percent(f['applies'])} | {_percent(f['wrong'])} "
+                  f"| {_percent(f.get('grounded'))} | {f['trials']} |" for fmt, kind, f in kinds]
     if "decode" in report["summary"]:
         lines += ["", *render_decode(report["summary"]["decode"])]
     if report["summary"].get("cost", {}).get("formats"):
@@ -109,18 +111,23 @@ def render_cost(summary: dict) -> list[str]:
     lines = [f"Cost per applied edit, reference-forced on {decode['cases']} edits{_whole_note(decode)}: each format "
              "with its best drafter (fewest target forwards). Forwards per applied edit = target forwards ÷ the "
              f"format's apply rate over all {measured} edits measured: perturbed (the minimal output with the "
-             "mistakes models make, the model-like rate; whole files have no perturbations, so their clean rate) "
-             "and clean (the minimal output).", "",
+             "mistakes models make, the model-like rate; whole files have no perturbations, so their clean rate), "
+             "grounded (over the mistakes grounded decoding still lets a model write; n/a in a report measured "
+             "before it) and clean (the minimal output).", "",
              "| format | best drafter | edits | tokens / forward | forwards median | applies perturbed "
-             "| applies clean | per applied edit, perturbed: median | mean | clean: median | mean |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| applies grounded | applies clean | per applied edit, perturbed: median | mean | grounded: median "
+             "| mean | clean: median | mean |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    unknown = {"median": None, "mean": None}
     for fmt, row in cost["formats"].items():
-        per = row["per_applied"]
+        per, rates = row["per_applied"], row["rates"]
+        grounded = per.get("grounded", unknown)
         lines.append(f"| {fmt} | {row['drafter']} | {row['edits']} | {row['tokens_per_forward']:.2f} "
-                     f"| {_number(row['forwards_median'])} | {_percent(row['rates']['perturbed'])} "
-                     f"| {_percent(row['rates']['clean'])} | {_number(per['perturbed']['median'])} "
-                     f"| {_number(per['perturbed']['mean'])} | {_number(per['clean']['median'])} "
-                     f"| {_number(per['clean']['mean'])} |")
+                     f"| {_number(row['forwards_median'])} | {_percent(rates['perturbed'])} "
+                     f"| {_percent(rates.get('grounded'))} | {_percent(rates['clean'])} "
+                     f"| {_number(per['perturbed']['median'])} | {_number(per['perturbed']['mean'])} "
+                     f"| {_number(grounded['median'])} | {_number(grounded['mean'])} "
+                     f"| {_number(per['clean']['median'])} | {_number(per['clean']['mean'])} |")
     subjects = {cost["subject"]: cost["ratios"]} | cost.get("other_subjects", {})
     for fmt, ratios in subjects.items():
         if ratios:
@@ -133,13 +140,16 @@ def _render_ratios(subject: str, drafter: str, ratios: list[dict]) -> list[str]:
     lines = [f"{subject} + {drafter} against each alternative: its forwards per applied "
              "edit ÷ the alternative's, the median over the edits both were decoded on and the ratio of the "
              "totals (below 1.00x OT costs less).", "",
-             "| alternative | why | edits | perturbed: median | total | clean: median | total "
-             "| forwards alone: median | total | OT cheaper (perturbed) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| alternative | why | edits | perturbed: median | total | grounded: median | total | clean: median "
+             "| total | forwards alone: median | total | OT cheaper (perturbed) | OT cheaper (grounded) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    unknown = {"median": None, "total": None}  # a report written before the grounded basis
     return lines + [f"| {_ratio_name(r)} | {r['why']} | {r['edits']} | {_times(r['perturbed']['median'])} "
-                    f"| {_times(r['perturbed']['total'])} | {_times(r['clean']['median'])} "
+                    f"| {_times(r['perturbed']['total'])} | {_times(r.get('grounded', unknown)['median'])} "
+                    f"| {_times(r.get('grounded', unknown)['total'])} | {_times(r['clean']['median'])} "
                     f"| {_times(r['clean']['total'])} | {_times(r['forwards']['median'])} "
-                    f"| {_times(r['forwards']['total'])} | {r.get('wins', 'n/a')} of {r['edits']} |"
+                    f"| {_times(r['forwards']['total'])} | {r.get('wins', 'n/a')} of {r['edits']} "
+                    f"| {r.get('wins_grounded', 'n/a')} of {r['edits']} |"
                     for r in ratios]
 
 

@@ -4,11 +4,12 @@ decoding speed.
 For every case (a file before and after one edit) and every format (`evals.formats`), the eval takes the
 minimal correct output, counts its tokens with the embedded Gemma tokenizer, applies it with that format's
 own applier and checks the result is exactly `after`; then it applies model-like perturbations of it
-(miscounted OT retains, trimmed whitespace, missing context lines) and checks again. These are the costs
-of outputs a model would have to write, not of outputs a model wrote. Then, per drafter, the embedded
-model's target forwards and decode time, reference-forced and free-running (`evals.decode`), and with
-`--model` each case through the agent's edit turn on a live server (`evals.live`). The command is
-`evals.command`; tables, plots and the JSON report are `evals.report`.
+(miscounted OT retains, trimmed whitespace, missing context lines) and checks again, and notes which of them
+grounded decoding (`decoding.engine.grounding`) would still let a model write: the grounded apply rate is over
+those alone. These are the costs of outputs a model would have to write, not of outputs a model wrote. Then, per
+drafter, the embedded model's target forwards and decode time, reference-forced and free-running
+(`evals.decode`), and with `--model` each case through the agent's edit turn on a live server (`evals.live`). The
+command is `evals.command`; tables, plots and the JSON report are `evals.report`.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def measure_case(case: dict, formats: tuple[str, ...], count_tokens: Callable[[s
         if fmt in PERTURBABLE:
             entry["perturbed"] = [
                 {"kind": kind, "outcome": (outcome := _outcome(fmt, before, after, text, language)),
-                 "applies": outcome == "exact"}
+                 "applies": outcome == "exact", "grounded": grounding_allows(case, fmt, text)}
                 for kind, text in perturbations(fmt, output, seed=case["id"], trials=ot_trials)
             ]
         figures[fmt] = entry
@@ -59,6 +60,21 @@ def _outcome(fmt: str, before: str, after: str, output: str, language: str | Non
         return "exact" if apply_output(fmt, before, output, language) == after else "wrong"
     except FormatError:
         return "refused"
+
+
+def grounding_allows(case: dict, fmt: str, output: str) -> bool:
+    """Whether grounded decoding lets a model write `output` (format `fmt`) for the case's file: the output in its
+    fenced block (`evals.decode.fenced`), closed, read by the engine's grounding (`ReplyFollower`, what the engine
+    asks of each token's text) a character at a time, without a tokenizer. Character by character, not all at
+    once: the edit-script follower checks a count against the end of the file while it is being written, and the
+    engine sees it so (Gemma writes a number a digit per token); a whole-text read would miss a count past the end.
+    On the dev set's perturbations this gives the token-by-token answer. A refused output is one a grounded model
+    could not have written."""
+    from decoding.engine.grounding import ReplyFollower
+    from evals.decode import fenced
+
+    reply = ReplyFollower(case["before"])
+    return all(reply.read(char) for char in fenced(case, fmt, output)) and reply.block is None
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -93,8 +109,11 @@ def summarize(results: list[dict], formats: tuple[str, ...]) -> dict:
         if fmt in PERTURBABLE:
             trials = [p for r in results for p in r["formats"][fmt]["perturbed"]]
             by_kind: dict[str, Counter] = {}
+            grounded: Counter = Counter()
             for trial in trials:
                 by_kind.setdefault(trial["kind"], Counter())[trial["outcome"]] += 1
+                grounded[trial["kind"]] += bool(trial.get("grounded"))
+            known = _grounding_known(trials)
             part |= {
                 "perturbed_trials": len(trials),
                 "perturbed_applies": _share(trials, "exact"),
@@ -102,11 +121,29 @@ def summarize(results: list[dict], formats: tuple[str, ...]) -> dict:
                 "perturbed_by_kind": {
                     kind: {"trials": sum(c.values()), "applies": c["exact"] / sum(c.values()),
                            "wrong": c["wrong"] / sum(c.values())}
+                    | ({"grounded": grounded[kind] / sum(c.values())} if known else {})
                     for kind, c in sorted(by_kind.items())
                 },
+                **grounded_figures(trials, part["applies"]),
             }
         summary[fmt] = part
     return summary
+
+
+def grounded_figures(trials: list[dict], clean: float) -> dict:
+    """`grounded_trials`, the perturbations grounded decoding would let a model write, and `grounded_applies`, the
+    share of them that apply: the apply rate of a grounded model's mistakes. Where grounding refuses every one (or
+    there is none) it is the clean rate `clean`: a grounded model cannot make those mistakes. Nothing for trials
+    measured before grounding was (no `grounded` in them): unknown, so the cost takes the perturbed rate for it."""
+    if not _grounding_known(trials):
+        return {}
+    allowed = [trial for trial in trials if trial["grounded"]]
+    return {"grounded_trials": len(allowed), "grounded_applies": _share(allowed, "exact") if allowed else clean}
+
+
+def _grounding_known(trials: list[dict]) -> bool:
+    """Whether the trials say whether grounding allows them (a report written before it was measured does not)."""
+    return all("grounded" in trial for trial in trials)
 
 
 def _share(trials: list[dict], outcome: str) -> float | None:
@@ -190,14 +227,26 @@ def case_formats(decode_formats: tuple[str, ...], whole: bool) -> tuple[str, ...
 
 def with_applies(decode: dict, formats: dict) -> dict:
     """A case's decode figures with, per drafter and format, whether that format's output applies on this case:
-    `applies` (the minimal output) and `applies_perturbed` (the share of its perturbations that apply; None for
-    a format without any), so each row of the JSON holds every figure of the cost per applied edit."""
+    `applies` (the minimal output), `applies_perturbed` (the share of its perturbations that apply; None for a
+    format without any) and `applies_grounded` (the share of those grounded decoding allows that apply, the clean
+    outcome where it allows none; None for a format without perturbations), so each row of the JSON holds every
+    figure of the cost per applied edit."""
     for per_drafter in decode.values():
         for fmt, figures in per_drafter["formats"].items():
             trials = formats.get(fmt, {}).get("perturbed")
             figures["applies"] = formats[fmt]["applies"] if fmt in formats else None
             figures["applies_perturbed"] = sum(t["applies"] for t in trials) / len(trials) if trials else None
+            figures["applies_grounded"] = _grounded_share(trials, figures["applies"])
     return decode
+
+
+def _grounded_share(trials: list[dict] | None, applies: bool | None) -> float | None:
+    """One case's share of the perturbations grounding allows that apply; whether its minimal output applies where
+    grounding allows none; None without perturbations, or where grounding was not measured."""
+    if not trials or not _grounding_known(trials):
+        return None
+    allowed = [trial for trial in trials if trial["grounded"]]
+    return sum(trial["applies"] for trial in allowed) / len(allowed) if allowed else float(bool(applies))
 
 
 def decoded_before(path: Path, draft_tokens: int | None = None) -> dict[str, dict]:

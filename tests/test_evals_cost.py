@@ -16,8 +16,8 @@ FORWARDS = {
     "udiff": {"ngram": [20, 20, 18], "cursor": [12, 30, 30], "hybrid": [30, 30, 30]},  # best: ngram, 58
     "whole": {"ngram": [120], "cursor": [100], "hybrid": [110]},  # best: cursor
 }
-RATES = {  # (clean, perturbed) over every edit measured; whole has no perturbations
-    "ot": (1.0, 0.9), "search-replace": (1.0, 0.6), "udiff": (1.0, 0.75), "whole": (1.0, None),
+RATES = {  # (clean, perturbed, grounded) over every edit measured; whole has no perturbations
+    "ot": (1.0, 0.9, 0.9), "search-replace": (1.0, 0.6, 0.95), "udiff": (1.0, 0.75, 1.0), "whole": (1.0, None, None),
 }
 
 
@@ -28,8 +28,9 @@ def synthetic_report() -> dict:
             for case, value in zip(cases, values, strict=False):
                 case["decode"][drafter]["formats"][fmt] = {"tokens": 2 * value, "target_forwards": value,
                                                            "seconds": value / 10}
-    formats = {fmt: {"cases": 180, "applies": clean} | ({"perturbed_applies": perturbed} if perturbed else {})
-               for fmt, (clean, perturbed) in RATES.items()}
+    formats = {fmt: {"cases": 180, "applies": clean}
+               | ({"perturbed_applies": perturbed, "grounded_applies": grounded} if perturbed else {})
+               for fmt, (clean, perturbed, grounded) in RATES.items()}
     return {"cases": cases, "summary": {"formats": formats, "decode": {
         "cases": 3, "formats": list(FORWARDS), "drafters": list(DRAFTERS), "whole_cases": 1}}}
 
@@ -70,7 +71,9 @@ def test_a_format_row_divides_its_forwards_by_each_apply_rate(cost):
     assert ot["per_applied"]["perturbed"] == {"median": pytest.approx(22 / 0.9), "mean": pytest.approx(18 / 0.9)}
     assert ot["per_applied"]["clean"] == {"median": 22, "mean": 18}
     # whole has no perturbations: its clean rate stands for the perturbed one
-    assert whole["edits"] == 1 and whole["rates"] == {"perturbed": 1.0, "clean": 1.0}
+    assert whole["edits"] == 1 and whole["rates"] == {"perturbed": 1.0, "grounded": 1.0, "clean": 1.0}
+    assert cost["formats"]["search-replace"]["per_applied"]["grounded"] == {
+        "median": pytest.approx(20 / 0.95), "mean": pytest.approx(76 / 3 / 0.95)}
 
 
 def test_ot_against_a_baseline_is_the_median_of_per_edit_ratios_and_the_ratio_of_totals(cost):
@@ -117,7 +120,8 @@ def test_a_format_that_never_applies_has_no_cost_per_applied_edit():
     assert against["perturbed"] == {"median": None, "total": None} and "wins" not in against
     assert against["clean"]["median"] == pytest.approx(1.1)  # 8/20, 22/20, 24/18
     report["summary"]["cost"] = cost
-    assert "| ot | hybrid | 3 | 2.00 | 22 | 0.0% | 100.0% | n/a | n/a | 22 | 18 |" in render_cost(report["summary"])
+    assert "| ot | hybrid | 3 | 2.00 | 22 | 0.0% | 90.0% | 100.0% | n/a | n/a | 24 | 20 | 22 | 18 |" in render_cost(
+        report["summary"])
 
 
 def test_the_table_shows_each_format_and_ots_ratios(cost):
@@ -125,18 +129,48 @@ def test_the_table_shows_each_format_and_ots_ratios(cost):
     report["summary"]["cost"] = cost
     table = "\n".join(render_cost(report["summary"]))
     assert "reference-forced on 3 edits (whole files on 1 of them" in table
-    assert "| search-replace | ngram | 3 | 2.00 | 20 | 60.0% | 100.0% | 33 | 42 | 20 | 25 |" in table
+    assert "| search-replace | ngram | 3 | 2.00 | 20 | 60.0% | 95.0% | 100.0% | 33 | 42 | 21 | 27 | 20 | 25 |" in table
     assert "| whole + cursor | Cursor-style speculative rewrite; also its best drafter | 1 | 0.09x |" in table
-    assert "| 3 of 3 |" in table and "ot + hybrid against each alternative" in table
+    assert "| 3 of 3 | 2 of 3 |" in table and "ot + hybrid against each alternative" in table
 
 
 def test_each_decoded_row_carries_the_applies_of_its_case_and_format():
-    decode = {"ngram": {"formats": {"ot": {"target_forwards": 5}, "whole": {"target_forwards": 50}}}}
-    formats = {"ot": {"applies": True, "perturbed": [{"applies": True}, {"applies": False}, {"applies": False}]},
-               "whole": {"applies": True}}
+    decode = {"ngram": {"formats": {fmt: {"target_forwards": 5} for fmt in ("ot", "udiff", "search-replace", "whole")}}}
+    formats = {
+        "ot": {"applies": True, "perturbed": [{"applies": True, "grounded": True}, {"applies": False, "grounded": True},
+                                              {"applies": False, "grounded": False}]},
+        "udiff": {"applies": True, "perturbed": [{"applies": False, "grounded": False}]},  # grounding refuses all
+        "search-replace": {"applies": True, "perturbed": [{"applies": False}]},  # measured before grounding was
+        "whole": {"applies": True},
+    }
     rows = with_applies(decode, formats)["ngram"]["formats"]
-    assert rows["ot"] == {"target_forwards": 5, "applies": True, "applies_perturbed": pytest.approx(1 / 3)}
-    assert rows["whole"]["applies"] is True and rows["whole"]["applies_perturbed"] is None
+    assert rows["ot"] == {"target_forwards": 5, "applies": True, "applies_perturbed": pytest.approx(1 / 3),
+                          "applies_grounded": 0.5}
+    assert rows["udiff"]["applies_perturbed"] == 0 and rows["udiff"]["applies_grounded"] == 1.0  # as the clean one
+    assert rows["search-replace"]["applies_grounded"] is None  # unknown
+    assert rows["whole"]["applies"] is True and rows["whole"]["applies_perturbed"] is rows["whole"]["applies_grounded"]
+    assert rows["whole"]["applies_grounded"] is None
+
+
+def test_a_report_from_before_the_grounded_basis_is_costed_and_shown_with_the_perturbed_rate_for_it():
+    report = synthetic_report()
+    for part in report["summary"]["formats"].values():
+        part.pop("grounded_applies", None)
+    cost = summarize_cost(report["cases"], report["summary"]["formats"], DRAFTERS)
+    for row in cost["formats"].values():
+        assert row["rates"]["grounded"] == row["rates"]["perturbed"]
+        assert row["per_applied"]["grounded"] == row["per_applied"]["perturbed"]
+    against = _ratio(cost, "udiff", "ngram")
+    assert against["grounded"] == against["perturbed"] and against["wins_grounded"] == against["wins"]
+    # a cost summary written before the grounded basis (no grounded figures in it at all) still renders
+    for row in cost["formats"].values():
+        del row["rates"]["grounded"], row["per_applied"]["grounded"]
+    for ratio in cost["ratios"]:
+        del ratio["grounded"], ratio["wins_grounded"]
+    report["summary"]["cost"] = cost
+    table = "\n".join(render_cost(report["summary"]))
+    assert "| udiff | ngram | 3 | 2.00 | 20 | 75.0% | n/a | 100.0% | 27 | 26 | n/a | n/a | 20 | 19 |" in table
+    assert "| 3 | 0.92x | 0.78x | n/a | n/a | 1.10x | 0.93x | 1.10x | 0.93x | 2 of 3 | n/a of 3 |" in table
 
 
 def _case(case_id: str, language: str, size: int) -> dict:
@@ -178,5 +212,5 @@ def test_line_ot_gets_its_own_row_and_ratios_beside_ots():
     assert against["clean"]["total"] == pytest.approx(28 / 76)
     report["summary"]["cost"] = cost
     table = "\n".join(render_cost(report["summary"]))
-    assert "| ot-lines | cursor | 3 | 3.00 | 10 | 50.0% | 100.0% | 20 |" in table
+    assert "| ot-lines | cursor | 3 | 3.00 | 10 | 50.0% | 50.0% | 100.0% | 20 |" in table  # no grounded rate: perturbed
     assert "ot + hybrid against each alternative" in table and "ot-lines + cursor against each alternative" in table

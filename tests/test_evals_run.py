@@ -129,3 +129,123 @@ def test_progress_line_shows_time_so_far_and_estimates_the_time_left():
     for _ in range(4):
         bar.step("next")
     assert bar.line(100).endswith("5/10 1:40, ~2:30 left")  # 4 done in 100 s, 6 to go at 25 s each
+
+
+# -- the grounded basis: the perturbations grounded decoding would still let a model write ---------------------------
+
+TWO_RETURNS = {
+    "id": "g",
+    "path": "m.py",
+    "before": "class A:\n    def f(self):\n        return 1\n\n    def g(self):\n        return 1\n",
+    "after": "class A:\n    def f(self):\n        return 2\n\n    def g(self):\n        return 1\n",
+}
+
+
+def test_grounding_allows_the_minimal_outputs_and_refuses_mistakes_a_grounded_model_cannot_make():
+    from evals.formats import perturbations, reference_output
+    from evals.run import grounding_allows
+
+    before, after = TWO_RETURNS["before"], TWO_RETURNS["after"]
+    for fmt in ("search-replace", "udiff", "ot", "ot-counts", "ot-lines", "whole"):
+        assert grounding_allows(TWO_RETURNS, fmt, reference_output(fmt, before, after)), fmt
+    for fmt in ("search-replace", "udiff"):
+        mistakes = dict(perturbations(fmt, reference_output(fmt, before, after), seed="g"))
+        assert not grounding_allows(TWO_RETURNS, fmt, mistakes["trimmed-whitespace"])  # "return 1" is no line
+        assert not grounding_allows(TWO_RETURNS, fmt, mistakes["missing-context"])  # "        return 1" is twice
+    assert not grounding_allows(TWO_RETURNS, "udiff", "@@ ... @@\n-        return 1\n+        return 2\n")  # so
+    assert grounding_allows(TWO_RETURNS, "ot-counts", 'retain(5)\ndelete(1)\ninsert("x")\n')  # a miscount, unseen
+    assert not grounding_allows(TWO_RETURNS, "ot-counts", "retain(99)\n")  # past the end of the file
+
+
+def test_the_grounded_rate_is_over_the_perturbations_grounding_allows():
+    report = run([*load_suite()[:6], TWO_RETURNS], ("search-replace", "udiff", "ot"), len, progress=False)
+    summary = report["summary"]["formats"]
+    for fmt, part in summary.items():
+        trials = [t for case in report["cases"] for t in case["formats"][fmt]["perturbed"]]
+        allowed = [t for t in trials if t["grounded"]]
+        assert part["grounded_trials"] == len(allowed) and part["perturbed_trials"] == len(trials)
+        rate = sum(t["applies"] for t in allowed) / len(allowed) if allowed else part["applies"]  # none: clean
+        assert part["grounded_applies"] == pytest.approx(rate)
+        by_kind = part["perturbed_by_kind"].values()
+        assert sum(kind["grounded"] * kind["trials"] for kind in by_kind) == pytest.approx(len(allowed))
+    # whitespace and context mistakes are mostly refused; a miscount mostly is not
+    assert summary["search-replace"]["grounded_trials"] < summary["search-replace"]["perturbed_trials"] / 2
+    assert summary["ot"]["grounded_trials"] > summary["ot"]["perturbed_trials"] / 2
+
+
+def test_the_grounded_rate_is_the_clean_one_where_grounding_refuses_every_mistake_and_unknown_in_old_reports():
+    from evals.run import grounded_figures
+
+    refused = [{"outcome": "exact", "grounded": False}, {"outcome": "refused", "grounded": False}]
+    assert grounded_figures(refused, 0.95) == {"grounded_trials": 0, "grounded_applies": 0.95}
+    assert grounded_figures([], 1.0) == {"grounded_trials": 0, "grounded_applies": 1.0}
+    mixed = [*refused, {"outcome": "wrong", "grounded": True}, {"outcome": "exact", "grounded": True}]
+    assert grounded_figures(mixed, 1.0) == {"grounded_trials": 2, "grounded_applies": 0.5}
+    assert grounded_figures([{"outcome": "exact"}], 1.0) == {}  # measured before grounding was: no figures
+
+
+def test_resume_reads_a_report_written_before_the_grounded_basis(tmp_path):
+    from evals.cost import apply_rates
+    from evals.report import render
+    from evals.run import decoded_before, reusable, with_applies
+
+    run_figures = {
+        "tokens": 10,
+        "target_forwards": 5,
+        "seconds": 0.0,
+        "drafted": 4,
+        "accepted": 3,
+        "applies": True,
+        "applies_perturbed": 0.5,
+    }
+    old = {
+        "draft_tokens": None,
+        "cases": [
+            {
+                "id": "a",
+                "language": "python",
+                "decode": {"ngram": {"target_forwards": 5, "seconds": 0.0, "formats": {"ot": run_figures}}},
+                "formats": {
+                    "ot": {
+                        "tokens": 10,
+                        "chars": 30,
+                        "applies": True,
+                        "perturbed": [
+                            {"kind": "miscount", "outcome": "exact", "applies": True},
+                            {"kind": "miscount", "outcome": "refused", "applies": False},
+                        ],
+                    }
+                },
+            }
+        ],
+        "summary": {
+            "formats": {
+                "ot": {
+                    "cases": 1,
+                    "tokens_median": 10,
+                    "tokens_p90": 10,
+                    "applies": 1.0,
+                    "perturbed_trials": 2,
+                    "perturbed_applies": 0.5,
+                    "perturbed_wrong": 0.0,
+                    "perturbed_by_kind": {"miscount": {"trials": 2, "applies": 0.5, "wrong": 0.0}},
+                }
+            }
+        },
+    }
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    earlier = reusable(decoded_before(path)["a"], ("ot",), ("ngram",))
+    assert earlier is not None  # its forwards are kept
+    fresh = {
+        "ot": {
+            "applies": True,
+            "perturbed": [{"applies": True, "grounded": True}, {"applies": False, "grounded": False}],
+        }
+    }
+    row = with_applies(earlier, fresh)["ngram"]["formats"]["ot"]
+    assert (row["applies_perturbed"], row["applies_grounded"]) == (0.5, 1.0)
+    assert with_applies(earlier, old["cases"][0]["formats"])["ngram"]["formats"]["ot"]["applies_grounded"] is None
+    assert apply_rates(old["summary"]["formats"], "ot") == {"perturbed": 0.5, "grounded": 0.5, "clean": 1.0}
+    table = render(old, "old")
+    assert "| 50.0% | 0.0% | 2 | n/a | n/a |" in table and "| ot | miscount | 50.0% | 0.0% | n/a | 2 |" in table

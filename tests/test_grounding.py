@@ -1,12 +1,24 @@
 """Grounded decoding: inside an ```edit block only a well-formed script whose quotes the file has can be written."""
 
 import json
+from itertools import pairwise
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from decoding.engine.grounding import EditGrounding, ReplyFollower, ScriptFollower, opens_edit_block
+from decoding.engine.grounding import (
+    DIVIDER,
+    REPLACE,
+    SEARCH,
+    EditGrounding,
+    GroundingStats,
+    ReplyFollower,
+    ScriptFollower,
+    SearchReplaceFollower,
+    UdiffFollower,
+    opens_edit_block,
+)
 from tools.ot_script import parse_script
 from tools.patch import apply_edit
 
@@ -121,6 +133,145 @@ test_many_more_scripts_the_grounding_allowed_are_placed_by_the_applier = slow(
 )
 
 
+# -- search/replace and udiff blocks: old lines are whole lines of the file, in order -------------------------------
+
+LINES = "def cube(x):\n    return x * x * x\n\n\ndef square(x):\n    return x * x\n\n\ndef same(x):\n    return x\n"
+TWICE = "def f(x):\n    return x\n\ndef g(x):\n    return x\n"  # the return line is there twice
+
+
+def block_reads(tool: str, text: str, source: str | None = LINES) -> bool:
+    """Whether a fresh ```TOOL block allows `text`, read in one piece, character by character and in pieces of
+    three alike."""
+    follower = {"search-replace": SearchReplaceFollower, "diff": UdiffFollower}[tool]
+    whole = follower(source).feed(text) is not None
+    for size in (1, 3):
+        split = follower(source)
+        assert whole == all(split.feed(text[at : at + size]) is not None for at in range(0, len(text), size)), text
+    return whole
+
+
+def sr(text: str, source: str | None = LINES) -> bool:
+    return block_reads("search-replace", text, source)
+
+
+def udiff(text: str, source: str | None = LINES) -> bool:
+    return block_reads("diff", text, source)
+
+
+def test_the_line_blocks_markers_are_the_ones_the_evals_write():
+    from evals import formats
+
+    assert (SEARCH, DIVIDER, REPLACE) == (formats.SEARCH, formats.DIVIDER, formats.REPLACE)
+
+
+def test_search_lines_are_whole_lines_of_the_file_in_order():
+    block = "<<<<<<< SEARCH\ndef cube(x):\n    return x * x * x\n=======\ndef cube(x):\n    return x ** 3\n"
+    block += ">>>>>>> REPLACE\n"
+    assert sr(block) and sr(block + "\n\n" + block.replace("cube", "square").replace(" * x\n=", "\n="))
+    assert sr("<<<<<<< SEARCH\n    return x * x")  # a prefix of two lines of the file
+    assert not sr("<<<<<<< SEARCH\n  return") and not sr("<<<<<<< SEARCH\n\treturn")  # indentation not the file's
+    assert not sr("<<<<<<< SEARCH\n    return x * x * x ")  # trailing whitespace the file does not have
+    assert not sr("<<<<<<< SEARCH\ndef cube(x):\ndef")  # the next line of the file is not a def
+    assert not sr("<<<<<<< SEARCH\n    return x * x * x\n    return x * x\n")  # lines of the file, not consecutive
+    assert not sr("<<<<<<< SEARCH\n=")  # the divider only after a SEARCH line
+    assert not sr("Here:\n") and not sr("<<<<<<< SEARCH \n") and not sr("\n\n\n")  # only markers between blocks
+    assert not sr(block.replace("=======\n", "======= \n"))  # the parser would take it for the divider
+    assert not sr(block.replace(">>>>>>> REPLACE\n", ">>>>>>> REPLACE\t\n"))
+    free = '  any "text"\\ \t\n```\n<<<<<<< SEARCH\n'
+    assert sr("<<<<<<< SEARCH\n    return x * x * x\n=======\n" + free)  # REPLACE lines are free
+
+
+def test_the_divider_waits_until_the_search_text_occurs_once():
+    assert not sr("<<<<<<< SEARCH\n    return x\n=", TWICE)  # twice in the file: the applier would take the first
+    assert sr("<<<<<<< SEARCH\n    return x\n\n=======\n", TWICE)  # the blank line after it is only after f's
+    assert sr("<<<<<<< SEARCH\ndef g(x):\n    return x\n=======\n", TWICE)
+    assert not sr("<<<<<<< SEARCH\na\na\n=", "a\na\na\n")  # at 0 and at 1: overlapping runs count
+    assert sr("<<<<<<< SEARCH\na\na\na\n=", "a\na\na\n")
+    assert sr("<<<<<<< SEARCH\n=======\nx = 1\n>>>>>>> REPLACE\n", "")  # an empty file takes an empty SEARCH
+
+
+def test_each_block_is_grounded_in_the_file_with_the_earlier_blocks_applied():
+    first = "<<<<<<< SEARCH\ndef f(x):\n    return x\n=======\ndef f(x):\n    return 2 * x\n>>>>>>> REPLACE\n"
+    then = "<<<<<<< SEARCH\n    return x\n=======\n"  # once f's return is replaced, g's is the only one
+    assert sr(first + "\n" + then, TWICE) and not sr(then, TWICE)
+    assert sr(first + "<<<<<<< SEARCH\n    return 2 * x\n=======\n", TWICE)  # the new line is the file's now
+    assert not sr(first + "<<<<<<< SEARCH\ndef f(x):\n    return x\n", TWICE)  # the old one is not
+    hunk = "@@ ... @@\n def f(x):\n-    return x\n+    return 2 * x\n"
+    assert udiff(hunk + "@@ ... @@\n-    return x\n+    return 3 * x\n```", TWICE)
+    assert not udiff("@@ ... @@\n-    return x\n+    return 3 * x\n@", TWICE)
+
+
+def test_udiff_context_and_removed_lines_are_the_files():
+    hunk = "@@ ... @@\n def cube(x):\n-    return x * x * x\n+    return x ** 3\n"
+    assert udiff(hunk) and udiff("--- a/m.py\n+++ b/m.py\n" + hunk + "```") and udiff("@@ -1,2 +1,2 @@\n" + hunk[10:])
+    assert not udiff("@@ ... @@\n-    return x*x*x")  # a removed line the file does not have
+    assert not udiff("@@ ... @@\n-  return x * x * x\n") and not udiff("@@ ... @@\n  return")  # its indentation
+    assert not udiff("@@ ... @@\n def cube(x):\n def square(x):\n")  # not the next line of the file
+    assert udiff("@@ ... @@\n def cube(x):\n+    '''Cubed.'''\n     return x * x * x\n")  # "+" lines are free
+    assert udiff("@@ ... @@\n-    return x * x * x\n\n\n def square(x):\n")  # an empty line is blank context
+    assert not udiff("@@ ... @@\n-    return x * x * x\n\n\n\n") and not udiff("@@ ... @@\nreturn")  # no sign
+    assert not udiff("Here:\n") and not udiff("-x\n") and not udiff("@x")  # before the first hunk: ---, +++, @@
+    assert not udiff("@@ ... @@\n@") and not udiff("@@ ... @@\n```")  # a hunk needs an old line to land
+    assert not udiff("@@ ... @@\n     return x\n```", TWICE)
+    assert udiff("@@ ... @@\n def g(x):\n     return x\n```", TWICE)
+
+
+def test_a_fence_ends_a_line_block_only_between_blocks():
+    reply = ReplyFollower(LINES)
+    assert reply.read("Cubing.\n```search-replace m.py\n<<<<<<< SEARCH\n") and reply.block is not None
+    assert not reply.fork().read("    return x * x * x\n```")  # inside SEARCH a backtick is the file's text: no
+    closed = reply.fork()
+    assert closed.read("    return x * x * x\n=======\n    return x ** 3\n>>>>>>> REPLACE\n```\nfree: <<<")
+    assert closed.block is None and closed.blocks == 1
+    markdown = ReplyFollower("Run:\n```python\nx = 1\n```\n")
+    assert markdown.read("```search-replace README.md\n<<<<<<< SEARCH\n```python\nx = 1\n```\n=======\n```\n")
+    after = markdown.fork()
+    assert markdown.block is not None and after.read(">>>>>>> REPLACE\n```") and after.block is None
+
+
+def test_line_blocks_for_another_path_get_the_syntax_rules_only_and_a_bare_diff_is_free():
+    reply = ReplyFollower(LINES, path="m.py")
+    assert reply.read("```diff other.py\n") and reply.block is not None and reply.block.source is None
+    assert reply.fork().read("@@ ... @@\n-not in m.py\n+x\n```\n") and not reply.fork().read("@@ ... @@\nnot a line")
+    assert not reply.fork().read("@@ ... @@\n```")  # syntax: a hunk has an old line
+    other = ReplyFollower(LINES, path="m.py")
+    assert other.read("```search-replace other.py\n<<<<<<< SEARCH\nnot in m.py\n=======\n")
+    assert not other.fork().read(">>>>>>> REPLACE \n")
+    mine = ReplyFollower(LINES, path="m.py")
+    assert mine.read("```search-replace m.py\n") and mine.block is not None and mine.block.source == LINES
+    assert not mine.read("<<<<<<< SEARCH\nnot in m.py")
+    bare = ReplyFollower(LINES)
+    assert bare.read("```diff\n-anything\n") and bare.block is None and bare.blocks == 0
+
+
+def test_a_prompt_that_ends_inside_a_line_block_opens_it():
+    assert opens_edit_block("Fix it.\n```diff m.py\n") and opens_edit_block("```search-replace m.py\n<<<<<<< SEARCH\n")
+    assert not opens_edit_block("```diff\n") and not opens_edit_block("```diff m.py\n@@ ... @@\n-x\n```\n")
+
+
+LINE_BLOCK_TEXTS = [
+    "```search-replace m.py\n<<<<<<< SEARCH\n    return x * x\n\n\ndef same(x):\n=======\nnew\n>>>>>>> REPLACE\n```\n",
+    "```search-replace m.py\n<<<<<<< SEARCH\n    return x * x * x \n",
+    "```search-replace m.py\n<<<<<<< SEARCH\n\n\n=======\n",
+    "```diff m.py\n--- a\n+++ b\n@@ ... @@\n def square(x):\n-    return x * x\n+    return x ** 2\n```\nDone.\n",
+    "```diff m.py\n@@ ... @@\n-    return x\n@@ ... @@\n-def cube(x):\n",
+    "```diff m.py\n@@ ... @@\n-    return x * x\n```\n",
+]
+
+
+@settings(derandomize=True, max_examples=200, deadline=None)
+@given(st.sampled_from(LINE_BLOCK_TEXTS), st.lists(st.integers(1, 200), min_size=1, max_size=12))
+def test_the_decisions_do_not_depend_on_how_the_text_is_split(text, cuts):
+    whole = ReplyFollower(LINES, path="m.py")
+    decision = whole.read(text)
+    split = ReplyFollower(LINES, path="m.py")
+    points = sorted({0, len(text), *(cut % (len(text) + 1) for cut in cuts)})
+    pieces = [text[a:b] for a, b in pairwise(points)]
+    assert all(split.read(piece) for piece in pieces) == decision
+    if decision:
+        assert (split.block is None, split.blocks) == (whole.block is None, whole.blocks)
+
+
 # -- with the tokenizer: the token-level questions -----------------------------------------------------------------
 
 
@@ -174,6 +325,97 @@ def test_the_targets_choice_is_replaced_by_the_best_allowed_token(tokenizer, voc
 )
 def test_allowed_tokens_are_exactly_the_tokens_allowed_one_by_one(tokenizer, vocab, written):
     grounding = grounding_after(vocab, tokenizer, written)
+    every = {token for token in range(len(vocab.texts)) if grounding.allows(token)}
+    assert set(grounding.allowed_tokens()) == every
+
+
+REAL_EDITS = (  # edits from the dev set with several blocks in both line formats
+    "express@80e64691e1:examples/web-service/index.js",
+    "rich@0cf528d9a8:examples/export.py",
+    "express@323a38965a:examples/route-map/index.js",
+)
+
+
+@pytest.fixture(scope="module")
+def real_edits():
+    from evals.cases import DEFAULT_CASES, load_cases
+
+    by_id = {case["id"]: case for case in load_cases(DEFAULT_CASES)}
+    return [by_id[case_id] for case_id in REAL_EDITS]
+
+
+def line_grounding_after(vocab, tokenizer, written: str, source: str = LINES) -> EditGrounding:
+    grounding = EditGrounding(vocab, source, frozenset({1}), path="m.py")
+    for token in tokenizer(written, add_special_tokens=False).input_ids:
+        assert grounding.allows(token), written
+        grounding.advance(token)
+    return grounding
+
+
+@pytest.mark.parametrize("fmt", ["search-replace", "udiff"])
+def test_the_evals_reference_outputs_are_allowed_token_by_token(tokenizer, vocab, real_edits, fmt):
+    from evals.decode import written_output
+    from evals.formats import minimal_blocks
+
+    for case in real_edits:
+        assert len(minimal_blocks(case["before"], case["after"])) >= 3
+        grounding = EditGrounding(vocab, case["before"], frozenset({1}), path=case["path"])
+        stops = []
+        for token in tokenizer(written_output(case, fmt), add_special_tokens=False).input_ids:
+            assert grounding.allows(token), case["id"]
+            stops.append(grounding.allows(1))
+            grounding.advance(token)
+        assert grounding.allows(1) and grounding.stats == GroundingStats(blocks=1)  # closed, nothing constrained
+        assert stops[0] and not all(stops[1:])  # before the block, and not everywhere inside it
+
+
+def test_a_stop_token_ends_the_reply_only_between_blocks(tokenizer, vocab):
+    block = "```search-replace m.py\n<<<<<<< SEARCH\n    return x * x * x\n=======\n    return x ** 3\n"
+    assert not line_grounding_after(vocab, tokenizer, block).allows(1)
+    assert not line_grounding_after(vocab, tokenizer, block[:-25]).allows(1)
+    assert line_grounding_after(vocab, tokenizer, block + ">>>>>>> REPLACE\n").allows(1)
+    hunk = "```diff m.py\n@@ ... @@\n-    return x"
+    assert not line_grounding_after(vocab, tokenizer, hunk + "\n", TWICE).allows(1)  # twice: the hunk cannot end
+    assert not line_grounding_after(vocab, tokenizer, hunk).allows(1)  # inside a line
+    assert line_grounding_after(vocab, tokenizer, hunk + "\n").allows(1)
+    assert not line_grounding_after(vocab, tokenizer, "```diff m.py\n@@ ... @@\n").allows(1)  # no old line yet
+
+
+def test_greedy_grounded_decoding_takes_the_best_token_the_file_allows(tokenizer, vocab):
+    import torch
+
+    written = "```search-replace m.py\n<<<<<<< SEARCH\ndef cube(x):\n"
+    grounding = line_grounding_after(vocab, tokenizer, written)
+    tab, four = (tokenizer(t, add_special_tokens=False).input_ids[0] for t in ("\t", "    "))
+    logits = torch.zeros(len(vocab.texts))
+    logits[tab], logits[four] = 5.0, 1.0
+    assert not grounding.allows(tab)  # the file indents by four spaces
+    assert grounding.best_allowed(logits) == four and grounding.stats.constrained_tokens == 1
+    # greedy from there, the target always preferring tabs and trailing spaces: every token taken is allowed
+    logits[[i for i, text in enumerate(vocab.texts) if text and ("\t" in text or " \n" in text)]] = 6.0
+    for _ in range(16):
+        token = grounding.best_allowed(logits)
+        assert token in grounding.allowed_tokens()
+        grounding.advance(token)
+        written += vocab.texts[token]
+        assert ReplyFollower(LINES).read(written)
+    search = written.split("<<<<<<< SEARCH\n")[1].split("=======\n")[0]
+    assert len(search) > len("def cube(x):\n    ") and LINES.startswith(search)  # the file's text, tabs refused
+
+
+@slow
+@pytest.mark.parametrize(
+    "written",
+    [
+        "```search-replace m.py\n<<<<<<< SEARCH\n    return x * x",
+        "```search-replace m.py\n<<<<<<< SEARCH\n    return x * x\n",
+        "```search-replace m.py\n<<<<<<< SEARCH\n    return x * x\n=======\n    return x ** 2\n",
+        "```diff m.py\n@@ ... @@\n",
+        "```diff m.py\n@@ ... @@\n def square(x):\n-    return x * x\n+",
+    ],
+)
+def test_allowed_tokens_in_line_blocks_are_exactly_the_tokens_allowed_one_by_one(tokenizer, vocab, written):
+    grounding = line_grounding_after(vocab, tokenizer, written)
     every = {token for token in range(len(vocab.texts)) if grounding.allows(token)}
     assert set(grounding.allowed_tokens()) == every
 

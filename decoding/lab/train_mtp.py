@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import math
-import os
 import random
 import sys
 import sysconfig
@@ -38,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from decoding.drafting.mtp import DEFAULT_MANIFEST, MTPConfig, MTPHead, embedding_fingerprint, save_head
+from decoding.engine.threads import ThreadPolicy, pin_threads
 
 HELD_OUT_SHARE = 16  # one standard-library file, and one installed project, in this many is held out (sha256)
 HELD_OUT_MODULES = frozenset({"bisect.py", "colorsys.py", "textwrap.py"})  # read by the decoding benchmark
@@ -194,7 +194,9 @@ class TargetReader:
 def read_windows(reader: TargetReader, windows: list[list[int]], deadline: float, what: str):
     """Run the target over windows until `deadline`; returns (hidden [N, S, D] bf16, tokens [N, S], lengths)."""
     hidden, tokens, lengths, start, done = [], [], [], time.monotonic(), 0
+    threads = ThreadPolicy()
     for i, ids in enumerate(windows):
+        threads.update()
         if time.monotonic() > deadline and i:
             log(f"{what}: time budget reached after {i} windows")
             break
@@ -255,7 +257,9 @@ def train(head, embed, out_weight, data, args, deadline: float, device: str) -> 
     weights = [0.8**j for j in range(args.depth)]
     start, step, seen = time.monotonic(), 0, 0
     budget = max(deadline - start, 1.0)
+    threads = ThreadPolicy()
     while step < args.steps and (step == 0 or time.monotonic() < deadline):
+        threads.update()
         progress = min(1.0, (time.monotonic() - start) / budget)
         lr = args.lr * min(1.0, (step + 1) / args.warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
         for group in optimizer.param_groups:
@@ -350,7 +354,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--minutes", type=float, default=50.0, help="wall-clock budget for everything (default 50)")
     parser.add_argument("--device", default="cpu", help="torch device for the target and training (default cpu)")
     parser.add_argument(
-        "--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch CPU threads (default: every core)"
+        "--threads", type=int, default=None, help="torch CPU threads (default: the cores other work leaves free)"
     )
     parser.add_argument(
         "--model", default=None, metavar="PATH", help="target: HF directory or .gguf (default: embedded)"
@@ -394,7 +398,7 @@ def run(args: argparse.Namespace) -> dict:
     began = time.monotonic()
     deadline = began + 60 * args.minutes
     torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
+    pin_threads(args.threads)
     loaded = load_model(args.model)
     reader = TargetReader(loaded, args.device)
     hf_model: Any = loaded.model  # a transformers model: its accessors are beyond torch's Module type
@@ -475,10 +479,14 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m decoding.lab.
             file=sys.stderr,
         )
         return 2
+    if args.threads is not None and args.threads < 1:
+        print("error: --threads must be positive", file=sys.stderr)
+        return 2
     threads = torch.get_num_threads()
     try:
         run(args)
     finally:
+        pin_threads(None)
         torch.set_num_threads(threads)
     return 0
 

@@ -12,9 +12,11 @@ drafter that proposed them, e.g. {"ngram": 40, "mtp": 12}) and, only for a reque
 that prediction which the model accepted / rejected (see PredictionTally).
 
 `grounding: "off" | "edit" | {"mode": "edit", "path": "src/app.py"}` (default "edit" when the request sends a
-`prediction` or its prompt ends inside an ```edit block): inside ```edit blocks (for `path`, when given) the model
-may only write a well-formed edit script whose quoted text the file has (`decoding.engine.grounding`);
-`usage.grounding = {blocks, constrained_tokens, released_blocks}` reports it.
+`prediction` or its prompt ends inside a grounded block): inside ```edit blocks (for `path`, when given) the model
+may only write a well-formed edit script whose quoted text the file has, and inside ```search-replace PATH and
+```diff PATH blocks only SEARCH lines, or a hunk's context and removed lines, that are the file's lines in order and
+land in one place (`decoding.engine.grounding`); `usage.grounding = {blocks, constrained_tokens, released_blocks}`
+reports it.
 
 A prefix cache keeps the keys and values of recent prompts and outputs (`decoding.engine.prefix_cache`): a request that
 shares a prefix with one before prefills only the rest, and `usage.prompt_tokens_details.cached_tokens` says how
