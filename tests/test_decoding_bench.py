@@ -5,10 +5,12 @@ import pytest
 from decoding.engine.target import make_target
 from decoding.lab.bench import (
     PEER,
+    Result,
     Row,
     bench_workload,
     format_engine,
     format_table,
+    interleaved_tries,
     mtp_held_out_note,
     prefix_cache_figures,
     rounding_note,
@@ -60,3 +62,19 @@ def test_bench_reports_the_verify_cost_curve_and_the_prefix_caches_first_token(e
     assert prefix.warm_s < prefix.cold_s
     text = format_engine(costs, prefix)
     assert "k=4 " in text and f"{prefix.cached_tokens} of them cached" in text
+
+
+def test_repeats_are_interleaved_with_the_order_reversed_every_other_round():
+    order: list[str] = []
+
+    def run(name: str):
+        def once() -> Result:
+            order.append(name)
+            return Result([1, 2], seconds=float(len(order)), prefill_seconds=0.5)
+
+        return once
+
+    tries = interleaved_tries({name: run(name) for name in ("plain", "ngram", "hybrid")}, repeats=4)
+    assert order == ["plain", "ngram", "hybrid", "hybrid", "ngram", "plain"] * 2
+    assert {name: len(found) for name, found in tries.items()} == {"plain": 4, "ngram": 4, "hybrid": 4}
+    assert [r.seconds for r in tries["hybrid"]] == [3.0, 4.0, 9.0, 10.0]
