@@ -299,7 +299,9 @@ def test_first_run_without_a_model_opens_the_setup_screen_lists_the_server_and_r
         await pilot.press("enter")
         assert "working" in str(app.query_one(StatusBar).render())  # at once, before any reply arrives
         await until(pilot, lambda: "Apply this edit to stats.py?" in screen_text(app), what="the edit to approve")
-        assert isinstance(app.screen, EditApproval) and "+     return total(items) / max(" in screen_text(app)
+        # the question and the diff are separate widgets: on a loaded machine the diff can render a frame later
+        await until(pilot, lambda: "+     return total(items) / max(" in screen_text(app), what="the edit's diff")
+        assert isinstance(app.screen, EditApproval)
         await pilot.press("y")
         await until(pilot, lambda: not app.running, timeout=60, what=f"the run to end: {notes(app)}")
         assert notes(app)[-1] == "● done: Fixed." and (ws / "stats.py").read_text() == FIXED
