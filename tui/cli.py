@@ -133,13 +133,8 @@ def usage(prefix: tuple[str, ...] = ()) -> str:
     lines = [f"usage: agent {' '.join(prefix) + ' ' if prefix else ''}COMMAND [options]", "", "commands:"]
     lines += [f"  {' '.join(c.words):<{width}}  {c.help}" for c in shown]
     if not prefix:
-        lines = [
-            "Retain: a local coding agent that edits files with operational-transform edit scripts.",
-            "",
-            *lines,
-            "",
-            EXAMPLES,
-        ]
+        lines = ["Retain: a local coding agent that edits files with operational-transform edit scripts.", "",
+                 *lines, "", EXAMPLES]
     return "\n".join(lines)
 
 

@@ -1,6 +1,6 @@
 """Drafters on code from projects the MTP head never trained on, free-running, through `agent serve`.
 
-    agent bench held-out                                  # starts the embedded server; 8 files, 128 tokens each
+    agent bench held-out                                  # starts `agent serve` (a child process); 8 files
     agent bench held-out --api-base http://127.0.0.1:8765/v1 --methods mtp hybrid
 
 Each prompt is the opening lines of a file from a project `python -m decoding.lab.train_mtp` holds out whole (the
@@ -18,16 +18,17 @@ import hashlib
 import json
 import re
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 
 from decoding.drafting.drafters import SPECULATION_METHODS
 from decoding.lab.bench import load_line, thread_count
 from decoding.lab.train_mtp import EVAL_PROJECTS, SourceFile, corpus, installed_roots
+from decoding.serving.launch import SERVER_COMMAND, EmbeddedServer, EmbeddedServerError
 from tools.command_line import parse_arguments
 
 PROMPT_LINES = 60  # lines of the file before the continuation: enough for the file's style and names
@@ -76,18 +77,6 @@ def complete(api_base: str, prompt: str, max_tokens: int, speculation: str, time
     with urllib.request.urlopen(request, timeout=timeout) as response:
         answer = json.load(response)
     return answer, time.perf_counter() - start
-
-
-def start_embedded_server(threads: int) -> str:
-    """The embedded model's server on a free local port, in this process; returns its base URL."""
-    from decoding.engine.loading import load_model
-    from decoding.engine.threads import pin_threads
-    from decoding.serving.server import Service, make_server
-
-    pin_threads(threads or None)
-    server = make_server(Service(load_model(None)), port=0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return f"http://127.0.0.1:{server.server_address[1]}/v1"
 
 
 def measure(
@@ -156,12 +145,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: no file of {MIN_LINES}+ lines from {sorted(EVAL_PROJECTS)} is installed here", file=sys.stderr)
         return 2
     print(load_line("start"))
-    api_base = args.api_base or start_embedded_server(args.threads)
-    try:
-        rows = measure(api_base, files, args.methods, args.max_tokens, args.timeout)
-    except (urllib.error.URLError, TimeoutError, OSError) as e:
-        print(f"error: the server at {api_base} did not answer: {e}", file=sys.stderr)
-        return 1
+    with ExitStack() as stack:
+        api_base = args.api_base
+        if api_base is None:
+            command = [*SERVER_COMMAND, *(["--threads", str(args.threads)] if args.threads else [])]
+            try:
+                api_base = stack.enter_context(EmbeddedServer(command)).api_base
+            except EmbeddedServerError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 1
+        try:
+            rows = measure(api_base, files, args.methods, args.max_tokens, args.timeout)
+        except (urllib.error.URLError, TimeoutError, OSError) as e:
+            print(f"error: the server at {api_base} did not answer: {e}", file=sys.stderr)
+            return 1
     print(
         f"{len(files)} files of {', '.join(sorted(EVAL_PROJECTS))} (held out of the MTP head's training), "
         f"first {PROMPT_LINES} lines each, {args.max_tokens} new tokens, greedy, through {api_base}"

@@ -84,9 +84,10 @@ def corpus(roots: Sequence[Path]) -> list[SourceFile]:
     stdlib = stdlib_root().resolve()
     files = []
     for root in roots:
+        is_stdlib = root.resolve() == stdlib
         for path in source_files(root):
             name = path.relative_to(root).as_posix()
-            project = STDLIB if root.resolve() == stdlib else name.split("/")[0].removesuffix(".py")
+            project = STDLIB if is_stdlib else name.split("/")[0].removesuffix(".py")
             files.append(SourceFile(path, name, project))
     return files
 
@@ -456,6 +457,8 @@ def run(args: argparse.Namespace) -> dict:
         "tokens": int(train_data[2].sum()),
         "held_out_files": len(held_files),
         "other_projects": other_projects,
+        "objective": "soft cross-entropy to the target's next-token distribution over the slice, "
+        f"{args.depth} chained steps weighted 0.8^j",
         "batch": args.batch,
         "lr": args.lr,
         "seed": args.seed,
