@@ -12,6 +12,8 @@ from decoding.lab.bench import (
     format_table,
     interleaved_tries,
     mtp_held_out_note,
+    paired_decode_ratios,
+    paired_summary,
     prefix_cache_figures,
     rounding_note,
     verify_cost,
@@ -78,3 +80,20 @@ def test_repeats_are_interleaved_with_the_order_reversed_every_other_round():
     assert order == ["plain", "ngram", "hybrid", "hybrid", "ngram", "plain"] * 2
     assert {name: len(found) for name, found in tries.items()} == {"plain": 4, "ngram": 4, "hybrid": 4}
     assert [r.seconds for r in tries["hybrid"]] == [3.0, 4.0, 9.0, 10.0]
+
+
+def test_drafters_are_compared_with_ngram_round_by_round():
+    # ngram's best try (round 2) and hybrid's best try (round 1) fall in different rounds: compared best to best,
+    # hybrid looks 0.8x; paired within each round it is as fast or faster in two rounds of three.
+    decode_seconds = {"ngram": [5.0, 4.0, 5.0], "hybrid": [5.0, 5.5, 4.5]}
+    tries = {
+        name: [Result(list(range(101)), seconds=s + 1.0, prefill_seconds=1.0) for s in found]
+        for name, found in decode_seconds.items()
+    }
+    assert paired_decode_ratios(tries, "ngram") == {"hybrid": 1.0}
+    rows = [
+        Row("float32", 2, "w", "ngram", 101, 1.0, 1.0),
+        Row("float32", 2, "w", "hybrid", 101, 1.0, 1.0, decode_paired_vs_ngram=1.0),
+    ]
+    assert paired_summary(rows).splitlines()[1].endswith("hybrid ÷ ngram 1.00x")
+    assert paired_summary(rows[:1]) == ""

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -84,6 +85,7 @@ class Row:
     acceptance_at: list[float] = field(default_factory=list)  # per draft position, free-running
     accepted_by: dict[str, int] = field(default_factory=dict)
     draft_ms_per_token: float = 0.0  # the drafter's own time per drafted token
+    decode_paired_vs_ngram: float = 0.0  # median over rounds of decode rate ÷ ngram's in the same round
 
 
 @dataclass
@@ -301,6 +303,7 @@ def bench_workload(
     # Best of `repeats`, end to end and decode each on its own: other work on the CPU only ever adds time.
     results = {name: min(found, key=lambda r: r.seconds) for name, found in tries.items()}
     decode_rates = {name: max(_decode_rate(r) for r in found) for name, found in tries.items()}
+    paired = paired_decode_ratios(tries, "ngram") if "ngram" in tries else {}
     plain_tokens = results["plain"].tokens
     rows = [
         Row(
@@ -319,6 +322,7 @@ def bench_workload(
             acceptance_at=r.acceptance_at,
             accepted_by=r.accepted_by,
             draft_ms_per_token=round(r.draft_ms_per_token, 2),
+            decode_paired_vs_ngram=paired.get(name, 0.0),
         )
         for name, r in results.items()
     ]
@@ -334,6 +338,19 @@ def interleaved_tries(runs: Mapping[str, Callable[[], Result]], repeats: int) ->
         for name in list(runs)[:: 1 if repeat % 2 == 0 else -1]:
             tries[name].append(runs[name]())
     return tries
+
+
+def paired_decode_ratios(tries: Mapping[str, Sequence[Result]], base: str) -> dict[str, float]:
+    """Per method, the median over rounds of its decode rate ÷ `base`'s in the same round.
+
+    A round runs every method back to back, so a slow spell of a noisy machine falls on both sides of each
+    ratio; best-of-tries per method cannot pair them, and on a shared 2-core VM its ratios wander by ±10%."""
+    rates = {name: [_decode_rate(r) for r in found] for name, found in tries.items()}
+    return {
+        name: round(statistics.median(a / b for a, b in zip(found, rates[base], strict=True) if b), 2)
+        for name, found in rates.items()
+        if name not in (base, "plain", *PEERS) and any(rates[base])
+    }
 
 
 def _first_difference(tokens: list[int], plain: list[int]) -> int | None:
@@ -427,6 +444,17 @@ def vllm_summary(rows: Sequence[Row]) -> str:
     if not lines:
         return ""
     return "ours ÷ vLLM per workload (end to end / decode):\n" + "\n".join(lines)
+
+
+def paired_summary(rows: Sequence[Row]) -> str:
+    """Per workload, each of our drafters' decode speed ÷ ngram's, paired round by round; empty without them."""
+    groups: dict[tuple[str, int, str], list[str]] = {}
+    for r in rows:
+        if r.decode_paired_vs_ngram:
+            ratio = f"{r.method} ÷ ngram {r.decode_paired_vs_ngram:.2f}x"
+            groups.setdefault((r.dtype, r.threads, r.workload), []).append(ratio)
+    lines = [f"{d:9} {threads_label(t):>4} {w:24} " + "   ".join(found) for (d, t, w), found in groups.items()]
+    return "decode ÷ ngram's in the same round (median over the rounds):\n" + "\n".join(lines) if lines else ""
 
 
 def _pair(row: Row) -> str:
@@ -648,8 +676,8 @@ def bench_from_args(args: argparse.Namespace) -> int:
     )
     print()
     print(format_table(rows))
-    notes = (vllm_summary(rows), llama_cpp_note(), mtp_held_out_note(args.methods), rounding_note(rows),
-             vllm_mismatch_note(rows), load_line("end"))
+    notes = (vllm_summary(rows), paired_summary(rows), llama_cpp_note(), mtp_held_out_note(args.methods),
+             rounding_note(rows), vllm_mismatch_note(rows), load_line("end"))
     for note in notes:
         if note:
             print(note)
