@@ -57,7 +57,7 @@ def test_bench_notes_give_the_heads_held_out_figures_and_explain_bfloat16_mismat
 def test_bench_reports_the_verify_cost_curve_and_the_prefix_caches_first_token(embedded_model):
     target = make_target(embedded_model.model)
     ids = embedded_model.tokenizer(standard_workloads()[0].prompt).input_ids[:300]
-    costs = verify_cost(target, ids, ks=(0, 4), repeats=1)
+    costs = verify_cost(target, ids, ks=(0, 4), repeats=5)  # best of 5: one try each flipped under load
     assert list(costs) == [0, 4] and 0 < costs[0] < costs[4]
     prefix = prefix_cache_figures(target, embedded_model.tokenizer, tokens=400, repeats=1)
     assert prefix.cached_tokens >= 400 and prefix.prompt_tokens > prefix.cached_tokens
