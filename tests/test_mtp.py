@@ -122,7 +122,8 @@ def test_hybrid_asks_the_head_only_where_nothing_is_copied_and_retries_the_losin
     # displaced copies that would have been accepted (ot-edit:bisect took 46 forwards against cursor's 38).
     hybrid.rates, hybrid._choices = {"mtp": 30.0, "plain": 10.0}, 2
     short = DraftContext([1, 5, 6, 1, 5], hidden=torch.randn(1, D))
-    assert (hybrid.propose(short, 2).tokens, hybrid.propose(short, 2).source) == ([6, 1], "ngram")
+    copied = hybrid.propose(short, 2)
+    assert (copied.tokens, copied.source) == ([6, 1], "ngram")
     nothing = DraftContext([1, 5, 6, 1, 5, 9], hidden=torch.randn(1, D))
     assert hybrid.propose(nothing, 2).source == "mtp"  # nothing to copy: the arm that pays
     hybrid.rates, hybrid._choices, hybrid._previous = {"mtp": 10.0, "plain": 30.0}, 4, (0.0, 0, None)

@@ -302,8 +302,8 @@ def bench_workload(
     tries = interleaved_tries(runs, repeats)
     # Best of `repeats`, end to end and decode each on its own: other work on the CPU only ever adds time.
     results = {name: min(found, key=lambda r: r.seconds) for name, found in tries.items()}
-    decode_rates = {name: max(_decode_rate(r) for r in found) for name, found in tries.items()}
-    paired = paired_decode_ratios(tries, "ngram") if "ngram" in tries else {}
+    rates = {name: [_decode_rate(r) for r in found] for name, found in tries.items()}
+    paired = paired_decode_ratios(rates, "ngram") if "ngram" in rates else {}
     plain_tokens = results["plain"].tokens
     rows = [
         Row(
@@ -315,7 +315,7 @@ def bench_workload(
             round(r.seconds, 2),
             round(len(r.tokens) / r.seconds, 2),
             prefill_s=round(r.prefill_seconds, 2),
-            decode_tokens_per_s=decode_rates[name],
+            decode_tokens_per_s=max(rates[name]),
             mean_accepted_length=round(r.mean_accepted_length, 2),
             matches_plain=all(t.tokens == plain_tokens for t in tries[name]),
             diverges_at=_first_difference(r.tokens, plain_tokens),
@@ -340,12 +340,11 @@ def interleaved_tries(runs: Mapping[str, Callable[[], Result]], repeats: int) ->
     return tries
 
 
-def paired_decode_ratios(tries: Mapping[str, Sequence[Result]], base: str) -> dict[str, float]:
-    """Per method, the median over rounds of its decode rate ÷ `base`'s in the same round.
+def paired_decode_ratios(rates: Mapping[str, Sequence[float]], base: str) -> dict[str, float]:
+    """Per method, the median over rounds of its decode rate (tokens/s, one per round) ÷ `base`'s in that round.
 
     A round runs every method back to back, so a slow spell of a noisy machine falls on both sides of each
     ratio; best-of-tries per method cannot pair them, and on a shared 2-core VM its ratios wander by ±10%."""
-    rates = {name: [_decode_rate(r) for r in found] for name, found in tries.items()}
     return {
         name: round(statistics.median(a / b for a, b in zip(found, rates[base], strict=True) if b), 2)
         for name, found in rates.items()
