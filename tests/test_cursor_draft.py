@@ -5,7 +5,7 @@ import json
 import pytest
 
 from decoding.drafting.base import DraftContext
-from decoding.drafting.cursor import MAX_PROPOSAL_TOKENS, CursorDrafter, CursorTokenDrafter
+from decoding.drafting.cursor import MAX_PROPOSAL_TOKENS, PROPOSAL_CHARS, CursorDrafter, CursorTokenDrafter
 from tools.ot import format_script, ot_diff
 
 SOURCE = '''def parse(line):
@@ -17,6 +17,15 @@ def load(path):
     with open(path) as handle:
         return dict(parse(line) for line in handle if line.strip())
 '''
+
+
+def _escaped(text: str) -> str:
+    return json.dumps(text)[1:-1]
+
+
+def _from(source: str, at: int) -> str:
+    """What the drafter proposes of `source` from offset `at`: as much as a proposal holds, JSON-escaped."""
+    return _escaped(source[at : at + PROPOSAL_CHARS])
 
 
 def _agreement(proposal: str, actual: str) -> int:
@@ -39,10 +48,12 @@ def test_a_miscounted_retain_is_followed_through_the_quote():
     assert CursorDrafter(SOURCE).propose(script).startswith("me.strip(), value.strip()")
 
 
-def test_inside_an_insert_it_continues_the_source_line_being_copied():
+def test_inside_an_insert_it_continues_the_source_being_copied():
     start = SOURCE.index("    return dict(")
     script = f'retain({start})\ninsert("    return sorted(parse(line) for line'
-    assert CursorDrafter(SOURCE).propose(script) == " in handle if line.strip())\\n"
+    assert CursorDrafter(SOURCE).propose(script) == " in handle if line.strip())\\n"  # the source's end
+    script = 'insert("    return name.strip(), value.str'  # the copied line goes on into the next ones
+    assert CursorDrafter(SOURCE).propose(script) == _from(SOURCE, SOURCE.index("ip()\n\n\ndef load"))
 
 
 def test_after_garbage_it_proposes_nothing():
@@ -59,10 +70,11 @@ def test_between_and_inside_ops_it_proposes_the_scripts_own_syntax():
         "ret": "ain(",
         "retain": "(",
         "retain(2": ')\ndelete("',  # each digit is a surprise, the count's end need not be
-        f"retain({body})": "\n" + r'delete("    name, value = line.split(\"=\", 1)\n',  # what is at the cursor
+        f"retain({body})": '\ndelete("' + _from(SOURCE, body),  # what is at the cursor
+        f"retain({body})\nre": 'tain("' + _from(SOURCE, body),  # after a count, a retain is a quoted anchor
         f"retain({body})\nins": 'ert("    ',  # another op begun: its opening, an indented new line
         f'retain({body})\ninsert("x = 1\\n")': "\nretain(",  # after an insert, the count to the next change
-        f'retain({body})\ninsert("x = 1\\n")\nde': r'lete("    name, value = line.split(\"=\", 1)\n',
+        f'retain({body})\ninsert("x = 1\\n")\nde': 'lete("' + _from(SOURCE, body),
     }
     for script, proposal in cases.items():
         assert CursorDrafter(SOURCE).propose(script) == proposal, script
@@ -85,13 +97,16 @@ def test_following_a_real_script_the_quotes_are_drafted_many_characters_per_step
 def test_proposals_are_json_escaped():
     source = 'say("hi",\t1)\ndone\n'
     proposal = CursorDrafter(source).propose('delete("say(')
-    assert proposal == '\\"hi\\",\\t1)\\n'
-    assert json.loads(f'"{proposal}"') == '"hi",\t1)\n'
+    assert proposal == '\\"hi\\",\\t1)\\ndone\\n'
+    assert json.loads(f'"{proposal}"') == '"hi",\t1)\ndone\n'
 
 
-def test_a_proposal_ends_with_its_source_line():
+def test_a_proposal_runs_on_past_the_end_of_its_source_line():
+    """A quote that goes on into the next lines is drafted whole: stopping at each line's end cost a forward per
+    line of every multi-line delete, and a quote's end is a surprise wherever it is."""
     proposal = CursorDrafter(SOURCE).propose('delete("def parse(')
-    assert proposal == "line):\\n"
+    assert proposal == _from(SOURCE, len("def parse("))
+    assert proposal.startswith("line):\\n    name, value") and len(json.loads(f'"{proposal}"')) == PROPOSAL_CHARS
 
 
 @pytest.mark.slow
@@ -121,14 +136,14 @@ def test_a_proposal_is_drafted_whole_past_a_short_draft_length_up_to_its_cap():
     source = [ord(c) for c in SOURCE]
     script = [ord(c) for c in '```edit config.py\nretain(10)\ndelete("']
     draft = CursorTokenDrafter(Chars()).propose(DraftContext(tokens=script, sources=[source]), k=2)
-    assert draft.self_sized and Chars().decode(draft.tokens) == "line):\\n"
+    assert draft.self_sized and Chars().decode(draft.tokens) == _from(SOURCE, 10)[:MAX_PROPOSAL_TOKENS]
     counted = script[: script.index(ord(")")) + 1]  # the script ends after `retain(10)`
     draft = CursorTokenDrafter(Chars()).propose(DraftContext(tokens=counted, sources=[source]), k=2)
-    assert draft.self_sized and Chars().decode(draft.tokens) == '\ndelete("line):\\n'[:MAX_PROPOSAL_TOKENS]
-    assert len('\ndelete("line):\\n') > MAX_PROPOSAL_TOKENS == len(draft.tokens)
+    assert draft.self_sized and Chars().decode(draft.tokens) == ('\ndelete("' + _from(SOURCE, 10))[:MAX_PROPOSAL_TOKENS]
+    assert len(draft.tokens) == MAX_PROPOSAL_TOKENS
     draft = CursorTokenDrafter(Chars()).propose(DraftContext(tokens=script, sources=[source], limit=3), k=2)
     assert len(draft.tokens) == 3  # never past the length budget
-    short = CursorTokenDrafter(Chars()).propose(DraftContext(tokens=script, sources=[source]), k=40)
+    short = CursorTokenDrafter(Chars()).propose(DraftContext(tokens=script, sources=[source]), k=PROPOSAL_CHARS + 8)
     assert not short.self_sized  # a draft length above the proposal: the proposal, then lookup, as before
 
 
@@ -159,17 +174,17 @@ def test_an_insert_after_a_delete_resyncs_on_the_deleted_text_after_a_change():
 
 def test_an_insert_that_leaves_the_deleted_text_falls_back_to_the_source():
     script = 'delete("    return cost + fee\\n")\ninsert("    fee = order.base + shipping'
-    assert CursorDrafter(REPLACED).propose(script) == "_fee(order)\\n"
+    assert CursorDrafter(REPLACED).propose(script) == "_fee(order)\\n    return cost + fee\\n"
 
 
 def test_a_proposal_goes_on_from_an_escape_the_script_has_begun():
     script = 'retain("def total(order):\\n")\ndelete("    cost = order.price * order.quantity + shipping_cost(order)\\'
-    assert CursorDrafter(REPLACED).propose(script) == "n"
+    assert CursorDrafter(REPLACED).propose(script) == "n" + _from(REPLACED, REPLACED.index("    fee ="))
 
 
 def test_between_ops_a_delete_is_followed_by_its_replacement_and_an_anchor_by_a_delete():
     drafter = CursorDrafter(REPLACED)
     assert drafter.propose('delete("    return cost + fee\\n")') == '\ninsert("    return cost + fee\\n'
     drafter = CursorDrafter(REPLACED)
-    assert drafter.propose('retain("(order):\\n")\n') == f'delete("{COST_LINE}'
+    assert drafter.propose('retain("(order):\\n")\n') == 'delete("' + _from(REPLACED, REPLACED.index("    cost"))
     assert CursorDrafter(REPLACED).propose('insert("x = 1\\n")\n') == "retain("

@@ -125,6 +125,23 @@ def test_a_line_insert_counted_into_blank_lines_stays_among_them():
     assert result.after == PYTHON[: line_start - 1] + "# saved below\n" + PYTHON[line_start - 1 :]
 
 
+@pytest.mark.parametrize("delta", [-3, -2, -1, 1, 2, 3])
+def test_ot_diff_anchors_a_line_insert_among_blank_lines_so_a_miscount_still_lands_where_meant(delta):
+    """Among blank lines every offset a few code points off is a line boundary too, which the applier must take as
+    meant: the dev set's silent wrong edits. `ot_diff` quotes the text before such an insert."""
+    after = PYTHON.replace("def save", "# saved below\ndef save")
+    ops = ot_diff(PYTHON, after)
+    assert [type(op) for op in ops] == [Retain, Retain, Insert] and ops[1].text is not None
+    miscounted = [Retain(ops[0].n + delta), *ops[1:]]
+    assert apply_edit(PYTHON, miscounted, language_for("a.py")).after == after
+
+
+def test_ot_diff_leaves_a_line_insert_between_long_lines_counted_only():
+    after = PYTHON.replace("        handle.write(text)", "        handle.flush()\n        handle.write(text)")
+    ops = ot_diff(PYTHON, after)
+    assert [type(op) for op in ops] == [Retain, Insert] and ops[0].text is None
+
+
 def test_a_line_insert_between_two_equally_good_boundaries_is_refused():
     # "}\n" is two code points: offset 1 is as near to the line before it as to the line after it, and an
     # unindented line fits before the "}" as well as after it

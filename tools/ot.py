@@ -281,6 +281,7 @@ def written_order(ops: Sequence[Op]) -> list[Op]:
 
 ANCHOR_WINDOW = 36  # code points around an op within which its quoted text should be unique
 MAX_ANCHOR = 48  # longest quoted retain added to make a quote unique
+SNAP_RADIUS = 3  # code points within which the applier moves an insert after a count to a line or word boundary
 
 
 def quoted_run(ops: Sequence[Op], index: int) -> str:
@@ -313,10 +314,12 @@ def quoted_runs(ops: Sequence[Op], index: int) -> list[str]:
 def anchor(doc: str, ops: list[Op]) -> list[Op]:
     """Add short quoted retains where a miscounted script could otherwise land in the wrong place.
 
-    Three cases: an inline insert (nothing else says where it goes), an insert of whole lines that does
+    Four cases: an inline insert (nothing else says where it goes), an insert of whole lines that does
     not sit on a line boundary (diffs sometimes put one inside indentation, where the applier would move
-    it), and a quoted delete whose text recurs nearby (a lone "," or "    "). In each, the end of the
-    retain before it is quoted, as much as makes it unique nearby.
+    it), one that does but has another line boundary within SNAP_RADIUS (blank or very short lines: a count
+    a little off lands on that one, which the applier must take as meant), and a quoted delete whose text
+    recurs nearby (a lone "," or "    "). In each, the end of the retain before it is quoted, as much as makes
+    it unique nearby.
     """
     out: list[Op] = []
     pos = 0
@@ -336,10 +339,15 @@ def _anchor_size(doc: str, ops: list[Op], index: int, pos: int, available: int) 
     op = ops[index]
     following = ops[index + 1] if index + 1 < len(ops) else None
     if isinstance(op, Insert):
-        if is_quoted(following) or on_line_boundary(doc, pos, op.text):
+        if is_quoted(following):
             return 0
-        line_start = doc.rfind("\n", 0, pos) + 1
-        run, smallest = "", min(available, max(pos - line_start, 1) if is_line_insert(op) else 1)
+        if on_line_boundary(doc, pos, op.text):
+            if not _another_line_boundary_near(doc, pos, op.text):
+                return 0
+            run, smallest = "", 1
+        else:
+            line_start = doc.rfind("\n", 0, pos) + 1
+            run, smallest = "", min(available, max(pos - line_start, 1) if is_line_insert(op) else 1)
     elif isinstance(op, Delete) and op.text is not None:
         run, smallest = quoted_run(ops, index), 0
     else:
@@ -350,6 +358,11 @@ def _anchor_size(doc: str, ops: list[Op], index: int, pos: int, available: int) 
         if pattern and not _overlaps_itself(doc, pattern, lo, hi):
             return size
     return smallest
+
+
+def _another_line_boundary_near(doc: str, pos: int, text: str) -> bool:
+    lo, hi = max(0, pos - SNAP_RADIUS), min(len(doc), pos + SNAP_RADIUS)
+    return any(on_line_boundary(doc, q, text) for q in range(lo, hi + 1) if q != pos)
 
 
 def _overlaps_itself(doc: str, pattern: str, lo: int, hi: int) -> bool:

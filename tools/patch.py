@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from tools.ot import (
+    SNAP_RADIUS,
     Delete,
     Insert,
     Op,
@@ -38,7 +39,6 @@ from tools.ot import (
 from tools.syntax import SyntaxProblem, added_problems, language_name, syntax_problems
 
 QUOTE_RADIUS = 32  # code points around the cursor searched first for quoted text
-SNAP_RADIUS = 3  # code points within which an insert moves to a line or word boundary
 FUZZY_MIN_LENGTH = 8  # shorter quotes are matched exactly or not at all
 MAX_CANDIDATES = 8  # nearest candidate positions tried for one op
 MAX_TRIALS = 64  # whole-script resolutions tried while choosing between candidate positions

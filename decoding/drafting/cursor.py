@@ -15,8 +15,9 @@ text:
   otherwise the op a script usually writes next (`NEXT_OP`), and the rest of an op name once begun;
 - in a count: its closing `)` and the op after it (each digit is a surprise, but the count's end need not be).
 Proposals are JSON-escaped, as they appear inside the script's string literals (going on from an escape the
-script has begun), and end at the end of the source line (scripts quote line by line, and what follows the quote
-is the script's own syntax).
+script has begun), and run on past line ends: a quote, a replacement or a copied line that goes on into the next
+line is drafted whole, and where the text ends is a surprise wherever that is (stopping at the line's end only
+saved the verify rows of a wrong guess, at a forward per line of every longer one).
 
 `CursorTokenDrafter` is the engine's face of it: it finds the script being written in the decoded context (after
 the last ```edit fence or a line holding only `[`), turns the proposal into draft tokens, and fills the rest of the
@@ -36,7 +37,8 @@ SEARCH_RADIUS = 2000  # code points around the cursor searched for the text bein
 DECODE_OVERLAP = 4  # tokens decoded again with each new step's tokens, so a boundary decodes as in the whole
 MIN_SUFFIX = 4  # shortest tail of an insert that is looked up in the source
 MIN_RESYNC = 3  # shortest tail of an insert that is looked up in the text deleted just before it
-MAX_PROPOSAL_TOKENS = 16  # a proposal is drafted whole up to this many tokens, whatever the adaptive draft length
+MAX_PROPOSAL_TOKENS = 32  # a proposal is drafted whole up to this many tokens, whatever the adaptive draft length
+PROPOSAL_CHARS = 128  # code points of the file proposed at most (about MAX_PROPOSAL_TOKENS tokens of code)
 # The op a script usually writes after each kind of op (None: at its start), in the taught form: a count to get to a
 # change, then the delete of what it replaces (or a quoted anchor, or an insert); after a delete, its replacement;
 # after an insert, the count to the next change.
@@ -46,7 +48,7 @@ NEXT_OP = {None: "retain", "retain": "delete", "delete": "insert", "insert": "re
 class CursorDrafter:
     """Follows one edit script as it is generated; `propose(script_so_far)` gives the predicted next text."""
 
-    def __init__(self, source: str, max_chars: int = 96) -> None:
+    def __init__(self, source: str, max_chars: int = PROPOSAL_CHARS) -> None:
         self.source = source
         self.max_chars = max_chars
         self._parser = ScriptParser()
@@ -55,6 +57,7 @@ class CursorDrafter:
         self._broken = False  # the output stopped being a script: propose nothing
         self._deleted: str | None = None  # the text of the last op when it is a quoted delete
         self._last_op: str | None = None  # the name of the last completed op
+        self._counted = False  # the last completed op is a count-only retain
 
     def propose(self, script_so_far: str) -> str:
         """JSON-escaped text the model is likely to write next ("" when there is no good guess)."""
@@ -103,16 +106,19 @@ class CursorDrafter:
 
     def _opening(self, name: str) -> str:
         """How op `name` most likely begins here: a delete quotes the source at the cursor; an insert after a
-        quoted delete repeats the deleted text, otherwise it starts a line as the source's does; a retain counts."""
-        if name == "delete":
-            return 'delete("' + _escape(self._quote_continuation(""))
+        quoted delete repeats the deleted text, otherwise it starts a line as the source's does; a retain counts,
+        except right after a count (two counts in a row would be one), where it quotes the source at the cursor: an
+        anchor before the change."""
+        if name == "delete" or (name == "retain" and self._counted):
+            return f'{name}("' + _escape(self._quote_continuation(""))
         if name == "insert":
-            text = _through_line_end(self._deleted[: self.max_chars]) if self._deleted else self._new_line("")
+            text = self._deleted[: self.max_chars] if self._deleted else self._new_line("")
             return 'insert("' + _escape(text)
         return "retain("
 
     def _advance(self, op: Retain | Delete | Insert) -> None:
         self._last_op = type(op).__name__.lower()
+        self._counted = isinstance(op, Retain) and op.text is None
         self._deleted = op.text if isinstance(op, Delete) else None
         if isinstance(op, Insert):
             return
@@ -128,7 +134,7 @@ class CursorDrafter:
         if start is None:
             return ""
         end = start + len(typed)
-        return _through_line_end(self.source[end : end + self.max_chars])
+        return self.source[end : end + self.max_chars]
 
     def _new_line(self, typed: str) -> str:
         """At the start of an insert where a line starts or ends: the indentation its new line most likely has,
@@ -148,7 +154,7 @@ class CursorDrafter:
             tail = typed[-size:]
             found = _nearest(self.source, tail, self._cursor)
             if found is not None:
-                return _through_line_end(self.source[found + size : found + size + self.max_chars])
+                return self.source[found + size : found + size + self.max_chars]
         return ""
 
 
@@ -157,13 +163,13 @@ def _replacement_continuation(typed: str, deleted: str) -> str:
     the rest of `deleted` while the insert agrees with it, else what follows the longest tail of `typed` found
     in it (where the edit resumes copying after a change); "" when neither is there."""
     if deleted.startswith(typed):
-        return _through_line_end(deleted[len(typed) :])
+        return deleted[len(typed) :]
     for size in range(min(len(typed), 64), MIN_RESYNC - 1, -1):
         tail = typed[-size:]
         ends = [at + size for at in _occurrences(deleted, tail)]
         if ends:
             end = min(ends, key=lambda end: abs(end - len(typed)))
-            return _through_line_end(deleted[end:])
+            return deleted[end:]
     return ""
 
 
@@ -183,11 +189,6 @@ def _nearest(source: str, text: str, cursor: int) -> int | None:
     before = source.rfind(text, lo, cursor + len(text) - 1) if cursor > lo else -1
     candidates = [at for at in (after, before) if at >= 0]
     return min(candidates, key=lambda at: abs(at - cursor)) if candidates else None
-
-
-def _through_line_end(text: str) -> str:
-    line_end = text.find("\n")
-    return text if line_end < 0 else text[: line_end + 1]
 
 
 def _escape(text: str) -> str:
