@@ -69,7 +69,8 @@ def test_between_and_inside_ops_it_proposes_the_scripts_own_syntax():
         "": "retain(",
         "ret": "ain(",
         "retain": "(",
-        "retain(2": ')\ndelete("',  # each digit is a surprise, the count's end need not be
+        "retain(2": ')\ndelete("' + _from(SOURCE, 2),  # each digit is a surprise, the count's end need not be,
+        f"retain({body}": ')\ndelete("' + _from(SOURCE, body),  # nor the delete of what the count gets to
         f"retain({body})": '\ndelete("' + _from(SOURCE, body),  # what is at the cursor
         f"retain({body})\nre": 'tain("' + _from(SOURCE, body),  # after a count, a retain is a quoted anchor
         f"retain({body})\nins": 'ert("    ',  # another op begun: its opening, an indented new line

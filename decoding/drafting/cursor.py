@@ -7,13 +7,14 @@ text:
 - inside an `insert("…` right after a `delete("…")`: the deleted text, which a replacement mostly repeats: its
   continuation while the insert still matches it, else what follows the longest tail of the inserted text
   (at least MIN_RESYNC code points) found in it, the occurrence nearest the insert's own position;
-- otherwise inside an `insert("…`, or when the deleted text has no match: the rest of the source line that the
-  line being inserted is copying, found by the longest suffix of the inserted text that occurs in the source
-  near the cursor;
-- between ops: after a quoted delete, the insert that replaces it (`insert("` and the deleted text's first line);
-  after a retain, the delete of the source at the cursor (the change it gets to, most often a replacement);
+- otherwise inside an `insert("…`, or when the deleted text has no match: the source that the insert is
+  copying, found by the longest suffix of the inserted text that occurs in the source near the cursor;
+- between ops: after a quoted delete, the insert that replaces it (`insert("` and the deleted text);
+  after a retain, the delete of the source at the cursor (the change it gets to, most often a replacement), or,
+  once a retain is begun after a count, a quoted anchor of that source;
   otherwise the op a script usually writes next (`NEXT_OP`), and the rest of an op name once begun;
-- in a count: its closing `)` and the op after it (each digit is a surprise, but the count's end need not be).
+- in a count: its closing `)` and the op after it, for a retain the delete of the source the count gets to if it
+  ends there (each digit is a surprise, but the count's end need not be).
 Proposals are JSON-escaped, as they appear inside the script's string literals (going on from an escape the
 script has begun), and run on past line ends: a quote, a replacement or a copied line that goes on into the next
 line is drafted whole, and where the text ends is a surprise wherever that is (stopping at the line's end only
@@ -71,14 +72,18 @@ class CursorDrafter:
             return ""
         self._fed = len(script_so_far)
         in_progress = self._parser.in_progress
-        if self._parser.partial_count is not None:
-            return ")\n" + NEXT_OP[self._parser.op_name] + '("'  # after a count: a quoted delete or insert
+        count = self._parser.partial_count
+        if count is not None:  # each digit is a surprise, but the count's end need not be, nor the op after it
+            if self._parser.op_name == "retain":  # the delete of the source the count gets to, if it ends here
+                at = self._cursor + int(count)
+                return ')\ndelete("' + _escape(self.source[at : at + self.max_chars])
+            return ")\n" + NEXT_OP[self._parser.op_name] + '("'
         if in_progress is None:
             return self._next_op(script_so_far)
         name, text = in_progress
         if name == "insert":
             replaced = _replacement_continuation(text, self._deleted) if self._deleted else ""
-            proposal = _escape(replaced[: self.max_chars] or self._line_continuation(text) or self._new_line(text))
+            proposal = _escape(replaced[: self.max_chars] or self._copied_continuation(text) or self._new_line(text))
         else:
             proposal = _escape(self._quote_continuation(text))
         if self._parser.in_escape:  # the script ends inside an escape (`\`): the proposal must go on from it
@@ -148,8 +153,8 @@ class CursorDrafter:
         indentation = line[: len(line) - len(line.lstrip(" \t"))]
         return "\n" + indentation if at_line_end else indentation
 
-    def _line_continuation(self, typed: str) -> str:
-        """The rest of the source line that the insert is copying, if its tail occurs in the source."""
+    def _copied_continuation(self, typed: str) -> str:
+        """What follows the source that the insert is copying, if its tail occurs in the source."""
         for size in range(min(len(typed), 64), MIN_SUFFIX - 1, -1):
             tail = typed[-size:]
             found = _nearest(self.source, tail, self._cursor)
@@ -159,7 +164,7 @@ class CursorDrafter:
 
 
 def _replacement_continuation(typed: str, deleted: str) -> str:
-    """What an insert replacing `deleted` writes next, through the end of the deleted line being repeated:
+    """What an insert replacing `deleted` writes next, the rest of the deleted text being repeated:
     the rest of `deleted` while the insert agrees with it, else what follows the longest tail of `typed` found
     in it (where the edit resumes copying after a change); "" when neither is there."""
     if deleted.startswith(typed):
