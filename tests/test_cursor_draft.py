@@ -56,6 +56,12 @@ def test_inside_an_insert_it_continues_the_source_being_copied():
     assert CursorDrafter(SOURCE).propose(script) == _from(SOURCE, SOURCE.index("ip()\n\n\ndef load"))
 
 
+def test_a_count_of_any_length_is_followed_without_reading_it_as_a_number():
+    """Model output is untrusted: a count of thousands of digits (past int()'s digit limit) ends the count, and
+    proposes no file text, since it gets past the end of any file."""
+    assert CursorDrafter(SOURCE).propose("retain(" + "9" * 5000) == ')\ndelete("'
+
+
 def test_after_garbage_it_proposes_nothing():
     drafter = CursorDrafter(SOURCE)
     assert drafter.propose("retain(10)\nbogus(") == ""

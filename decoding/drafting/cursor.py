@@ -74,7 +74,9 @@ class CursorDrafter:
         in_progress = self._parser.in_progress
         count = self._parser.partial_count
         if count is not None:  # each digit is a surprise, but the count's end need not be, nor the op after it
-            if self._parser.op_name == "retain":  # the delete of the source the count gets to, if it ends here
+            # the delete of the source the count gets to, if it ends here (a count longer than the file's length
+            # in digits gets past its end: not read as a number, however many digits a model writes)
+            if self._parser.op_name == "retain" and len(count) <= len(str(len(self.source))):
                 at = self._cursor + int(count)
                 return ')\ndelete("' + _escape(self.source[at : at + self.max_chars])
             return ")\n" + NEXT_OP[self._parser.op_name] + '("'
