@@ -342,7 +342,7 @@ def _anchor_size(doc: str, ops: list[Op], index: int, pos: int, available: int) 
         if is_quoted(following):
             return 0
         if on_line_boundary(doc, pos, op.text):
-            if not _another_line_boundary_near(doc, pos, op.text):
+            if line_boundaries_near(doc, pos, op.text) == [pos]:
                 return 0
             run, smallest = "", 1
         else:
@@ -360,9 +360,11 @@ def _anchor_size(doc: str, ops: list[Op], index: int, pos: int, available: int) 
     return smallest
 
 
-def _another_line_boundary_near(doc: str, pos: int, text: str) -> bool:
-    lo, hi = max(0, pos - SNAP_RADIUS), min(len(doc), pos + SNAP_RADIUS)
-    return any(on_line_boundary(doc, q, text) for q in range(lo, hi + 1) if q != pos)
+def line_boundaries_near(doc: str, pos: int, text: str, floor: int = 0) -> list[int]:
+    """The offsets within SNAP_RADIUS of `pos` (none before `floor`) where an insert of `text` sits on a line
+    boundary: where the applier may put a whole-line insert that a count brought to `pos`."""
+    lo, hi = max(floor, pos - SNAP_RADIUS), min(len(doc), pos + SNAP_RADIUS)
+    return [q for q in range(lo, hi + 1) if on_line_boundary(doc, q, text)]
 
 
 def _overlaps_itself(doc: str, pattern: str, lo: int, hi: int) -> bool:

@@ -33,7 +33,7 @@ from tools.ot import (
     format_op,
     is_line_insert,
     is_quoted,
-    on_line_boundary,
+    line_boundaries_near,
     quoted_runs,
 )
 from tools.syntax import SyntaxProblem, added_problems, language_name, syntax_problems
@@ -309,8 +309,7 @@ class _Resolver:
         doc, text = self.doc, op.text
         if not is_line_insert(op):
             return self._place_inline(index, op, pos, done, forced)
-        lo, hi = max(done, pos - SNAP_RADIUS), min(len(doc), pos + SNAP_RADIUS)
-        candidates = [q for q in range(lo, hi + 1) if on_line_boundary(doc, q, text)]
+        candidates = line_boundaries_near(doc, pos, text, floor=done)
         if not candidates or candidates == [pos]:
             return pos
         fits = lambda q: _indent_fits(doc, q, text)  # noqa: E731
