@@ -56,9 +56,12 @@ class CursorDrafter:
         self._fed = 0  # characters of the script already fed to the parser
         self._cursor = 0  # source offset after the completed ops
         self._broken = False  # the output stopped being a script: propose nothing
-        self._deleted: str | None = None  # the text of the last op when it is a quoted delete
-        self._last_op: str | None = None  # the name of the last completed op
-        self._counted = False  # the last completed op is a count-only retain
+        self._last: Retain | Delete | Insert | None = None  # the last completed op
+
+    @property
+    def _deleted(self) -> str | None:
+        """The text of the last op when it is a quoted delete."""
+        return self._last.text if isinstance(self._last, Delete) else None
 
     def propose(self, script_so_far: str) -> str:
         """JSON-escaped text the model is likely to write next ("" when there is no good guess)."""
@@ -98,8 +101,9 @@ class CursorDrafter:
         script has of it; once the script has begun another op's name, that op instead."""
         closed = script_so_far.rfind(")")
         written = script_so_far[closed + 1 :]
-        predicted = self._opening(NEXT_OP[self._last_op])
-        spelled = predicted if self._last_op is None else "\n" + predicted
+        last = None if self._last is None else type(self._last).__name__.lower()
+        predicted = self._opening(NEXT_OP[last])
+        spelled = predicted if last is None else "\n" + predicted
         if spelled.startswith(written):
             return spelled[len(written) :]
         begun = written.lstrip()
@@ -116,7 +120,8 @@ class CursorDrafter:
         quoted delete repeats the deleted text, otherwise it starts a line as the source's does; a retain counts,
         except right after a count (two counts in a row would be one), where it quotes the source at the cursor: an
         anchor before the change."""
-        if name == "delete" or (name == "retain" and self._counted):
+        counted = isinstance(self._last, Retain) and self._last.text is None
+        if name == "delete" or (name == "retain" and counted):
             return f'{name}("' + _escape(self._quote_continuation(""))
         if name == "insert":
             text = self._deleted[: self.max_chars] if self._deleted else self._new_line("")
@@ -124,9 +129,7 @@ class CursorDrafter:
         return "retain("
 
     def _advance(self, op: Retain | Delete | Insert) -> None:
-        self._last_op = type(op).__name__.lower()
-        self._counted = isinstance(op, Retain) and op.text is None
-        self._deleted = op.text if isinstance(op, Delete) else None
+        self._last = op
         if isinstance(op, Insert):
             return
         if op.text is not None:
