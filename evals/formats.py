@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from difflib import SequenceMatcher
 
 from tools.edit_file import text_lines
+from tools.formats.base import FormatError
+from tools.formats.lines import DIVIDER, REPLACE, SEARCH
 from tools.ot import (
     Delete,
     Insert,
@@ -50,11 +52,6 @@ FORMATS = ("whole", "search-replace", "udiff", "ot", "ot-counts", "ot-lines")
 PERTURBABLE = ("search-replace", "udiff", "ot", "ot-counts", "ot-lines")
 MISCOUNTS = (-3, -2, -1, 1, 2, 3)
 
-SEARCH, DIVIDER, REPLACE = "<<<<<<< SEARCH", "=======", ">>>>>>> REPLACE"
-
-
-class FormatError(ValueError):
-    """An output cannot be applied to the file with its format's applier."""
 
 
 @dataclass

@@ -43,10 +43,12 @@ from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from typing import Literal, Protocol
+from typing import Literal
 
 import torch
 
+from tools.formats.lines import DIVIDER, REPLACE, SEARCH
+from tools.grounding.follower import BlockFollower
 from tools.ot import Insert, Op
 from tools.ot_script import (
     HEX_DIGITS,
@@ -68,7 +70,6 @@ SAMPLING_TRIES = 32  # draws from the unmasked distribution before sampling from
 LINE_TAIL = 512  # characters of the current line kept outside blocks (enough for a fence line)
 # a block's opening fence: ```edit [PATH] (an edit script), ```search-replace PATH, ```diff PATH (line blocks)
 _FENCE = re.compile(r"(?P<fence>`{3,})(?P<tool>edit|search-replace|diff)(?![\w-])[ \t]*(?P<path>[^\n]*?)[ \t]*")
-SEARCH, DIVIDER, REPLACE = "<<<<<<< SEARCH", "=======", ">>>>>>> REPLACE"  # as evals.formats writes them
 MAX_BLANK_LINES = 2  # blank lines in a row allowed between line blocks (before the first hunk, in a diff)
 _LINE_END = frozenset("\n")  # what ends a free line
 _INSERT_ENDS = frozenset('"\\')  # what ends (or escapes within) an insert's free text
@@ -132,31 +133,6 @@ class GroundingStats:
     blocks: int = 0  # grounded blocks the reply opened (or the prompt left open)
     constrained_tokens: int = 0  # tokens where the target's own choice was not allowed and another was taken
     released_blocks: int = 0  # blocks decoded freely because no token was allowed
-
-
-class BlockFollower(Protocol):
-    """One grounded block as it is written (`ScriptFollower`, `SearchReplaceFollower`, `UdiffFollower`).
-
-    `feed(text)` returns where in `text` the block ended (at its closing fence), len(text) when it goes on, or None
-    when the text is not allowed; text may come in any chunks. `next_chars()`: the characters that may come next (a
-    superset), or None when almost any may, up to one of `free_ends` (an insert's text, a new line), which the
-    engine then checks token by token. `can_stop`: whether a stop token may end the reply here. `source`: the file
-    the block is grounded in, None for the syntax rules only.
-    """
-
-    source: str | None
-
-    def feed(self, text: str) -> int | None: ...
-
-    def fork(self) -> BlockFollower: ...
-
-    def next_chars(self) -> frozenset[str] | None: ...
-
-    @property
-    def can_stop(self) -> bool: ...
-
-    @property
-    def free_ends(self) -> frozenset[str]: ...
 
 
 class ScriptFollower:

@@ -1,0 +1,3 @@
+"""The line-block grammar shared by search/replace and udiff: its markers, once for every package."""
+
+SEARCH, DIVIDER, REPLACE = "<<<<<<< SEARCH", "=======", ">>>>>>> REPLACE"
