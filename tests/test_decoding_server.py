@@ -2,7 +2,6 @@
 
 import json
 import threading
-import time
 import urllib.error
 import urllib.request
 
@@ -89,31 +88,29 @@ def test_completion_with_prediction_speculates_and_matches_plain_decoding(base_u
     }
 
 
-def timed_call(url: str, body: dict) -> tuple[float, dict]:
-    start = time.perf_counter()
+def answered(url: str, body: dict) -> dict:
     status, payload = call(url, body)
     assert status == 200, payload
-    return time.perf_counter() - start, json.loads(payload)
+    return json.loads(payload)
 
 
 @slow
 def test_a_second_request_sharing_a_long_prefix_reuses_its_cache(base_url, embedded_model):
-    """Issue #17: a 2,000-token shared prefix is prefilled once; the first token of the next request comes far sooner
-    (>= 5x on an idle machine; 2x here so a loaded one passes) and greedy text is the uncached server's."""
+    """Issue #17: a 2,000-token shared prefix is prefilled once (the second request reports it cached) and greedy
+    text is the uncached server's. How much sooner the first token comes is `agent bench decode`'s figure."""
     first, second = shared_prefix_prompts(embedded_model.tokenizer, 2000)
     request = {"max_tokens": 1, "temperature": 0, "speculation": "off"}
-    cold, cold_answer = timed_call(f"{base_url}/completions", {**request, "prompt": first})
-    warm, warm_answer = timed_call(f"{base_url}/completions", {**request, "prompt": second})
+    cold_answer = answered(f"{base_url}/completions", {**request, "prompt": first})
+    warm_answer = answered(f"{base_url}/completions", {**request, "prompt": second})
     assert cold_answer["usage"]["prompt_tokens_details"]["cached_tokens"] < 16  # what other tests' prompts share
     assert warm_answer["usage"]["prompt_tokens_details"]["cached_tokens"] >= 2000
-    assert cold / warm >= 2, (cold, warm)
     longer = {"max_tokens": 24, "temperature": 0, "speculation": "off", "prompt": second}
-    _, cached = timed_call(f"{base_url}/completions", longer)
+    cached = answered(f"{base_url}/completions", longer)
     assert cached["usage"]["prompt_tokens_details"]["cached_tokens"] == cached["usage"]["prompt_tokens"] - 1
     server = make_server(Service(embedded_model, prefix_cache_bytes=0), "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        _, uncached = timed_call(f"http://127.0.0.1:{server.server_address[1]}/v1/completions", longer)
+        uncached = answered(f"http://127.0.0.1:{server.server_address[1]}/v1/completions", longer)
     finally:
         server.shutdown()
         server.server_close()

@@ -15,7 +15,7 @@ def port_of(url: str) -> int:
 
 
 def test_servers_are_found_in_port_order_and_silent_ports_cost_one_short_timeout_together():
-    hanging = [socket.socket() for _ in range(3)]  # accept connections, never answer
+    hanging = [socket.socket() for _ in range(8)]  # accept connections, never answer: 4 s if probed one by one
     for sock in hanging:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
@@ -35,7 +35,7 @@ def test_servers_are_found_in_port_order_and_silent_ports_cost_one_short_timeout
             sock.close()
     assert [(c.model, c.api_base) for c in found] == [("openai/gemma", second.url), ("openai/qwen", first.url)]
     assert found[0].label == f"gemma  (vLLM at {second.url})"
-    assert took < 1.2, f"probing took {took:.2f} s: the ports were not probed concurrently"
+    assert took < 3, f"probing took {took:.2f} s: the ports were not probed concurrently"
 
 
 def test_provider_keys_are_named_by_variable_never_by_value():
