@@ -19,6 +19,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,7 @@ MAX_SEARCH_MATCHES = 100
 MAX_SEARCH_FILE_BYTES = 1_000_000
 MAX_LINE_CHARS = 200  # search hits longer than this are cut
 SEARCH_TIME_BUDGET = 10.0  # seconds one search may take
+LIST_TIME_BUDGET = 10.0  # seconds one walk of the workspace may take (list, search, the file picker)
 MAX_SHELL_OUTPUT = 10_000  # code points of command output shown: the head and the tail
 MAX_SHELL_STREAM_BYTES = 64 << 20  # a command writing more than this is killed
 SKIPPED_DIRS = {".git", ".hg", ".svn", "__pycache__", "node_modules", ".venv", ".mypy_cache", ".pytest_cache"}
@@ -99,24 +101,24 @@ class Workspace:
             return limit
         return max(0.1, min(limit, self.deadline - time.monotonic()))
 
-    def glob(self, pattern: str) -> list[Path]:
+    def glob(self, pattern: str) -> Matches:
         """Paths matching `pattern` under the root, without descending into VCS, cache or dependency folders
-        (a walk that prunes them, so a large node_modules costs nothing) or following links outside."""
+        (a walk that prunes them, so a large node_modules costs nothing) or following links outside; bounded
+        in time (LIST_TIME_BUDGET, or less when the run's deadline is sooner)."""
         if not isinstance(pattern, str) or not pattern:
             raise PathRefused("a glob relative to the workspace is needed, e.g. **/*.py")
         _check_path_text(pattern)
         if Path(pattern).is_absolute() or ".." in Path(pattern).parts:
             raise PathRefused(f"{pattern!r}: a glob relative to the workspace is needed, without '..'")
         matches = _glob_regex(pattern).fullmatch
-        found = []
-        for folder, dirs, files in os.walk(self.root):
-            dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRS)
-            base = Path(folder)
-            for name in dirs + files:
-                path = base / name
-                if matches(path.relative_to(self.root).as_posix()) and self._inside(path):
-                    found.append(path)
-        return sorted(found)
+        found = Matches()
+        deadline = time.monotonic() + self.time_left(LIST_TIME_BUDGET)
+        for entry in _walk(self.root, deadline, found):
+            path = Path(entry.path)
+            if matches(path.relative_to(self.root).as_posix()) and (not entry.is_symlink() or self._inside(path)):
+                found.add(path, entry)
+        found.paths.sort()
+        return found
 
     def _inside(self, path: Path) -> bool:
         """Whether `path` resolves inside the root (False when it vanishes while being resolved)."""
@@ -237,15 +239,16 @@ class Workspace:
     def list(self, pattern: str = "**/*") -> ToolResult:
         """Paths matching a glob (relative to the root), directories with a trailing `/`, bounded."""
         try:
-            paths = self.glob(pattern)
+            found = self.glob(pattern)
         except PathRefused as exc:
             return _refusal(exc)
-        entries = [self.rel(path) + ("/" if path.is_dir() else "") for path in paths]
+        entries = [self.rel(path) + ("/" if path in found.folders else "") for path in found.paths]
+        data = {"count": len(entries), "timed_out": found.timed_out}
         if not entries:
-            return ToolResult(OK, f"no paths match {pattern}", {"count": 0})
+            return ToolResult(OK, f"no paths match {pattern}{found.notes()}", data)
         shown = entries[:MAX_LIST_ENTRIES]
         more = f"\n(… {len(entries) - len(shown)} more; narrow the pattern)" if len(entries) > len(shown) else ""
-        return ToolResult(OK, "\n".join(shown) + more, {"count": len(entries)})
+        return ToolResult(OK, "\n".join(shown) + more + found.notes(), data)
 
     def search(self, regex: str, pattern: str = "**/*") -> ToolResult:
         """Lines matching a Python regex in the text files matching a glob: `path:line: text`, bounded in
@@ -254,7 +257,8 @@ class Workspace:
         if isinstance(compiled, ToolResult):
             return compiled
         try:
-            paths = [path for path in self.glob(pattern) if path.is_file()]
+            found = self.glob(pattern)
+            paths = [path for path in found.paths if path in found.files]
         except PathRefused as exc:
             return _refusal(exc)
         budget = self.time_left(SEARCH_TIME_BUDGET)
@@ -278,9 +282,9 @@ class Workspace:
             )
             return ToolResult(ERROR, message, {"matches": total, "timed_out": True})
         if not hits:
-            return ToolResult(OK, f"no matches for {regex!r} in {pattern}", {"matches": 0})
+            return ToolResult(OK, f"no matches for {regex!r} in {pattern}{found.notes()}", {"matches": 0})
         more = f"\n(… {total - len(hits)} more matches; narrow the search)" if total > len(hits) else ""
-        return ToolResult(OK, "\n".join(hits) + more, {"matches": total})
+        return ToolResult(OK, "\n".join(hits) + more + found.notes(), {"matches": total})
 
     def shell(self, command: str, timeout: float = 120) -> ToolResult:
         """Run `command` with bash in the workspace root; output (stdout+stderr) is cut to its head and tail
@@ -443,6 +447,68 @@ def _skip_lines(text: str, pos: int, count: int) -> int:
     for _ in range(count):
         pos = text.index("\n", pos) + 1
     return pos
+
+
+@dataclass
+class Matches:
+    """What a walk of the workspace found, and what it could not look at."""
+
+    paths: list[Path] = field(default_factory=list)
+    folders: set[Path] = field(default_factory=set)  # of `paths`, those that are folders (or links to one)
+    files: set[Path] = field(default_factory=set)  # of `paths`, those that are regular files (or links to one)
+    unreadable: int = 0  # folders that could not be opened (gone, not permitted, a path too long to name)
+    timed_out: bool = False  # the walk stopped at its time budget: `paths` is what it found until then
+
+    def add(self, path: Path, entry: os.DirEntry) -> None:
+        """Record a match, its kind from the walk (a path too long to name can still be listed)."""
+        self.paths.append(path)
+        folder, file = _kind(entry)
+        if folder:
+            self.folders.add(path)
+        elif file:
+            self.files.add(path)
+
+    def notes(self) -> str:
+        """What the model should know about the paths it was not shown ("" when the walk saw everything)."""
+        notes = []
+        if self.timed_out:
+            notes.append("the walk stopped at its time budget: narrow the pattern to see the rest")
+        if self.unreadable:
+            folders = "1 folder" if self.unreadable == 1 else f"{self.unreadable} folders"
+            notes.append(f"{folders} could not be read (not permitted, gone, or nested too deep to name)")
+        return "".join(f"\n({note})" for note in notes)
+
+
+def _walk(root: Path, deadline: float, seen: Matches) -> Iterator[os.DirEntry]:
+    """Everything under `root`, depth first with a stack, not recursion: a tree thousands of folders deep is
+    walked like any other. Links are listed, never descended into."""
+    stack = [root]
+    while stack:
+        if time.monotonic() > deadline:
+            seen.timed_out = True
+            return
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as scan:
+                entries = sorted(scan, key=lambda entry: entry.name, reverse=True)
+        except OSError:
+            seen.unreadable += 1
+            continue
+        for entry in entries:
+            is_folder = _kind(entry)[0]
+            if is_folder and entry.name in SKIPPED_DIRS:
+                continue
+            yield entry
+            if is_folder and not entry.is_symlink():
+                stack.append(Path(entry.path))
+
+
+def _kind(entry: os.DirEntry) -> tuple[bool, bool]:
+    """(a folder or a link to one, a regular file or a link to one); an entry gone since the scan is neither."""
+    try:
+        return entry.is_dir(), entry.is_file()
+    except OSError:
+        return False, False
 
 
 def _compile_search(regex: str):

@@ -489,7 +489,7 @@ class RetainApp(App):
 
     @work(group="picker", exclusive=True)
     async def action_pick_file(self) -> None:
-        paths = await asyncio.to_thread(lambda: workspace_files(self.workspace.root, self.workspace.glob("**/*")))
+        paths = await asyncio.to_thread(lambda: workspace_files(self.workspace.root, self.workspace.glob("**/*").paths))
         chosen = await self.push_screen_wait(FilePicker(paths))
         if chosen:
             self.prompt.insert_text_at_cursor(chosen + " ")
