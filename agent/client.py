@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 import urllib.error
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 
 PREDICTION_PROVIDERS = ("openai", "hosted_vllm", "mistral")  # take OpenAI's `prediction` field, or ignore it
 GROUNDING_PROVIDER = "hosted_vllm"  # local OpenAI-compatible servers: ours grounds edits, vLLM ignores the field
+REPEAT_LIMIT = 200  # identical chunks in a row after which a reply is cut: the model is repeating itself
 
 
 class ModelUnavailable(Exception):
@@ -44,7 +46,22 @@ class Reply:
     text: str
     tool_calls: list[dict] = field(default_factory=list)  # {"id", "name", "arguments" (JSON text)}
     usage: dict = field(default_factory=dict)  # as the server reported it, extra fields (speculation) included
-    finish_reason: str | None = None  # "length" when the reply was cut off at max_tokens
+    # "length" when the reply was cut off at max_tokens, "repetition" when it was cut for repeating one chunk
+    finish_reason: str | None = None
+    repeated: str | None = None  # with "repetition": the chunk the model kept writing
+
+
+class _Repetition:
+    """Counts a stream's identical chunks in a row, so a model stuck on one (a long `=====` line, one token
+    forever) is cut by the agent with a message saying so, rather than by litellm as a server error."""
+
+    def __init__(self) -> None:
+        self.chunk, self.run = "", 0
+
+    def stuck(self, chunk: str) -> bool:
+        self.run = self.run + 1 if chunk == self.chunk else 1
+        self.chunk = chunk
+        return self.run >= REPEAT_LIMIT
 
 
 def _litellm():
@@ -52,6 +69,9 @@ def _litellm():
     import litellm
 
     litellm.suppress_debug_info = True
+    # litellm ends a stream that repeats a chunk 100 times as a server error; repetition is the model's output,
+    # which the agent cuts itself (REPEAT_LIMIT) and its budgets end
+    litellm.REPEATED_STREAMING_CHUNK_LIMIT = sys.maxsize
     return litellm
 
 
@@ -147,6 +167,7 @@ class Model:
             close = getattr(getattr(stream, "completion_stream", None), "close", None)
             tap = _StreamTap(stream)
             text, calls, usage, finish_reason, late = [], {}, {}, None, False
+            repetition, repeated = _Repetition(), None
             for chunk in stream:
                 late = deadline is not None and time.monotonic() >= deadline
                 if (cancel is not None and cancel.is_set()) or late:
@@ -160,11 +181,15 @@ class Model:
                         text.append(delta.content)
                         if on_text is not None:
                             on_text(delta.content)
+                        if repetition.stuck(delta.content):
+                            repeated = delta.content
                     for call in delta.tool_calls or []:
                         slot = calls.setdefault(call.index, {"id": None, "name": "", "arguments": ""})
                         slot["id"] = call.id or slot["id"]
                         slot["name"] += call.function.name or ""
                         slot["arguments"] += call.function.arguments or ""
+                if repeated is not None:
+                    break
         except Exception as exc:
             if tap is not None and tap.unreadable(exc):
                 raise self._misbehaving("its stream could not be read", tap) from exc
@@ -177,11 +202,15 @@ class Model:
             if close is not None:
                 close()
             raise ModelTimeout(f"{self.name} at {self.where()}: still writing after {timeout:.0f} s; stream closed")
+        if repeated is not None:
+            if close is not None:
+                close()
+            finish_reason = "repetition"
         if problem := tap.problem():
             raise self._misbehaving(problem, tap)
         usage = tap.usage or usage  # the server's own numbers when they could be read, else litellm's
         tool_calls = [{**c, "id": c["id"] or f"call_{i}"} for i, c in sorted(calls.items())]
-        return Reply("".join(text), tool_calls, usage, finish_reason)
+        return Reply("".join(text), tool_calls, usage, finish_reason, repeated)
 
     def _misbehaving(self, what: str, tap: _StreamTap) -> ModelUnavailable:
         return ModelUnavailable(

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NotRequired, TypedDict
 
-from agent.client import Model, ModelCancelled, ModelFailed, ModelTimeout, ModelUnavailable, Reply
+from agent.client import REPEAT_LIMIT, Model, ModelCancelled, ModelFailed, ModelTimeout, ModelUnavailable, Reply
 from agent.config import TURN_TOKENS, ApproveMode, Settings, ShellMode, turn_tokens
 from agent.protocol import FINISH_TOOLS, Action, action_from_call, parse_actions, tool_specs
 from agent.transcript import Transcript
@@ -47,9 +47,17 @@ CUT_OFF = (
     "Your reply was cut off at the output token limit, so its end was not received. Keep replies short: "
     "one file's edit per block, and small steps."
 )
+REPEATING = (
+    "Your reply repeated {chunk} {times} times in a row, so it was cut there. Do not write long runs of one "
+    "token; act with one of the fenced blocks from the instructions."
+)
 IDLE_STOP = (
     f"the model wrote {IDLE_TURNS} replies in a row without an action (no tool block or tool call): it is not "
     "following the protocol. Use an instruction-tuned model that can (agent run --help lists ways to get one)."
+)
+REPEAT_STOP = (
+    f"the model wrote {IDLE_TURNS} replies in a row without an action, the last one repeating itself until it was "
+    "cut: it is stuck in a loop. Try again, or use a stronger instruction-tuned model."
 )
 CANCELLED_NOTE = "\n\n[the user stopped this reply before it was finished]"
 DECLINED = "not applied: the user rejected this edit; {file} is unchanged. Do not retry it as it is."
@@ -262,7 +270,8 @@ class Agent:
             if outcome:
                 return self._end(state, outcome)
             if self._idle_turns >= IDLE_TURNS:
-                return self._end(state, Outcome("failed", IDLE_STOP))
+                repeating = reply.finish_reason == "repetition"
+                return self._end(state, Outcome("failed", REPEAT_STOP if repeating else IDLE_STOP))
 
     # -- one turn ------------------------------------------------------------------------------------
 
@@ -288,8 +297,10 @@ class Agent:
             outcome, verdict = self._judge(state, finishes[0], [r for _, r in results])
             results.append((finishes[0], verdict))
             results += [(a, ToolResult(ERROR, "ignored: one done or failed per reply")) for a in finishes[1:]]
-        self._observe(state, results, native, cut=reply.finish_reason == "length")
+        self._observe(state, results, native, reply)
         summary = ", ".join(f"{action_label(a)} {r.status}" for a, r in results) or "no action"
+        if reply.finish_reason == "repetition":
+            summary += f"; the model repeated {_excerpt(reply.repeated)} {REPEAT_LIMIT} times, reply cut"
         tokens = reply.usage.get("completion_tokens", "?")
         self.progress(printable(f"step {state.steps}: {summary} ({tokens} tokens out)"))
         return outcome
@@ -418,15 +429,17 @@ class Agent:
                 record["tokens_saved"] = whole - output
         return record
 
-    def _observe(self, state: RunState, results: list[tuple[Action, ToolResult]], native: bool, cut: bool) -> None:
+    def _observe(self, state: RunState, results: list[tuple[Action, ToolResult]], native: bool, reply: Reply) -> None:
         """Send the results back: one tool message per native call, one user message for text blocks."""
         if native:
             for action, result in results:
                 self._add_message(state, {"role": "tool", "tool_call_id": action.call_id, "content": result.output})
             return
         parts = [f"[{action_label(a)}: {r.status}]\n{r.output}" for a, r in results] or [NO_ACTION]
-        if cut:
+        if reply.finish_reason == "length":
             parts.insert(0, CUT_OFF)
+        elif reply.finish_reason == "repetition":
+            parts.insert(0, REPEATING.format(chunk=_excerpt(reply.repeated), times=REPEAT_LIMIT))
         self._add_message(state, {"role": "user", "content": "\n\n".join(parts)})
 
     # -- bookkeeping ---------------------------------------------------------------------------------
@@ -498,6 +511,12 @@ def _arg(args: dict, name: str, kind: type, default=_MISSING):
     if value is not default and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
         raise _BadArguments(f"argument {name!r} must be {kind.__name__}, not {type(value).__name__}")
     return value
+
+
+def _excerpt(chunk: str | None) -> str:
+    """A repeated chunk as a progress line and the model can show it: quoted, short, on one line."""
+    text = repr(chunk or "")
+    return text if len(text) <= 40 else text[:37] + "…"
 
 
 def printable(text: str) -> str:

@@ -1,9 +1,14 @@
 """Faults a tool meets over weeks of use: odd trees, repeating models, killed processes, dropped servers."""
 
+import json
 import os
 
 import pytest
+from replay import ReplayServer, Turn
 
+from agent.client import REPEAT_LIMIT
+from agent.headless import build_parser, run_command
+from tools.exit_codes import ExitCode
 from tools.workspace import OK, Workspace
 
 DEPTH = 2048  # the chain the agent's own `create` makes from a 4,096-character path
@@ -60,3 +65,23 @@ def test_a_walk_stops_at_its_time_budget_and_says_so(deep, monkeypatch):
     assert listed.status == OK and listed.data["timed_out"] and "time budget" in listed.output
     searched = deep.search("needle")
     assert searched.status == OK and "time budget" in searched.output
+
+
+def test_a_model_repeating_one_chunk_is_cut_and_the_run_ends_on_its_budgets_not_as_a_server_error(tmp_path, capsys):
+    """litellm raises when a stream repeats a chunk 100 times; that is the model's output, not a server fault."""
+    root = tmp_path / "ws"
+    root.mkdir()
+    (tmp_path / "task.md").write_text("Underline the title.\n")
+    report = tmp_path / "report.json"
+    stuck = Turn("=======" * 3000)  # 3,000 identical chunks (the replay streams 7 characters at a time)
+    with ReplayServer([stuck, stuck, stuck]) as server:
+        argv = [str(tmp_path / "task.md"), "--workspace", str(root), "--json", str(report),
+                "--model", "openai/replay-model", "--api-base", server.url, "--turn-tokens", "100000"]
+        code = run_command(build_parser().parse_args(argv))
+    _, err = capsys.readouterr()
+    result = json.loads(report.read_text())
+    assert code == ExitCode.FAILED and result["status"] == "failed" and "repeating itself" in result["reason"]
+    assert f"repeated '=======' {REPEAT_LIMIT} times" in err
+    told = server.requests[1]["messages"][-1]["content"]
+    assert told.startswith(f"Your reply repeated '=======' {REPEAT_LIMIT} times in a row")
+    assert server.dropped >= 1  # the stream was closed when cut, so the server stops writing
