@@ -252,7 +252,10 @@ class Generation:
 
 
 def greedy_tokens(target: Target, hidden: torch.Tensor) -> list[int]:
-    """Each hidden row's argmax token: the target's own `greedy` where it has one (ours: exact at int8 cost)."""
+    """Each hidden row's argmax token: the target's own `greedy` where it has one.
+
+    Ours (`GreedyHead`) gives the float32 argmax at the cost of a float16 output layer.
+    """
     greedy = getattr(target, "greedy", None)
     return greedy(hidden) if greedy is not None else target.logits(hidden).argmax(-1).tolist()
 
