@@ -1,9 +1,10 @@
 """Every `agent …` command the documentation shows parses with that subcommand's real parser.
 
-A command is found in two places: a line of a shell code block (```` ```sh ````, `bash`, `shell`, `console`) whose command (after a pipe, `&&` or `;` too)
-is `agent` or a path ending in `/agent` (`# comments` dropped, `\\` continuations joined), and an inline code span
-that starts with the word `agent`. It is routed by `tui.cli.main`, exactly as typed at a shell, and stopped
-right after its parser has read the arguments, so nothing runs.
+A command is found in two places: a line of a shell code block (```` ```sh ````, `bash`, `shell`, `console`)
+whose command (after a pipe, `&&` or `;` too) is `agent` or a path ending in `/agent` (`# comments` dropped, `\\`
+continuations joined), and an inline code span that starts with the word `agent`. It is routed by
+`tui.cli.main`, exactly as typed at a shell, and stopped right after its parser has read the arguments, so nothing
+runs.
 
 Placeholders, the convention the docs follow:
 - a capitalised word (`FILE`, `TASK.md`, `M`, `URL`, `OUT`, `RUN_ID`) or `…` stands for a string value and is
