@@ -1,4 +1,4 @@
-"""The exit codes of every `agent` command, in one place (the README's tables are these).
+"""The exit codes of every `agent` command, in one place (the tables of docs/agent.md and docs/edit-language.md).
 
 A code means one thing per command; the two commands that use 3 and 4 give them their own names.
 """
