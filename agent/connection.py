@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from agent.client import Model, supports_native_tools
+from agent.client import Model
 from agent.config import Settings
 from decoding.serving.launch import EmbeddedServer
 
@@ -17,9 +17,9 @@ FIX_UNREACHABLE = (
 )
 
 
-def open_model(settings: Settings, progress: Callable[[str], None]) -> tuple[Model, EmbeddedServer | None, bool]:
-    """The model the settings name, answering: (model, the embedded server started for it or None, whether to
-    use native tool calls). The caller stops the server; on any failure here it is already stopped."""
+def open_model(settings: Settings, progress: Callable[[str], None]) -> tuple[Model, EmbeddedServer | None]:
+    """The model the settings name, answering, and the embedded server started for it (or None). The caller
+    stops the server; on any failure here it is already stopped."""
     name, api_base = settings.model, settings.api_base
     server = EmbeddedServer() if name == "embedded" else None
     try:
@@ -30,9 +30,8 @@ def open_model(settings: Settings, progress: Callable[[str], None]) -> tuple[Mod
             progress(f"embedded server ready at {api_base} ({server.model_id})")
         model = Model(name, api_base, settings.api_key)
         model.check_reachable()
-        native = settings.tools == "native" or (settings.tools == "auto" and supports_native_tools(name))
     except BaseException:  # an interrupt too: never leave the server running
         if server is not None:
             server.stop()
         raise
-    return model, server, native
+    return model, server

@@ -34,12 +34,12 @@ from agent.config import (
 )
 from agent.connection import FIX_UNREACHABLE, open_model
 from agent.detect import all_choices, found_lines
-from agent.loop import Agent, Outcome, RunState, first_messages, printable
+from agent.loop import Agent, Hooks, Outcome, RunState, first_messages, printable
 from agent.transcript import Redactor, Transcript, read_events
 from decoding.engine.tokenizer import count_tokens
 from decoding.serving.launch import EmbeddedServerError
-from tools.edit_file import state_dir
 from tools.exit_codes import ExitCode
+from tools.state import runs_dir
 from tools.workspace import Workspace
 
 EPILOG = f"""\
@@ -56,10 +56,6 @@ exit codes: 0 done and every edit applied, 1 failed or gave up, 2 usage error, 3
 
 
 NO_TOKENIZER = "no tokenizer was available to count tokens, so tokens saved are not reported"
-
-
-def runs_dir() -> Path:
-    return state_dir() / "runs"
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "agent run") -> int:
@@ -238,22 +234,15 @@ def _run(
     budget counts from `started`, so starting the server spends it too."""
     server, name, meter = None, settings.model, StreamProgress()
     try:
-        model, server, native = open_model(settings, _progress)
+        model, server = open_model(settings, _progress)
         name = model.name
-        agent = Agent.from_settings(
-            settings,
-            model,
-            workspace,
-            transcript,
-            native_tools=native,
-            count_tokens=count_tokens,
-            confirm=_ask_on_terminal if sys.stdin.isatty() else None,
-            progress=meter.line,
+        hooks = Hooks(
             on_text=meter.text,
             on_turn=meter.turn_ended,
-            started=started,
+            progress=meter.line,
+            approve_command=_ask_on_terminal if sys.stdin.isatty() else None,
         )
-        outcome = agent.run(state)
+        outcome = Agent(model, workspace, transcript, settings, hooks, count_tokens).run(state, started)
     except (ModelUnavailable, EmbeddedServerError) as exc:
         outcome = Outcome("unavailable", str(exc))
         transcript.write("end", status=outcome.status, exit_code=outcome.exit_code, reason=outcome.reason)

@@ -4,9 +4,8 @@ it is done or gives up, or a budget (model turns, tokens, wall time) runs out.
 Everything the loop does is written to the transcript as it happens, and the run's state (messages,
 steps, tool calls, edits, usage) can be rebuilt from those events, which is how `--resume` works.
 
-A front end watches and steers a run through optional hooks: reply text as it streams (`on_text`), each
-finished turn (`on_turn`) and tool call (`on_tool`), a yes/no on every edit before it is written
-(`approve_edit`), and a `cancel` event that ends the run between turns or mid-stream.
+An agent is its model, workspace and transcript, the run's `Settings` (budgets, shell and approval modes,
+tool protocol) and its `Hooks`: how a front end watches and steers the run (see `Hooks`).
 """
 
 from __future__ import annotations
@@ -18,12 +17,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NotRequired, TypedDict
 
-from agent.client import REPEAT_LIMIT, Model, ModelCancelled, ModelFailed, ModelTimeout, ModelUnavailable, Reply
-from agent.config import TURN_TOKENS, ApproveMode, Settings, ShellMode, turn_tokens
+from agent.client import (
+    REPEAT_LIMIT,
+    Model,
+    ModelCancelled,
+    ModelFailed,
+    ModelTimeout,
+    ModelUnavailable,
+    Reply,
+    supports_native_tools,
+)
+from agent.config import Settings, turn_tokens
 from agent.protocol import FINISH_TOOLS, Action, action_from_call, parse_actions, tool_specs
 from agent.transcript import Transcript
-from tools.edit_file import FileRefused, read_text_file
 from tools.exit_codes import ExitCode
+from tools.text_files import FileRefused, read_text_file
 from tools.workspace import ERROR, OK, REFUSED, PathRefused, ToolResult, Workspace
 
 SYSTEM_PROMPT = Path(__file__).parent / "prompts" / "system.md"
@@ -71,14 +79,6 @@ INTERRUPTED = (
 )
 
 
-@dataclass
-class Budget:
-    max_steps: int = 30
-    max_tokens: int | None = None  # prompt + completion tokens, summed over turns
-    timeout: float | None = None  # wall-clock seconds
-    turn_tokens: int = TURN_TOKENS  # one reply's output tokens (less when the token budget has less left)
-
-
 OutcomeStatus = Literal["done", "failed", "budget", "unavailable", "cancelled"]
 
 
@@ -92,8 +92,9 @@ class Outcome:
         return EXIT_CODES[self.status]
 
 
-class EditRecord(TypedDict):
-    """An edit as the report shows it: where, what, how it landed, and its cost against rewriting the file."""
+class EditReport(TypedDict):
+    """An edit as the transcript and the run's report keep it: where, what, how it landed, and its cost
+    against rewriting the file."""
 
     step: int
     file: str
@@ -116,7 +117,7 @@ class RunState:
     messages: list[dict] = field(default_factory=list)
     steps: int = 0
     tool_calls: list[dict] = field(default_factory=list)
-    edits: list[EditRecord] = field(default_factory=list)
+    edits: list[EditReport] = field(default_factory=list)
     usage: dict = field(default_factory=dict)
     focus: str | None = None  # the file last read or changed: the likely target of the next edit
     ended: dict | None = None  # the last "end" event
@@ -159,12 +160,43 @@ def add_usage(total: dict, usage: dict) -> None:
 
 @dataclass
 class EditProposal:
-    """An edit placed and checked by the applier but not written yet: what an approver is shown."""
+    """An edit prepared but not written yet, as an approver is shown it."""
 
     tool: str  # "edit" or "create"
-    file: str
+    file: str  # relative to the workspace
     diff: str  # unified diff of the file as it would be written
     notes: list[str]  # the applier's corrections and notes, as the model is told them
+
+
+def _ignore(*args: object) -> None:
+    """A hook that watches nothing."""
+
+
+def _write_every_edit(proposal: EditProposal) -> bool:
+    return True
+
+
+@dataclass
+class Hooks:
+    """How a front end watches and steers a run. Every hook is optional; all are called in the loop's thread.
+
+    - `on_text`: reply text as it streams in;
+    - `on_turn`: each finished model turn (its usage carries the server's speculation stats);
+    - `on_tool`: each tool call with its full result;
+    - `progress`: one line per turn, its actions and their statuses (for a terminal);
+    - `approve_edit`: a yes/no before each edit is written, shown as it will land (with approve "auto");
+    - `approve_command`: a yes/no before each shell command (with shell "ask"); None: nobody can be asked,
+      so such commands are refused;
+    - `cancel`: set from any thread to end the run at the next streamed chunk or between turns.
+    """
+
+    on_text: Callable[[str], None] = _ignore
+    on_turn: Callable[[Reply], None] = _ignore
+    on_tool: Callable[[Action, ToolResult], None] = _ignore
+    progress: Callable[[str], None] = _ignore
+    approve_edit: Callable[[EditProposal], bool] = _write_every_edit
+    approve_command: Callable[[str], bool] | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
 
 
 def first_messages(task: str, workspace: Workspace) -> list[dict]:
@@ -181,58 +213,33 @@ class Agent:
         model: Model,
         workspace: Workspace,
         transcript: Transcript,
-        *,
-        budget: Budget,
-        shell: ShellMode = "ask",
-        approve: ApproveMode = "auto",
-        native_tools: bool = False,
+        settings: Settings,
+        hooks: Hooks | None = None,
         count_tokens: Callable[[str], int] | None = None,
-        confirm: Callable[[str], bool] | None = None,
-        progress: Callable[[str], None] = lambda line: None,
-        on_text: Callable[[str], None] | None = None,
-        on_turn: Callable[[Reply], None] | None = None,
-        on_tool: Callable[[Action, ToolResult], None] | None = None,
-        approve_edit: Callable[[EditProposal], bool] | None = None,
-        cancel: threading.Event | None = None,
-        started: float | None = None,
     ) -> None:
+        """`count_tokens` (a tokenizer's count) prices each edit against rewriting the file; None: not priced."""
         self.model = model
         self.workspace = workspace
         self.transcript = transcript
-        self.budget = budget
-        self.shell = shell  # "never", "ask" (needs `confirm`), "auto"
-        self.approve = approve  # "auto" applies edits, "never" only shows what they would do
-        self.native_tools = native_tools
+        self.settings = settings
+        self.hooks = hooks or Hooks()
         self.count_tokens = count_tokens
-        self.confirm = confirm  # asks the user; None when nobody can be asked
-        self.progress = progress
-        self.on_text = on_text  # reply text as it streams in
-        self.on_turn = on_turn  # each finished model turn (its usage carries the server's speculation stats)
-        self.on_tool = on_tool  # each tool call with its full result
-        self.approve_edit = approve_edit  # asked before each edit is written (with approve "auto"); False rejects
-        self.cancel = cancel  # set from another thread to end the run at the next chunk or between turns
-        self.started = started  # when the wall-time budget began (time.monotonic()); None: when run() is called
-        self._started = time.monotonic()
+        tools = settings.tools
+        self.native_tools = tools == "native" or (tools == "auto" and supports_native_tools(model.name))
+        self.timeout = settings.timeout or None  # the run's wall-clock seconds; 0 or None: no limit
+        self.started = time.monotonic()  # when the wall-time budget began; set again by run()
         self._idle_turns = 0  # replies in a row without an action
 
-    @classmethod
-    def from_settings(
-        cls, settings: Settings, model: Model, workspace: Workspace, transcript: Transcript, **options
-    ) -> Agent:
-        """An agent with the settings' budget, shell and approval modes; `options` are the other arguments."""
-        budget = Budget(settings.max_steps, settings.max_tokens, settings.timeout or None, turn_tokens(settings))
-        return cls(
-            model, workspace, transcript, budget=budget, shell=settings.shell, approve=settings.approve, **options
-        )
-
-    def run(self, state: RunState) -> Outcome:
-        self._started = time.monotonic() if self.started is None else self.started
+    def run(self, state: RunState, started: float | None = None) -> Outcome:
+        """Carry `state` on until the run ends. The wall-time budget counts from `started` (time.monotonic())
+        when the run began earlier (starting a model server spends it too), else from now."""
+        self.started = time.monotonic() if started is None else started
         steps, tokens, self._idle_turns = 0, 0, 0
-        timeout = self.budget.timeout  # tool work stops at the run's wall-clock end too
-        self.workspace.deadline = None if timeout is None else self._started + timeout
+        # tool work stops at the run's wall-clock end too
+        self.workspace.deadline = None if self.timeout is None else self.started + self.timeout
         self._close_interrupted_turn(state)
         while True:
-            if self.cancel is not None and self.cancel.is_set():
+            if self.hooks.cancel.is_set():
                 return self._end(state, Outcome("cancelled", "stopped by the user"))
             spent = self._budget_spent(steps, tokens)
             if spent:
@@ -246,8 +253,8 @@ class Agent:
                     prediction_path=state.focus if prediction is not None else None,
                     max_tokens=self._tokens_left(tokens),
                     timeout=self._time_left(TURN_TIMEOUT),
-                    on_text=self.on_text,
-                    cancel=self.cancel,
+                    on_text=self.hooks.on_text,
+                    cancel=self.hooks.cancel,
                 )
             except ModelCancelled as exc:
                 if exc.text:  # what the user saw stays in the conversation, marked as cut short
@@ -264,8 +271,7 @@ class Agent:
             tokens += reply.usage.get("total_tokens", 0)
             add_usage(state.usage, reply.usage)
             self.transcript.write("turn", step=state.steps, usage=reply.usage)
-            if self.on_turn is not None:
-                self.on_turn(reply)
+            self.hooks.on_turn(reply)
             outcome = self._act(state, reply)
             if outcome:
                 return self._end(state, outcome)
@@ -302,7 +308,7 @@ class Agent:
         if reply.finish_reason == "repetition":
             summary += f"; the model repeated {_excerpt(reply.repeated)} {REPEAT_LIMIT} times, reply cut"
         tokens = reply.usage.get("completion_tokens", "?")
-        self.progress(printable(f"step {state.steps}: {summary} ({tokens} tokens out)"))
+        self.hooks.progress(printable(f"step {state.steps}: {summary} ({tokens} tokens out)"))
         return outcome
 
     def _judge(self, state: RunState, finish: Action, results: list[ToolResult]) -> tuple[Outcome | None, ToolResult]:
@@ -317,7 +323,7 @@ class Agent:
             if not edit.get("declined"):  # an edit the user rejected is not one the model must land
                 last[edit["file"]] = edit["status"]
         unapplied = sorted(f for f, status in last.items() if status != OK)
-        if unapplied and self.approve == "never":
+        if unapplied and self.settings.approve == "never":
             reason = f"the model declared the task done, but its edits were not applied (--approve never): {unapplied}"
             return Outcome("failed", reason), ToolResult(REFUSED, "run ended: edits not approved")
         if unapplied:
@@ -337,12 +343,11 @@ class Agent:
         if action.tool in ("read", "edit", "create") and result.status == OK:
             state.focus = event["focus"] = result.data["file"]
         if action.tool == "edit":
-            event["edit"] = self._edit_record(state.steps, action, result, reply)
+            event["edit"] = self._edit_report(state.steps, action, result, reply)
             state.edits.append(event["edit"])
         state.tool_calls.append(event["call"])
         self.transcript.write("tool", **event)
-        if self.on_tool is not None:
-            self.on_tool(action, result)
+        self.hooks.on_tool(action, result)
         return result
 
     def _dispatch(self, action: Action) -> ToolResult:
@@ -354,22 +359,18 @@ class Agent:
             return ws.read(_arg(args, "path", str), start, end)
         if action.tool == "edit":
             path, script = _arg(args, "path", str), _arg(args, "script", str)
-            if self.approve == "auto" and self.approve_edit is None:
-                return ws.edit(path, script)
             preview = ws.edit(path, script, dry_run=True)
             if preview.status != OK:
                 return preview
-            if self.approve == "auto":
+            if self.settings.approve == "auto":
                 return self._if_approved(action.tool, preview)
             note = "not applied: edits are not approved in this run (--approve never). It "
             return ToolResult(REFUSED, note + preview.output, preview.data)
         if action.tool == "create":
             path, content = _arg(args, "path", str), _arg(args, "content", str)
             overwrite = _arg(args, "overwrite", bool, False)
-            if self.approve == "never":
+            if self.settings.approve == "never":
                 return ToolResult(REFUSED, "not written: edits are not approved in this run (--approve never)")
-            if self.approve_edit is None:
-                return ws.create(path, content, overwrite=overwrite)
             preview = ws.create(path, content, overwrite=overwrite, dry_run=True)
             if preview.status != OK:
                 return preview
@@ -388,28 +389,29 @@ class Agent:
         if preview.prepared is None:
             return preview
         data = preview.data
-        if self.approve_edit(EditProposal(tool, data["file"], data["diff"], data["notes"])):
+        if self.hooks.approve_edit(EditProposal(tool, data["file"], data["diff"], data["notes"])):
             return self.workspace.commit(preview)
         return ToolResult(REFUSED, DECLINED.format(file=data["file"]), {**data, "declined": True})
 
     def _shell(self, command: str) -> ToolResult:
-        if self.shell == "never":
+        shell, approve_command = self.settings.shell, self.hooks.approve_command
+        if shell == "never":
             return ToolResult(REFUSED, "refused: shell commands are disabled in this run (--shell never)")
-        if self.shell == "ask":
-            if self.confirm is None:
+        if shell == "ask":
+            if approve_command is None:
                 return ToolResult(
                     REFUSED,
                     "refused: shell commands need approval in this run (--shell ask) and nobody is at a terminal "
                     "to approve them; continue without running commands",
                 )
-            if not self.confirm(command):
+            if not approve_command(command):
                 return ToolResult(REFUSED, "refused: the user declined to run this command")
         return self.workspace.shell(command, timeout=self._time_left(SHELL_TIMEOUT))
 
-    def _edit_record(self, step: int, action: Action, result: ToolResult, reply: Reply) -> EditRecord:
+    def _edit_report(self, step: int, action: Action, result: ToolResult, reply: Reply) -> EditReport:
         """The report's view of an edit: where, what, how it landed, and its cost against rewriting the file."""
         script = str(action.args.get("script", ""))
-        record: EditRecord = {
+        record: EditReport = {
             "step": step,
             "file": result.data.get("file", str(action.args.get("path"))),
             "script": self.transcript.redact(script),
@@ -459,24 +461,26 @@ class Agent:
             self._add_message(state, {"role": "user", "content": INTERRUPTED})
 
     def _budget_spent(self, steps: int, tokens: int) -> str | None:
-        if steps >= self.budget.max_steps:
-            return f"the step budget ran out ({self.budget.max_steps} model turns)"
-        if self.budget.max_tokens is not None and tokens >= self.budget.max_tokens:
-            return f"the token budget ran out ({tokens} of {self.budget.max_tokens} tokens used)"
-        if self.budget.timeout is not None and time.monotonic() - self._started >= self.budget.timeout:
-            return f"the time budget ran out ({self.budget.timeout:g} s)"
+        max_steps, max_tokens = self.settings.max_steps, self.settings.max_tokens
+        if steps >= max_steps:
+            return f"the step budget ran out ({max_steps} model turns)"
+        if max_tokens is not None and tokens >= max_tokens:
+            return f"the token budget ran out ({tokens} of {max_tokens} tokens used)"
+        if self.timeout is not None and time.monotonic() - self.started >= self.timeout:
+            return f"the time budget ran out ({self.timeout:g} s)"
         return None
 
     def _tokens_left(self, used: int) -> int:
-        if self.budget.max_tokens is None:
-            return self.budget.turn_tokens
-        return max(1, min(self.budget.turn_tokens, self.budget.max_tokens - used))
+        """One reply's output cap: the turn's, or less when the run's token budget has less left."""
+        if self.settings.max_tokens is None:
+            return turn_tokens(self.settings)
+        return max(1, min(turn_tokens(self.settings), self.settings.max_tokens - used))
 
     def _time_left(self, limit: float) -> float:
         """`limit` seconds, or less when the wall-time budget ends sooner."""
-        if self.budget.timeout is None:
+        if self.timeout is None:
             return limit
-        return max(1.0, min(limit, self.budget.timeout - (time.monotonic() - self._started)))
+        return max(1.0, min(limit, self.timeout - (time.monotonic() - self.started)))
 
     def _prediction(self, state: RunState) -> str | None:
         """The focus file's current text, redacted like tool output, for servers that draft from it (not with

@@ -12,7 +12,7 @@ import re
 import time
 from pathlib import Path
 
-from tools.edit_file import text_lines
+from tools.text_files import text_lines
 
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.I)
 MIN_SECRET_LENGTH = 6  # shorter values ("1", "yes") would redact ordinary text

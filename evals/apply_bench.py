@@ -28,7 +28,7 @@ from evals.cases import DEFAULT_CASES, load_cases
 from evals.progress import Progress
 from evals.report import write_report
 from tools.command_line import parse_arguments
-from tools.edit_file import apply_script_to_file
+from tools.edits import apply_script_to_file
 from tools.ot import Op, OTError, Retain, format_script, is_line_insert, is_quoted, ot_diff
 from tools.patch import apply_edit, without_blank_lines
 from tools.syntax import language_for

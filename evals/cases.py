@@ -18,8 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
 from evals.progress import Progress
-from tools.edit_file import text_lines
 from tools.syntax import language_for, language_name
+from tools.text_files import text_lines
 
 DEFAULT_CASES = Path(__file__).resolve().parent / "data" / "edits-dev.jsonl"  # 180 real commits; data/NOTICE
 SUITE_DIR = Path(__file__).resolve().parent / "suite"

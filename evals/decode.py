@@ -32,7 +32,7 @@ from decoding.engine.target import Target, make_target
 from decoding.lab.workloads import Workload, standard_workloads
 from decoding.serving.chat import END_OF_TURN, gemma_chat_prompt, stop_token_ids
 from evals.formats import reference_output
-from tools.edit_file import text_lines
+from tools.text_files import text_lines
 
 ALIASES = ("auto",)  # speculation methods that only name another one
 EDIT_SCRIPT = (

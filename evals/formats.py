@@ -30,7 +30,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 
-from tools.edit_file import text_lines
 from tools.formats.base import FormatError
 from tools.formats.lines import DIVIDER, REPLACE, SEARCH
 from tools.ot import (
@@ -47,6 +46,7 @@ from tools.ot import (
 )
 from tools.ot_script import parse_script
 from tools.patch import apply_edit, quote_candidates
+from tools.text_files import text_lines
 
 FORMATS = ("whole", "search-replace", "udiff", "ot", "ot-counts", "ot-lines")
 PERTURBABLE = ("search-replace", "udiff", "ot", "ot-counts", "ot-lines")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 def write_report(report: dict, path: Path) -> None:
     """Write the JSON report all at once, so an interrupted run leaves the last complete one."""
-    from tools.edit_file import atomic_write
+    from tools.text_files import atomic_write
 
     atomic_write(path, json.dumps(report, indent=2, ensure_ascii=False).encode("utf-8"))
 

@@ -7,7 +7,8 @@ import pytest
 from replay import ReplayServer, Turn
 
 from agent.client import Model
-from agent.loop import Agent, Budget, EditProposal, RunState, first_messages
+from agent.config import Settings
+from agent.loop import Agent, EditProposal, Hooks, RunState, first_messages
 from agent.transcript import Redactor, Transcript, read_events
 from tools.workspace import Workspace
 
@@ -27,13 +28,8 @@ def ws(tmp_path):
 
 def make_agent(ws: Path, url: str, **hooks) -> tuple[Agent, RunState, Path]:
     path = ws.parent / "t.jsonl"
-    agent = Agent(
-        Model("openai/replay-model", url),
-        Workspace(ws),
-        Transcript(path, Redactor({})),
-        budget=Budget(max_steps=4),
-        **hooks,
-    )
+    model, transcript = Model("openai/replay-model", url), Transcript(path, Redactor({}))
+    agent = Agent(model, Workspace(ws), transcript, Settings(max_steps=4), Hooks(**hooks))
     return agent, RunState("r1", "task", first_messages("task", Workspace(ws))), path
 
 

@@ -17,8 +17,9 @@ from replay import ReplayServer, Turn
 
 from agent import detect
 from agent.client import Model, ModelUnavailable
+from agent.config import Settings
 from agent.headless import StreamProgress, build_parser, main, run_command
-from agent.loop import Agent, Budget, RunState, first_messages
+from agent.loop import Agent, Hooks, RunState, first_messages
 from agent.transcript import Redactor, Transcript
 from decoding.serving import launch as embedded
 from decoding.serving.launch import free_port
@@ -379,9 +380,8 @@ def test_shell_ask_runs_only_what_the_user_approves(ws, tmp_path):
             Model("openai/replay-model", server.url),
             Workspace(ws),
             Transcript(tmp_path / "t.jsonl", Redactor({})),
-            budget=Budget(max_steps=3),
-            shell="ask",
-            confirm=confirm,
+            Settings(max_steps=3, shell="ask"),
+            Hooks(approve_command=confirm),
         )
         outcome = agent.run(RunState("r1", "task", first_messages("task", Workspace(ws))))
     assert outcome.status == "done" and asked == ["touch approved.txt\n", "touch declined.txt\n"]

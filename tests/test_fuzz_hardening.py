@@ -14,8 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tools.edit_file import FileRefused, Journal, apply_script_to_file
+from tools.edits import apply_script_to_file
+from tools.journal import Journal
 from tools.ot import OTError
+from tools.text_files import FileRefused
 from tools.workspace import ToolResult, Workspace
 from tui.cli import main
 

@@ -15,24 +15,19 @@ from pathlib import Path
 import pytest
 from replay import ReplayServer, Turn
 
-import tools.edit_file as edit_file
+import tools.edits as edits
 import tools.patch as patch
 from agent.client import Model, ModelUnavailable
+from agent.config import Settings
 from agent.headless import build_parser, run_command
-from agent.loop import Agent, Budget, EditProposal, RunState, first_messages
+from agent.loop import Agent, EditProposal, Hooks, RunState, first_messages
 from agent.protocol import action_from_call
 from agent.transcript import Redactor, Transcript, read_events
-from tools.edit_file import (
-    FileChanged,
-    FileRefused,
-    Journal,
-    UndoRefused,
-    apply_script_to_file,
-    prepare_script,
-    write_prepared,
-)
+from tools.edits import apply_script_to_file, prepare_script, write_prepared
+from tools.journal import Journal, UndoRefused
 from tools.ot import Insert, Retain
 from tools.ot_script import ScriptSyntaxError, parse_script
+from tools.text_files import FileChanged, FileRefused
 from tools.workspace import ERROR, OK, REFUSED, Workspace
 from tui.cli import main
 
@@ -229,8 +224,8 @@ def test_the_approver_sees_the_edit_that_is_written_and_a_change_meanwhile_is_ke
             Model("openai/replay-model", server.url),
             ws,
             Transcript(ws.root.parent / "t.jsonl", Redactor({})),
-            budget=Budget(max_steps=3),
-            approve_edit=approve_after_a_change,
+            Settings(max_steps=3),
+            Hooks(approve_edit=approve_after_a_change),
         )
         agent.run(RunState("r1", "task", first_messages("task", ws)))
     assert (ws.root / "f.py").read_text() == "def f():\n    return 11\n"
@@ -240,7 +235,7 @@ def test_the_approver_sees_the_edit_that_is_written_and_a_change_meanwhile_is_ke
 def test_agent_apply_exits_3_when_the_file_changes_while_the_edit_is_computed(tmp_path, monkeypatch, capsys):
     path = tmp_path / "big.txt"
     path.write_text("line\n" * 1000)
-    real_apply = edit_file.apply_edit
+    real_apply = edits.apply_edit
 
     def apply_then_append(*args, **kwargs):
         result = real_apply(*args, **kwargs)
@@ -248,7 +243,7 @@ def test_agent_apply_exits_3_when_the_file_changes_while_the_edit_is_computed(tm
             handle.write("appended by an editor\n")
         return result
 
-    monkeypatch.setattr(edit_file, "apply_edit", apply_then_append)
+    monkeypatch.setattr(edits, "apply_edit", apply_then_append)
     code, report = apply_cli(monkeypatch, capsys, path, 'delete("line")\ninsert("LINE")')
     assert code == 3 and "changed after the edit was computed" in report["error"]
     assert path.read_text() == "line\n" * 1000 + "appended by an editor\n"
@@ -263,7 +258,7 @@ def test_a_folder_swapped_for_a_symlink_after_the_check_does_not_carry_the_write
     (ws.root / "sub").mkdir()
     (ws.root / "sub" / "f.txt").write_text("inside\n")
     (outside / "f.txt").write_text("inside\n")
-    real_prepare = edit_file.prepare_content
+    real_prepare = edits.prepare_content
 
     def prepare_then_swap(*args, **kwargs):
         prepared = real_prepare(*args, **kwargs)

@@ -16,9 +16,10 @@ from agent import detect
 from agent.config import Settings, load_settings
 from decoding.serving import launch as embedded
 from decoding.serving.launch import free_port
+from tools.state import sessions_dir
 from tui.app import RetainApp, build_app
 from tui.screens import CommandApproval, EditApproval, FilePicker, ModelSetup, SessionPicker
-from tui.session import list_sessions, sessions_dir
+from tui.session import list_sessions
 from tui.widgets import AssistantMessage, Note, StatusBar, ToolCall, UserMessage
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # litellm on newer pydantic

@@ -68,9 +68,10 @@ def _read_script(source: str) -> str:
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
-    from tools.edit_file import FileRefused, apply_script_to_file
+    from tools.edits import apply_script_to_file
     from tools.ot import OTError
     from tools.patch import SyntaxRefused
+    from tools.text_files import FileRefused
 
     try:
         script = _read_script(args.script)
@@ -84,11 +85,13 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         return _report_apply(args, ExitCode.BROKEN, str(exc))
     except OTError as exc:
         return _report_apply(args, ExitCode.UNRESOLVABLE, f"{exc}\nThe file is unchanged.")
-    corrections = [c.to_dict() for c in result.edit.corrections]
+    placed = result.placed
+    assert placed is not None  # a script's preparation carries the applier's result
+    corrections = [c.to_dict() for c in placed.corrections]
     if args.json:
         print(json.dumps({"ok": True, "corrections": corrections, "error": None, "diff": result.diff}))
         return ExitCode.OK
-    for note in [c.message for c in result.edit.corrections] + result.edit.notes:
+    for note in [c.message for c in placed.corrections] + placed.notes:
         print(f"note: {note}", file=sys.stderr)
     print(result.diff, end="")
     if args.dry_run:
@@ -105,8 +108,8 @@ def _report_apply(args: argparse.Namespace, code: int, message: str) -> int:
 
 
 def _cmd_ot_diff(args: argparse.Namespace) -> int:
-    from tools.edit_file import FileRefused, read_text_file
     from tools.ot import format_script, ot_diff
+    from tools.text_files import FileRefused, read_text_file
 
     try:
         before, after = read_text_file(args.before).text, read_text_file(args.after).text
@@ -120,7 +123,7 @@ def _cmd_ot_diff(args: argparse.Namespace) -> int:
 
 
 def _cmd_undo(args: argparse.Namespace) -> int:
-    from tools.edit_file import Journal, UndoRefused
+    from tools.journal import Journal, UndoRefused
 
     journal = Journal()
     try:

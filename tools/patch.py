@@ -81,7 +81,9 @@ class Correction:
 
 
 @dataclass
-class AppliedEdit:
+class PlacedEdit:
+    """A script placed on a text in memory by the tolerant applier: the exact ops it became and the text after."""
+
     before: str
     after: str
     ops: list[Op]  # exact ops against `before`, quoted deletes
@@ -96,7 +98,7 @@ def apply_edit(
     *,
     allow_broken: bool = False,
     deadline: float | None = None,
-) -> AppliedEdit:
+) -> PlacedEdit:
     """Place `script` on `before` and return the result; raises EditRefused or SyntaxRefused.
 
     Placing gives up (EditRefused) after TIME_BUDGET seconds, or at `deadline` (time.monotonic()) if sooner."""
@@ -125,7 +127,7 @@ def apply_edit(
             )
         if added:
             notes.append(f"applied with {len(added)} new syntax error(s) (allowed by the caller)")
-    return AppliedEdit(before, after, ops, corrections, notes)
+    return PlacedEdit(before, after, ops, corrections, notes)
 
 
 def place(doc: str, ops: Sequence[Op]) -> tuple[int, int]:

@@ -25,20 +25,17 @@ from pathlib import Path
 
 import regex as regex_engine  # the `re` syntax, with a timeout: a backtracking pattern cannot hang a search
 
-from tools.edit_file import (
+from tools.edits import PreparedEdit, prepare_content, prepare_script, write_prepared
+from tools.ot import OTError
+from tools.text_files import (
     READ_CHUNK,
     FileRefused,
-    PreparedEdit,
     decode_text,
     describe_os_error,
     open_regular,
-    prepare_content,
-    prepare_script,
     read_text_file,
     text_lines,
-    write_prepared,
 )
-from tools.ot import OTError
 
 MAX_READ_CHARS = 60_000  # a read shows at most this much text; ask for a line range to see the rest
 MAX_LIST_ENTRIES = 300
@@ -182,13 +179,13 @@ class Workspace:
         except OTError as exc:
             return _edit_error(exc, path, script)
         name = self.rel(prepared.path)
-        edit = prepared.edit
-        assert edit is not None  # a script's preparation carries the applier's result
-        notes_said = [c.message for c in edit.corrections] + edit.notes
+        placed = prepared.placed
+        assert placed is not None  # a script's preparation carries the applier's result
+        notes_said = [c.message for c in placed.corrections] + placed.notes
         data = {
             "file": name,
             "script": script,
-            "corrections": [c.to_dict() for c in edit.corrections],
+            "corrections": [c.to_dict() for c in placed.corrections],
             "notes": notes_said,
             "diff": prepared.diff,
             "written": False,
@@ -196,7 +193,7 @@ class Workspace:
         notes = "".join(f"note: {line}\n" for line in notes_said)
         if not prepared.changes:
             return ToolResult(OK, f"{notes}the script leaves {name} unchanged", data)
-        preview = ToolResult(OK, f"would change {name}:\n{notes}{prepared.diff}", data, edit.after, prepared)
+        preview = ToolResult(OK, f"would change {name}:\n{notes}{prepared.diff}", data, placed.after, prepared)
         return preview if dry_run else self.commit(preview)
 
     def create(self, path: str, content: str, *, overwrite: bool = False, dry_run: bool = False) -> ToolResult:
@@ -229,7 +226,7 @@ class Workspace:
             return ToolResult(ERROR, f"{exc}\nThe file is unchanged.", data)
         except OTError as exc:  # FileChanged
             return ToolResult(ERROR, str(exc), data)
-        if prepared.edit is None:
+        if prepared.placed is None:
             written = preview.file_text or ""
             return ToolResult(OK, f"wrote {name} ({len(written)} code points)", data, preview.file_text)
         data["written"] = True

@@ -41,13 +41,13 @@ from agent.config import (
 )
 from agent.connection import FIX_UNREACHABLE, open_model
 from agent.detect import Choice
-from agent.loop import Agent, EditProposal, Outcome, RunState
+from agent.loop import Agent, EditProposal, Hooks, Outcome, RunState
 from agent.protocol import Action
 from decoding.engine.tokenizer import count_tokens
 from decoding.serving.launch import EmbeddedServer, EmbeddedServerError
 from tools.command_line import parse_arguments
-from tools.edit_file import Journal, UndoRefused
 from tools.exit_codes import ExitCode
+from tools.journal import Journal, UndoRefused
 from tools.workspace import OK, ToolResult, Workspace
 from tui.screens import (
     CommandApproval,
@@ -82,7 +82,6 @@ class Connecting(Message):
 class Connected(Message):
     model: Model
     server: EmbeddedServer | None
-    native: bool
 
 
 @dataclass
@@ -156,7 +155,6 @@ class RetainApp(App):
         self.stats = Stats()
         self.model: Model | None = None
         self.server: EmbeddedServer | None = None
-        self.native_tools = False
         self.connecting: tuple[str, float] | None = None  # the progress line and when connecting began
         self.cancel: threading.Event | None = None
         self.running = False
@@ -237,7 +235,7 @@ class RetainApp(App):
     def connect(self) -> None:
         """Reach the model server (or start the embedded one) without holding up the interface."""
         try:
-            model, server, native = open_model(self.settings, lambda line: self.post_message(Connecting(line)))
+            model, server = open_model(self.settings, lambda line: self.post_message(Connecting(line)))
             model.takes_prediction  # noqa: B018 -- imports litellm now rather than on the first prompt
         except (ModelUnavailable, EmbeddedServerError) as exc:
             self.post_message(ConnectFailed(str(exc)))
@@ -245,14 +243,14 @@ class RetainApp(App):
         if self.closed and server is not None:  # the app was closed while the server started
             server.stop()
             return
-        self.post_message(Connected(model, server, native))
+        self.post_message(Connected(model, server))
 
     def on_connecting(self, message: Connecting) -> None:
         self.connecting = (message.line, self.connecting[1] if self.connecting else self.clock())
         self.refresh_status()
 
     def on_connected(self, message: Connected) -> None:
-        self.model, self.server, self.native_tools = message.model, message.server, message.native
+        self.model, self.server = message.model, message.server
         self.connecting = None
         self.stats.model = message.model.name
         self.refresh_status()
@@ -349,20 +347,15 @@ class RetainApp(App):
         state = self.session.add_prompt(text, self.model.name, shown=prompt)
         self.cancel = threading.Event()
         self.running = True
-        agent = Agent.from_settings(
-            self.settings,
-            self.model,
-            self.workspace,
-            self.session.transcript,
-            native_tools=self.native_tools,
-            count_tokens=self.count_tokens,
-            confirm=self._confirm_command,
+        hooks = Hooks(
             on_text=lambda text: self.post_message(TextArrived(text, self.clock())),
             on_turn=lambda reply: self.post_message(TurnEnded(reply.usage, self.clock())),
             on_tool=lambda action, result: self._tool_finished(state, action, result),
             approve_edit=self._approve_edit,
+            approve_command=self._confirm_command,
             cancel=self.cancel,
         )
+        agent = Agent(self.model, self.workspace, self.session.transcript, self.settings, hooks, self.count_tokens)
         self.run_agent(agent, state)
 
     @work(thread=True, group="agent")

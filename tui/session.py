@@ -14,14 +14,10 @@ from pathlib import Path
 
 from agent.loop import RunState, first_messages
 from agent.transcript import Redactor, Transcript, read_events
-from tools.edit_file import state_dir
+from tools.state import sessions_dir
 from tools.workspace import Workspace
 
 DEFAULT_CHARS_PER_TOKEN = 4.0  # until a finished turn tells the real ratio
-
-
-def sessions_dir() -> Path:
-    return state_dir() / "sessions"
 
 
 @dataclass

