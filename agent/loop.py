@@ -226,9 +226,13 @@ class Agent:
         self.count_tokens = count_tokens
         tools = settings.tools
         self.native_tools = tools == "native" or (tools == "auto" and supports_native_tools(model.name))
-        self.timeout = settings.timeout or None  # the run's wall-clock seconds; 0 or None: no limit
         self.started = time.monotonic()  # when the wall-time budget began; set again by run()
         self._idle_turns = 0  # replies in a row without an action
+
+    @property
+    def timeout(self) -> float | None:
+        """The run's wall-clock seconds; None: no limit (the setting unset or 0)."""
+        return self.settings.timeout or None
 
     def run(self, state: RunState, started: float | None = None) -> Outcome:
         """Carry `state` on until the run ends. The wall-time budget counts from `started` (time.monotonic())

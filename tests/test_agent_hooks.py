@@ -1,6 +1,7 @@
 """The loop's hooks for a front end: streamed text, per-edit approval before writing, and cancellation."""
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -26,10 +27,10 @@ def ws(tmp_path):
     return root
 
 
-def make_agent(ws: Path, url: str, **hooks) -> tuple[Agent, RunState, Path]:
+def make_agent(ws: Path, url: str, settings: Settings | None = None, **hooks) -> tuple[Agent, RunState, Path]:
     path = ws.parent / "t.jsonl"
     model, transcript = Model("openai/replay-model", url), Transcript(path, Redactor({}))
-    agent = Agent(model, Workspace(ws), transcript, Settings(max_steps=4), Hooks(**hooks))
+    agent = Agent(model, Workspace(ws), transcript, settings or Settings(max_steps=4), Hooks(**hooks))
     return agent, RunState("r1", "task", first_messages("task", Workspace(ws))), path
 
 
@@ -137,3 +138,20 @@ def test_cancel_between_turns_ends_the_run_before_the_next_request(ws):
         outcome = agent.run(state)
     assert outcome.status == "cancelled" and len(server.requests) == 1
     assert state.messages[-1]["content"].startswith("[read stats.py: ok]")  # the turn's results were recorded
+
+
+def test_without_hooks_an_edit_is_written_and_a_command_that_needs_asking_is_refused(ws):
+    turns = [Turn(f"```edit stats.py\n{FIX_MEAN}\n```\n```shell\ntouch ran.txt\n```"), Turn("```done\nok\n```")]
+    with ReplayServer(turns) as server:
+        agent, state, _ = make_agent(ws, server.url, Settings(max_steps=4, shell="ask"))
+        outcome = agent.run(state)
+    assert outcome.status == "done" and "max(len(items), 1)" in (ws / "stats.py").read_text()
+    assert not (ws / "ran.txt").exists() and "nobody is at a terminal" in server.requests[1]["messages"][-1]["content"]
+
+
+def test_the_time_budget_counts_from_when_the_run_began(ws):
+    with ReplayServer([Turn("```done\nok\n```")]) as server:
+        agent, state, _ = make_agent(ws, server.url, Settings(max_steps=4, timeout=60))
+        outcome = agent.run(state, started=time.monotonic() - 61)  # a server start spent the whole budget
+    assert outcome.status == "budget" and "time budget ran out (60 s)" in outcome.reason
+    assert server.requests == []
