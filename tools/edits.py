@@ -99,12 +99,11 @@ def _check_writable(path: Path, mode: int) -> None:
         )
 
 
-def write_prepared(prepared: PreparedEdit, *, journal: bool = True, root: Path | None = None) -> str | None:
+def write_prepared(prepared: PreparedEdit, *, journal: bool = True, root: Path | None = None) -> None:
     """Write exactly `prepared.after`, refusing (FileChanged, nothing written) when the file is no longer the
-    one it was computed from; returns the journal entry's id (None without a journal or a previous file)."""
-    before = prepared.before
-    keep = Journal() if journal and before is not None else None
-    blob = keep.keep(before) if keep is not None and before is not None else None
+    one it was computed from; the content it replaces is journaled for undo (unless `journal` is False)."""
+    keep = Journal() if journal and prepared.before is not None else None
+    blob = keep.keep(prepared.before) if keep is not None and prepared.before is not None else None
     atomic_write(
         prepared.path,
         prepared.after,
@@ -113,9 +112,8 @@ def write_prepared(prepared: PreparedEdit, *, journal: bool = True, root: Path |
         must_not_exist=prepared.before is None,
         root=root,
     )
-    if keep is None or blob is None:
-        return None
-    return keep.note(prepared.path, blob, digest(prepared.after), prepared.mode)
+    if keep is not None and blob is not None:
+        keep.note(prepared.path, blob, digest(prepared.after), prepared.mode)
 
 
 def apply_script_to_file(
