@@ -85,3 +85,83 @@ def test_a_model_repeating_one_chunk_is_cut_and_the_run_ends_on_its_budgets_not_
     told = server.requests[1]["messages"][-1]["content"]
     assert told.startswith(f"Your reply repeated '=======' {REPEAT_LIMIT} times in a row")
     assert server.dropped >= 1  # the stream was closed when cut, so the server stops writing
+
+
+# -- a process killed at each step of an edit --------------------------------------------------------------------
+
+KILLER = r'''
+import os, signal, sys
+from pathlib import Path
+import tools.edits as edits
+import tools.journal as journal
+import tools.text_files as text_files
+
+target, step, script = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+new = sys.argv[4].encode()
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def after(module, name, when):
+    real = getattr(module, name)
+    def wrapped(*args, **kwargs):
+        result = real(*args, **kwargs)
+        if when(*args, **kwargs):
+            die()
+        return result
+    setattr(module, name, wrapped)
+
+def before(module, name, when):
+    real = getattr(module, name)
+    def wrapped(*args, **kwargs):
+        if when(*args, **kwargs):
+            die()
+        return real(*args, **kwargs)
+    setattr(module, name, wrapped)
+
+ours = lambda *args, **kwargs: args[1] == target.name  # os.replace(tmp, name, ...) of the edited file
+if step == "journaled":
+    after(journal.Journal, "note", lambda *args, **kwargs: True)
+elif step == "temp written":
+    after(text_files, "_write_all", lambda fd, data: bytes(data) == new)
+elif step == "fsynced":
+    before(os, "replace", ours)
+elif step == "renamed":
+    after(os, "replace", ours)
+edits.apply_script_to_file(target, script)
+die()  # "written": every step done, killed before the process could exit on its own
+'''
+STEPS = ("journaled", "temp written", "fsynced", "renamed", "written")
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_a_process_killed_at_any_step_of_an_edit_leaves_the_file_old_or_new_and_undo_right(tmp_path, step):
+    import subprocess
+    import sys
+
+    from tools.journal import Journal, UndoRefused
+
+    folder = tmp_path / "ws"
+    folder.mkdir()
+    target = folder / "notes.txt"
+    old, new = "this is really beautiful\n", "this is very very beautiful\n"
+    target.write_text(old)
+    target.chmod(0o640)
+    state = tmp_path / "state"
+    script = 'retain(8)\ndelete("really")\ninsert("very very")'
+    env = {**os.environ, "RETAIN_STATE_DIR": str(state)}
+    killed = subprocess.run([sys.executable, "-c", KILLER, str(target), step, script, new], env=env, check=False)
+    assert killed.returncode == -9  # it died at the step, not of an error
+    assert target.read_text() in (old, new)  # never torn
+    assert target.stat().st_mode & 0o777 == 0o640
+    landed = target.read_text() == new
+    journal = Journal(state)
+    if landed:
+        journal.undo(target)
+        assert target.read_text() == old  # an edit on disk is always undoable
+    else:
+        with pytest.raises(UndoRefused, match="nothing to undo"):
+            journal.undo(target)
+        assert target.read_text() == old
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]  # no temporary file left beside it
+    assert landed == (step in ("renamed", "written"))

@@ -101,19 +101,27 @@ def _check_writable(path: Path, mode: int) -> None:
 
 def write_prepared(prepared: PreparedEdit, *, journal: bool = True, root: Path | None = None) -> None:
     """Write exactly `prepared.after`, refusing (FileChanged, nothing written) when the file is no longer the
-    one it was computed from; the content it replaces is journaled for undo (unless `journal` is False)."""
+    one it was computed from; the content it replaces is journaled for undo (unless `journal` is False).
+
+    The journal entry is written first, so a process killed anywhere in the write leaves an edit that is either
+    on disk and undoable, or not on disk and passed over by undo (`Journal.undo`); a write that fails is voided."""
     keep = Journal() if journal and prepared.before is not None else None
-    blob = keep.keep(prepared.before) if keep is not None and prepared.before is not None else None
-    atomic_write(
-        prepared.path,
-        prepared.after,
-        prepared.mode,
-        expected=prepared.before,
-        must_not_exist=prepared.before is None,
-        root=root,
-    )
-    if keep is not None and blob is not None:
-        keep.note(prepared.path, blob, digest(prepared.after), prepared.mode)
+    entry = None
+    if keep is not None and prepared.before is not None:
+        entry = keep.note(prepared.path, keep.keep(prepared.before), digest(prepared.after), prepared.mode)
+    try:
+        atomic_write(
+            prepared.path,
+            prepared.after,
+            prepared.mode,
+            expected=prepared.before,
+            must_not_exist=prepared.before is None,
+            root=root,
+        )
+    except BaseException:
+        if keep is not None and entry is not None:
+            keep.void(entry)
+        raise
 
 
 def apply_script_to_file(

@@ -13,7 +13,16 @@ import uuid
 from pathlib import Path
 
 from tools.state import state_dir
-from tools.text_files import FileChanged, FileRefused, atomic_write, describe_os_error, digest, read_bytes, unified_diff
+from tools.text_files import (
+    FileChanged,
+    FileRefused,
+    atomic_write,
+    describe_os_error,
+    digest,
+    read_bytes,
+    remove_stale_temps,
+    unified_diff,
+)
 
 
 class UndoRefused(Exception):
@@ -28,15 +37,24 @@ def _real(path: str | Path) -> str:
         return os.path.abspath(path)
 
 
+def _never_landed(entry: dict, current: bytes | None) -> bool:
+    """Whether the file still holds the content before the edit: its process was killed before the write landed
+    (or the same content was put back by hand): there is nothing of it to undo."""
+    return current is not None and digest(current) == entry["before"] != entry["after"]
+
+
 def _is_record(record) -> bool:
-    return isinstance(record, dict) and ("undo" in record or {"id", "path", "before", "after"} <= set(record))
+    return isinstance(record, dict) and (
+        "undo" in record or "void" in record or {"id", "path", "before", "after"} <= set(record)
+    )
 
 
 class Journal:
     """Append-only log of applied edits; the content before each edit is kept by its hash.
 
-    An edit is noted only once it is written, so a failed write leaves no entry; a line torn by a crash is
-    skipped with a note in `notes` rather than breaking every later undo."""
+    An edit is noted before it is written and voided if the write fails; one whose process was killed before
+    its write landed is passed over by undo, its file still holding the content before it. A line torn by a crash
+    is skipped with a note in `notes` rather than breaking every later undo."""
 
     def __init__(self, root: Path | None = None) -> None:
         self.root = root or state_dir()
@@ -72,6 +90,10 @@ class Journal:
         self._append(entry)
         return entry_id
 
+    def void(self, entry_id: str) -> None:
+        """Mark a noted edit as never written (its write failed)."""
+        self._append({"void": entry_id, "time": time.time()})
+
     def _append(self, record: dict) -> None:
         line = json.dumps(record) + "\n"
         try:
@@ -106,23 +128,27 @@ class Journal:
                 self.notes.append(f"{self.log}:{number}: skipped a damaged journal line (a crash cut it short)")
                 continue
             records.append(record)
-        undone = {r["undo"] for r in records if "undo" in r}
-        return [r for r in records if "id" in r and r["id"] not in undone]
+        ended = {r.get("undo") or r.get("void") for r in records if "undo" in r or "void" in r}
+        return [r for r in records if "id" in r and r["id"] not in ended]
 
     def undo(self, path: str | Path | None = None, *, force: bool = False) -> tuple[Path, str]:
         """Restore the file of the newest edit (of `path`, if given); returns (path, unified diff)."""
         wanted = _real(path) if path is not None else None
         candidates = [e for e in self.entries() if wanted is None or e["path"] == wanted]
-        if not candidates:
+        while candidates:
+            entry = candidates.pop()
+            target = Path(entry["path"])
+            remove_stale_temps(target.parent)  # what a writer killed mid-edit left beside the file
+            try:
+                current, info = read_bytes(target)
+            except FileRefused as exc:
+                if os.path.lexists(target):
+                    raise UndoRefused(f"cannot undo: {exc}") from None
+                current, info = None, None
+            if not _never_landed(entry, current):
+                break
+        else:
             raise UndoRefused(f"nothing to undo{f' for {path}' if path is not None else ''}")
-        entry = candidates[-1]
-        target = Path(entry["path"])
-        try:
-            current, info = read_bytes(target)
-        except FileRefused as exc:
-            if os.path.lexists(target):
-                raise UndoRefused(f"cannot undo: {exc}") from None
-            current, info = None, None
         if (current is None or digest(current) != entry["after"]) and not force:
             what = "was deleted" if current is None else "changed"
             raise UndoRefused(

@@ -15,6 +15,7 @@ import difflib
 import errno
 import hashlib
 import os
+import re
 import stat
 import uuid
 from dataclasses import dataclass
@@ -169,6 +170,7 @@ def atomic_write(
     except (OSError, ValueError) as exc:
         raise FileRefused(describe_os_error(path, exc)) from None
     try:
+        remove_stale_temps(parent)
         current = _current(parent, path, expected, must_not_exist)
         if current is not None and (current.st_nlink > 1 or current.st_uid != os.geteuid()):
             _write_in_place(parent, path, data, expected)
@@ -237,8 +239,12 @@ def _check_unchanged(parent: int, path: Path, expected: bytes) -> None:
         )
 
 
+TEMP_PREFIX = ".retain-"  # a temporary file being written: .retain-PID-RANDOM.tmp, renamed over its target
+_TEMP = re.compile(r"\.retain-(?P<pid>\d+)-[0-9a-f]+\.tmp")
+
+
 def _replace(parent: int, path: Path, data: bytes, mode: int | None) -> None:
-    tmp = f".retain-{uuid.uuid4().hex[:12]}.tmp"
+    tmp = f"{TEMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666, dir_fd=parent)
     try:
         try:
@@ -253,6 +259,34 @@ def _replace(parent: int, path: Path, data: bytes, mode: int | None) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp, dir_fd=parent)
         raise
+
+
+def remove_stale_temps(folder: int | Path) -> None:
+    """Remove the temporary files that writers killed before their rename left in `folder` (a descriptor or a
+    path): those of processes no longer alive. A live writer's file is left alone."""
+    if isinstance(folder, Path):
+        with contextlib.suppress(OSError):
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                remove_stale_temps(fd)
+            finally:
+                os.close(fd)
+        return
+    for name in os.listdir(folder):
+        found = _TEMP.fullmatch(name)
+        if found and not _alive(int(found["pid"])):
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=folder)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
 
 
 def _write_in_place(parent: int, path: Path, data: bytes, expected: bytes | None) -> None:
