@@ -17,12 +17,22 @@ from dataclasses import dataclass, field
 
 PREDICTION_PROVIDERS = ("openai", "hosted_vllm", "mistral")  # take OpenAI's `prediction` field, or ignore it
 GROUNDING_PROVIDER = "hosted_vllm"  # local OpenAI-compatible servers: ours grounds edits, vLLM ignores the field
+RETRY_WINDOW = 60.0  # seconds a turn with no deadline of its own retries a busy or unreachable server for
+FIRST_BACKOFF, MAX_BACKOFF = 0.5, 8.0  # seconds between tries: doubled after each
 REPEAT_LIMIT = 200  # identical chunks in a row after which a reply is cut: the model is repeating itself
 
 
 class ModelUnavailable(Exception):
     """The server cannot be reached, rejects the model or the key, or does not speak the streaming protocol:
     nothing the agent can fix (exit 4)."""
+
+
+class ModelBusy(ModelUnavailable):
+    """A failure before the reply began that a moment may cure: connection refused or reset, 429, 503."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ModelTimeout(Exception):
@@ -129,8 +139,50 @@ class Model:
         timeout: float | None = None,
         on_text: Callable[[str], None] | None = None,
         cancel: threading.Event | None = None,
+        on_retry: Callable[[str], None] | None = None,
     ) -> Reply:
-        """Stream one assistant turn; `prediction` is the text the server may draft from (Predicted Outputs).
+        """Stream one assistant turn, retrying a server that is busy or not there yet (ModelBusy) with backoff
+        within `timeout` (else RETRY_WINDOW), saying each retry to `on_retry`; see `_stream_turn`."""
+        give_up = time.monotonic() + (timeout or RETRY_WINDOW)
+        backoff = FIRST_BACKOFF
+        while True:
+            left = give_up - time.monotonic()
+            try:
+                return self._stream_turn(
+                    messages,
+                    tools=tools,
+                    prediction=prediction,
+                    prediction_path=prediction_path,
+                    max_tokens=max_tokens,
+                    timeout=left if timeout else None,
+                    on_text=on_text,
+                    cancel=cancel,
+                )
+            except ModelBusy as exc:
+                wait = max(backoff, exc.retry_after or 0.0)
+                if time.monotonic() + wait >= give_up:
+                    raise ModelUnavailable(f"{exc} (tried for {timeout or RETRY_WINDOW:.0f} s)") from None
+                if on_retry is not None:
+                    on_retry(f"{exc}; trying again in {wait:.1f} s")
+                if cancel is not None and cancel.wait(wait):
+                    raise ModelCancelled("") from None
+                if cancel is None:
+                    time.sleep(wait)
+                backoff = min(2 * backoff, MAX_BACKOFF)
+
+    def _stream_turn(
+        self,
+        messages: list[dict],
+        *,
+        tools: list[dict] | None,
+        prediction: str | None,
+        prediction_path: str | None,
+        max_tokens: int | None,
+        timeout: float | None,
+        on_text: Callable[[str], None] | None,
+        cancel: threading.Event | None,
+    ) -> Reply:
+        """Stream one assistant turn once; `prediction` is the text the server may draft from (Predicted Outputs).
 
         With `prediction_path` (the file the prediction is), a local server (`hosted_vllm/…`) is also asked to ground
         the reply's ```edit blocks for that file in it: Retain's server then only lets the model quote text the file
@@ -154,6 +206,8 @@ class Model:
         if max_tokens:
             kwargs["max_tokens"] = max_tokens
         tap = None
+        text: list[str] = []
+        calls: dict[int, dict] = {}
         try:
             stream = litellm.completion(
                 model=self.name,
@@ -166,7 +220,7 @@ class Model:
             )
             close = getattr(getattr(stream, "completion_stream", None), "close", None)
             tap = _StreamTap(stream)
-            text, calls, usage, finish_reason, late = [], {}, {}, None, False
+            usage, finish_reason, late = {}, None, False
             repetition, repeated = _Repetition(), None
             for chunk in stream:
                 late = deadline is not None and time.monotonic() >= deadline
@@ -193,7 +247,7 @@ class Model:
         except Exception as exc:
             if tap is not None and tap.unreadable(exc):
                 raise self._misbehaving("its stream could not be read", tap) from exc
-            raise self._classify(exc, litellm) from exc
+            raise self._classify(exc, litellm, began=bool(text or calls)) from exc
         if cancel is not None and cancel.is_set():
             if close is not None:
                 close()
@@ -218,12 +272,17 @@ class Model:
             "OpenAI-compatible streaming endpoint, so check --api-base and the server"
         )
 
-    def _classify(self, exc: Exception, litellm) -> Exception:
+    def _classify(self, exc: Exception, litellm, began: bool) -> Exception:
+        """The error a failed turn is for the caller; `began`: whether any of the reply had arrived."""
         where = f"{self.name} at {self.where()}"
         if isinstance(exc, litellm.Timeout):
             return ModelTimeout(f"{where}: no complete answer in time ({exc})")
+        if began:  # the connection broke or the stream ended unfinished: the server died or was stopped
+            return ModelUnavailable(f"the model server at {self.where()} stopped in the middle of a reply: {exc}")
         if _connection_failure(exc):
-            return ModelUnavailable(f"model server unreachable at {self.where()}: {exc}")
+            return ModelBusy(f"model server unreachable at {self.where()}: {exc}")
+        if isinstance(exc, litellm.RateLimitError | litellm.ServiceUnavailableError) and not began:
+            return ModelBusy(f"{where} is busy: {exc}", _retry_after(exc))
         unavailable = (
             litellm.AuthenticationError,
             litellm.PermissionDeniedError,
@@ -233,6 +292,16 @@ class Model:
         if isinstance(exc, unavailable):
             return ModelUnavailable(f"{where} rejected the request: {exc}")
         return ModelFailed(f"{where}: {exc}")
+
+
+def _retry_after(exc: Exception) -> float | None:
+    """The seconds a 429 or 503 answer's Retry-After header asks for, if it gives a number."""
+    response = getattr(exc, "response", None)
+    value = getattr(response, "headers", {}).get("retry-after") if response is not None else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 def _connection_failure(exc: BaseException) -> bool:

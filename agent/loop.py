@@ -259,6 +259,7 @@ class Agent:
                     timeout=self._time_left(TURN_TIMEOUT),
                     on_text=self.hooks.on_text,
                     cancel=self.hooks.cancel,
+                    on_retry=self.hooks.progress,
                 )
             except ModelCancelled as exc:
                 if exc.text:  # what the user saw stays in the conversation, marked as cut short

@@ -8,6 +8,7 @@ every request body is kept so tests can check what the client sent (messages, pr
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,9 @@ class Turn:
     finish_reason: str | None = None  # default: "tool_calls" with tool calls, else "stop"
     raw: str | None = None  # answer with exactly this body instead (a misbehaving server)
     raw_type: str = "text/event-stream"  # the Content-Type sent with `raw`
+    status: int = 200  # the HTTP status sent with `raw` (429, 503: a busy server)
+    headers: dict[str, str] = field(default_factory=dict)  # sent with `raw`, e.g. Retry-After
+    cut_after: int | None = None  # stream this many deltas, then close the connection: a server that died
 
 
 class ReplayServer:
@@ -83,6 +87,8 @@ def _handler(server: ReplayServer):
             if turn is None:
                 return self._json(400, {"error": {"message": "the replay has no more recorded turns"}})
             time.sleep(turn.delay)
+            if turn.cut_after == 0:
+                return self._cut()
             if turn.raw is not None:
                 return self._raw(turn)
             usage = {
@@ -104,9 +110,16 @@ def _handler(server: ReplayServer):
             self.end_headers()
             self.wfile.write(data)
 
+        def _cut(self) -> None:
+            """Close the connection without another byte, as a killed server does."""
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+
         def _raw(self, turn: Turn) -> None:
             data = turn.raw.encode()
-            self.send_response(200)
+            self.send_response(turn.status)
+            for name, value in turn.headers.items():
+                self.send_header(name, value)
             self.send_header("Content-Type", turn.raw_type)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -117,7 +130,9 @@ def _handler(server: ReplayServer):
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Cache-Control", "no-cache")
             self.end_headers()
-            for delta in _deltas(turn):
+            for number, delta in enumerate(_deltas(turn)):
+                if number == turn.cut_after:
+                    return self._cut()
                 self._event(_chunk(server.model, [{"index": 0, "delta": delta, "finish_reason": None}]))
                 time.sleep(turn.chunk_delay)
             reason = turn.finish_reason or ("tool_calls" if turn.tool_calls else "stop")

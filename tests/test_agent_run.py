@@ -182,7 +182,7 @@ def test_the_server_down_exits_4_with_the_url_and_the_fix(ws, capsys):
 def test_a_connection_failure_during_a_turn_is_classified_as_unavailable():
     model = Model("openai/replay-model", f"http://127.0.0.1:{free_port()}/v1")
     with pytest.raises(ModelUnavailable, match=r"unreachable at http://127\.0\.0\.1"):
-        model.complete([{"role": "user", "content": "hi"}])
+        model.complete([{"role": "user", "content": "hi"}], timeout=1)  # retried within its time, then given up
 
 
 def test_no_model_configured_exits_4_naming_the_servers_found_running(ws, capsys, monkeypatch):

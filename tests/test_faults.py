@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 from replay import ReplayServer, Turn
@@ -165,3 +166,64 @@ def test_a_process_killed_at_any_step_of_an_edit_leaves_the_file_old_or_new_and_
         assert target.read_text() == old
     assert [p.name for p in folder.iterdir()] == ["notes.txt"]  # no temporary file left beside it
     assert landed == (step in ("renamed", "written"))
+
+
+# -- runs that survive their server ---------------------------------------------------------------------------------
+
+
+def agent_run(tmp_path, url, *flags):
+    """`agent run` on a one-file workspace against `url`: (exit code, the JSON report)."""
+    root = tmp_path / "ws"
+    root.mkdir(exist_ok=True)
+    (root / "stats.py").write_text("def mean(items):\n    return sum(items) / len(items)\n")
+    (tmp_path / "task.md").write_text("Make mean() safe for empty lists.\n")
+    report = tmp_path / "report.json"
+    argv = [str(tmp_path / "task.md"), "--workspace", str(root), "--json", str(report), *flags]
+    argv += ["--model", "openai/replay-model", "--api-base", url]
+    return run_command(build_parser().parse_args(argv)), json.loads(report.read_text())
+
+
+DONE = Turn("```done\nNothing to change.\n```")
+
+
+def test_a_busy_server_and_a_dropped_connection_are_retried_and_said(tmp_path, capsys):
+    busy = Turn(raw='{"error": {"message": "queue full"}}', raw_type="application/json", status=429,
+                headers={"Retry-After": "0"})
+    dropped = Turn(cut_after=0)  # the connection closed before any answer: a server restarting
+    with ReplayServer([Turn("```read stats.py```"), busy, dropped, DONE]) as server:
+        code, report = agent_run(tmp_path, server.url)
+    err = capsys.readouterr().err
+    assert code == ExitCode.OK and report["status"] == "done" and len(server.requests) == 4
+    assert "is busy" in err and "unreachable" in err and err.count("trying again in") == 2
+
+
+def test_a_server_dying_mid_reply_ends_with_exit_4_and_a_complete_transcript_and_the_run_resumes(tmp_path, capsys):
+    from agent.transcript import read_events
+
+    with ReplayServer([Turn("```read stats.py```"), Turn("I will now edit the file " * 5, cut_after=4)]) as server:
+        code, report = agent_run(tmp_path, server.url)
+    out = capsys.readouterr().out
+    assert code == ExitCode.UNAVAILABLE and report["status"] == "unavailable"
+    assert "stopped in the middle of a reply" in report["reason"] and server.url in report["reason"]
+    assert f"agent run --resume {report['run_id']}" in out
+    events = read_events(Path(report["transcript"]))
+    assert events[-1]["type"] == "end" and events[-1]["exit_code"] == ExitCode.UNAVAILABLE
+    assert report["steps"] == 1 and report["tool_calls"][0]["status"] == "ok"  # the turn before it is kept
+
+    with ReplayServer([DONE]) as server:
+        argv = ["--resume", report["run_id"], "--json", str(tmp_path / "report.json"), "--api-base", server.url]
+        code = run_command(build_parser().parse_args(argv))
+    resumed = json.loads((tmp_path / "report.json").read_text())
+    assert code == ExitCode.OK and resumed["status"] == "done" and resumed["steps"] == 2
+    assert server.requests[0]["messages"][-1]["content"].startswith("[read stats.py: ok]")
+
+
+def test_a_turn_retries_a_server_that_is_not_there_only_within_its_time():
+    from agent.client import Model, ModelUnavailable
+    from decoding.serving.launch import free_port
+
+    model = Model("openai/replay-model", f"http://127.0.0.1:{free_port()}/v1")
+    said: list[str] = []
+    with pytest.raises(ModelUnavailable, match=r"unreachable at http://127\.0\.0\.1.*tried for 2 s"):
+        model.complete([{"role": "user", "content": "hi"}], timeout=2, on_retry=said.append)
+    assert said and all("trying again in" in line for line in said)
