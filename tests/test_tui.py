@@ -375,3 +375,24 @@ def test_an_unreachable_server_is_reported_in_the_app_with_the_fix(ws):
         assert "openai/replay-model: not connected" in str(app.query_one(StatusBar).render())
 
     drive(make_app(ws, url), scenario)
+
+
+def test_a_server_dying_mid_reply_keeps_the_conversation_and_ctrl_r_tries_again(ws):
+    turns = [Turn("Reading it now, then I will " * 4, cut_after=3), Turn("```done\nNothing to change.\n```")]
+    with ReplayServer(turns) as server:
+
+        async def scenario(pilot):
+            app = pilot.app
+            assert not app.check_action("retry", ())  # nothing failed yet: not offered
+            await send(pilot, "make mean() safe for empty lists")
+            await until(pilot, lambda: not app.running and notes(app)[-1].startswith("✗"), what="the failure")
+            assert "stopped in the middle of a reply" in notes(app)[-1] and "ctrl+r tries again" in notes(app)[-1]
+            assert app.check_action("retry", ())
+            await pilot.press("ctrl+r")
+            await until(pilot, lambda: notes(app)[-1] == "● done: Nothing to change.", what="the retried run")
+            assert "↻ trying again" in notes(app)
+            again = server.requests[1]["messages"]
+            assert again == server.requests[0]["messages"]  # the same conversation, asked again
+            assert not app.check_action("retry", ())
+
+        drive(make_app(ws, server.url), scenario)

@@ -125,6 +125,7 @@ class RetainApp(App):
         Binding("ctrl+z", "undo", "Undo edit", priority=True),
         Binding("ctrl+t", "toggle_auto_approve", "Auto-approve"),
         Binding("ctrl+f", "pick_file", "Insert file", key_display="@"),
+        Binding("ctrl+r", "retry", "Retry"),  # shown only after the model server failed a run
         Binding("ctrl+q", "quit", "Quit", priority=True),
     ]
 
@@ -160,6 +161,7 @@ class RetainApp(App):
         self.running = False
         self.closed = False
         self.pending: str | None = None  # a prompt sent before the model server answered
+        self.can_retry = False  # the last run ended because the model server failed; ctrl+r runs it again
         self.working_since: float | None = None  # when the prompt being worked on was sent
         self.applied: list[Path] = []  # files of this session's applied edits, oldest first, for ctrl+z
         self.for_model: list[str] = []  # what the user did between prompts, told with the next one
@@ -344,7 +346,11 @@ class RetainApp(App):
     def start_run(self, prompt: str) -> None:
         text = "\n".join([*self.for_model, prompt])
         self.for_model.clear()
-        state = self.session.add_prompt(text, self.model.name, shown=prompt)
+        self.launch(self.session.add_prompt(text, self.model.name, shown=prompt))
+
+    def launch(self, state: RunState) -> None:
+        """Run the agent on the conversation as it stands (a new prompt added, or a failed run again)."""
+        self.set_retry(False)
         self.cancel = threading.Event()
         self.running = True
         hooks = Hooks(
@@ -431,7 +437,9 @@ class RetainApp(App):
         await self.end_reply()
         outcome = message.outcome
         icon = OUTCOME_ICONS.get(outcome.status, "·")
-        await self.add(Note(f"{icon} {outcome.status}: {outcome.reason}", classes=f"outcome {outcome.status}"))
+        retry = "\n(the conversation is kept: ctrl+r tries again)" if outcome.status == "unavailable" else ""
+        await self.add(Note(f"{icon} {outcome.status}: {outcome.reason}{retry}", classes=f"outcome {outcome.status}"))
+        self.set_retry(bool(retry))
         self.running = False
         self.working_since = None
         self.refresh_status()
@@ -452,6 +460,22 @@ class RetainApp(App):
         self.cancel.set()
         self.stats.reply_stopped()
         await self.end_reply()
+        self.refresh_status()
+
+    def set_retry(self, possible: bool) -> None:
+        self.can_retry = possible
+        self.refresh_bindings()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Retry is offered (and in the footer) only after a run the model server failed."""
+        return self.can_retry if action == "retry" else True
+
+    async def action_retry(self) -> None:
+        if self.running or not self.can_retry or self.model is None or self.session.state is None:
+            return
+        await self.add(Note("↻ trying again", classes="outcome"))
+        self.working_since = self.clock()
+        self.launch(self.session.state)
         self.refresh_status()
 
     async def action_undo(self) -> None:
@@ -491,7 +515,7 @@ class RetainApp(App):
 
 EPILOG = """\
 keys: enter send · esc stop the model · y / n approve or reject an edit · ctrl+t auto-approve
-      ctrl+z undo the last edit · @ insert a file path · ctrl+q quit
+      ctrl+z undo the last edit · @ insert a file path · ctrl+r retry after a server failure · ctrl+q quit
 
 The workspace is the current directory. Model settings are those of agent run (--model, RETAIN_MODEL,
 agent.toml); with none, the app opens on a setup screen listing the model servers running on this
