@@ -227,3 +227,35 @@ def test_a_turn_retries_a_server_that_is_not_there_only_within_its_time():
     with pytest.raises(ModelUnavailable, match=r"unreachable at http://127\.0\.0\.1.*tried for 2 s"):
         model.complete([{"role": "user", "content": "hi"}], timeout=2, on_retry=said.append)
     assert said and all("trying again in" in line for line in said)
+
+
+# -- reads ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tool", ["read", "read lines", "edit", "overwrite"])
+def test_a_folder_swapped_for_a_symlink_after_the_check_is_not_read_through(tmp_path, monkeypatch, tool):
+    root, outside = tmp_path / "ws", tmp_path / "outside"
+    (root / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (root / "sub" / "a.txt").write_text("inside\n")
+    (outside / "a.txt").write_text("TOP SECRET\n")
+    ws = Workspace(root)
+    checked = Workspace.resolve
+
+    def resolve_then_swap(self, path):
+        real = checked(self, path)
+        (root / "sub" / "a.txt").unlink()
+        (root / "sub").rmdir()
+        (root / "sub").symlink_to(outside)  # between the check and the open
+        return real
+
+    monkeypatch.setattr(Workspace, "resolve", resolve_then_swap)
+    result = {
+        "read": lambda: ws.read("sub/a.txt"),
+        "read lines": lambda: ws.read("sub/a.txt", 1, 1),
+        "edit": lambda: ws.edit("sub/a.txt", 'delete("TOP")', dry_run=True),
+        "overwrite": lambda: ws.create("sub/a.txt", "x\n", overwrite=True, dry_run=True),
+    }[tool]()
+    assert result.status != OK and "replaced by a symlink" in result.output
+    assert "TOP SECRET" not in result.output and "TOP SECRET" not in str(result.data)
+    assert (outside / "a.txt").read_text() == "TOP SECRET\n"

@@ -53,11 +53,13 @@ def prepare_script(
     *,
     allow_broken: bool = False,
     deadline: float | None = None,
+    root: Path | None = None,
 ) -> PreparedEdit:
-    """Parse (if text), place and check `script` on the file as it is now; nothing is written.
+    """Parse (if text), place and check `script` on the file as it is now; nothing is written. With `root` the
+    file is read from it without following symlinks (`open_regular`).
 
     Raises ScriptSyntaxError / EditRefused / SyntaxRefused (all OTError) or FileRefused."""
-    file = read_text_file(path)
+    file = read_text_file(path, root)
     _check_writable(file.path, file.mode)
     ops = parse_script(script) if isinstance(script, str) else list(script)
     if any(isinstance(op, Insert) and "\x00" in op.text for op in ops):
@@ -71,7 +73,7 @@ def prepare_script(
     return PreparedEdit(file.path, file.raw, file.encode(placed.after), file.mode, diff, placed)
 
 
-def prepare_content(path: Path, content: str, *, overwrite: bool) -> PreparedEdit:
+def prepare_content(path: Path, content: str, *, overwrite: bool, root: Path | None = None) -> PreparedEdit:
     """A whole-file write of `content` to `path` (a new file, or a replacement when `overwrite`)."""
     try:
         exists = os.path.lexists(path)
@@ -81,7 +83,7 @@ def prepare_content(path: Path, content: str, *, overwrite: bool) -> PreparedEdi
         return PreparedEdit(path, None, content.encode("utf-8"), None, unified_diff("", content, path.name))
     if not overwrite:
         raise FileRefused(f"{path.name} already exists; change it with an edit script, or overwrite it to replace it")
-    data, info = read_bytes(path)
+    data, info = read_bytes(path, root)
     _check_writable(path, info.st_mode)
     try:
         before = decode_text(path, data)

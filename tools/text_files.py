@@ -75,15 +75,34 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def open_regular(path: str | Path) -> int:
-    """A read descriptor of a regular file; FileRefused for anything else (never blocks on a FIFO)."""
+def open_regular(path: str | Path, root: Path | None = None) -> int:
+    """A read descriptor of a regular file; FileRefused for anything else (never blocks on a FIFO).
+
+    With `root` (a folder `path` is inside, `path` free of symlinks, as a workspace resolves it), every folder
+    on the way and the file are opened from `root` without following a symlink: a path swapped for a link after
+    it was checked is refused rather than read outside `root`."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        if root is None:
+            fd = os.open(path, flags)
+        else:
+            parent = _open_parent(Path(path), root, create=False)
+            try:
+                fd = os.open(Path(path).name, flags | os.O_NOFOLLOW, dir_fd=parent)
+            finally:
+                os.close(parent)
     except FileNotFoundError:
         raise FileRefused(f"{path}: no such file") from None
     except IsADirectoryError:
         raise FileRefused(f"{path}: is a directory, not a file") from None
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        if root is not None and exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise FileRefused(
+                f"{path}: refused, it was replaced by a symlink while being opened; nothing outside the workspace is "
+                "read (read it again if the change was meant)"
+            ) from None
+        raise FileRefused(describe_os_error(path, exc)) from None
+    except ValueError as exc:
         raise FileRefused(describe_os_error(path, exc)) from None
     try:
         _check_regular(path, os.fstat(fd))
@@ -93,9 +112,9 @@ def open_regular(path: str | Path) -> int:
     return fd
 
 
-def read_bytes(path: str | Path) -> tuple[bytes, os.stat_result]:
-    """The bytes of a regular file and its stat; FileRefused for anything else."""
-    fd = open_regular(path)
+def read_bytes(path: str | Path, root: Path | None = None) -> tuple[bytes, os.stat_result]:
+    """The bytes of a regular file and its stat; FileRefused for anything else (`root`: as `open_regular`)."""
+    fd = open_regular(path, root)
     try:
         return _read_fd(fd, path), os.fstat(fd)
     finally:
@@ -131,9 +150,9 @@ def decode_text(path: str | Path, data: bytes) -> str:
         ) from None
 
 
-def read_text_file(path: str | Path) -> TextFile:
+def read_text_file(path: str | Path, root: Path | None = None) -> TextFile:
     path = Path(path)
-    data, info = read_bytes(path)
+    data, info = read_bytes(path, root)
     text = decode_text(path, data)
     bom = text.startswith(BOM)
     text = text.removeprefix(BOM)
@@ -183,8 +202,9 @@ def atomic_write(
         os.close(parent)
 
 
-def _open_parent(path: Path, root: Path | None) -> int:
-    """A descriptor of `path`'s folder; with `root`, walked from it without following any symlink."""
+def _open_parent(path: Path, root: Path | None, create: bool = True) -> int:
+    """A descriptor of `path`'s folder; with `root`, walked from it without following any symlink, making
+    the folders that are missing when `create`."""
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
     if root is None:
         return os.open(path.parent, flags)
@@ -195,6 +215,8 @@ def _open_parent(path: Path, root: Path | None) -> int:
             try:
                 next_fd = os.open(part, flags | os.O_NOFOLLOW, dir_fd=fd)
             except FileNotFoundError:
+                if not create:
+                    raise
                 os.mkdir(part, 0o777, dir_fd=fd)
                 next_fd = os.open(part, flags | os.O_NOFOLLOW, dir_fd=fd)
             os.close(fd)

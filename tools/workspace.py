@@ -137,7 +137,7 @@ class Workspace:
                 whole = self._read_whole(target, name)
                 if whole is not None:
                     return whole
-            shown = _read_lines(target, max(1, start_line or 1), end_line)
+            shown = _read_lines(target, max(1, start_line or 1), end_line, self.root)
         except (PathRefused, FileRefused) as exc:
             return _refusal(exc)
         if shown.first > max(shown.total_lines, 1):
@@ -161,7 +161,7 @@ class Workspace:
             raise FileRefused(describe_os_error(target, exc)) from None
         if size > 4 * MAX_READ_CHARS:  # UTF-8 takes at most 4 bytes per code point
             return None
-        text = read_text_file(target).text
+        text = read_text_file(target, self.root).text
         if len(text) > MAX_READ_CHARS:
             return None
         header = f"{name}: {len(text_lines(text))} lines, {len(text)} code points"
@@ -173,7 +173,7 @@ class Workspace:
         With `dry_run` nothing is written and the result carries the prepared edit for `commit`."""
         try:
             target = self.resolve(path)
-            prepared = prepare_script(target, script, deadline=self.deadline)
+            prepared = prepare_script(target, script, deadline=self.deadline, root=self.root)
         except (PathRefused, FileRefused) as exc:
             return _refusal(exc, {"file": path, "script": script})
         except OTError as exc:
@@ -205,7 +205,7 @@ class Workspace:
             target = self.resolve(path)
             name = self.rel(target)
             _check_content(content)
-            prepared = prepare_content(target, content, overwrite=overwrite)
+            prepared = prepare_content(target, content, overwrite=overwrite, root=self.root)
         except PathRefused as exc:
             return _refusal(exc)
         except FileRefused as exc:
@@ -264,7 +264,7 @@ class Workspace:
         total = 0
         try:
             for path in paths:
-                for number, line in _searchable_lines(path):
+                for number, line in _searchable_lines(path, self.root):
                     if compiled.search(line, timeout=max(0.001, deadline - time.monotonic())):
                         total += 1
                         if len(hits) < MAX_SEARCH_MATCHES:
@@ -363,7 +363,7 @@ class _Lines:
     line_cut: bool = False  # the one line shown is longer than MAX_READ_CHARS and was cut
 
 
-def _read_lines(path: Path, first: int, end_line: int | None) -> _Lines:
+def _read_lines(path: Path, first: int, end_line: int | None, root: Path) -> _Lines:
     """Lines `first`..`end_line` of a text file (at most MAX_READ_CHARS code points, at least part of one
     line), read in chunks: the counts cover the whole file, the memory only what is shown."""
     result = _Lines(first, float("inf") if end_line is None else end_line)
@@ -371,7 +371,7 @@ def _read_lines(path: Path, first: int, end_line: int | None) -> _Lines:
     pieces: list[str] = []
     line, seen, read_bytes, newlines, crlf, shown = 1, 0, 0, 0, 0, 0
     last_char, collecting, done, offset = "", False, False, 0
-    fd = open_regular(path)
+    fd = open_regular(path, root)
     try:
         while True:
             chunk = os.read(fd, READ_CHUNK)
@@ -520,12 +520,13 @@ def _compile_search(regex: str):
         return ToolResult(ERROR, f"invalid regular expression {regex[:80]!r}…: it nests too deeply; simplify it")
 
 
-def _searchable_lines(path: Path):
-    """(line number, line) of a text file small enough to search; nothing for other files."""
+def _searchable_lines(path: Path, root: Path):
+    """(line number, line) of a text file inside `root` small enough to search; nothing for other files."""
     try:
-        if path.stat().st_size > MAX_SEARCH_FILE_BYTES:
+        real = Path(os.path.realpath(path))
+        if not real.is_relative_to(root) or real.stat().st_size > MAX_SEARCH_FILE_BYTES:
             return
-        text = read_text_file(path).text
+        text = read_text_file(real, root).text
     except (OSError, FileRefused):
         return
     yield from enumerate((row.removesuffix("\n") for row in text_lines(text)), 1)
