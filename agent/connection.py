@@ -17,11 +17,16 @@ FIX_UNREACHABLE = (
 )
 
 
-def open_model(settings: Settings, progress: Callable[[str], None]) -> tuple[Model, EmbeddedServer | None]:
-    """The model the settings name, answering, and the embedded server started for it (or None). The caller
-    stops the server; on any failure here it is already stopped."""
+def open_model(
+    settings: Settings, progress: Callable[[str], None], within: float | None = None
+) -> tuple[Model, EmbeddedServer | None]:
+    """The model the settings name, answering, and the embedded server started for it (or None), which must be
+    ready `within` seconds (EmbeddedServerTimeout). The caller stops the server; on any failure here it is
+    already stopped."""
     name, api_base = settings.model, settings.api_base
-    server = EmbeddedServer() if name == "embedded" else None
+    server = None
+    if name == "embedded":
+        server = EmbeddedServer() if within is None else EmbeddedServer(startup_timeout=max(within, 0.1))
     try:
         if server is not None:
             progress("starting the embedded model server …")

@@ -37,7 +37,7 @@ from agent.detect import all_choices, found_lines
 from agent.loop import Agent, Hooks, Outcome, RunState, first_messages, printable
 from agent.transcript import Redactor, Transcript, read_events
 from decoding.engine.tokenizer import count_tokens
-from decoding.serving.launch import EmbeddedServerError
+from decoding.serving.launch import EmbeddedServerError, EmbeddedServerTimeout
 from tools.exit_codes import ExitCode
 from tools.state import runs_dir
 from tools.workspace import Workspace
@@ -234,7 +234,8 @@ def _run(
     budget counts from `started`, so starting the server spends it too."""
     server, name, meter = None, settings.model, StreamProgress()
     try:
-        model, server = open_model(settings, _progress)
+        limit = settings.timeout  # the run's wall-clock budget (None: none), spent from `started`
+        model, server = open_model(settings, _progress, limit - (time.monotonic() - started) if limit else None)
         name = model.name
         hooks = Hooks(
             on_text=meter.text,
@@ -243,6 +244,9 @@ def _run(
             approve_command=_ask_on_terminal if sys.stdin.isatty() else None,
         )
         outcome = Agent(model, workspace, transcript, settings, hooks, count_tokens).run(state, started)
+    except EmbeddedServerTimeout as exc:
+        outcome = Outcome("budget", f"the time budget ran out while the embedded server was starting: {exc}")
+        transcript.write("end", status=outcome.status, exit_code=outcome.exit_code, reason=outcome.reason)
     except (ModelUnavailable, EmbeddedServerError) as exc:
         outcome = Outcome("unavailable", str(exc))
         transcript.write("end", status=outcome.status, exit_code=outcome.exit_code, reason=outcome.reason)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -259,3 +260,20 @@ def test_a_folder_swapped_for_a_symlink_after_the_check_is_not_read_through(tmp_
     assert result.status != OK and "replaced by a symlink" in result.output
     assert "TOP SECRET" not in result.output and "TOP SECRET" not in str(result.data)
     assert (outside / "a.txt").read_text() == "TOP SECRET\n"
+
+
+def test_the_embedded_servers_start_is_inside_the_runs_timeout(tmp_path, capsys, monkeypatch):
+    from decoding.serving import launch
+
+    never_ready = [sys.executable, "-c", "import time; time.sleep(60)"]  # a server that never answers
+    monkeypatch.setattr(launch, "SERVER_COMMAND", never_ready)
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "task.md").write_text("Anything.\n")
+    report = tmp_path / "report.json"
+    argv = [str(tmp_path / "task.md"), "--workspace", str(tmp_path / "ws"), "--json", str(report),
+            "--model", "embedded", "--allow-demo-model", "--timeout", "2"]
+    code = run_command(build_parser().parse_args(argv))
+    result = json.loads(report.read_text())
+    assert code == ExitCode.BUDGET and result["status"] == "budget"
+    assert "time budget ran out while the embedded server was starting" in result["reason"]
+    assert "did not answer" in result["reason"] and "within 2 s" in result["reason"]

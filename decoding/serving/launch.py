@@ -54,6 +54,10 @@ class EmbeddedServerError(Exception):
     """The server did not start or did not become ready; the message carries the end of its log."""
 
 
+class EmbeddedServerTimeout(EmbeddedServerError):
+    """The server was still starting when its time ran out."""
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -95,14 +99,15 @@ class EmbeddedServer:
                 models = [{}]
             self.model_id = models[0].get("id") or "embedded"
             return
+        exited = self._process.poll() is not None  # else it is still starting: stopped below, so ask first
         self.stop()
-        if self._process.returncode is not None:
+        if exited:
             raise EmbeddedServerError(
                 f"the embedded server exited with code {self._process.returncode} before it was ready "
                 f"({' '.join(self.command)}):\n{self.log_tail()}"
             )
-        raise EmbeddedServerError(
-            f"the embedded server did not answer {self.api_base}/models within {self.startup_timeout:g} s:\n"
+        raise EmbeddedServerTimeout(
+            f"the embedded server did not answer {self.api_base}/models within {self.startup_timeout:.0f} s:\n"
             f"{self.log_tail()}"
         )
 
