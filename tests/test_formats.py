@@ -1,19 +1,27 @@
-"""Edit formats: minimal references that apply back exactly, each format's applier, model-like perturbations."""
+"""Edit formats: minimal references that apply back exactly, each format's applier, model-like perturbations, and
+the registry they are all in."""
 
 import pytest
 
 from evals.cases import DEFAULT_CASES, load_cases, load_suite
-from evals.formats import (
-    FORMATS,
-    FormatError,
-    apply_output,
-    minimal_blocks,
-    perturbations,
-    reference_output,
-)
+from tools.formats import Format, FormatError, Pairing, format_names, get_format, register
+from tools.formats.lines import minimal_blocks
 from tools.syntax import language_for
 
 SUITE = load_suite()
+
+
+def reference_output(fmt: str, before: str, after: str) -> str:
+    return get_format(fmt).reference(before, after)
+
+
+def apply_output(fmt: str, before: str, output: str, language: str | None) -> str:
+    return get_format(fmt).apply(before, output, language)
+
+
+def perturbations(fmt: str, output: str, seed: str, trials: int = 3) -> list[tuple[str, str]]:
+    perturb = get_format(fmt).perturb
+    return perturb(output, seed, trials) if perturb else []
 
 
 def _applies(fmt, case, output):
@@ -23,7 +31,7 @@ def _applies(fmt, case, output):
         return False
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", format_names())
 def test_every_reference_applies_back_exactly_on_the_suite(fmt):
     failed = [c["id"] for c in SUITE if not _applies(fmt, c, reference_output(fmt, c["before"], c["after"]))]
     assert failed == []
@@ -78,7 +86,7 @@ def test_changes_whose_context_would_overlap_become_one_block():
 
 def test_a_file_without_a_final_newline_keeps_it_that_way():
     before, after = BEFORE.rstrip("\n"), BEFORE.rstrip("\n").replace("return 3", "return 4")
-    for fmt in FORMATS:
+    for fmt in format_names():
         assert apply_output(fmt, before, reference_output(fmt, before, after), ".py") == after, fmt
 
 
@@ -111,15 +119,15 @@ def test_outputs_that_cannot_apply_raise_format_errors():
         apply_output("search-replace", "a\n", "<<<<<<< SEARCH\na\n>>>>>>> REPLACE\n", None)
     with pytest.raises(FormatError):
         apply_output("ot", "a\n", 'delete("nothing like this")', ".py")
-    with pytest.raises(ValueError, match="unknown format"):
-        reference_output("xml", "a", "b")
+    with pytest.raises(ValueError, match="unknown edit format 'xml'; known: whole, search-replace"):
+        get_format("xml")
 
 
 # ---- perturbations -----------------------------------------------------------------------------------------------
 
 
 def test_whole_files_have_nothing_to_perturb():
-    assert perturbations("whole", "anything\n", seed="x") == []
+    assert get_format("whole").perturb is None
 
 
 def test_trimmed_whitespace_is_recovered_for_uniformly_indented_blocks():
@@ -197,3 +205,22 @@ def test_a_line_script_without_a_needed_retain_does_not_land():
     ((kind, perturbed),) = perturbations("ot-lines", reference_output("ot-lines", BEFORE, after), seed="x")
     assert kind == "no retain before a delete"
     assert not _applies("ot-lines", case, perturbed)
+
+
+# ---- the registry ------------------------------------------------------------------------------------------------
+
+
+def test_the_built_in_formats_are_registered_once_in_the_order_the_evals_report_them():
+    assert format_names() == ("whole", "search-replace", "udiff", "ot", "ot-counts", "ot-lines")
+    assert [get_format(name).fence for name in format_names()] == [
+        "overwrite", "search-replace", "diff", "edit", "edit", "edit"]
+    with pytest.raises(ValueError, match="registered twice"):
+        register(get_format("ot"))
+
+
+def test_an_alternative_needs_its_baseline_pairing_and_only_an_alternative_has_one():
+    whole = get_format("whole")
+    with pytest.raises(ValueError, match="baseline pairing"):
+        Format("x", "x", "", whole.reference, whole.apply, role="alternative")
+    with pytest.raises(ValueError, match="baseline pairing"):
+        Format("x", "x", "", whole.reference, whole.apply, baseline=Pairing("ngram", "someone"))
