@@ -1,10 +1,14 @@
 """Edit formats: minimal references that apply back exactly, each format's applier, model-like perturbations, and
 the registry they are all in."""
 
+import json
+from difflib import SequenceMatcher
+
 import pytest
 
 from evals.cases import DEFAULT_CASES, load_cases, load_suite
-from tools.formats import Format, FormatError, Pairing, format_names, get_format, register
+from tools.edit_file import text_lines
+from tools.formats import Format, FormatError, Pairing, format_names, get_format, register, unregister
 from tools.formats.lines import minimal_blocks
 from tools.syntax import language_for
 
@@ -224,3 +228,89 @@ def test_an_alternative_needs_its_baseline_pairing_and_only_an_alternative_has_o
         Format("x", "x", "", whole.reference, whole.apply, role="alternative")
     with pytest.raises(ValueError, match="baseline pairing"):
         Format("x", "x", "", whole.reference, whole.apply, baseline=Pairing("ngram", "someone"))
+
+
+# ---- a format added through the registry alone -------------------------------------------------------------------
+
+
+def _numbered_lines(before: str, after: str) -> str:
+    """`N: "text"` per changed line: line N of the file becomes the JSON string (several lines, or none)."""
+    old, new = text_lines(before), text_lines(after)
+    replaced: list[tuple[int, str]] = []
+    for tag, i1, i2, j1, j2 in SequenceMatcher(None, old, new, autojunk=False).get_opcodes():
+        text = "".join(new[j1:j2])
+        if tag == "insert":  # folded into the line it goes before, or after the last one
+            replaced.append((i1, text + old[i1]) if i1 < len(old) else (i1 - 1, old[i1 - 1] + text))
+        elif tag != "equal":
+            replaced += [(i1, text), *((i, "") for i in range(i1 + 1, i2))]
+    return "".join(f"{i + 1}: {json.dumps(text)}\n" for i, text in replaced)
+
+
+def _apply_numbered_lines(before: str, output: str, language: str | None) -> str:
+    lines = text_lines(before)
+    for row in text_lines(output):
+        number, _, text = row.partition(": ")
+        if not number.isdigit() or not 1 <= int(number) <= len(lines):
+            raise FormatError(f"no line {number!r} in a file of {len(lines)} lines")
+        lines[int(number) - 1] = json.loads(text)
+    return "".join(lines)
+
+
+def _off_by_one(output: str, seed: str, trials: int) -> list[tuple[str, str]]:
+    """Every line number one too high, as a model counting from 0 writes them."""
+    rows = [row.partition(": ") for row in text_lines(output)]
+    return [("off by one", "".join(f"{int(number) + 1}: {text}" for number, _, text in rows))] if rows else []
+
+
+@pytest.fixture
+def numbered_lines():
+    """A toy format, registered for one test: what adding a format takes, and all it takes."""
+    fmt = register(Format(
+        name="numbered-lines",
+        fence="lines",
+        instruction='Reply with one line per changed line: `N: "text"`, line N of the file becomes the JSON string.',
+        reference=_numbered_lines,
+        apply=_apply_numbered_lines,
+        perturb=_off_by_one,
+    ))
+    yield fmt
+    unregister(fmt.name)
+
+
+def test_a_format_registered_alone_is_measured_by_the_evals(numbered_lines):
+    from evals.run import run
+
+    report = run(SUITE, ("whole", "numbered-lines"), len, ot_trials=1, progress=False)
+    summary = report["summary"]["formats"]["numbered-lines"]
+    whole = report["summary"]["formats"]["whole"]
+    assert summary["applies"] == 1.0 and summary["cases"] == len(SUITE)
+    assert 0 < summary["tokens_median"] < whole["tokens_median"] and summary["saved_median"] > 0
+    assert set(summary["perturbed_by_kind"]) == {"off by one"} and summary["perturbed_trials"] == len(SUITE)
+    assert summary["perturbed_applies"] < 1.0
+
+
+def test_a_format_registered_alone_is_prompted_and_fenced_as_it_says(numbered_lines):
+    from evals.decode import edit_prompt, fenced, written_output
+
+    case = SUITE[0]
+    prompt = edit_prompt(case, "numbered-lines")
+    assert numbered_lines.instruction in prompt and f"```lines {case['path']}," in prompt
+    output = _numbered_lines(case["before"], case["after"])
+    assert written_output(case, "numbered-lines") == fenced(case, "numbered-lines", output)
+    assert fenced(case, "numbered-lines", output) == f"```lines {case['path']}\n{output}```"
+
+
+def test_agent_eval_takes_a_format_registered_alone(numbered_lines, tmp_path):
+    from evals.command import main
+
+    out = tmp_path / "report.json"
+    assert main(["--formats", "whole,numbered-lines", "--drafters", "none", "--limit", "2", "--json", str(out)]) == 0
+    assert list(json.loads(out.read_text())["summary"]["formats"]) == ["whole", "numbered-lines"]
+
+
+def test_an_unregistered_format_is_unknown_again(numbered_lines):
+    assert format_names()[-1] == "numbered-lines"
+    unregister("numbered-lines")
+    assert "numbered-lines" not in format_names()
+    with pytest.raises(ValueError, match="unknown edit format 'numbered-lines'"):
+        get_format("numbered-lines")
