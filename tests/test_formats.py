@@ -7,10 +7,10 @@ from difflib import SequenceMatcher
 import pytest
 
 from evals.cases import DEFAULT_CASES, load_cases, load_suite
-from tools.edit_file import text_lines
 from tools.formats import Format, FormatError, Pairing, format_names, get_format, register, unregister
 from tools.formats.lines import minimal_blocks
 from tools.syntax import language_for
+from tools.text_files import text_lines
 
 SUITE = load_suite()
 
