@@ -33,6 +33,7 @@ class Pairing:
 class Format:
     """Everything that is particular to one edit format.
 
+    - `name`: what `agent eval --formats`, the reports and the registry call it;
     - `fence`: the word after ``` that opens a block of it (```edit PATH, ```search-replace PATH, ```diff PATH);
     - `instruction`: how a prompt asks for it, in a sentence or two;
     - `reference(before, after)`: its minimal correct output for that edit;
