@@ -5,9 +5,9 @@ Both formats name a change by its old lines with just enough context around them
 (`minimal_blocks`). The applier (`apply_blocks`) looks for the old lines line by line, exactly, then with a uniform
 indentation offset and trailing whitespace ignored (Aider's steps), and replaces the first match; udiff hunks go
 through the same search (Aider adds fuzzy fallbacks for udiff, sub-hunks and diff-match-patch, which are not
-reproduced here). `block_perturbations` gives the mistakes models make in either: `trimmed-whitespace` (blocks
-written at column 0, trailing spaces dropped) and `missing-context` (each block's first context line left out,
-else its last).
+reproduced here). The mistakes models make in either: `trimmed-whitespace` (blocks written at column 0, trailing
+spaces dropped) and `missing-context` (each block's first context line left out, else its last). `block_format`
+makes a format of all this from how it writes and reads blocks.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 
-from tools.formats.base import FormatError, Perturbations
+from tools.formats.base import Format, FormatError, Pairing, Perturbations
 from tools.text_files import text_lines
 
 SEARCH, DIVIDER, REPLACE = "<<<<<<< SEARCH", "=======", ">>>>>>> REPLACE"
@@ -106,6 +106,32 @@ def _block(old_lines, new_lines, start: int, end: int, members) -> Block:
         position = i2
     lines += [(" ", line) for line in old_lines[position:end]]
     return Block(lines)
+
+
+# ---- formats of blocks ----------------------------------------------------------------------------------------
+
+
+def block_format(
+    name: str,
+    fence: str,
+    instruction: str,
+    parse: Callable[[str], list[Block]],
+    render: Callable[[list[Block]], str],
+    baseline: Pairing,
+) -> Format:
+    """A format that writes line blocks with `render` and reads them with `parse`: its reference is the minimal
+    blocks, its applier `apply_blocks`, its mistakes `block_perturbations`; an alternative that `--quick` decodes."""
+    return Format(
+        name=name,
+        fence=fence,
+        instruction=instruction,
+        reference=lambda before, after: render(minimal_blocks(before, after)),
+        apply=lambda before, output, language: apply_blocks(before, parse(output)),
+        perturb=lambda output, seed, trials: block_perturbations(output, parse, render),
+        role="alternative",
+        baseline=baseline,
+        quick=True,
+    )
 
 
 # ---- rendering and parsing -----------------------------------------------------------------------------------
@@ -235,7 +261,8 @@ def _find_loose(doc: list[str], body: list[str]) -> tuple[int | None, str]:
 def block_perturbations(
     output: str, parse: Callable[[str], list[Block]], render: Callable[[list[Block]], str]
 ) -> Perturbations:
-    """`trimmed-whitespace` and `missing-context` versions of `output`, each where it differs from `output`."""
+    """`trimmed-whitespace` and `missing-context` versions of `output`, each where it differs from `output` (at most
+    one each: neither depends on a seed)."""
     blocks = parse(output)
     found = []
     for kind, change in (("trimmed-whitespace", _trim_whitespace), ("missing-context", _drop_context_line)):

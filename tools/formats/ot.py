@@ -16,9 +16,11 @@ quoted retain left out (`trials` different ones), as a model that does not know 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from difflib import SequenceMatcher
+from functools import partial
 
-from tools.formats.base import Format, FormatError, Perturbations, register
+from tools.formats.base import Format, FormatError, Perturbations, Role, register
 from tools.ot import (
     Delete,
     Insert,
@@ -167,34 +169,37 @@ def _what(following: list[Op]) -> str:
     return "count-only delete"
 
 
-register(Format(
-    name="ot",
-    fence="edit",
-    instruction=EDIT_SCRIPT + " Quote the text you delete, and a little text right before each change.",
-    reference=lambda before, after: format_script(ot_diff(before, after, quoted=True)),
-    apply=apply_script,
-    perturb=miscounted_scripts,
-    role="subject",
-    quick=True,
-))
-register(Format(
-    name="ot-counts",
-    fence="edit",
-    instruction=EDIT_SCRIPT + " Use counts only.",
-    reference=lambda before, after: format_script(ot_diff(before, after, quoted=False)),
-    apply=apply_script,
-    perturb=miscounted_scripts,
-))
-register(Format(
-    name="ot-lines",
-    fence="edit",
-    instruction=EDIT_SCRIPT + (
-        " Work in whole lines and without counts: delete(\"…\") the old lines, then insert(\"…\") the new ones; "
-        "where the deleted lines are not unique, first quote the end of the line before them with retain(\"…\"); "
-        "to add lines without deleting any, insert them, then quote the start of the line after them."
-    ),
-    reference=lambda before, after: format_script(line_script(before, after)),
-    apply=apply_script,
-    perturb=scripts_without_a_retain,
+def _script_format(
+    name: str,
+    instruction: str,
+    script: Callable[[str, str], list[Op]],
+    perturb: Callable[[str, str, int], Perturbations],
+    role: Role | None = None,
+    quick: bool = False,
+) -> Format:
+    """A format whose output is an edit script (`script(before, after)`), one op per line in an ```edit block,
+    asked for with the edit language's description and `instruction`, applied by the tolerant applier."""
+    return Format(
+        name=name,
+        fence="edit",
+        instruction=EDIT_SCRIPT + instruction,
+        reference=lambda before, after: format_script(script(before, after)),
+        apply=apply_script,
+        perturb=perturb,
+        role=role,
+        quick=quick,
+    )
+
+
+register(_script_format("ot", " Quote the text you delete, and a little text right before each change.",
+                        partial(ot_diff, quoted=True), miscounted_scripts, role="subject", quick=True))
+register(_script_format("ot-counts", " Use counts only.", partial(ot_diff, quoted=False), miscounted_scripts))
+register(_script_format(
+    "ot-lines",
+    " Work in whole lines and without counts: delete(\"…\") the old lines, then insert(\"…\") the new ones; "
+    "where the deleted lines are not unique, first quote the end of the line before them with retain(\"…\"); "
+    "to add lines without deleting any, insert them, then quote the start of the line after them.",
+    line_script,
+    scripts_without_a_retain,
     role="subject",
 ))
