@@ -29,11 +29,10 @@ from evals.progress import Progress
 from evals.report import write_report
 from tools.command_line import parse_arguments
 from tools.edits import apply_script_to_file
+from tools.formats.ot import MISCOUNTS
 from tools.ot import Op, OTError, Retain, format_script, is_line_insert, is_quoted, ot_diff
 from tools.patch import apply_edit, without_blank_lines
 from tools.syntax import language_for
-
-PERTURBATIONS = (-3, -2, -1, 1, 2, 3)
 
 
 @dataclass
@@ -59,7 +58,7 @@ def _perturbed(ops: list[Op], kind) -> Iterator[tuple[int, int, list[Op]]]:
     """(op index, delta, script) for each count-only retain followed by an op matching `kind`."""
     for i in range(len(ops) - 1):
         if isinstance(ops[i], Retain) and ops[i].text is None and kind(ops[i + 1]):
-            for delta in PERTURBATIONS:
+            for delta in MISCOUNTS:
                 if ops[i].n + delta >= 0:
                     yield i, delta, [*ops[:i], Retain(ops[i].n + delta), *ops[i + 1:]]
 

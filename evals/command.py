@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from evals.cases import load_cases, load_suite, mine_git
-from evals.formats import FORMATS
 from evals.progress import Progress
 from evals.report import plot, render, write_report
 from evals.run import (
@@ -33,6 +32,7 @@ from evals.run import (
     stratify,
 )
 from tools.command_line import parse_arguments
+from tools.formats import format_names, get_format
 
 QUICK_WORKLOADS = 1  # free-running workloads with --quick (copy-heavy, the shortest prompts)
 
@@ -40,9 +40,6 @@ QUICK_WORKLOADS = 1  # free-running workloads with --quick (copy-heavy, the shor
 QUICK_LANGUAGES = 2  # cases decoded with --quick: the first case of each of the first languages
 # drafters timed with --quick: the MTP head pays only in bfloat16, and costs float32 decoding time on a CPU
 QUICK_DRAFTERS = ("off", "ngram", "cursor", "hybrid")
-
-
-QUICK_DECODE_FORMATS = ("search-replace", "udiff", "ot", "whole")  # whole only on the shortest file decoded
 
 
 LIVE_MAX_TOKENS = 4096  # per live reply
@@ -83,6 +80,11 @@ def _names(value: str, known: tuple[str, ...], what: str) -> tuple[str, ...]:
     return names
 
 
+def _quick_decode_formats() -> tuple[str, ...]:
+    """The formats `--quick` decodes (`tools.formats.Format.quick`; whole only on the shortest file decoded)."""
+    return tuple(name for name in format_names() if get_format(name).quick)
+
+
 def _drafters(value: str) -> tuple[str, ...]:
     """The drafters named in --drafters: "none", "all" or a comma-separated list (checked against the engine's)."""
     from evals.decode import available_drafters
@@ -97,16 +99,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--cases", type=Path, metavar="FILE", help="JSONL cases (default: the built-in suite)")
     source.add_argument("--from-git", type=Path, metavar="REPO",
                         help="mine cases from the history of this local git repository")
-    parser.add_argument("--formats", type=lambda v: _names(v, FORMATS, "format"), default=FORMATS,
-                        help=f"comma-separated formats (default: {','.join(FORMATS)})")
+    parser.add_argument("--formats", type=lambda v: _names(v, format_names(), "format"), default=format_names(),
+                        help=f"comma-separated formats (default: {','.join(format_names())})")
     parser.add_argument("--drafters", default=None,
                         help="comma-separated drafters timed on the embedded model (off, ngram, … as the engine "
                              "has them), 'all', or 'none' for formats only (default: all; none with --model; "
                              f"{','.join(QUICK_DRAFTERS)} with --quick)")
-    parser.add_argument("--decode-formats", type=lambda v: _names(v, FORMATS, "format"), default=None,
+    parser.add_argument("--decode-formats", type=lambda v: _names(v, format_names(), "format"), default=None,
                         help="formats whose reference output is decoded, reference-forced (default: every format "
                              "but whole, which costs one forward per token of the file; with --quick "
-                             f"{','.join(QUICK_DECODE_FORMATS)}, whole on the shortest file only)")
+                             f"{','.join(_quick_decode_formats())}, whole on the shortest file only)")
     parser.add_argument("--stratify", type=int, metavar="N",
                         help="decode only N of the cases, spread over languages (in proportion) and file sizes, the "
                              "same N every time; tokens and applies are still measured on every case")
@@ -220,8 +222,8 @@ def run_command(args: argparse.Namespace) -> int:
               f"({', '.join(MODEL_FREE_DRAFTERS)}), not {', '.join(sorted(set(drafters) - set(MODEL_FREE_DRAFTERS)))}",
               file=sys.stderr)
         return 2
-    decode_formats = args.decode_formats or (QUICK_DECODE_FORMATS if args.quick else
-                                             tuple(f for f in FORMATS if f != "whole"))
+    decode_formats = args.decode_formats or (_quick_decode_formats() if args.quick else
+                                             tuple(f for f in format_names() if f != "whole"))
     done = None
     if args.resume and drafters:  # an unreadable report is refused before any work
         try:
@@ -250,7 +252,7 @@ def run_command(args: argparse.Namespace) -> int:
     from decoding.engine.tokenizer import gemma_token_counter
 
     # every decoded format is measured too: its cost per applied edit needs its apply rate
-    formats = tuple(f for f in FORMATS if f in args.formats or (drafters and f in decode_formats))
+    formats = tuple(f for f in format_names() if f in args.formats or (drafters and f in decode_formats))
     report = run(cases, formats, gemma_token_counter(), OT_TRIALS_QUICK if args.quick else OT_TRIALS)
     if drafters:
         from decoding.engine.loading import load_model

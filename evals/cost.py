@@ -22,18 +22,16 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
-SUBJECT = "ot"
-OTHER_SUBJECTS = ("ot-lines",)  # other OT forms, each compared with the alternatives as OT is
-BASELINES = {"whole": "cursor", "search-replace": "ngram", "udiff": "ngram"}
-BASELINE_NAMES = {
-    "whole": "Cursor-style speculative rewrite",
-    "search-replace": "an agent on vLLM's prompt lookup",
-    "udiff": "an agent on vLLM's prompt lookup",
-}
-ALTERNATIVES = ("whole", "search-replace", "udiff")  # ot-counts and ot-lines are OT too, not alternatives to it
+from tools.formats import Format, formats, get_format
+
 BASES = ("perturbed", "grounded", "clean")
 WINS = {"perturbed": "wins", "grounded": "wins_grounded"}  # the bases on which the edits OT wins are counted
 BEST, CHEAPEST = "its best drafter", "per edit, the alternative that costs least there (each with its best drafter)"
+
+
+def _with_role(role: str) -> list[Format]:
+    """The formats the cost compares in `role`: `subject` or `alternative` (`tools.formats.Format.role`)."""
+    return [fmt for fmt in formats() if fmt.role == role]
 
 
 def _runs(case: dict, drafter: str) -> dict[str, dict]:
@@ -133,7 +131,8 @@ def summarize_cost(cases: list[dict], formats_summary: dict, drafters: Sequence[
     formats decoded and measured; no ratios for an OT form that was not decoded."""
     rows = {}
     for fmt in formats_summary:
-        baseline = BASELINES.get(fmt)  # on a tie the baseline's drafter is the best, so the pair is compared once
+        pairing = get_format(fmt).baseline  # on a tie its drafter is the best, so the pair is compared once
+        baseline = pairing.drafter if pairing else None
         drafter = best_drafter(cases, fmt, sorted(drafters, key=lambda drafter: drafter != baseline))
         if drafter is not None:
             rows[fmt] = format_row(cases, fmt, drafter, apply_rates(formats_summary, fmt))
@@ -149,23 +148,25 @@ def summarize_cost(cases: list[dict], formats_summary: dict, drafters: Sequence[
         for fmt, drafter, why in comparisons(rows, drafters):
             if (figures := ratio(subject, costs(fmt, drafter))) is not None:
                 found.append({"format": fmt, "drafter": drafter, "why": why} | figures)
-        best = [costs(fmt, rows[fmt]["drafter"]) for fmt in ALTERNATIVES if fmt in rows]
+        best = [costs(fmt.name, rows[fmt.name]["drafter"]) for fmt in _with_role("alternative") if fmt.name in rows]
         if len(best) > 1 and (figures := ratio(subject, cheapest(best))) is not None:
             found.append({"format": "cheapest alternative", "drafter": None, "why": CHEAPEST} | figures)
         return found
 
-    others = {fmt: found for fmt in OTHER_SUBJECTS if (found := ratios(fmt))}
-    return {"subject": SUBJECT, "formats": rows, "ratios": ratios(SUBJECT), "other_subjects": others}
+    subject, *other_subjects = (fmt.name for fmt in _with_role("subject"))
+    others = {fmt: found for fmt in other_subjects if (found := ratios(fmt))}
+    return {"subject": subject, "formats": rows, "ratios": ratios(subject), "other_subjects": others}
 
 
 def comparisons(rows: dict[str, dict], drafters: Sequence[str]) -> list[tuple[str, str, str]]:
     """(format, drafter, why) to compare OT with: per alternative format, its baseline pair where that drafter was
     run, and the format with its best drafter where that is another one."""
     pairs = []
-    for fmt in (fmt for fmt in ALTERNATIVES if fmt in rows):
-        baseline, best = BASELINES[fmt], rows[fmt]["drafter"]
-        if baseline in drafters:
-            pairs.append((fmt, baseline, BASELINE_NAMES[fmt] + ("; also its best drafter" if best == baseline else "")))
-        if best != baseline:
-            pairs.append((fmt, best, BEST))
+    for fmt in (fmt for fmt in _with_role("alternative") if fmt.name in rows):
+        pairing, best = fmt.baseline, rows[fmt.name]["drafter"]  # every alternative has a baseline pairing
+        if pairing.drafter in drafters:
+            why = pairing.who + ("; also its best drafter" if best == pairing.drafter else "")
+            pairs.append((fmt.name, pairing.drafter, why))
+        if best != pairing.drafter:
+            pairs.append((fmt.name, best, BEST))
     return pairs

@@ -31,42 +31,10 @@ from decoding.engine.generation import Generation, GenerationRequest
 from decoding.engine.target import Target, make_target
 from decoding.lab.workloads import Workload, standard_workloads
 from decoding.serving.chat import END_OF_TURN, gemma_chat_prompt, stop_token_ids
-from evals.formats import reference_output
+from tools.formats import get_format
 from tools.text_files import text_lines
 
 ALIASES = ("auto",)  # speculation methods that only name another one
-EDIT_SCRIPT = (
-    "Reply with an edit script: a cursor walks the file from its start, one operation per line. retain(N) or "
-    'retain("text") keeps text, delete("text") or delete(N) removes it, insert("text") adds text at the cursor. '
-    "Strings are JSON strings; counts are Unicode code points. Whatever the script does not reach is kept."
-)
-FORMAT_INSTRUCTIONS = {
-    "whole": "Reply with the whole file after the change, and nothing else.",
-    "search-replace": (
-        "Reply with SEARCH/REPLACE blocks: a line `<<<<<<< SEARCH`, the exact lines to change with just enough "
-        "context to be unique, a line `=======`, the new lines, a line `>>>>>>> REPLACE`."
-    ),
-    "udiff": (
-        "Reply with a unified diff without line numbers: each hunk starts with `@@ ... @@`, then context lines "
-        "start with a space, removed lines with `-`, added lines with `+`."
-    ),
-    "ot": EDIT_SCRIPT + " Quote the text you delete, and a little text right before each change.",
-    "ot-counts": EDIT_SCRIPT + " Use counts only.",
-    "ot-lines": EDIT_SCRIPT + (
-        " Work in whole lines and without counts: delete(\"…\") the old lines, then insert(\"…\") the new ones; "
-        "where the deleted lines are not unique, first quote the end of the line before them with retain(\"…\"); "
-        "to add lines without deleting any, insert them, then quote the start of the line after them."
-    ),
-}
-# The fenced block each format is written in, as in the agent's text protocol (`edit` and `overwrite` are its tools).
-FENCE_TOOLS = {
-    "whole": "overwrite",
-    "search-replace": "search-replace",
-    "udiff": "diff",
-    "ot": "edit",
-    "ot-counts": "edit",
-    "ot-lines": "edit",
-}
 
 
 def available_drafters() -> tuple[str, ...]:
@@ -79,24 +47,24 @@ def edit_prompt(case: dict, fmt: str) -> str:
 
     The format's instruction comes last, so the prompts of one case share the file as a common prefix.
     """
-    before, path = case["before"], _path(case)
+    before, path, edit_format = case["before"], _path(case), get_format(fmt)
     user = (
         f"{path}: {len(text_lines(before))} lines, {len(before)} code points\n{before}\n\n"
-        f"Task: {case.get('instruction') or 'make the change'}\n\n{FORMAT_INSTRUCTIONS[fmt]} Write it in one "
-        f"block: a line ```{FENCE_TOOLS[fmt]} {path}, then your answer, then a line ```."
+        f"Task: {case.get('instruction') or 'make the change'}\n\n{edit_format.instruction} Write it in one "
+        f"block: a line ```{edit_format.fence} {path}, then your answer, then a line ```."
     )
     return gemma_chat_prompt([{"role": "user", "content": user}])
 
 
 def written_output(case: dict, fmt: str) -> str:
     """What a model answering `edit_prompt` writes: the format's minimal correct output in its fenced block."""
-    return fenced(case, fmt, reference_output(fmt, case["before"], case["after"]))
+    return fenced(case, fmt, get_format(fmt).reference(case["before"], case["after"]))
 
 
 def fenced(case: dict, fmt: str, output: str) -> str:
     """`output` of format `fmt` in the fenced block the agent's protocol writes it in, closed on its own line."""
     newline = "\n" if output and not output.endswith("\n") else ""
-    return f"```{FENCE_TOOLS[fmt]} {_path(case)}\n{output}{newline}```"
+    return f"```{get_format(fmt).fence} {_path(case)}\n{output}{newline}```"
 
 
 def _path(case: dict) -> str:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from evals.cases import load_suite
-from evals.formats import shared_ends
+from tools.formats.lines import shared_ends
 from tools.ot import Delete, Insert, OTError
 from tools.ot_script import parse_script
 from tools.patch import apply_edit

@@ -18,7 +18,7 @@ from pathlib import Path
 from agent.client import Model, ModelFailed, ModelTimeout, ModelUnavailable
 from agent.loop import first_messages
 from agent.protocol import parse_actions
-from evals.formats import FormatError, apply_output
+from tools.formats import FormatError, get_format
 from tools.syntax import language_for, syntax_problems
 from tools.workspace import Workspace
 
@@ -57,7 +57,7 @@ def run_case(case: dict, model: Model, max_tokens: int, timeout: float) -> dict:
             continue
         if action.tool == "edit":
             try:
-                text = apply_output("ot", text, str(action.args.get("script", "")), language)
+                text = get_format("ot").apply(text, str(action.args.get("script", "")), language)
                 applied = True
             except FormatError as exc:
                 error = f"edit refused: {exc}"

@@ -1,7 +1,7 @@
 """Editing evals, the measurements: output tokens per edit format, whether each format's output applies, and
 decoding speed.
 
-For every case (a file before and after one edit) and every format (`evals.formats`), the eval takes the
+For every case (a file before and after one edit) and every format (`tools.formats`), the eval takes the
 minimal correct output, counts its tokens with the embedded Gemma tokenizer, applies it with that format's
 own applier and checks the result is exactly `after`; then it applies model-like perturbations of it
 (miscounted OT retains, trimmed whitespace, missing context lines) and checks again, and notes which of them
@@ -21,8 +21,8 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from evals.formats import PERTURBABLE, FormatError, apply_output, perturbations, reference_output
 from evals.progress import Progress
+from tools.formats import FormatError, get_format
 from tools.syntax import language_for
 
 OT_TRIALS, OT_TRIALS_QUICK = 3, 1  # miscounted-retain perturbations per OT script
@@ -37,17 +37,18 @@ def measure_case(case: dict, formats: tuple[str, ...], count_tokens: Callable[[s
     language = language_for(case.get("path") or case.get("language", ""))
     figures: dict[str, dict] = {}
     for fmt in formats:
-        output = reference_output(fmt, before, after)
+        edit_format = get_format(fmt)
+        output = edit_format.reference(before, after)
         entry: dict = {
             "tokens": count_tokens(output),
             "chars": len(output),
             "applies": _outcome(fmt, before, after, output, language) == "exact",
         }
-        if fmt in PERTURBABLE:
+        if edit_format.perturb is not None:
             entry["perturbed"] = [
                 {"kind": kind, "outcome": (outcome := _outcome(fmt, before, after, text, language)),
                  "applies": outcome == "exact", "grounded": grounding_allows(case, fmt, text)}
-                for kind, text in perturbations(fmt, output, seed=case["id"], trials=ot_trials)
+                for kind, text in edit_format.perturb(output, case["id"], ot_trials)
             ]
         figures[fmt] = entry
     return {"id": case["id"], "language": case.get("language"), "formats": figures, "decode": {}}
@@ -57,7 +58,7 @@ def _outcome(fmt: str, before: str, after: str, output: str, language: str | Non
     """How an output lands: "exact" (it gives `after`), "refused" (the applier said no, so the file stays as
     it was) or "wrong" (it applied, but not as intended: the silent failure that costs a user most)."""
     try:
-        return "exact" if apply_output(fmt, before, output, language) == after else "wrong"
+        return "exact" if get_format(fmt).apply(before, output, language) == after else "wrong"
     except FormatError:
         return "refused"
 
@@ -106,7 +107,7 @@ def summarize(results: list[dict], formats: tuple[str, ...]) -> dict:
                 "saved_p90": percentile(saved, 90),
                 "saved_share_median": statistics.median(saved_share) if saved_share else None,
             }
-        if fmt in PERTURBABLE:
+        if get_format(fmt).perturb is not None:
             trials = [p for r in results for p in r["formats"][fmt]["perturbed"]]
             by_kind: dict[str, Counter] = {}
             grounded: Counter = Counter()

@@ -12,7 +12,7 @@ from decoding.engine.generation import generate
 from evals.cases import load_suite
 from evals.command import QUICK_DRAFTERS, QUICK_LANGUAGES, main
 from evals.decode import Decoder, PromptCache, available_drafters, decode_case, edit_prompt
-from evals.formats import reference_output
+from tools.formats import get_format
 
 VOCAB = 64
 
@@ -149,7 +149,7 @@ def test_cli_refuses_unknown_drafters(capsys):
 
 def test_live_eval_applies_the_reply_and_reports_speculation(tmp_path, capsys):
     cases = load_suite(limit=2)
-    good = reference_output("ot", cases[0]["before"], cases[0]["after"])
+    good = get_format("ot").reference(cases[0]["before"], cases[0]["after"])
     speculation = {"method": "ngram", "drafted": 40, "accepted": 30, "target_forwards": 12}
     turns = [Turn(f"```edit {cases[0]['path']}\n{good}\n```", completion_tokens=25,
                   usage_extra={"speculation": speculation}),

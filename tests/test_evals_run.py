@@ -9,8 +9,10 @@ from decoding.engine.loading import cache_root
 from decoding.engine.tokenizer import gemma_token_counter, tokenizer_dir
 from evals.cases import DEFAULT_CASES, load_cases, load_suite
 from evals.command import main
-from evals.formats import FORMATS
 from evals.run import percentile, run
+from tools.formats import format_names, get_format
+
+FORMATS = format_names()  # the built-in ones
 
 
 @pytest.fixture(scope="session")
@@ -142,14 +144,13 @@ TWO_RETURNS = {
 
 
 def test_grounding_allows_the_minimal_outputs_and_refuses_mistakes_a_grounded_model_cannot_make():
-    from evals.formats import perturbations, reference_output
     from evals.run import grounding_allows
 
     before, after = TWO_RETURNS["before"], TWO_RETURNS["after"]
     for fmt in ("search-replace", "udiff", "ot", "ot-counts", "ot-lines", "whole"):
-        assert grounding_allows(TWO_RETURNS, fmt, reference_output(fmt, before, after)), fmt
+        assert grounding_allows(TWO_RETURNS, fmt, get_format(fmt).reference(before, after)), fmt
     for fmt in ("search-replace", "udiff"):
-        mistakes = dict(perturbations(fmt, reference_output(fmt, before, after), seed="g"))
+        mistakes = dict(get_format(fmt).perturb(get_format(fmt).reference(before, after), "g", 3))
         assert not grounding_allows(TWO_RETURNS, fmt, mistakes["trimmed-whitespace"])  # "return 1" is no line
         assert not grounding_allows(TWO_RETURNS, fmt, mistakes["missing-context"])  # "        return 1" is twice
     assert not grounding_allows(TWO_RETURNS, "udiff", "@@ ... @@\n-        return 1\n+        return 2\n")  # so

@@ -8,9 +8,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from decoding.engine.grounding import (
-    DIVIDER,
-    REPLACE,
-    SEARCH,
     EditGrounding,
     GroundingStats,
     ReplyFollower,
@@ -156,12 +153,6 @@ def sr(text: str, source: str | None = LINES) -> bool:
 
 def udiff(text: str, source: str | None = LINES) -> bool:
     return block_reads("diff", text, source)
-
-
-def test_the_line_blocks_markers_are_the_ones_the_evals_write():
-    from evals import formats
-
-    assert (SEARCH, DIVIDER, REPLACE) == (formats.SEARCH, formats.DIVIDER, formats.REPLACE)
 
 
 def test_search_lines_are_whole_lines_of_the_file_in_order():
@@ -355,7 +346,7 @@ def line_grounding_after(vocab, tokenizer, written: str, source: str = LINES) ->
 @pytest.mark.parametrize("fmt", ["search-replace", "udiff"])
 def test_the_evals_reference_outputs_are_allowed_token_by_token(tokenizer, vocab, real_edits, fmt):
     from evals.decode import written_output
-    from evals.formats import minimal_blocks
+    from tools.formats.lines import minimal_blocks
 
     for case in real_edits:
         assert len(minimal_blocks(case["before"], case["after"])) >= 3

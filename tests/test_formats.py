@@ -1,19 +1,31 @@
-"""Edit formats: minimal references that apply back exactly, each format's applier, model-like perturbations."""
+"""Edit formats: minimal references that apply back exactly, each format's applier, model-like perturbations, and
+the registry they are all in."""
+
+import json
+from difflib import SequenceMatcher
 
 import pytest
 
 from evals.cases import DEFAULT_CASES, load_cases, load_suite
-from evals.formats import (
-    FORMATS,
-    FormatError,
-    apply_output,
-    minimal_blocks,
-    perturbations,
-    reference_output,
-)
+from tools.formats import Format, FormatError, Pairing, format_names, get_format, register, unregister
+from tools.formats.lines import minimal_blocks
 from tools.syntax import language_for
+from tools.text_files import text_lines
 
 SUITE = load_suite()
+
+
+def reference_output(fmt: str, before: str, after: str) -> str:
+    return get_format(fmt).reference(before, after)
+
+
+def apply_output(fmt: str, before: str, output: str, language: str | None) -> str:
+    return get_format(fmt).apply(before, output, language)
+
+
+def perturbations(fmt: str, output: str, seed: str, trials: int = 3) -> list[tuple[str, str]]:
+    perturb = get_format(fmt).perturb
+    return perturb(output, seed, trials) if perturb else []
 
 
 def _applies(fmt, case, output):
@@ -23,7 +35,7 @@ def _applies(fmt, case, output):
         return False
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", format_names())
 def test_every_reference_applies_back_exactly_on_the_suite(fmt):
     failed = [c["id"] for c in SUITE if not _applies(fmt, c, reference_output(fmt, c["before"], c["after"]))]
     assert failed == []
@@ -78,7 +90,7 @@ def test_changes_whose_context_would_overlap_become_one_block():
 
 def test_a_file_without_a_final_newline_keeps_it_that_way():
     before, after = BEFORE.rstrip("\n"), BEFORE.rstrip("\n").replace("return 3", "return 4")
-    for fmt in FORMATS:
+    for fmt in format_names():
         assert apply_output(fmt, before, reference_output(fmt, before, after), ".py") == after, fmt
 
 
@@ -111,15 +123,15 @@ def test_outputs_that_cannot_apply_raise_format_errors():
         apply_output("search-replace", "a\n", "<<<<<<< SEARCH\na\n>>>>>>> REPLACE\n", None)
     with pytest.raises(FormatError):
         apply_output("ot", "a\n", 'delete("nothing like this")', ".py")
-    with pytest.raises(ValueError, match="unknown format"):
-        reference_output("xml", "a", "b")
+    with pytest.raises(ValueError, match="unknown edit format 'xml'; known: whole, search-replace"):
+        get_format("xml")
 
 
 # ---- perturbations -----------------------------------------------------------------------------------------------
 
 
 def test_whole_files_have_nothing_to_perturb():
-    assert perturbations("whole", "anything\n", seed="x") == []
+    assert get_format("whole").perturb is None
 
 
 def test_trimmed_whitespace_is_recovered_for_uniformly_indented_blocks():
@@ -197,3 +209,108 @@ def test_a_line_script_without_a_needed_retain_does_not_land():
     ((kind, perturbed),) = perturbations("ot-lines", reference_output("ot-lines", BEFORE, after), seed="x")
     assert kind == "no retain before a delete"
     assert not _applies("ot-lines", case, perturbed)
+
+
+# ---- the registry ------------------------------------------------------------------------------------------------
+
+
+def test_the_built_in_formats_are_registered_once_in_the_order_the_evals_report_them():
+    assert format_names() == ("whole", "search-replace", "udiff", "ot", "ot-counts", "ot-lines")
+    assert [get_format(name).fence for name in format_names()] == [
+        "overwrite", "search-replace", "diff", "edit", "edit", "edit"]
+    with pytest.raises(ValueError, match="registered twice"):
+        register(get_format("ot"))
+
+
+def test_an_alternative_needs_its_baseline_pairing_and_only_an_alternative_has_one():
+    whole = get_format("whole")
+    with pytest.raises(ValueError, match="baseline pairing"):
+        Format("x", "x", "", whole.reference, whole.apply, role="alternative")
+    with pytest.raises(ValueError, match="baseline pairing"):
+        Format("x", "x", "", whole.reference, whole.apply, baseline=Pairing("ngram", "someone"))
+
+
+# ---- a format added through the registry alone -------------------------------------------------------------------
+
+
+def _numbered_lines(before: str, after: str) -> str:
+    """`N: "text"` per changed line: line N of the file becomes the JSON string (several lines, or none)."""
+    old, new = text_lines(before), text_lines(after)
+    replaced: list[tuple[int, str]] = []
+    for tag, i1, i2, j1, j2 in SequenceMatcher(None, old, new, autojunk=False).get_opcodes():
+        text = "".join(new[j1:j2])
+        if tag == "insert":  # folded into the line it goes before, or after the last one
+            replaced.append((i1, text + old[i1]) if i1 < len(old) else (i1 - 1, old[i1 - 1] + text))
+        elif tag != "equal":
+            replaced += [(i1, text), *((i, "") for i in range(i1 + 1, i2))]
+    return "".join(f"{i + 1}: {json.dumps(text)}\n" for i, text in replaced)
+
+
+def _apply_numbered_lines(before: str, output: str, language: str | None) -> str:
+    lines = text_lines(before)
+    for row in text_lines(output):
+        number, _, text = row.partition(": ")
+        if not number.isdigit() or not 1 <= int(number) <= len(lines):
+            raise FormatError(f"no line {number!r} in a file of {len(lines)} lines")
+        lines[int(number) - 1] = json.loads(text)
+    return "".join(lines)
+
+
+def _off_by_one(output: str, seed: str, trials: int) -> list[tuple[str, str]]:
+    """Every line number one too high, as a model counting from 0 writes them."""
+    rows = [row.partition(": ") for row in text_lines(output)]
+    return [("off by one", "".join(f"{int(number) + 1}: {text}" for number, _, text in rows))] if rows else []
+
+
+@pytest.fixture
+def numbered_lines():
+    """A toy format, registered for one test: what adding a format takes, and all it takes."""
+    fmt = register(Format(
+        name="numbered-lines",
+        fence="lines",
+        instruction='Reply with one line per changed line: `N: "text"`, line N of the file becomes the JSON string.',
+        reference=_numbered_lines,
+        apply=_apply_numbered_lines,
+        perturb=_off_by_one,
+    ))
+    yield fmt
+    unregister(fmt.name)
+
+
+def test_a_format_registered_alone_is_measured_by_the_evals(numbered_lines):
+    from evals.run import run
+
+    report = run(SUITE, ("whole", "numbered-lines"), len, ot_trials=1, progress=False)
+    summary = report["summary"]["formats"]["numbered-lines"]
+    whole = report["summary"]["formats"]["whole"]
+    assert summary["applies"] == 1.0 and summary["cases"] == len(SUITE)
+    assert 0 < summary["tokens_median"] < whole["tokens_median"] and summary["saved_median"] > 0
+    assert set(summary["perturbed_by_kind"]) == {"off by one"} and summary["perturbed_trials"] == len(SUITE)
+    assert summary["perturbed_applies"] < 1.0
+
+
+def test_a_format_registered_alone_is_prompted_and_fenced_as_it_says(numbered_lines):
+    from evals.decode import edit_prompt, fenced, written_output
+
+    case = SUITE[0]
+    prompt = edit_prompt(case, "numbered-lines")
+    assert numbered_lines.instruction in prompt and f"```lines {case['path']}," in prompt
+    output = _numbered_lines(case["before"], case["after"])
+    assert written_output(case, "numbered-lines") == fenced(case, "numbered-lines", output)
+    assert fenced(case, "numbered-lines", output) == f"```lines {case['path']}\n{output}```"
+
+
+def test_agent_eval_takes_a_format_registered_alone(numbered_lines, tmp_path):
+    from evals.command import main
+
+    out = tmp_path / "report.json"
+    assert main(["--formats", "whole,numbered-lines", "--drafters", "none", "--limit", "2", "--json", str(out)]) == 0
+    assert list(json.loads(out.read_text())["summary"]["formats"]) == ["whole", "numbered-lines"]
+
+
+def test_an_unregistered_format_is_unknown_again(numbered_lines):
+    assert format_names()[-1] == "numbered-lines"
+    unregister("numbered-lines")
+    assert "numbered-lines" not in format_names()
+    with pytest.raises(ValueError, match="unknown edit format 'numbered-lines'"):
+        get_format("numbered-lines")
