@@ -1,15 +1,62 @@
-"""Clients of the embedded server for tests: streamed chats from many threads at once, and /metrics read strictly."""
+"""The embedded server in tests: a stand-in engine, streamed chats from many threads at once, /metrics read strictly."""
 
 from __future__ import annotations
 
 import http.client
 import json
 import re
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from decoding.engine.generation import SpecStats
+from decoding.engine.grounding import GroundingStats
+from decoding.serving.chat import gemma_chat_prompt
+from decoding.serving.server import Job, Usage
+
 SAMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)")
 LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"')
+
+
+class StandInService:
+    """Answers with the prompt's last words, a word per token, as the engine would: one job at a time, stopping when
+    the job is cancelled. Until `gate` is set each job waits before its first token (at most 20 s)."""
+
+    name = "stand-in"
+
+    def __init__(self, hold: bool = False):
+        self.ran: list[Job] = []
+        self.gate = threading.Event()
+        if not hold:
+            self.gate.set()
+
+    def warm_up(self) -> None:
+        pass
+
+    def run(self, job: Job) -> tuple[str, Usage]:
+        self.ran.append(job)
+        deadline = time.monotonic() + 20
+        while not self.gate.wait(0.01) and not job.cancelled.is_set() and time.monotonic() < deadline:
+            pass
+        words = job.prompt.split()[-job.max_tokens:]
+        sent = 0
+        for word in words:
+            if job.cancelled.is_set():
+                break
+            job.events.put(("delta", word + " "))
+            sent += 1
+        stats = SpecStats(method="ngram", drafted=3 * sent, accepted=sent, accepted_by={"ngram": sent})
+        return "stop", Usage(len(job.prompt), 0, sent, stats, grounding=GroundingStats(1, sent, 0))
+
+
+def prompt_of(content: str) -> str:
+    return gemma_chat_prompt([{"role": "user", "content": content}])
+
+
+def reply_alone(content: str, max_tokens: int = 4) -> str:
+    """What the stand-in answers to one chat message."""
+    return "".join(word + " " for word in prompt_of(content).split()[-max_tokens:])
 
 
 def stream_chat(port: int, content: str, max_tokens: int = 4) -> tuple[int, dict[str, str], str]:

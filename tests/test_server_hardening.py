@@ -7,61 +7,18 @@ import json
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from serving_helpers import get, parse_metrics, stream_chat
+from serving_helpers import StandInService, get, parse_metrics, prompt_of, reply_alone, stream_chat
 
-from decoding.engine.generation import SpecStats
-from decoding.engine.grounding import GroundingStats
+from decoding.lab import serve_load
 from decoding.serving import server as serving
-from decoding.serving.chat import gemma_chat_prompt
-from decoding.serving.server import Job, RequestError, Server, Usage, make_server, parse_request
+from decoding.serving.server import RequestError, Server, make_server, parse_request
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
-
-
-class StandInService:
-    """Answers with the prompt's last words, a word per token, as the engine would: one job at a time, stopping when
-    the job is cancelled. Until `gate` is set each job waits before its first token (at most 20 s)."""
-
-    name = "stand-in"
-
-    def __init__(self, hold: bool = False):
-        self.ran: list[Job] = []
-        self.gate = threading.Event()
-        if not hold:
-            self.gate.set()
-
-    def warm_up(self) -> None:
-        pass
-
-    def run(self, job: Job) -> Usage:
-        self.ran.append(job)
-        deadline = time.monotonic() + 20
-        while not self.gate.wait(0.01) and not job.cancelled.is_set() and time.monotonic() < deadline:
-            pass
-        words = job.prompt.split()[-job.max_tokens:]
-        sent = 0
-        for word in words:
-            if job.cancelled.is_set():
-                break
-            job.events.put(("delta", word + " "))
-            sent += 1
-        stats = SpecStats(method="ngram", drafted=3 * sent, accepted=sent, accepted_by={"ngram": sent})
-        usage = Usage(len(job.prompt), 0, sent, stats, grounding=GroundingStats(1, sent, 0))
-        job.events.put(("done", ("stop", usage)))
-        return usage
-
-
-def prompt_of(content: str) -> str:
-    return gemma_chat_prompt([{"role": "user", "content": content}])
-
-
-def reply_alone(content: str, max_tokens: int = 4) -> str:
-    """What the stand-in answers to one chat message."""
-    return "".join(word + " " for word in prompt_of(content).split()[-max_tokens:])
 
 
 @pytest.fixture
@@ -273,3 +230,16 @@ def test_a_half_sent_request_does_not_hold_its_thread(serve):
         sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n".encode())
         assert sock.recv(65536) == b""  # the server gave up on the headers and closed
     assert time.monotonic() - started < 5
+
+
+def test_the_load_bench_counts_every_client_and_compares_each_text_with_its_request_alone(serve):
+    server = serve(StandInService(), max_queued=2)
+    answers, alone = serve_load.load(f"http://127.0.0.1:{port_of(server)}/v1", 16, 4, timeout=60)
+    outcomes = Counter(answer.outcome for answer in answers)
+    assert set(outcomes) <= {"answered", "429"} and outcomes["answered"] >= 1 and outcomes.total() == 16
+    assert alone == {m: reply_alone(m) for m in serve_load.MESSAGES}
+    report = serve_load.format_report(answers, alone)
+    answered = outcomes["answered"]
+    assert f"| answered | {answered} |" in report
+    assert f"answered with the text of the same request alone: {answered} of {answered}" in report
+    assert serve_load.percentile([3.0, 1.0, 2.0, 4.0], 0.5) == 2.0 and serve_load.percentile([1.0, 9.0], 0.99) == 9.0

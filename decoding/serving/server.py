@@ -274,13 +274,14 @@ class TextStream:
 
 
 class Engine(Protocol):
-    """What the scheduler runs jobs on: `run` streams a job's events and returns its usage (RequestError: a 4xx)."""
+    """What the scheduler runs jobs on: `run` puts a job's text on its events as ("delta", text) and returns
+    (finish reason, usage); a RequestError it raises is the client's 4xx."""
 
     name: str
 
     def warm_up(self) -> None: ...
 
-    def run(self, job: Job) -> Usage: ...
+    def run(self, job: Job) -> tuple[str, Usage]: ...
 
 
 class Service:
@@ -306,7 +307,7 @@ class Service:
         except Exception as e:  # grounded requests will fail with it; every other request must still be served
             print(f"agent serve: grounded decoding is unavailable: {e}", file=sys.stderr)
 
-    def run(self, job: Job) -> Usage:
+    def run(self, job: Job) -> tuple[str, Usage]:
         prompt_ids = self.tokenizer(job.prompt).input_ids
         check_context(len(prompt_ids), job.max_tokens, self.context_length, job.chat)
         sources = [self.tokenizer(job.prediction, add_special_tokens=False).input_ids] if job.prediction else []
@@ -343,9 +344,7 @@ class Service:
         cached = self.target.reused if isinstance(self.target, PrefixCachingTarget) else 0
         predicted = None if tally is None else tally.counts(text.tokens)
         grounded = None if request.grounding is None else request.grounding.stats
-        used = Usage(len(prompt_ids), cached, len(text.tokens), generation.stats, predicted, grounded)
-        job.events.put(("done", (finish, used)))
-        return used
+        return finish, Usage(len(prompt_ids), cached, len(text.tokens), generation.stats, predicted, grounded)
 
     def _grounding(self, job: Job) -> EditGrounding | None:
         if job.grounding == "off":
@@ -487,7 +486,6 @@ class Scheduler:
 
     def _next(self) -> Job | None:
         with self._changed:
-            self.running = None
             while not self.waiting and not self._closed:
                 self._changed.wait()
             if self._closed:
@@ -499,21 +497,23 @@ class Scheduler:
         self.engine.warm_up()
         while (job := self._next()) is not None:
             started = time.monotonic()
-            self.metrics.count(self._run(job))
-            self._seconds_per_job = 0.8 * self._seconds_per_job + 0.2 * (time.monotonic() - started)
+            outcome, last = self._run(job)
+            self.metrics.count(outcome)
+            with self._changed:
+                self.running = None
+                self._seconds_per_job = 0.8 * self._seconds_per_job + 0.2 * (time.monotonic() - started)
+            job.events.put(last)  # after the counts: a client that has its answer sees it in /metrics
 
-    def _run(self, job: Job) -> str:
-        """Run one job, its events going to its client; its outcome."""
+    def _run(self, job: Job) -> tuple[str, tuple[str, Any]]:
+        """Run one job, its text going to its client: (its outcome, its last event)."""
         try:
-            usage = self.engine.run(job)
+            finish, usage = self.engine.run(job)
         except RequestError as e:
-            job.events.put(("error", e))
-            return "error"
+            return "error", ("error", e)
         except Exception as e:  # a bug must fail this request, not the server
-            job.events.put(("error", RequestError(f"internal error: {e}", status=500, code="internal_error")))
-            return "error"
+            return "error", ("error", RequestError(f"internal error: {e}", status=500, code="internal_error"))
         self.metrics.add(usage)
-        return "cancelled" if job.cancelled.is_set() else "ok"
+        return "cancelled" if job.cancelled.is_set() else "ok", ("done", (finish, usage))
 
 
 class Metrics:
