@@ -803,8 +803,8 @@ class Handler(BaseHTTPRequestHandler):
                 return  # the client left between tokens
             self.wfile.write(b"data: [DONE]\n\n")
             self.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError):
-            self.scheduler.cancel(job)  # the client left: stop generating for it
+        except OSError:  # the client left, or stopped reading for READ_TIMEOUT: stop generating for it
+            self.scheduler.cancel(job)
 
     def _client_gone(self) -> bool:
         """Whether the client closed its end while waiting for an event (readable at end of file)."""
