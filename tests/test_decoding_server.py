@@ -6,6 +6,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from serving_helpers import at_once, get, parse_metrics, stream_chat
 
 from decoding.drafting.base import Draft, DraftContext
 from decoding.engine.generation import SpecStats
@@ -161,6 +162,22 @@ def test_streamed_chat_with_usage_matches_the_unstreamed_answer(base_url):
 
 
 @slow
+def test_sixty_four_streaming_clients_at_once_each_get_the_text_of_their_request_alone(base_url):
+    """All 64 wait in the queue (its default size) and are answered, none reset; /metrics counts them."""
+    port = int(base_url.rsplit(":", 1)[1].split("/")[0])
+    messages = ["Name a color.", "Count: one, two,", "Say hello.", "What is 2 + 2?"]
+    alone = {m: stream_chat(port, m) for m in messages}
+    assert all(status == 200 and text for status, _, text in alone.values())
+    before = parse_metrics(get(port, "/metrics")[2])
+    answers = at_once(64, lambda i: stream_chat(port, messages[i % 4]))
+    assert [(status, text) for status, _, text in answers] == [alone[messages[i % 4]][::2] for i in range(64)]
+    after = parse_metrics(get(port, "/metrics")[2])
+    assert after['retain_requests_total{outcome="ok"}'] - before['retain_requests_total{outcome="ok"}'] == 64
+    assert after["retain_generation_tokens_total"] > before["retain_generation_tokens_total"]
+    assert after["retain_requests_running"] == after["retain_requests_queued"] == 0
+
+
+@slow
 @pytest.mark.parametrize(
     ("path", "body", "status", "param"),
     [
@@ -264,6 +281,16 @@ def test_serve_reports_a_bad_model_path_and_exits_2(tmp_path, capsys):
 
     assert main(["--model", str(tmp_path / "missing"), "--port", "0"]) == 2
     assert "config.json" in capsys.readouterr().err
+
+
+def test_serve_takes_a_queue_size_and_refuses_a_negative_one(capsys):
+    from decoding.serving.server import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["--help"])
+    assert stopped.value.code == 0 and "--max-queued N" in capsys.readouterr().out
+    assert main(["--max-queued", "-1", "--port", "0"]) == 2  # before the model loads
+    assert "--max-queued must be >= 0, got -1" in capsys.readouterr().err
 
 
 def test_bench_rejects_a_zero_thread_count(capsys):

@@ -93,6 +93,12 @@ def _bench_held_out(argv: Sequence[str], prog: str) -> int:
     return held_out.main(argv, prog=prog)
 
 
+def _bench_serve(argv: Sequence[str], prog: str) -> int:
+    from decoding.lab import serve_load
+
+    return serve_load.main(argv, prog=prog)
+
+
 @dataclass(frozen=True)
 class Command:
     words: tuple[str, ...]
@@ -112,6 +118,7 @@ COMMANDS = (
     Command(("bench", "apply"), _bench_apply, "how the applier lands exact, miscounted and malformed scripts"),
     Command(("bench", "decode"), _bench_decode, "plain vs speculative decoding vs transformers' prompt lookup"),
     Command(("bench", "held-out"), _bench_held_out, "drafters on code the MTP head never trained on, via agent serve"),
+    Command(("bench", "serve"), _bench_serve, "many clients at once on agent serve: answered, 429, reset, latency"),
 )
 
 EXAMPLES = """\

@@ -1,7 +1,18 @@
 """OpenAI-compatible HTTP server for the embedded engine (standard library only).
 
-Endpoints: GET /v1/models, POST /v1/completions, POST /v1/chat/completions, streamed (SSE) or not. Connections are
-handled on threads, but generation runs on a single worker thread that takes requests in arrival order.
+Endpoints: GET /v1/models, POST /v1/completions, POST /v1/chat/completions, streamed (SSE) or not, and GET /metrics
+(Prometheus text format: requests running, queued and by outcome, tokens, drafted and accepted tokens, grounding).
+
+Under load: every connection is accepted (the listen backlog is the kernel's largest) and handled on its own thread,
+but generation runs on a single worker thread, because one CPU forward at a time is what the engine does fastest.
+Requests wait for it in a bounded FIFO queue (`--max-queued`); beyond it a request is answered at once with
+`429 Too Many Requests`, a `Retry-After` header (the recent seconds per request) and an OpenAI-style error, which
+OpenAI's and litellm's clients retry. A client that disconnects cancels its request: a queued one is dropped
+without running and frees its place at once, a running one stops at its next token.
+
+The HTTP layer is `http.server`. uvicorn/Starlette would take over header parsing and SSE framing (some sixty lines
+here) but not what this server adds to HTTP (the queue, cancellation, Host checks, body limits, the metrics text),
+and would put two dependencies and an event loop in front of a worker that must stay one thread.
 
 Extensions: `prediction: {"type": "content", "content": "..."}` is source text the drafters copy from (OpenAI
 Predicted Outputs' shape), `speculation: "off" | "ngram" | "cursor" | "mtp" | "hybrid" | "auto"` picks the drafter
@@ -35,9 +46,11 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Protocol
 
 from decoding.drafting.drafters import SPECULATION_METHODS, make_drafter
 from decoding.drafting.mtp import MTPError
@@ -62,7 +75,8 @@ from tools.command_line import parse_arguments
 DEFAULT_MAX_TOKENS = 512
 MAX_BODY_BYTES = 16 << 20
 MAX_SEED = 2**63 - 1  # torch's generator takes a 64-bit seed
-CLIENT_CHECK_SECONDS = 0.5  # how often a non-streamed request checks its client is still there
+CLIENT_CHECK_SECONDS = 0.2  # how often a request waiting for its next event checks its client is still there
+DEFAULT_MAX_QUEUED = 64  # requests waiting for the worker; one more gets a 429
 READ_TIMEOUT = 30.0  # seconds a client may take to send its headers and body
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]", "::1")
 
@@ -73,6 +87,16 @@ class RequestError(Exception):
     def __init__(self, message: str, param: str | None = None, status: int = 400, code: str | None = None):
         super().__init__(message)
         self.param, self.status, self.code = param, status, code
+
+
+class QueueFull(RequestError):
+    """Every place in the queue is taken: a 429 telling the client when to try again."""
+
+    def __init__(self, capacity: int, retry_after: int):
+        super().__init__(
+            f"the server is busy: {capacity} requests are waiting for the model (agent serve --max-queued); "
+            f"retry after {retry_after} s", status=429, code="queue_full")
+        self.retry_after = retry_after
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -111,7 +135,7 @@ def _check_encodable(text: str, param: str) -> None:
         ) from e
 
 
-@dataclass
+@dataclass(eq=False)  # each job is itself: two identical requests are two jobs in the queue
 class Job:
     chat: bool
     prompt: str
@@ -249,8 +273,19 @@ class TextStream:
         return out
 
 
+class Engine(Protocol):
+    """What the scheduler runs jobs on: `run` puts a job's text on its events as ("delta", text) and returns
+    (finish reason, usage); a RequestError it raises is the client's 4xx."""
+
+    name: str
+
+    def warm_up(self) -> None: ...
+
+    def run(self, job: Job) -> tuple[str, Usage]: ...
+
+
 class Service:
-    """The loaded model plus a single worker that runs queued jobs one at a time.
+    """The loaded model, generating one job at a time (the scheduler's worker calls `run`).
 
     `prefix_cache_bytes` bounds the prefix cache's snapshots (0: no prefix cache); it needs our Gemma target.
     """
@@ -265,27 +300,14 @@ class Service:
             self.target = PrefixCachingTarget(self.model_target, prefix_cache_bytes)
         self.context_length = getattr(loaded.model.config, "max_position_embeddings", 8192)
         self.eos_ids = stop_token_ids(self.tokenizer)
-        self.jobs: queue.Queue[Job] = queue.Queue()
-        threading.Thread(target=self._work, name="decoding-worker", daemon=True).start()
 
-    def submit(self, job: Job) -> None:
-        self.jobs.put(job)
-
-    def _work(self) -> None:
+    def warm_up(self) -> None:
         try:
             vocabulary(self.tokenizer)  # grounding's index of the vocabulary (about a second), before any request
         except Exception as e:  # grounded requests will fail with it; every other request must still be served
             print(f"agent serve: grounded decoding is unavailable: {e}", file=sys.stderr)
-        while True:
-            job = self.jobs.get()
-            try:
-                self._run(job)
-            except RequestError as e:
-                job.events.put(("error", e))
-            except Exception as e:  # a bug must fail this request, not the server
-                job.events.put(("error", RequestError(f"internal error: {e}", status=500, code="internal_error")))
 
-    def _run(self, job: Job) -> None:
+    def run(self, job: Job) -> tuple[str, Usage]:
         prompt_ids = self.tokenizer(job.prompt).input_ids
         check_context(len(prompt_ids), job.max_tokens, self.context_length, job.chat)
         sources = [self.tokenizer(job.prediction, add_special_tokens=False).input_ids] if job.prediction else []
@@ -322,8 +344,7 @@ class Service:
         cached = self.target.reused if isinstance(self.target, PrefixCachingTarget) else 0
         predicted = None if tally is None else tally.counts(text.tokens)
         grounded = None if request.grounding is None else request.grounding.stats
-        used = Usage(len(prompt_ids), cached, len(text.tokens), generation.stats, predicted, grounded)
-        job.events.put(("done", (finish, used)))
+        return finish, Usage(len(prompt_ids), cached, len(text.tokens), generation.stats, predicted, grounded)
 
     def _grounding(self, job: Job) -> EditGrounding | None:
         if job.grounding == "off":
@@ -414,6 +435,171 @@ class Usage:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Queue and metrics
+
+OUTCOMES = ("ok", "error", "rejected", "cancelled")
+
+
+class Scheduler:
+    """A bounded FIFO queue in front of the engine's single worker thread.
+
+    `submit` raises QueueFull when `capacity` jobs already wait; `cancel` (the client left) drops a waiting job at
+    once, and a running one stops at its next token. `metrics` counts what happened to each request.
+    """
+
+    def __init__(self, engine: Engine, capacity: int = DEFAULT_MAX_QUEUED):
+        self.engine, self.capacity = engine, capacity
+        self.metrics = Metrics()
+        self.waiting: deque[Job] = deque()
+        self.running: Job | None = None
+        self._changed = threading.Condition()
+        self._closed = False
+        self._seconds_per_job = 1.0  # a running mean of how long a job holds the worker, for Retry-After
+        threading.Thread(target=self._work, name="decoding-worker", daemon=True).start()
+
+    def submit(self, job: Job) -> None:
+        with self._changed:
+            if len(self.waiting) >= self.capacity + (self.running is None):  # an idle worker takes one at once
+                self.metrics.count("rejected")
+                raise QueueFull(self.capacity, max(1, math.ceil(self._seconds_per_job)))
+            self.waiting.append(job)
+            self._changed.notify()
+
+    def cancel(self, job: Job) -> None:
+        """The job's client left: nobody will read its answer."""
+        job.cancelled.set()  # a running job stops at its next token and is counted when it does
+        with self._changed:
+            if job in self.waiting:
+                self.waiting.remove(job)
+                self.metrics.count("cancelled")
+
+    def close(self) -> None:
+        """Stop the worker once its running job ends; waiting jobs are left unanswered."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify()
+
+    def gauges(self) -> tuple[int, int]:
+        """(running, waiting) requests."""
+        with self._changed:
+            return int(self.running is not None), len(self.waiting)
+
+    def _next(self) -> Job | None:
+        with self._changed:
+            while not self.waiting and not self._closed:
+                self._changed.wait()
+            if self._closed:
+                return None
+            self.running = self.waiting.popleft()
+            return self.running
+
+    def _work(self) -> None:
+        self.engine.warm_up()
+        while (job := self._next()) is not None:
+            started = time.monotonic()
+            outcome, last = self._run(job)
+            self.metrics.count(outcome)
+            with self._changed:
+                self.running = None
+                self._seconds_per_job = 0.8 * self._seconds_per_job + 0.2 * (time.monotonic() - started)
+            job.events.put(last)  # after the counts: a client that has its answer sees it in /metrics
+
+    def _run(self, job: Job) -> tuple[str, tuple[str, Any]]:
+        """Run one job, its text going to its client: (its outcome, its last event)."""
+        try:
+            finish, usage = self.engine.run(job)
+        except RequestError as e:
+            return "error", ("error", e)
+        except Exception as e:  # a bug must fail this request, not the server
+            return "error", ("error", RequestError(f"internal error: {e}", status=500, code="internal_error"))
+        self.metrics.add(usage)
+        return "cancelled" if job.cancelled.is_set() else "ok", ("done", (finish, usage))
+
+
+class Metrics:
+    """Counters since the server started, shown by GET /metrics."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: Counter[str] = Counter(dict.fromkeys(OUTCOMES, 0))
+        self.tokens: Counter[str] = Counter(prompt=0, cached=0, generated=0)
+        self.drafted: Counter[str] = Counter()  # by speculation method
+        self.accepted: Counter[tuple[str, str]] = Counter()  # by (method, drafter that proposed the tokens)
+        self.grounding = GroundingStats()
+
+    def count(self, outcome: str) -> None:
+        with self._lock:
+            self.requests[outcome] += 1
+
+    def add(self, usage: Usage) -> None:
+        """The tokens of a request that ran (to its end, or until its client left)."""
+        method = usage.stats.method
+        with self._lock:
+            self.tokens.update(prompt=usage.prompt_tokens, cached=usage.cached_tokens,
+                               generated=usage.completion_tokens)
+            self.drafted[method] += usage.stats.drafted
+            self.accepted.update({(method, by): n for by, n in usage.stats.accepted_by.items()})
+            if usage.grounding is not None:
+                for name, value in asdict(usage.grounding).items():
+                    setattr(self.grounding, name, getattr(self.grounding, name) + value)
+
+    def families(self, running: int, waiting: int) -> list[Family]:
+        with self._lock:
+            return [
+                Family("retain_requests_running", "gauge", "Requests generating now (one engine worker).",
+                       [({}, running)]),
+                Family("retain_requests_queued", "gauge", "Requests waiting for the engine worker.", [({}, waiting)]),
+                Family("retain_requests_total", "counter",
+                       "Requests by outcome: ok, error, rejected (queue full, 429), cancelled (client left).",
+                       [({"outcome": o}, n) for o, n in self.requests.items()]),
+                Family("retain_prompt_tokens_total", "counter", "Prompt tokens of requests that ran.",
+                       [({}, self.tokens["prompt"])]),
+                Family("retain_prompt_cached_tokens_total", "counter", "Prompt tokens reused from the prefix cache.",
+                       [({}, self.tokens["cached"])]),
+                Family("retain_generation_tokens_total", "counter", "Tokens generated.",
+                       [({}, self.tokens["generated"])]),
+                Family("retain_spec_drafted_tokens_total", "counter", "Draft tokens proposed, by speculation method.",
+                       [({"method": m}, n) for m, n in sorted(self.drafted.items())]),
+                Family("retain_spec_accepted_tokens_total", "counter",
+                       "Draft tokens accepted, by speculation method and the drafter that proposed them.",
+                       [({"method": m, "drafter": d}, n) for (m, d), n in sorted(self.accepted.items())]),
+                Family("retain_grounding_blocks_total", "counter", "Grounded edit blocks opened.",
+                       [({}, self.grounding.blocks)]),
+                Family("retain_grounding_constrained_tokens_total", "counter",
+                       "Tokens where grounding refused the model's own choice.",
+                       [({}, self.grounding.constrained_tokens)]),
+                Family("retain_grounding_released_blocks_total", "counter",
+                       "Grounded blocks decoded freely because no token was allowed.",
+                       [({}, self.grounding.released_blocks)]),
+            ]
+
+
+@dataclass
+class Family:
+    """One metric in Prometheus' text format: its samples are (labels, value)."""
+
+    name: str
+    kind: str  # "counter" or "gauge"
+    help: str
+    samples: list[tuple[dict[str, str], float]]
+
+
+def prometheus_text(families: list[Family]) -> str:
+    """The text exposition format, version 0.0.4 (what GET /metrics answers)."""
+    lines = []
+    for family in families:
+        lines += [f"# HELP {family.name} {family.help}", f"# TYPE {family.name} {family.kind}"]
+        for labels, value in family.samples:
+            shown = ",".join(f'{k}="{_label_value(v)}"' for k, v in labels.items())
+            lines.append(f"{family.name}{{{shown}}} {value}" if shown else f"{family.name} {value}")
+    return "\n".join(lines) + "\n"
+
+
+def _label_value(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # HTTP
 
 
@@ -427,26 +613,33 @@ class Handler(BaseHTTPRequestHandler):
     """One connection. Only what a local OpenAI client sends is accepted: JSON bodies, a loopback or bound Host
     (a web page the user visits cannot drive the server through DNS rebinding or a simple form post), no CORS."""
 
-    service: Service  # set on the subclass made by make_server
+    service: Engine  # set on the subclass made by make_server
+    scheduler: Scheduler
     protocol_version = "HTTP/1.1"
     timeout = READ_TIMEOUT  # a half-sent request does not hold its thread forever
 
     def log_message(self, format, *args):  # quiet: one line per request is noise in a terminal agent
         pass
 
-    def _send_json(self, status: int, payload: dict) -> None:
-        data = json.dumps(payload).encode()
+    def _send(self, status: int, data: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
 
+    def _send_json(self, status: int, payload: dict, headers: dict[str, str] | None = None) -> None:
+        self._send(status, json.dumps(payload).encode(), "application/json", headers)
+
     def _send_error(self, error: RequestError) -> None:
         kind = "invalid_request_error" if error.status < 500 else "server_error"
-        self._send_json(
-            error.status, {"error": {"message": str(error), "type": kind, "param": error.param, "code": error.code}}
-        )
+        headers = None
+        if isinstance(error, QueueFull):
+            kind, headers = "rate_limit_error", {"Retry-After": str(error.retry_after)}
+        payload = {"error": {"message": str(error), "type": kind, "param": error.param, "code": error.code}}
+        self._send_json(error.status, payload, headers)
 
     def _host_allowed(self) -> bool:
         """The Host header names this server: a loopback name or the address it is bound to, with its port."""
@@ -478,9 +671,13 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self._refuse_foreign():
             return
-        if self.path.rstrip("/") == "/v1/models":
+        path = self.path.rstrip("/")
+        if path == "/v1/models":
             model = {"id": self.service.name, "object": "model", "created": 0, "owned_by": "retain"}
             self._send_json(200, {"object": "list", "data": [model]})
+        elif path == "/metrics":
+            families = self.scheduler.metrics.families(*self.scheduler.gauges())
+            self._send(200, prometheus_text(families).encode(), "text/plain; version=0.0.4; charset=utf-8")
         else:
             self._send_error(RequestError(f"no route GET {self.path}", status=404, code="not_found"))
 
@@ -496,9 +693,14 @@ class Handler(BaseHTTPRequestHandler):
         except Exception as e:  # a malformed request must get an answer, not a dropped connection
             error = e if isinstance(e, RequestError) else RequestError(f"could not read the request: {e}")
             self.close_connection = True  # an unread or bad body must not be taken for the next request
+            self.scheduler.metrics.count("error")
             self._send_error(error)
             return
-        self.service.submit(job)
+        try:
+            self.scheduler.submit(job)
+        except QueueFull as full:
+            self._send_error(full)
+            return
         if job.stream:
             self._stream(job)
         else:
@@ -531,17 +733,21 @@ class Handler(BaseHTTPRequestHandler):
             return {"index": 0, "delta": {} if text is None else {"content": text}, "finish_reason": finish}
         return {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
 
-    def _respond(self, job: Job) -> None:
-        rid, created, parts = self._new_id(job), int(time.time()), []
+    def _next_event(self, job: Job) -> tuple[str, Any] | None:
+        """The job's next event; None when its client left first (the job is then cancelled)."""
         while True:
             try:
-                kind, value = job.events.get(timeout=CLIENT_CHECK_SECONDS)
+                return job.events.get(timeout=CLIENT_CHECK_SECONDS)
             except queue.Empty:
                 if self._client_gone():
-                    job.cancelled.set()  # nobody will read the answer: free the worker for the next request
+                    self.scheduler.cancel(job)
                     self.close_connection = True
-                    return
-                continue
+                    return None
+
+    def _respond(self, job: Job) -> None:
+        rid, created, parts = self._new_id(job), int(time.time()), []
+        while (event := self._next_event(job)) is not None:
+            kind, value = event
             if kind == "delta":
                 parts.append(value)
             elif kind == "error":
@@ -557,9 +763,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def _stream(self, job: Job) -> None:
         rid, created = self._new_id(job), int(time.time())
-        first = job.events.get()
-        if first[0] == "error":
-            self._send_error(first[1])
+        event = self._next_event(job)  # while it waits in the queue
+        if event is None:
+            return
+        if event[0] == "error":
+            self._send_error(event[1])
             return
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
@@ -572,8 +780,7 @@ class Handler(BaseHTTPRequestHandler):
                 role = self._envelope(job, rid, created, chunk=True)
                 role["choices"] = [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
                 self._event(role)
-            event = first
-            while True:
+            while event is not None:
                 kind, value = event
                 chunk = self._envelope(job, rid, created, chunk=True)
                 if kind == "delta":
@@ -591,14 +798,16 @@ class Handler(BaseHTTPRequestHandler):
                         tail["choices"], tail["usage"] = [], used.as_dict()
                         self._event(tail)
                     break
-                event = job.events.get()
+                event = self._next_event(job)
+            else:
+                return  # the client left between tokens
             self.wfile.write(b"data: [DONE]\n\n")
             self.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError):
-            job.cancelled.set()  # the client left: stop generating for it
+        except OSError:  # the client left, or stopped reading for READ_TIMEOUT: stop generating for it
+            self.scheduler.cancel(job)
 
     def _client_gone(self) -> bool:
-        """Whether the client closed its end while waiting for a non-streamed answer (readable at end of file)."""
+        """Whether the client closed its end while waiting for an event (readable at end of file)."""
         try:
             readable, _, _ = select.select([self.connection], [], [], 0)
             return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
@@ -614,11 +823,28 @@ class Handler(BaseHTTPRequestHandler):
         return ("chatcmpl-" if job.chat else "cmpl-") + uuid.uuid4().hex[:24]
 
 
-def make_server(service: Service, host: str = "127.0.0.1", port: int = 8765) -> ThreadingHTTPServer:
-    """An HTTP server bound to host:port (0 = any free port) answering with `service`; call serve_forever()."""
-    handler = type("BoundHandler", (Handler,), {"service": service})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
+class Server(ThreadingHTTPServer):
+    """A thread per connection; connections the accept loop has not reached yet wait in the kernel's backlog
+    (the largest it allows) rather than being reset, so each gets its answer or its 429."""
+
+    request_queue_size = socket.SOMAXCONN
+    daemon_threads = True
+    scheduler: Scheduler
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.scheduler.close()
+
+
+def make_server(
+    service: Engine, host: str = "127.0.0.1", port: int = 8765, max_queued: int = DEFAULT_MAX_QUEUED
+) -> Server:
+    """An HTTP server bound to host:port (0 = any free port) answering with `service`, `max_queued` requests
+    waiting at most; call serve_forever()."""
+    scheduler = Scheduler(service, max_queued)
+    handler = type("BoundHandler", (Handler,), {"service": service, "scheduler": scheduler})
+    server = Server((host, port), handler)
+    server.scheduler = scheduler
     return server
 
 
@@ -651,6 +877,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"MiB for snapshots of cached prompts beside the live cache (default: {DEFAULT_MAX_BYTES >> 20}; 0: no "
         "prefix cache at all)",
     )
+    parser.add_argument(
+        "--max-queued",
+        type=int,
+        default=DEFAULT_MAX_QUEUED,
+        metavar="N",
+        help=f"requests that may wait for the model while it generates another (default: {DEFAULT_MAX_QUEUED}); "
+        "one more is answered 429 Too Many Requests with Retry-After",
+    )
 
 
 def run_server(
@@ -661,6 +895,7 @@ def run_server(
     threads: int | None = None,
     engine: str = "embedded",
     prefix_cache_mb: int = DEFAULT_MAX_BYTES >> 20,
+    max_queued: int = DEFAULT_MAX_QUEUED,
 ) -> None:
     """Load the model, then serve until interrupted; prints the base URL once ready."""
     if engine != "embedded":
@@ -670,8 +905,10 @@ def run_server(
     pin_threads(threads)
     if prefix_cache_mb < 0:
         raise ValueError(f"--prefix-cache-mb must be >= 0, got {prefix_cache_mb}")
+    if max_queued < 0:
+        raise ValueError(f"--max-queued must be >= 0, got {max_queued}")
     service = Service(load_model(model, dtype), prefix_cache_bytes=prefix_cache_mb << 20)
-    server = make_server(service, host, port)
+    server = make_server(service, host, port, max_queued)
     print(f"Serving {service.name} at http://{host}:{server.server_address[1]}/v1", flush=True)
     try:
         server.serve_forever()
@@ -684,7 +921,8 @@ def run_server(
 def serve_from_args(args: argparse.Namespace) -> int:
     """Serve with options added by `add_serve_arguments`; a bad option or model path is an error, exit status 2."""
     try:
-        run_server(args.host, args.port, args.model, args.dtype, args.threads, args.engine, args.prefix_cache_mb)
+        run_server(args.host, args.port, args.model, args.dtype, args.threads, args.engine, args.prefix_cache_mb,
+                   args.max_queued)
     except (FileNotFoundError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
