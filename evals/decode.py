@@ -339,18 +339,6 @@ def compare(figures: dict[str, dict]) -> dict[str, dict]:
     return totals
 
 
-def summarize_forced(results: list[dict], formats: Sequence[str], drafters: Sequence[str]) -> dict:
-    """`{format: {drafter: totals and ratios to off}}` over the cases decoded in that format (whole files may be
-    decoded on fewer)."""
-    decoded = [r["decode"] for r in results if r.get("decode")]
-    summary = {}
-    for fmt in formats:
-        runs = [case for case in decoded if fmt in case[drafters[0]]["formats"]]
-        if runs:
-            summary[fmt] = compare({drafter: [case[drafter]["formats"][fmt] for case in runs] for drafter in drafters})
-    return summary
-
-
 def summarize_free(free: dict) -> dict:
     """`{workload: {drafter: totals, ratios to off and same_as_off}}`."""
     summary = {}

@@ -75,6 +75,12 @@ def _eval(argv: Sequence[str], prog: str) -> int:
     return command.main(argv, prog)
 
 
+def _eval_grounded(argv: Sequence[str], prog: str) -> int:
+    from evals import command
+
+    return command.grounded_main(argv, prog)
+
+
 def _bench_apply(argv: Sequence[str], prog: str) -> int:
     from evals import apply_bench
 
@@ -108,6 +114,9 @@ COMMANDS = (
     Command(("undo",), _undo, "revert the last edit applied by agent (to FILE, if given)"),
     Command(("serve",), _serve, "serve a model over an OpenAI-compatible API (--engine embedded|vllm)"),
     Command(("export-embedded",), _export_embedded, "write the embedded Gemma 3 270M as a Hugging Face directory"),
+    # before ("eval",): the first command whose words begin the arguments runs
+    Command(("eval", "grounded"), _eval_grounded, "grounded decoding: the embedded model writes the suite's edits, "
+            "grounding off and on"),
     Command(("eval",), _eval, "editing evals: output tokens per edit format, whether each applies, decoding speed"),
     Command(("bench", "apply"), _bench_apply, "how the applier lands exact, miscounted and malformed scripts"),
     Command(("bench", "decode"), _bench_decode, "plain vs speculative decoding vs transformers' prompt lookup"),
