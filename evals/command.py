@@ -49,6 +49,17 @@ RETIRED = {  # options `agent eval` no longer has, and what took their place
                     "--max-tokens N (per grounded block)",
 }
 
+DESCRIPTION = ("the editing evals: output tokens per edit format and whether each applies, decoding per drafter\n"
+               "on the embedded model, the cost per applied edit, and live runs")
+QUICK_HELP = (
+    "a small run; it sets only what is not given otherwise: "
+    f"--drafters {','.join(QUICK_DRAFTERS)}, --decode-formats {','.join(QUICK_DECODE_FORMATS)}, "
+    f"--free-running-tokens {QUICK_FREE_RUNNING_TOKENS}, decoding the first case of each of {QUICK_LANGUAGES} "
+    "languages (unless --stratify) with whole files on the shortest (unless --whole-cases); and "
+    f"{OT_TRIALS_QUICK} miscount perturbation per OT script instead of {OT_TRIALS}, {QUICK_WORKLOADS} copy-heavy "
+    "free-running workload instead of all. The run prints the settings it uses"
+)
+
 EPILOG = """\
 examples:
   agent eval --quick                          the built-in suite: tokens and applies per format, decoding on two
@@ -66,7 +77,7 @@ exit codes: 0 measured, 2 usage error or unreadable cases/report, 4 live model s
 
 GROUNDED_EPILOG = """\
 examples:
-  agent eval grounded                         the 24 suite edits, grounding off and on; about 15 minutes on 2 cores
+  agent eval grounded                         the 24 suite edits, grounding off and on; minutes on 2 cores
   agent eval grounded --limit 3 --json g.json the first 3, and every case's outcome as JSON
 
 exit codes: 0 measured, 2 usage error
@@ -101,6 +112,7 @@ def _drafters(value: str) -> tuple[str, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help=QUICK_HELP)
     cases = parser.add_argument_group("cases")
     source = cases.add_mutually_exclusive_group()
     source.add_argument("--cases", type=Path, metavar="FILE", help="JSONL cases (default: the built-in suite)")
@@ -110,14 +122,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cases.add_argument("--save-cases", type=Path, metavar="FILE",
                        help="write the cases measured as JSONL (e.g. those mined with --from-git), to measure the "
                             "same edits again with --cases FILE")
-    cases.add_argument("--quick", action="store_true",
-                       help="a small run; it sets only what is not given otherwise: --drafters "
-                            f"{','.join(QUICK_DRAFTERS)}, --decode-formats {','.join(QUICK_DECODE_FORMATS)}, "
-                            f"--free-running-tokens {QUICK_FREE_RUNNING_TOKENS}, decoding the first case of each of "
-                            f"{QUICK_LANGUAGES} languages (unless --stratify) with whole files on the shortest "
-                            f"(unless --whole-cases); and {OT_TRIALS_QUICK} miscount perturbation per OT script "
-                            f"instead of {OT_TRIALS}, {QUICK_WORKLOADS} copy-heavy free-running workload instead of "
-                            "all. The run prints the settings it uses")
     formats = parser.add_argument_group("formats: tokens and whether each output applies, on every case")
     formats.add_argument("--formats", type=lambda v: _names(v, FORMATS, "format"), default=FORMATS,
                          help=f"comma-separated formats (default: {','.join(FORMATS)})")
@@ -153,7 +157,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     live.add_argument("--api-base", metavar="URL", help="the live model's OpenAI-compatible endpoint")
     live.add_argument("--live-max-tokens", type=int, metavar="N",
                       help=f"new tokens per live reply (default: {LIVE_MAX_TOKENS})")
-    live.add_argument("--timeout", type=float, default=600, help="seconds per live reply (default: 600)")
+    live.add_argument("--timeout", type=float, default=600, metavar="SECONDS",
+                      help="seconds per live reply (default: 600)")
     output = parser.add_argument_group("output (the tables go to stdout)")
     output.add_argument("--json", type=Path, metavar="OUT",
                         help="also write every per-case figure as JSON (rewritten after each case decoded)")
@@ -386,7 +391,7 @@ def _live(report: Report, cases: list[dict], args: argparse.Namespace) -> int:
 
 def parse(argv: Sequence[str] | None, prog: str = "agent eval") -> argparse.Namespace:
     """`agent eval`'s arguments; usage errors (a retired option among them) exit 2 as argparse does."""
-    return parse_arguments(argv, prog, __doc__.split("\n")[0], add_arguments, EPILOG)
+    return parse_arguments(argv, prog, DESCRIPTION, add_arguments, EPILOG)
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "agent eval") -> int:
@@ -403,7 +408,7 @@ def add_grounded_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_grounded(argv: Sequence[str] | None, prog: str = "agent eval grounded") -> argparse.Namespace:
-    description = ("the grounded-decoding eval: the embedded base model writes the built-in suite's edits few-shot, "
+    description = ("the grounded-decoding eval: the embedded base model writes the built-in suite's edits few-shot,\n"
                    "grounding off and on; closed / parsed / applied / exact per mode")
     return parse_arguments(argv, prog, description, add_grounded_arguments, GROUNDED_EPILOG)
 

@@ -190,8 +190,8 @@ def test_quick_cli_decodes_reference_forced_per_drafter(tmp_path, capsys, monkey
     monkeypatch.setattr("decoding.engine.loading.load_model", lambda *args, **kwargs: embedded_model)
     cases, out, png = tmp_path / "cases.jsonl", tmp_path / "eval.json", tmp_path / "tokens.png"
     cases.write_text(json.dumps(SMALL_CASE) + "\n")
-    argv = ["--cases", str(cases), "--quick", "--drafters", "off,cursor", "--free-running-tokens", "0", "--json", str(out),
-            "--plot", str(png)]
+    argv = ["--cases", str(cases), "--quick", "--drafters", "off,cursor", "--free-running-tokens", "0",
+            "--json", str(out), "--plot", str(png)]
     assert main(argv) == 0
     table = capsys.readouterr().out
     assert "reference-forced" in table and "estimates the speedup for a model that writes this output" in table
@@ -279,8 +279,8 @@ def test_an_interrupted_decoding_run_keeps_its_cases_and_resume_decodes_only_the
 
 def test_resume_keeps_figures_only_from_a_report_decoded_with_the_same_draft_length(tmp_path, monkeypatch, capsys):
     out = tmp_path / "eval.json"
-    argv = ["--limit", "2", "--formats", "ot", "--decode-formats", "ot", "--drafters", "off", "--free-running-tokens", "0",
-            "--json", str(out)]
+    argv = ["--limit", "2", "--formats", "ot", "--decode-formats", "ot", "--drafters", "off",
+            "--free-running-tokens", "0", "--json", str(out)]
     decoded: list[str] = []
     fake_decoding(monkeypatch, decoded)
     assert main([*argv, "--draft-tokens", "16"]) == 0
@@ -321,7 +321,8 @@ def test_live_eval_says_when_a_reply_was_cut_off(tmp_path):
 
 def test_resume_keeps_only_the_formats_asked_for_and_their_sums(tmp_path, monkeypatch):
     out = tmp_path / "eval.json"
-    argv = ["--limit", "1", "--formats", "ot,udiff", "--drafters", "off", "--free-running-tokens", "0", "--json", str(out)]
+    argv = ["--limit", "1", "--formats", "ot,udiff", "--drafters", "off", "--free-running-tokens", "0",
+            "--json", str(out)]
     decoded: list[str] = []
     fake_decoding(monkeypatch, decoded)
     assert main([*argv, "--decode-formats", "ot,udiff"]) == 0
