@@ -317,7 +317,7 @@ def _ratio(numerator: float, denominator: float) -> float | None:
     return round(numerator / denominator, 3) if denominator else None
 
 
-def compare(figures: dict[str, dict]) -> dict[str, dict]:
+def compare(figures: dict[str, list[dict]]) -> dict[str, dict]:
     """Per drafter, totals over `figures[drafter]` (a list of per-run figures) and the ratios to "off"."""
     totals = {}
     for drafter, runs in figures.items():

@@ -136,7 +136,7 @@ class Report:
     schema: int = SCHEMA
 
     def to_json(self) -> dict:
-        return _to_json(self)
+        return {name: _to_json(value) for name, value in _json_fields(self)}
 
     @classmethod
     def from_json(cls, data: object) -> Report:
@@ -157,10 +157,15 @@ def read_report(path: Path) -> Report:
         raise ReportError(f"{path} is not a JSON report of agent eval: {exc}") from exc
 
 
+def _json_fields(instance: Any) -> list[tuple[str, object]]:
+    """A dataclass's fields as the JSON has them: an `OPTIONAL` one left out while None."""
+    return [(f.name, getattr(instance, f.name)) for f in fields(instance)
+            if not (f.metadata.get("optional") and getattr(instance, f.name) is None)]
+
+
 def _to_json(value: object) -> object:
     if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _to_json(getattr(value, f.name)) for f in fields(value)
-                if not (f.metadata.get("optional") and getattr(value, f.name) is None)}
+        return {name: _to_json(item) for name, item in _json_fields(value)}
     if isinstance(value, dict):
         return {key: _to_json(item) for key, item in value.items()}
     if isinstance(value, list):
@@ -208,7 +213,7 @@ def _read(kind: Any, value: object, where: str) -> Any:
         if not isinstance(value, dict):
             raise ReportError(f"{where} is {_name(value)}, not an object")
         return {key: _read(args[1], item, f"{where}.{key}") for key, item in value.items()}
-    if is_dataclass(kind):
+    if isinstance(kind, type) and is_dataclass(kind):
         return _from_json(kind, value, where)
     accepted, name = SCALARS[kind]
     if not isinstance(value, accepted) or (kind is not bool and isinstance(value, bool)):

@@ -12,7 +12,7 @@ from evals.formats import PERTURBABLE
 from evals.schema import CaseFigures, FormatSummary, Perturbation
 
 
-def percentile(values: list[float], q: float) -> float:
+def percentile(values: Sequence[float], q: float) -> float:
     """The q-th percentile (0–100), interpolating between the nearest ranks."""
     ordered = sorted(values)
     rank = (len(ordered) - 1) * q / 100
