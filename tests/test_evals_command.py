@@ -21,24 +21,26 @@ from evals.run import OT_TRIALS, OT_TRIALS_QUICK
 from tui.cli import find_command
 
 DEV = "evals/data/edits-dev.jsonl"
-# Every `agent eval …` in README.md (placeholders filled in), and None where it parses as it is, else what the
-# usage error names instead.
+# Every `agent eval …` README.md and docs/ show (placeholders filled in), and None where it parses as it is, else
+# what its usage error names instead.
 README_INVOCATIONS = {
-    "agent eval --quick": None,
     "agent eval": None,
+    "agent eval --quick": None,
     "agent eval --model hosted_vllm/gemma4 --api-base http://127.0.0.1:8000/v1 --json OUT": None,
     f"agent eval --cases {DEV} --drafters none": None,
-    "agent eval --from-git REPO --formats whole,search-replace,udiff,ot,ot-counts --drafters off,ngram,cursor": None,
-    "agent eval --decode-formats ot --stratify 4 --whole-cases 2": None,
-    "agent eval --limit 3 --quick --json OUT --plot OUT.png --save-cases FILE": None,
+    "agent eval --from-git REPO --save-cases FILE --formats whole,search-replace,udiff,ot,ot-counts,ot-lines": None,
+    "agent eval --drafters off,ngram,cursor --decode-formats search-replace,udiff,ot": None,
+    "agent eval --stratify 40 --whole-cases 10 --forwards-only --draft-tokens 16 --limit 20": None,
+    "agent eval --limit 3 --quick --json OUT --plot OUT.png": None,
     "agent eval --json OUT --resume": None,
-    f"agent eval --cases {DEV} --stratify 40 --whole-cases 10 --decode-formats search-replace,udiff,ot,whole "
-    "--drafters ngram,cursor,hybrid --max-tokens 0 --json OUT --resume": "--free-running-tokens N",
     f"agent eval --cases {DEV} --forwards-only --decode-formats search-replace,udiff,ot --formats "
     "search-replace,udiff,ot --json OUT": None,
     f"agent eval --cases {DEV} --forwards-only --decode-formats search-replace,udiff,ot --formats "
     "search-replace,udiff,ot --draft-tokens 16 --json OUT": None,
+    f"agent eval --cases {DEV} --stratify 40 --whole-cases 10 --decode-formats search-replace,udiff,ot,whole "
+    "--drafters ngram,cursor,hybrid --max-tokens 0 --json OUT --resume": "--free-running-tokens N",
     f"agent eval --cases {DEV} --decode-formats ot --max-tokens 0 --json OUT --plot OUT.png": "--free-running-tokens N",
+    "agent eval --max-tokens 0": "--free-running-tokens N",
     "agent eval --grounding": "agent eval grounded",
     # the forms that replace them
     f"agent eval --cases {DEV} --decode-formats ot --free-running-tokens 0 --json OUT --plot OUT.png": None,
