@@ -188,16 +188,22 @@ class Settings:
 
     def describe(self) -> str:
         """One line of what this run does, for stderr."""
+        trials = f"{_counted(self.ot_trials, 'miscount perturbation')} per OT script"
         if not self.drafters:
-            return f"agent eval: formats only, no decoding; {self.ot_trials} miscount perturbation(s) per OT script"
+            return f"agent eval: formats only, no decoding; {trials}"
         cases = (f"{self.stratify} cases spread over languages and sizes" if self.stratify else
                  f"the first case of each of {self.languages} languages" if self.languages else "every case")
         whole = (f", whole files on {self.whole_cases} of them" if self.whole_cases else
                  ", whole files on the shortest" if self.whole_shortest else "")
-        free = ("no free-running workloads" if not self.free_running_tokens else
-                f"{self.workloads or 'every'} free-running workload(s) of up to {self.free_running_tokens} tokens")
+        workloads = _counted(self.workloads, "free-running workload") if self.workloads else "every workload"
+        free = f"{workloads} up to {self.free_running_tokens} tokens" if self.free_running_tokens else (
+            "no free-running workloads")
         return (f"agent eval: drafters {','.join(self.drafters)}; decoding {','.join(self.decode_formats)} on "
-                f"{cases}{whole}; {self.ot_trials} miscount perturbation(s) per OT script; {free}")
+                f"{cases}{whole}; {trials}; {free}")
+
+
+def _counted(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def settings(args: argparse.Namespace) -> Settings:
