@@ -1,4 +1,5 @@
-"""Edit cases for the evals: JSONL files, the built-in suite, and cases mined from a local git repository.
+"""Edit cases for the evals: JSONL files, the built-in suite, cases mined from a local git repository, and the
+samples of them that are decoded (`stratify`, `one_per_language`, `shortest`).
 
 A case is `{"id", "path", "language", "instruction", "before", "after", …}`: one file before and after one
 change. Mining follows the selection rules of `evals/data/README.md` with git plumbing only (the mined
@@ -368,3 +369,44 @@ def _sample(candidates: list[dict], limit: int | None) -> list[dict]:
         del case["_time"]
     random.Random(0).shuffle(chosen)
     return chosen
+
+
+def one_per_language(cases: list[dict], languages: int) -> list[dict]:
+    """The first case of each of the first `languages` languages: a small spread for --quick decoding."""
+    seen: dict[str, dict] = {}
+    for case in cases:
+        if len(seen) < languages:
+            seen.setdefault(case.get("language") or "", case)
+    return list(seen.values())
+
+
+def stratify(cases: list[dict], n: int) -> list[dict]:
+    """`n` of the cases spread over languages and file sizes, the same every time: each language gets a share in
+    proportion to its cases (at least one while `n` allows; the most common languages first when it does not),
+    and within a language the picks are evenly spaced along the files ordered by size. In the input order."""
+    if n >= len(cases):
+        return list(cases)
+    groups: dict[str, list[dict]] = {}
+    for case in cases:
+        groups.setdefault(case.get("language") or "", []).append(case)
+    chosen = set()
+    for language, quota in _quotas({language: len(group) for language, group in groups.items()}, n).items():
+        ordered = sorted(groups[language], key=lambda case: (len(case["before"]), case["id"]))
+        chosen |= {ordered[int((i + 0.5) * len(ordered) / quota)]["id"] for i in range(quota)}
+    return [case for case in cases if case["id"] in chosen]
+
+
+def _quotas(sizes: dict[str, int], n: int) -> dict[str, int]:
+    """Picks per group, in proportion to the groups' sizes with one each (Sainte-Laguë: each further pick to the
+    group with the most cases per pick); with fewer picks than groups, one each for the `n` largest."""
+    order = sorted(sizes, key=lambda group: (-sizes[group], group))
+    quotas = {group: 1 for group in order[:n]}
+    while sum(quotas.values()) < n:
+        group = max((g for g in order if quotas[g] < sizes[g]), key=lambda g: sizes[g] / (quotas[g] + 0.5))
+        quotas[group] += 1
+    return quotas
+
+
+def shortest(cases: list[dict], n: int) -> list[dict]:
+    """The `n` cases with the shortest files (whole-file decoding costs a forward per token of the file)."""
+    return sorted(cases, key=lambda case: (len(case["before"]), case["id"]))[:n]

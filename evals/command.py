@@ -1,8 +1,9 @@
-"""`agent eval`: the editing evals' command line (cases, formats, drafters, --quick, --resume, live runs).
+"""`agent eval` and `agent eval grounded`: the editing evals' command lines.
 
 Run: `agent eval [--cases FILE | --from-git REPO] [--formats …] [--drafters …] [--limit N] [--quick]
 [--json OUT [--resume]] [--plot OUT.png] [--model M --api-base URL]`. Without `--cases` or `--from-git` it
 runs the built-in suite. A long decoding run rewrites OUT after each case; `--resume` continues it.
+`agent eval grounded [--limit N] [--max-tokens N] [--json OUT]` is the grounded-decoding eval (`evals.grounded`).
 """
 
 from __future__ import annotations
@@ -13,24 +14,14 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from evals.cases import load_cases, load_suite, mine_git
+from evals.cases import load_cases, load_suite, mine_git, one_per_language, shortest, stratify
 from evals.progress import Progress
 from evals.report import plot, render, write_report
-from evals.run import (
-    MAX_TOKENS,
-    OT_TRIALS,
-    OT_TRIALS_QUICK,
-    QUICK_MAX_TOKENS,
-    decoded_before,
-    one_per_language,
-    run,
-    run_decode,
-    run_live,
-    shortest,
-    stratify,
-)
+from evals.run import OT_TRIALS, OT_TRIALS_QUICK, measure
+from evals.schema import Report
 from tools.command_line import parse_arguments
 from tools.formats import format_names, get_format
 
@@ -42,34 +33,69 @@ QUICK_LANGUAGES = 2  # cases decoded with --quick: the first case of each of the
 QUICK_DRAFTERS = ("off", "ngram", "cursor", "hybrid")
 
 
+
+
+FREE_RUNNING_TOKENS, QUICK_FREE_RUNNING_TOKENS = 128, 32  # new tokens per free-running generation
 LIVE_MAX_TOKENS = 4096  # per live reply
 MAX_DRAFT_TOKENS = 64  # --draft-tokens: more rows than any verify forward here would use
 MODEL_FREE_DRAFTERS = ("off", "ngram", "cursor")  # drafters that never read the model (--forwards-only)
 
 
+def quick_decode_formats() -> tuple[str, ...]:
+    """The formats `--quick` decodes (`Format.quick`), whole files last: they are decoded on the shortest file only."""
+    return tuple(sorted((name for name in format_names() if get_format(name).quick), key=lambda name: name == "whole"))
+
+RETIRED = {  # options `agent eval` no longer has, and what took their place
+    "--grounding": "the grounded-decoding eval is its own command: agent eval grounded [--limit N] "
+                   "[--max-tokens N] [--json OUT]",
+    "--max-tokens": "it had three meanings, each its own option: --free-running-tokens N (per free-running "
+                    "generation; 0 skips them), --live-max-tokens N (per live reply), and agent eval grounded "
+                    "--max-tokens N (per grounded block)",
+}
+
+DESCRIPTION = ("the editing evals: output tokens per edit format and whether each applies, decoding per drafter\n"
+               "on the embedded model, the cost per applied edit, and live runs")
+QUICK_HELP = (
+    "a small run; it sets only what is not given otherwise: "
+    f"--drafters {','.join(QUICK_DRAFTERS)}, --decode-formats {','.join(quick_decode_formats())}, "
+    f"--free-running-tokens {QUICK_FREE_RUNNING_TOKENS}, decoding the first case of each of {QUICK_LANGUAGES} "
+    "languages (unless --stratify) with whole files on the shortest (unless --whole-cases); and "
+    f"{OT_TRIALS_QUICK} miscount perturbation per OT script instead of {OT_TRIALS}, {QUICK_WORKLOADS} copy-heavy "
+    "free-running workload instead of all. The run prints the settings it uses"
+)
+
 EPILOG = """\
 examples:
-  agent eval --quick                          built-in suite, every drafter, the cost table; minutes
-  agent eval --cases edits.jsonl --drafters none --json out.json --plot out.png
-                                              formats only: tokens and appliers, no model forward passes
-  agent eval --from-git ~/src/project --limit 50 --drafters none
-                                              the same on edits mined from your own history
-  agent eval --cases edits.jsonl --decode-formats ot --json out.json
-                                              decode the OT scripts: about 50 s per edit on 2 cores for the five
-                                              drafters; if it stops, add --resume and run it again
-  agent eval --cases edits.jsonl --stratify 40 --decode-formats search-replace,udiff,ot,whole --whole-cases 10
-             --json out.json --resume       the cost per applied edit: tokens and applies on every edit, decoding
-                                              on 40 spread over languages and sizes, whole files on 10 of them
-  agent eval --cases evals/data/edits-dev.jsonl --forwards-only --decode-formats search-replace,udiff,ot
-                                              the cost per applied edit's forwards on every dev edit, without the
-                                              model (exact for off, ngram and cursor; no times); a few minutes
-  agent eval --cases edits.jsonl --model hosted_vllm/gemma-4 --api-base http://127.0.0.1:8000/v1
-                                              each edit through the agent's edit turn on a live server
+  agent eval --quick                          the built-in suite: tokens and applies per format, decoding on two
+                                              edits with four drafters, the cost per applied edit; minutes
+  agent eval --cases edits.jsonl --drafters none --json out.json
+                                              formats only: tokens and appliers, no model; seconds
+  agent eval --cases edits.jsonl --stratify 40 --decode-formats search-replace,udiff,ot --json out.json --resume
+                                              the cost per applied edit, decoding 40 edits spread over languages
+                                              and sizes; if it stops, run it again: --resume decodes the rest
 
+The grounded-decoding eval is `agent eval grounded` (see its --help).
 case files: JSONL, one {"id", "path", "language", "instruction", "before", "after"} per line.
-
 exit codes: 0 measured, 2 usage error or unreadable cases/report, 4 live model server unreachable
 """
+
+GROUNDED_EPILOG = """\
+examples:
+  agent eval grounded                         the 24 suite edits, grounding off and on; minutes on 2 cores
+  agent eval grounded --limit 3 --json g.json the first 3, and every case's outcome as JSON
+
+exit codes: 0 measured, 2 usage error
+"""
+
+
+class Retired(argparse.Action):
+    """An option `agent eval` no longer has: giving it is a usage error that names what took its place."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs="?", help=argparse.SUPPRESS)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parser.error(f"{option_string}: {RETIRED[option_string or '']}")
 
 
 def _names(value: str, known: tuple[str, ...], what: str) -> tuple[str, ...]:
@@ -78,11 +104,6 @@ def _names(value: str, known: tuple[str, ...], what: str) -> tuple[str, ...]:
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(unknown) or value!r}; known: {', '.join(known)}")
     return names
-
-
-def _quick_decode_formats() -> tuple[str, ...]:
-    """The formats `--quick` decodes (`tools.formats.Format.quick`; whole only on the shortest file decoded)."""
-    return tuple(name for name in format_names() if get_format(name).quick)
 
 
 def _drafters(value: str) -> tuple[str, ...]:
@@ -95,62 +116,121 @@ def _drafters(value: str) -> tuple[str, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    source = parser.add_mutually_exclusive_group()
+    parser.add_argument("--quick", action="store_true", help=QUICK_HELP)
+    cases = parser.add_argument_group("cases")
+    source = cases.add_mutually_exclusive_group()
     source.add_argument("--cases", type=Path, metavar="FILE", help="JSONL cases (default: the built-in suite)")
     source.add_argument("--from-git", type=Path, metavar="REPO",
                         help="mine cases from the history of this local git repository")
-    parser.add_argument("--formats", type=lambda v: _names(v, format_names(), "format"), default=format_names(),
-                        help=f"comma-separated formats (default: {','.join(format_names())})")
-    parser.add_argument("--drafters", default=None,
-                        help="comma-separated drafters timed on the embedded model (off, ngram, … as the engine "
-                             "has them), 'all', or 'none' for formats only (default: all; none with --model; "
-                             f"{','.join(QUICK_DRAFTERS)} with --quick)")
-    parser.add_argument("--decode-formats", type=lambda v: _names(v, format_names(), "format"), default=None,
-                        help="formats whose reference output is decoded, reference-forced (default: every format "
-                             "but whole, which costs one forward per token of the file; with --quick "
-                             f"{','.join(_quick_decode_formats())}, whole on the shortest file only)")
-    parser.add_argument("--stratify", type=int, metavar="N",
-                        help="decode only N of the cases, spread over languages (in proportion) and file sizes, the "
-                             "same N every time; tokens and applies are still measured on every case")
-    parser.add_argument("--whole-cases", type=int, metavar="M",
-                        help="decode whole files on M of the decoded cases only (spread the same way; default: all)")
-    parser.add_argument("--limit", type=int, help="use at most N cases")
-    parser.add_argument("--save-cases", type=Path, metavar="FILE",
-                        help="write the cases measured as JSONL (e.g. those mined with --from-git), to measure the "
-                             "same edits again with --cases FILE")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"{OT_TRIALS_QUICK} miscount perturbation per OT script instead of {OT_TRIALS}; decode "
-                             f"one case in each of {QUICK_LANGUAGES} languages (whole files only the shortest), and "
-                             f"{QUICK_WORKLOADS} copy-heavy free-running workload of up to {QUICK_MAX_TOKENS} tokens")
-    parser.add_argument("--max-tokens", type=int, default=None,
-                        help=f"new tokens per free-running generation (default: {MAX_TOKENS}; 0 skips them) and "
-                             f"per live reply (default: {LIVE_MAX_TOKENS}) and per --grounding reply (default: 160)")
-    parser.add_argument("--model", metavar="M",
-                        help="also run every case through the agent's edit turn on this live model (a litellm "
-                             "name, or 'embedded' to start the embedded server)")
-    parser.add_argument("--api-base", metavar="URL", help="the live model's OpenAI-compatible endpoint")
-    parser.add_argument("--timeout", type=float, default=600, help="seconds per live reply (default: 600)")
-    parser.add_argument("--forwards-only", action="store_true",
-                        help="count the reference-forced target forwards without the model: under a reference the "
-                             f"drafts of {', '.join(MODEL_FREE_DRAFTERS)} (so their forwards) do not depend on it; "
-                             "minutes for all 180 dev edits (whole files take longest), no times, no free-running "
-                             "workloads")
-    parser.add_argument("--draft-tokens", type=int, metavar="N",
-                        help="every drafter drafts N tokens at every step, as vLLM's ngram does and as a GPU affords "
-                             "(verifying N rows costs about one there); default: the engine's adaptive length, which "
-                             "suits a CPU")
-    parser.add_argument("--grounding", action="store_true",
-                        help="instead, the grounded-decoding eval: the embedded base model writes the built-in "
-                             "suite's edits few-shot, grounding off and on; closed / parsed / applied / exact per "
-                             "mode (about 15 minutes on 2 cores; --limit N for fewer)")
-    parser.add_argument("--json", type=Path, metavar="OUT",
+    cases.add_argument("--limit", type=int, metavar="N", help="use at most N cases")
+    cases.add_argument("--save-cases", type=Path, metavar="FILE",
+                       help="write the cases measured as JSONL (e.g. those mined with --from-git), to measure the "
+                            "same edits again with --cases FILE")
+    formats = parser.add_argument_group("formats: tokens and whether each output applies, on every case")
+    formats.add_argument("--formats", type=lambda v: _names(v, format_names(), "format"), default=format_names(),
+                         help=f"comma-separated formats (default: {','.join(format_names())})")
+    decoding = parser.add_argument_group("decoding on the embedded model")
+    decoding.add_argument("--drafters", default=None,
+                          help="comma-separated drafters timed on the embedded model (off, ngram, … as the engine "
+                               "has them), 'all', or 'none' for formats only (default: all; none with --model; "
+                               f"{','.join(MODEL_FREE_DRAFTERS)} with --forwards-only)")
+    decoding.add_argument("--decode-formats", type=lambda v: _names(v, format_names(), "format"), default=None,
+                          help="formats whose reference output is decoded, reference-forced (default: every format "
+                               "but whole, which costs one forward per token of the file)")
+    decoding.add_argument("--stratify", type=int, metavar="N",
+                          help="decode only N of the cases, spread over languages (in proportion) and file sizes, "
+                               "the same N every time; tokens and applies are still measured on every case")
+    decoding.add_argument("--whole-cases", type=int, metavar="M",
+                          help="decode whole files on M of the decoded cases only (spread the same way; default: "
+                               "all)")
+    decoding.add_argument("--free-running-tokens", type=int, metavar="N",
+                          help=f"new tokens per free-running generation (default: {FREE_RUNNING_TOKENS}; 0 skips "
+                               "the free-running workloads)")
+    decoding.add_argument("--forwards-only", action="store_true",
+                          help="count the reference-forced target forwards without the model: under a reference "
+                               f"the drafts of {', '.join(MODEL_FREE_DRAFTERS)} (so their forwards) do not depend "
+                               "on it; minutes for all 180 dev edits (whole files take longest), no times, no "
+                               "free-running workloads")
+    decoding.add_argument("--draft-tokens", type=int, metavar="N",
+                          help="every drafter drafts N tokens at every step, as vLLM's ngram does and as a GPU "
+                               "affords (verifying N rows costs about one there); default: the engine's adaptive "
+                               "length, which suits a CPU")
+    live = parser.add_argument_group("live model: each case through the agent's edit turn")
+    live.add_argument("--model", metavar="M",
+                      help="a litellm model name, or 'embedded' to start the embedded server")
+    live.add_argument("--api-base", metavar="URL", help="the live model's OpenAI-compatible endpoint")
+    live.add_argument("--live-max-tokens", type=int, metavar="N",
+                      help=f"new tokens per live reply (default: {LIVE_MAX_TOKENS})")
+    live.add_argument("--timeout", type=float, default=600, metavar="SECONDS",
+                      help="seconds per live reply (default: 600)")
+    output = parser.add_argument_group("output (the tables go to stdout)")
+    output.add_argument("--json", type=Path, metavar="OUT",
                         help="also write every per-case figure as JSON (rewritten after each case decoded)")
-    parser.add_argument("--resume", action="store_true",
+    output.add_argument("--resume", action="store_true",
                         help="with --json OUT: keep the reference-forced figures of the cases OUT already has "
                              "(same formats and drafters) and decode only the others")
-    parser.add_argument("--plot", type=Path, metavar="OUT.png",
+    output.add_argument("--plot", type=Path, metavar="OUT.png",
                         help="also draw tokens per format as a PNG (and the speedup per drafter beside it, "
                              "OUT-speedup.png)")
+    for option in RETIRED:
+        parser.add_argument(option, action=Retired)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a run does once --quick and the defaults are applied, each field what one option (or --quick) sets."""
+
+    drafters: tuple[str, ...]
+    decode_formats: tuple[str, ...]
+    stratify: int | None  # decode N cases spread over languages and sizes
+    languages: int | None  # else decode the first case of each of this many languages (None: every case)
+    whole_cases: int | None  # whole files on M of the decoded cases, spread the same way
+    whole_shortest: bool  # else whole files on the shortest decoded case only (False: on every one)
+    ot_trials: int
+    free_running_tokens: int
+    workloads: int | None  # the copy-heavy free-running workloads with the shortest prompts (None: all)
+
+    def describe(self) -> str:
+        """One line of what this run does, for stderr."""
+        trials = f"{_counted(self.ot_trials, 'miscount perturbation')} per OT script"
+        if not self.drafters:
+            return f"agent eval: formats only, no decoding; {trials}"
+        cases = (f"{self.stratify} cases spread over languages and sizes" if self.stratify else
+                 f"the first case of each of {self.languages} languages" if self.languages else "every case")
+        whole = (f", whole files on {self.whole_cases} of them" if self.whole_cases else
+                 ", whole files on the shortest" if self.whole_shortest else "")
+        workloads = _counted(self.workloads, "free-running workload") if self.workloads else "every workload"
+        free = f"{workloads} up to {self.free_running_tokens} tokens" if self.free_running_tokens else (
+            "no free-running workloads")
+        return (f"agent eval: drafters {','.join(self.drafters)}; decoding {','.join(self.decode_formats)} on "
+                f"{cases}{whole}; {trials}; {free}")
+
+
+def _counted(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def settings(args: argparse.Namespace) -> Settings:
+    """The run's settings: an option given wins, then --quick's, then the defaults. Raises ArgumentTypeError for
+    an unknown drafter."""
+    quick = args.quick
+    default = ",".join(MODEL_FREE_DRAFTERS) if args.forwards_only else "none" if args.model else (
+        ",".join(QUICK_DRAFTERS) if quick else "all")
+    free_running_tokens = args.free_running_tokens
+    if free_running_tokens is None:
+        free_running_tokens = QUICK_FREE_RUNNING_TOKENS if quick else FREE_RUNNING_TOKENS
+    return Settings(
+        drafters=_drafters(args.drafters or default),
+        decode_formats=args.decode_formats or (quick_decode_formats() if quick else
+                                               tuple(f for f in format_names() if f != "whole")),
+        stratify=args.stratify,
+        languages=QUICK_LANGUAGES if quick and not args.stratify else None,
+        whole_cases=args.whole_cases,
+        whole_shortest=quick and not args.whole_cases,
+        ot_trials=OT_TRIALS_QUICK if quick else OT_TRIALS,
+        free_running_tokens=0 if args.forwards_only else free_running_tokens,  # free-running output is the model's
+        workloads=QUICK_WORKLOADS if quick else None,
+    )
 
 
 def _load_cases(args: argparse.Namespace) -> tuple[list[dict], str] | None:
@@ -182,50 +262,53 @@ def _load_cases(args: argparse.Namespace) -> tuple[list[dict], str] | None:
     return cases, f"the built-in suite ({len(cases)} edits)"
 
 
-def run_command(args: argparse.Namespace) -> int:
-    if args.limit is not None and args.limit < 1:
-        print(f"agent eval: --limit must be at least 1, not {args.limit}", file=sys.stderr)
-        return 2
-    if args.max_tokens is not None and args.max_tokens < 0:
-        print(f"agent eval: --max-tokens must be 0 or more, not {args.max_tokens}", file=sys.stderr)
-        return 2
+def usage_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the options together, or None."""
+    for option, value, least in (("--limit", args.limit, 1), ("--stratify", args.stratify, 1),
+                                 ("--whole-cases", args.whole_cases, 1), ("--live-max-tokens", args.live_max_tokens, 1),
+                                 ("--free-running-tokens", args.free_running_tokens, 0)):
+        if value is not None and value < least:
+            return f"{option} must be at least {least}, not {value}"
     if args.api_base and not args.model:
-        print("agent eval: --api-base needs --model (the model to ask at that endpoint)", file=sys.stderr)
-        return 2
+        return "--api-base needs --model (the model to ask at that endpoint)"
     if args.draft_tokens is not None and not 1 <= args.draft_tokens <= MAX_DRAFT_TOKENS:
-        print(f"agent eval: --draft-tokens must be from 1 to {MAX_DRAFT_TOKENS}, not {args.draft_tokens}",
-              file=sys.stderr)
-        return 2
-    for option, value in (("--stratify", args.stratify), ("--whole-cases", args.whole_cases)):
-        if value is not None and value < 1:
-            print(f"agent eval: {option} must be at least 1, not {value}", file=sys.stderr)
-            return 2
+        return f"--draft-tokens must be from 1 to {MAX_DRAFT_TOKENS}, not {args.draft_tokens}"
     if args.resume and not args.json:
-        print("agent eval: --resume needs --json OUT (the report to continue)", file=sys.stderr)
-        return 2
+        return "--resume needs --json OUT (the report to continue)"
     for option, out in (("--json", args.json), ("--plot", args.plot), ("--save-cases", args.save_cases)):
-        if out and (out.is_dir() or not out.parent.is_dir()):
-            problem = f"{out} is a directory" if out.is_dir() else f"no directory {out.parent} to write {out.name} in"
-            print(f"agent eval: {option}: {problem}", file=sys.stderr)
-            return 2
-    if args.grounding:
-        return _grounding(args)
+        if problem := output_problem(out):
+            return f"{option}: {problem}"
+    return None
+
+
+def output_problem(out: Path | None) -> str | None:
+    """Why a file cannot be written at `out` (a directory, or no directory to write it in), or None."""
+    if out and out.is_dir():
+        return f"{out} is a directory"
+    if out and not out.parent.is_dir():
+        return f"no directory {out.parent} to write {out.name} in"
+    return None
+
+
+def run_command(args: argparse.Namespace) -> int:
+    if problem := usage_problem(args):
+        print(f"agent eval: {problem}", file=sys.stderr)
+        return 2
     try:
-        default = "none" if args.model else ",".join(QUICK_DRAFTERS) if args.quick else "all"
-        default = ",".join(MODEL_FREE_DRAFTERS) if args.forwards_only else default
-        drafters = _drafters(args.drafters or default)
+        chosen = settings(args)
     except argparse.ArgumentTypeError as exc:
         print(f"agent eval: --drafters: {exc}", file=sys.stderr)
         return 2
+    drafters = chosen.drafters
     if args.forwards_only and not set(drafters) <= set(MODEL_FREE_DRAFTERS):
         print(f"agent eval: --forwards-only counts the drafters that do not read the model "
               f"({', '.join(MODEL_FREE_DRAFTERS)}), not {', '.join(sorted(set(drafters) - set(MODEL_FREE_DRAFTERS)))}",
               file=sys.stderr)
         return 2
-    decode_formats = args.decode_formats or (_quick_decode_formats() if args.quick else
-                                             tuple(f for f in format_names() if f != "whole"))
     done = None
     if args.resume and drafters:  # an unreadable report is refused before any work
+        from evals.resume import decoded_before
+
         try:
             done = decoded_before(args.json, args.draft_tokens)
         except ValueError as exc:
@@ -251,20 +334,20 @@ def run_command(args: argparse.Namespace) -> int:
             return 4
     from decoding.engine.tokenizer import gemma_token_counter
 
+    print(chosen.describe(), file=sys.stderr)
     # every decoded format is measured too: its cost per applied edit needs its apply rate
-    formats = tuple(f for f in format_names() if f in args.formats or (drafters and f in decode_formats))
-    report = run(cases, formats, gemma_token_counter(), OT_TRIALS_QUICK if args.quick else OT_TRIALS)
+    formats = tuple(f for f in format_names() if f in args.formats or (drafters and f in chosen.decode_formats))
+    report = measure(cases, formats, gemma_token_counter(), chosen.ot_trials)
     if drafters:
         from decoding.engine.loading import load_model
+        from evals.decode_run import run_decode
 
-        max_tokens = args.max_tokens if args.max_tokens is not None else QUICK_MAX_TOKENS if args.quick else MAX_TOKENS
-        max_tokens = 0 if args.forwards_only else max_tokens  # free-running output is the model's own
-        decoded, whole = decoded_cases(cases, args)
+        decoded, whole = decoded_cases(cases, chosen)
         if not args.forwards_only:
             print("loading the embedded model …", file=sys.stderr)
-        run_decode(report, decoded, None if args.forwards_only else load_model(), decode_formats, drafters, max_tokens,
-                   QUICK_WORKLOADS if args.quick else None, done=done,
-                   checkpoint=(lambda: write_report(report, args.json)) if args.json else lambda: None,
+        run_decode(report, decoded, None if args.forwards_only else load_model(), chosen.decode_formats, drafters,
+                   chosen.free_running_tokens, chosen.workloads, done=done,
+                   checkpoint=(lambda: write_report(report.to_json(), args.json)) if args.json else lambda: None,
                    whole_ids=whole, model_free=args.forwards_only, draft_tokens=args.draft_tokens)
     if args.model:
         status = _live(report, cases, args)
@@ -272,31 +355,89 @@ def run_command(args: argparse.Namespace) -> int:
             return status
     print(render(report, f"Edit formats on {source}: minimal correct output, Gemma tokens"))
     if args.json:
-        write_report(report, args.json)
+        write_report(report.to_json(), args.json)
     if args.plot:
         plot(report, args.plot)
     return 0
 
 
-def decoded_cases(cases: list[dict], args: argparse.Namespace) -> tuple[list[dict], set[str] | None]:
+def decoded_cases(cases: list[dict], chosen: Settings) -> tuple[list[dict], set[str] | None]:
     """The cases to decode (--stratify N, else one per language with --quick, else all) and the ids of those to
     decode whole files on (--whole-cases M of them, spread the same way; the shortest with --quick; None: all)."""
-    if args.stratify:
-        decoded = stratify(cases, args.stratify)
+    if chosen.stratify:
+        decoded = stratify(cases, chosen.stratify)
     else:
-        decoded = one_per_language(cases, QUICK_LANGUAGES) if args.quick else cases
-    if args.whole_cases:
-        return decoded, {case["id"] for case in stratify(decoded, args.whole_cases)}
-    return decoded, {case["id"] for case in shortest(decoded, 1)} if args.quick else None
+        decoded = one_per_language(cases, chosen.languages) if chosen.languages else cases
+    if chosen.whole_cases:
+        return decoded, {case["id"] for case in stratify(decoded, chosen.whole_cases)}
+    return decoded, {case["id"] for case in shortest(decoded, 1)} if chosen.whole_shortest else None
 
 
-def _grounding(args: argparse.Namespace) -> int:
-    """The grounded-decoding eval (evals/grounded.py) on the built-in suite."""
+def _live(report: Report, cases: list[dict], args: argparse.Namespace) -> int:
+    """Run the live evals (starting the embedded server for --model embedded); 4 when the model is unreachable."""
+    from agent.client import Model, ModelUnavailable
+    from decoding.serving.launch import EmbeddedServer, EmbeddedServerError
+    from evals.live import run_live
+
+    server = None
+    try:
+        name, api_base = args.model, args.api_base
+        if name == "embedded" and not api_base:
+            print("starting the embedded model server …", file=sys.stderr)
+            server = EmbeddedServer()
+            server.start()
+            name, api_base = f"openai/{server.model_id}", server.api_base
+        model = Model(name, api_base)
+        model.check_reachable()
+        run_live(report, cases, model, args.live_max_tokens or LIVE_MAX_TOKENS, args.timeout)
+    except (ModelUnavailable, EmbeddedServerError) as exc:
+        print(f"agent eval: {exc}", file=sys.stderr)
+        return 4
+    finally:
+        if server is not None:
+            server.stop()
+    return 0
+
+
+def parse(argv: Sequence[str] | None, prog: str = "agent eval") -> argparse.Namespace:
+    """`agent eval`'s arguments; usage errors (a retired option among them) exit 2 as argparse does."""
+    return parse_arguments(argv, prog, DESCRIPTION, add_arguments, EPILOG)
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "agent eval") -> int:
+    return run_command(parse(argv, prog))
+
+
+def add_grounded_arguments(parser: argparse.ArgumentParser) -> None:
+    from evals.grounded import MAX_NEW_TOKENS
+
+    parser.add_argument("--limit", type=int, metavar="N", help="the first N suite edits only (default: all 24)")
+    parser.add_argument("--max-tokens", type=int, metavar="N",
+                        help=f"new tokens per edit block the model writes (default: {MAX_NEW_TOKENS})")
+    parser.add_argument("--json", type=Path, metavar="OUT", help="also write the summary and every case's outcome")
+
+
+def parse_grounded(argv: Sequence[str] | None, prog: str = "agent eval grounded") -> argparse.Namespace:
+    description = ("the grounded-decoding eval: the embedded base model writes the built-in suite's edits few-shot,\n"
+                   "grounding off and on; closed / parsed / applied / exact per mode")
+    return parse_arguments(argv, prog, description, add_grounded_arguments, GROUNDED_EPILOG)
+
+
+def grounded_main(argv: Sequence[str] | None = None, prog: str = "agent eval grounded") -> int:
+    """`agent eval grounded`: the grounded-decoding eval (`evals.grounded`) on the built-in suite."""
     from dataclasses import asdict
 
     from decoding.engine.loading import load_model
     from evals.grounded import MAX_NEW_TOKENS, MODES, format_summary, run_grounded, snippets, summary
 
+    args = parse_grounded(argv, prog)
+    for option, value in (("--limit", args.limit), ("--max-tokens", args.max_tokens)):
+        if value is not None and value < 1:
+            print(f"{prog}: {option} must be at least 1, not {value}", file=sys.stderr)
+            return 2
+    if problem := output_problem(args.json):
+        print(f"{prog}: --json: {problem}", file=sys.stderr)
+        return 2
     cases = snippets()[: args.limit]
     print("loading the embedded model …", file=sys.stderr)
     loaded = load_model()
@@ -311,35 +452,6 @@ def _grounding(args: argparse.Namespace) -> int:
                 for mode, outcomes in results.items()}
         args.json.write_text(json.dumps({"summary": table, "cases": rows}, indent=1), encoding="utf-8")
     return 0
-
-
-def _live(report: dict, cases: list[dict], args: argparse.Namespace) -> int:
-    """Run the live evals (starting the embedded server for --model embedded); 4 when the model is unreachable."""
-    from agent.client import Model, ModelUnavailable
-    from decoding.serving.launch import EmbeddedServer, EmbeddedServerError
-
-    server = None
-    try:
-        name, api_base = args.model, args.api_base
-        if name == "embedded" and not api_base:
-            print("starting the embedded model server …", file=sys.stderr)
-            server = EmbeddedServer()
-            server.start()
-            name, api_base = f"openai/{server.model_id}", server.api_base
-        model = Model(name, api_base)
-        model.check_reachable()
-        run_live(report, cases, model, args.max_tokens or LIVE_MAX_TOKENS, args.timeout)
-    except (ModelUnavailable, EmbeddedServerError) as exc:
-        print(f"agent eval: {exc}", file=sys.stderr)
-        return 4
-    finally:
-        if server is not None:
-            server.stop()
-    return 0
-
-
-def main(argv: Sequence[str] | None = None, prog: str = "agent eval") -> int:
-    return run_command(parse_arguments(argv, prog, __doc__.split("\n")[0], add_arguments, EPILOG))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ search-replace + ngram and udiff + ngram (an agent on vLLM's prompt lookup). Lin
 scripts of whole lines) is compared with the same alternatives, beside OT.
 
 Forwards are reference-forced (`evals.decode`) on the decoded edits; apply rates are over every edit measured
-(`evals.run.summarize`): perturbed (the minimal output with the mistakes models make) as the model-like rate,
+(`evals.summary.summarize`): perturbed (the minimal output with the mistakes models make) as the model-like rate,
 grounded (those of the mistakes grounded decoding still lets a model write, `decoding.engine.grounding`: the
 model-like rate when every format is decoded grounded, as the server does) and clean (the minimal output itself)
 beside them. Whole files have no perturbations; their clean rate stands for all three. A report measured before
@@ -22,6 +22,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
+from evals.schema import CaseFigures, ForcedRun, FormatSummary
 from tools.formats import Format, formats, get_format
 
 BASES = ("perturbed", "grounded", "clean")
@@ -34,30 +35,31 @@ def _with_role(role: str) -> list[Format]:
     return [fmt for fmt in formats() if fmt.role == role]
 
 
-def _runs(case: dict, drafter: str) -> dict[str, dict]:
-    """One case's figures per format for one drafter (none where it was not decoded)."""
-    return case.get("decode", {}).get(drafter, {}).get("formats", {})
+def _runs(case: CaseFigures, drafter: str) -> dict[str, ForcedRun]:
+    """One case's runs per format for one drafter (none where it was not decoded)."""
+    run = case.decode.get(drafter)
+    return run.formats if run else {}
 
 
-def forwards(cases: list[dict], fmt: str, drafter: str) -> dict[str, int]:
+def forwards(cases: list[CaseFigures], fmt: str, drafter: str) -> dict[str, int]:
     """Target forwards per edit id for one format and drafter, over the edits decoded that way."""
-    return {case["id"]: runs[fmt]["target_forwards"] for case in cases if fmt in (runs := _runs(case, drafter))}
+    return {case.id: runs[fmt].target_forwards for case in cases if fmt in (runs := _runs(case, drafter))}
 
 
-def best_drafter(cases: list[dict], fmt: str, drafters: Sequence[str]) -> str | None:
+def best_drafter(cases: list[CaseFigures], fmt: str, drafters: Sequence[str]) -> str | None:
     """The drafter with the fewest target forwards in total on `fmt` (the first of equals); None if undecoded."""
     totals = {drafter: sum(per_edit.values()) for drafter in drafters if (per_edit := forwards(cases, fmt, drafter))}
     return min(totals, key=totals.__getitem__) if totals else None
 
 
-def apply_rates(formats_summary: dict, fmt: str) -> dict[str, float]:
+def apply_rates(formats_summary: dict[str, FormatSummary], fmt: str) -> dict[str, float]:
     """A format's apply rate per basis over every edit measured; a format without perturbations (whole) gets its
     clean rate as the perturbed one, and one without a grounded rate (whole; every format of a report measured
     before it was) its perturbed rate as the grounded one."""
     part = formats_summary[fmt]
-    perturbed, grounded = part.get("perturbed_applies"), part.get("grounded_applies")
-    perturbed = part["applies"] if perturbed is None else perturbed
-    return {"perturbed": perturbed, "grounded": perturbed if grounded is None else grounded, "clean": part["applies"]}
+    perturbed = part.applies if part.perturbed_applies is None else part.perturbed_applies
+    grounded = perturbed if part.grounded_applies is None else part.grounded_applies
+    return {"perturbed": perturbed, "grounded": grounded, "clean": part.applies}
 
 
 def per_applied(value: float, rate: float) -> float | None:
@@ -65,19 +67,19 @@ def per_applied(value: float, rate: float) -> float | None:
     return value / rate if rate else None
 
 
-def format_row(cases: list[dict], fmt: str, drafter: str, rates: dict[str, float]) -> dict:
+def format_row(cases: list[CaseFigures], fmt: str, drafter: str, rates: dict[str, float]) -> dict:
     """One format with one drafter: totals of the decoded edits, and forwards per applied edit per basis (median
     and mean over the edits)."""
     runs = [per_format[fmt] for case in cases if fmt in (per_format := _runs(case, drafter))]
-    tokens, target_forwards = sum(run["tokens"] for run in runs), sum(run["target_forwards"] for run in runs)
-    median = statistics.median(run["target_forwards"] for run in runs)
+    tokens, target_forwards = sum(run.tokens for run in runs), sum(run.target_forwards for run in runs)
+    median = statistics.median(run.target_forwards for run in runs)
     return {
         "drafter": drafter,
         "edits": len(runs),
         "tokens": tokens,
         "target_forwards": target_forwards,
         "tokens_per_forward": tokens / target_forwards,
-        "seconds": round(sum(run["seconds"] for run in runs), 3),
+        "seconds": round(sum(run.seconds for run in runs), 3),
         "forwards_median": median,
         "rates": rates,
         "per_applied": {basis: {"median": per_applied(median, rates[basis]),
@@ -125,7 +127,9 @@ def ratio(subject: dict[str, dict[str, float] | None], alternative: dict[str, di
     return figures
 
 
-def summarize_cost(cases: list[dict], formats_summary: dict, drafters: Sequence[str]) -> dict:
+def summarize_cost(
+    cases: list[CaseFigures], formats_summary: dict[str, FormatSummary], drafters: Sequence[str]
+) -> dict:
     """`{"subject", "formats": {format: its best drafter's row}, "ratios": [OT against each alternative, then
     against the cheapest alternative on each edit], "other_subjects": {format: its ratios, the same way}}` for the
     formats decoded and measured; no ratios for an OT form that was not decoded."""
@@ -164,6 +168,7 @@ def comparisons(rows: dict[str, dict], drafters: Sequence[str]) -> list[tuple[st
     pairs = []
     for fmt in (fmt for fmt in _with_role("alternative") if fmt.name in rows):
         pairing, best = fmt.baseline, rows[fmt.name]["drafter"]  # every alternative has a baseline pairing
+        assert pairing is not None
         if pairing.drafter in drafters:
             why = pairing.who + ("; also its best drafter" if best == pairing.drafter else "")
             pairs.append((fmt.name, pairing.drafter, why))

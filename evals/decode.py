@@ -285,7 +285,7 @@ def _ratio(numerator: float, denominator: float) -> float | None:
     return round(numerator / denominator, 3) if denominator else None
 
 
-def compare(figures: dict[str, dict]) -> dict[str, dict]:
+def compare(figures: dict[str, list[dict]]) -> dict[str, dict]:
     """Per drafter, totals over `figures[drafter]` (a list of per-run figures) and the ratios to "off"."""
     totals = {}
     for drafter, runs in figures.items():
@@ -305,18 +305,6 @@ def compare(figures: dict[str, dict]) -> dict[str, dict]:
             per_run = [value for a, b in pairs if (value := _ratio(a["seconds"], b["seconds"])) is not None]
             total["speedup_vs_off_median"] = round(statistics.median(per_run), 3) if per_run else None
     return totals
-
-
-def summarize_forced(results: list[dict], formats: Sequence[str], drafters: Sequence[str]) -> dict:
-    """`{format: {drafter: totals and ratios to off}}` over the cases decoded in that format (whole files may be
-    decoded on fewer)."""
-    decoded = [r["decode"] for r in results if r.get("decode")]
-    summary = {}
-    for fmt in formats:
-        runs = [case for case in decoded if fmt in case[drafters[0]]["formats"]]
-        if runs:
-            summary[fmt] = compare({drafter: [case[drafter]["formats"][fmt] for case in runs] for drafter in drafters})
-    return summary
 
 
 def summarize_free(free: dict) -> dict:

@@ -18,6 +18,8 @@ from pathlib import Path
 from agent.client import Model, ModelFailed, ModelTimeout, ModelUnavailable
 from agent.loop import first_messages
 from agent.protocol import parse_actions
+from evals.progress import Progress
+from evals.schema import Report
 from tools.formats import FormatError, get_format
 from tools.syntax import language_for, syntax_problems
 from tools.workspace import Workspace
@@ -100,3 +102,18 @@ def summarize(figures: list[dict]) -> dict:
         "acceptance": accepted / drafted if stats and drafted else None,
         "target_forwards": sum(s.get("target_forwards", 0) for s in stats) if stats else None,
     }
+
+
+def run_live(
+    report: Report, cases: list[dict], model: Model, max_tokens: int, timeout: float, progress: bool = True
+) -> None:
+    """Add each case's live figures (`live`) and their summary to `report`."""
+    by_id = {case.id: case for case in report.cases}
+    bar = Progress(len(cases), "live", progress)
+    figures = []
+    for case in cases:
+        bar.step(case["id"])
+        figures.append(run_case(case, model, max_tokens, timeout))
+        by_id[case["id"]].live = figures[-1]
+    bar.close()
+    report.summary.live = {"model": model.name, "api_base": model.api_base} | summarize(figures)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from evals.schema import DecodeSummary, Report, Summary
+
 
 def write_report(report: dict, path: Path) -> None:
     """Write the JSON report all at once, so an interrupted run leaves the last complete one."""
@@ -25,25 +27,29 @@ def _times(value) -> str:
     return "n/a" if value is None else f"{value:.2f}x"
 
 
-def render(report: dict, title: str) -> str:
+def _count(value: int | None) -> str:
+    return "n/a" if value is None else str(value)
+
+
+def render(report: Report, title: str) -> str:
     """Markdown: tokens and apply rates per format, apply rates per perturbation kind, then the decoding and live
     tables when they were measured."""
-    summary = report["summary"]["formats"]
+    summary = report.summary.formats
     lines = [title, "",
              "| format | tokens median | tokens p90 | saved vs whole median | saved p90 | saved % median "
              "| applies | perturbed: applies | perturbed: wrong | perturbed n | grounded: applies | grounded n |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for fmt, part in summary.items():
         lines.append(
-            f"| {fmt} | {_number(part['tokens_median'])} | {_number(part['tokens_p90'])} "
-            f"| {_number(part.get('saved_median'))} | {_number(part.get('saved_p90'))} "
-            f"| {_percent(part.get('saved_share_median'))} | {_percent(part['applies'])} "
-            f"| {_percent(part.get('perturbed_applies'))} | {_percent(part.get('perturbed_wrong'))} "
-            f"| {part.get('perturbed_trials', 'n/a')} | {_percent(part.get('grounded_applies'))} "
-            f"| {part.get('grounded_trials', 'n/a')} |"
+            f"| {fmt} | {_number(part.tokens_median)} | {_number(part.tokens_p90)} "
+            f"| {_number(part.saved_median)} | {_number(part.saved_p90)} "
+            f"| {_percent(part.saved_share_median)} | {_percent(part.applies)} "
+            f"| {_percent(part.perturbed_applies)} | {_percent(part.perturbed_wrong)} "
+            f"| {_count(part.perturbed_trials)} | {_percent(part.grounded_applies)} "
+            f"| {_count(part.grounded_trials)} |"
         )
     kinds = [(fmt, kind, figures) for fmt, part in summary.items()
-             for kind, figures in part.get("perturbed_by_kind", {}).items()]
+             for kind, figures in (part.perturbed_by_kind or {}).items()]
     if kinds:
         lines += ["", "Each format has its own perturbations; \"wrong\" = applied somewhere other than intended "
                   "(the rest were refused); \"grounding allows\" = the share grounded decoding would still let a "
@@ -51,19 +57,19 @@ def render(report: dict, title: str) -> str:
                   "| format | perturbation | applies | wrong | grounding allows | n |", "|---|---|---|---|---|---|"]
         lines += [f"| {fmt} | {kind} | {_percent(f['applies'])} | {_percent(f['wrong'])} "
                   f"| {_percent(f.get('grounded'))} | {f['trials']} |" for fmt, kind, f in kinds]
-    if "decode" in report["summary"]:
-        lines += ["", *render_decode(report["summary"]["decode"])]
-    if report["summary"].get("cost", {}).get("formats"):
-        lines += ["", *render_cost(report["summary"])]
-    if "live" in report["summary"]:
-        lines += ["", *render_live(report["summary"]["live"])]
+    if report.summary.decode:
+        lines += ["", *render_decode(report.summary.decode)]
+    if report.summary.decode and report.summary.cost and report.summary.cost["formats"]:
+        lines += ["", *render_cost(report.summary)]
+    if report.summary.live:
+        lines += ["", *render_live(report.summary.live)]
     return "\n".join(lines)
 
 
 SAME_AS_OFF = {True: "yes", False: "NO", None: "n/a (no off)"}
 
 
-def render_decode(decode: dict) -> list[str]:
+def render_decode(decode: DecodeSummary) -> list[str]:
     """The reference-forced and free-running tables, side by side in one report."""
     head = ("| {what} | drafter | tokens | target forwards | tokens / forward | forwards: off ÷ this "
             "| decode s | speedup vs off | speedup median |")
@@ -75,17 +81,17 @@ def render_decode(decode: dict) -> list[str]:
                 f"| {_times(t.get('speedup_vs_off'))} | {_times(t.get('speedup_vs_off_median'))} |"
                 for drafter, t in per_drafter.items()]
 
-    lines = [f"Decoding, reference-forced on {decode['cases']} edits{_whole_note(decode)}: the embedded Gemma 3 "
+    lines = [f"Decoding, reference-forced on {decode.cases} edits{_whole_note(decode)}: the embedded Gemma 3 "
              "270M verifies each "
              "format's minimal correct output as if it wrote it. This estimates the speedup for a model that "
              "writes this output; it is not the 270M's own output.", "", head.format(what="format"), rule]
-    for fmt, per_drafter in decode["reference_forced"].items():
+    for fmt, per_drafter in decode.reference_forced.items():
         lines += rows(fmt, per_drafter)
-    if decode["free_running"]:
+    if decode.free_running:
         lines += ["", f"Decoding, free-running: the model's own greedy output on the standard workloads (up to "
-                  f"{decode['max_tokens']} tokens): real acceptance, decode time after the prompt.", "",
+                  f"{decode.max_tokens} tokens): real acceptance, decode time after the prompt.", "",
                   head.format(what="workload").replace("| speedup median |", "| same output as off |"), rule]
-    for name, per_drafter in decode["free_running"].items():
+    for name, per_drafter in decode.free_running.items():
         lines += [row.rsplit("|", 2)[0] + f"| {SAME_AS_OFF[per_drafter[drafter]['same_as_off']]} |"
                   for row, drafter in zip(rows(name, per_drafter), per_drafter, strict=True)]
     lines += ["", "Target forwards include the prompt's; decode seconds run from the first token to the last "
@@ -93,22 +99,23 @@ def render_decode(decode: dict) -> list[str]:
     return lines
 
 
-def _whole_note(decode: dict) -> str:
+def _whole_note(decode: DecodeSummary) -> str:
     """Where whole files were decoded on fewer edits than the other formats, how many."""
-    fewer = "whole" in decode["formats"] and decode.get("whole_cases", decode["cases"]) < decode["cases"]
-    return f" (whole files on {decode['whole_cases']} of them, the long ones to decode)" if fewer else ""
+    fewer = "whole" in decode.formats and decode.whole_cases < decode.cases
+    return f" (whole files on {decode.whole_cases} of them, the long ones to decode)" if fewer else ""
 
 
 def _ratio_name(ratio: dict) -> str:
     return ratio["format"] if ratio["drafter"] is None else f"{ratio['format']} + {ratio['drafter']}"
 
 
-def render_cost(summary: dict) -> list[str]:
+def render_cost(summary: Summary) -> list[str]:
     """The cost per applied edit: each format with its best drafter, then the ratio of OT (and of each other OT form
     decoded) to each alternative."""
-    cost, decode = summary["cost"], summary["decode"]
-    measured = next(iter(summary["formats"].values()))["cases"]
-    lines = [f"Cost per applied edit, reference-forced on {decode['cases']} edits{_whole_note(decode)}: each format "
+    cost, decode = summary.cost, summary.decode
+    assert cost is not None and decode is not None, "the cost is of a decoded report"
+    measured = next(iter(summary.formats.values())).cases
+    lines = [f"Cost per applied edit, reference-forced on {decode.cases} edits{_whole_note(decode)}: each format "
              "with its best drafter (fewest target forwards). Forwards per applied edit = target forwards ÷ the "
              f"format's apply rate over all {measured} edits measured: perturbed (the minimal output with the "
              "mistakes models make, the model-like rate; whole files have no perturbations, so their clean rate), "
@@ -165,7 +172,7 @@ def render_live(live: dict) -> list[str]:
             f"| {_number(live['drafted'])} | {_number(live['accepted'])} | {_percent(acceptance)} |"]
 
 
-def plot(report: dict, out: Path) -> list[Path]:
+def plot(report: Report, out: Path) -> list[Path]:
     """PNGs: the distribution of output tokens per format (log scale) at `out`, and, when decoding was
     measured, the speedup per drafter at `<out stem>-speedup.png`. Returns the paths written."""
     import matplotlib
@@ -174,30 +181,30 @@ def plot(report: dict, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
     from matplotlib import ticker
 
-    summary = report["summary"]["formats"]
+    summary = report.summary.formats
     formats = list(summary)
-    data = [[case["formats"][fmt]["tokens"] or 1 for case in report["cases"]] for fmt in formats]
+    data = [[case.formats[fmt].tokens or 1 for case in report.cases] for fmt in formats]
     figure, axes = plt.subplots(figsize=(8, 4.5))
     axes.boxplot(data, tick_labels=formats, showfliers=True)
     axes.set_yscale("log")
     axes.yaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:,.0f}"))
     axes.yaxis.set_minor_formatter(ticker.NullFormatter())
     axes.set_ylabel("output tokens (Gemma tokenizer, log scale)")
-    axes.set_title(f"Minimal correct output per edit format, {len(report['cases'])} edits")
+    axes.set_title(f"Minimal correct output per edit format, {len(report.cases)} edits")
     for x, fmt in enumerate(formats, 1):
-        median = summary[fmt]["tokens_median"]
+        median = summary[fmt].tokens_median
         axes.annotate(f"{median:,.0f}", (x, median), xytext=(12, 0), textcoords="offset points", va="center")
     figure.tight_layout()
     figure.savefig(out, dpi=120)
     plt.close(figure)
     written = [out]
-    if "decode" in report["summary"]:
+    if report.summary.decode:
         written.append(out.with_name(f"{out.stem}-speedup.png"))
-        plot_speedup(report["summary"]["decode"], written[-1])
+        plot_speedup(report.summary.decode, written[-1])
     return written
 
 
-def plot_speedup(decode: dict, out: Path) -> None:
+def plot_speedup(decode: DecodeSummary, out: Path) -> None:
     """Grouped bars: speedup vs no drafting per drafter (decode time; the dot marks the ratio of forwards), for
     each reference-forced format and each free-running workload."""
     import matplotlib
@@ -205,9 +212,9 @@ def plot_speedup(decode: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = [(f"{fmt}\n(forced)", per) for fmt, per in decode["reference_forced"].items()]
-    groups += [(f"{name}\n(free)", per) for name, per in decode["free_running"].items()]
-    drafters = [d for d in decode["drafters"] if d != "off"]
+    groups = [(f"{fmt}\n(forced)", per) for fmt, per in decode.reference_forced.items()]
+    groups += [(f"{name}\n(free)", per) for name, per in decode.free_running.items()]
+    drafters = [d for d in decode.drafters if d != "off"]
     figure, axes = plt.subplots(figsize=(max(8.0, 1.3 * len(groups) + 2), 4.8))
     width = 0.8 / max(len(drafters), 1)
     for i, drafter in enumerate(drafters):
@@ -220,7 +227,7 @@ def plot_speedup(decode: dict, out: Path) -> None:
     axes.set_xticks(range(len(groups)), [name for name, _ in groups], fontsize=8)
     axes.set_ylabel("speedup vs no drafting (×)")
     axes.set_title(f"Speedup per drafter; forced = estimate for a model writing that output "
-                   f"({decode['cases']} edits)\ndots: target forwards, off ÷ drafter", fontsize=10)
+                   f"({decode.cases} edits)\ndots: target forwards, off ÷ drafter", fontsize=10)
     axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(out, dpi=120)

@@ -119,6 +119,19 @@ def test_bench_decode_is_delegated_with_its_own_options(capsys):
     assert info.value.code == 0 and "agent bench decode" in capsys.readouterr().out
 
 
+def test_eval_grounded_is_its_own_command_and_eval_keeps_its_own_options(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["eval", "grounded", "--help"])
+    out = capsys.readouterr().out
+    assert info.value.code == 0 and "usage: agent eval grounded" in out and "--max-tokens N" in out
+    with pytest.raises(SystemExit) as info:
+        main(["eval", "--help"])
+    out = capsys.readouterr().out
+    assert info.value.code == 0 and "--free-running-tokens" in out and "--grounding" not in out.split("examples:")[0]
+    assert main(["eval", "grounded", "--limit", "0"]) == 2
+    assert "agent eval grounded: --limit must be at least 1, not 0" in capsys.readouterr().err
+
+
 def test_a_mistyped_command_is_named_with_the_nearest_one(capsys):
     assert main(["evl"]) == 2
     assert "did you mean `agent eval`" in capsys.readouterr().err

@@ -1,12 +1,25 @@
 """The cost per applied edit (evals.cost, evals.report.render_cost) on synthetic reports, and the case selection
 for decoding (--stratify, --whole-cases): arithmetic with no model."""
 
+from dataclasses import replace
+
 import pytest
 
-from evals.cases import load_suite
+from evals.cases import load_suite, shortest, stratify
 from evals.cost import best_drafter, summarize_cost
+from evals.decode_run import with_applies
 from evals.report import render_cost
-from evals.run import shortest, stratify, with_applies
+from evals.schema import (
+    CaseFigures,
+    DecodeSummary,
+    DrafterRun,
+    ForcedRun,
+    FormatFigures,
+    FormatSummary,
+    Perturbation,
+    Report,
+    Summary,
+)
 
 DRAFTERS = ("ngram", "cursor", "hybrid")
 # target forwards per format, drafter and edit (edits a, b, c); whole was decoded on edit a only
@@ -21,24 +34,33 @@ RATES = {  # (clean, perturbed, grounded) over every edit measured; whole has no
 }
 
 
-def synthetic_report() -> dict:
-    cases = [{"id": edit, "decode": {drafter: {"formats": {}} for drafter in DRAFTERS}} for edit in "abc"]
+def run(value: int, tokens_per_forward: int = 2) -> ForcedRun:
+    return ForcedRun(tokens=tokens_per_forward * value, target_forwards=value, seconds=value / 10, drafted=0,
+                     accepted=0)
+
+
+def rates(clean: float, perturbed: float | None = None, grounded: float | None = None) -> FormatSummary:
+    return FormatSummary(cases=180, tokens_median=0, tokens_p90=0, applies=clean, perturbed_applies=perturbed,
+                         grounded_applies=grounded)
+
+
+def synthetic_report() -> Report:
+    cases = [CaseFigures(edit, "python", {}, {drafter: DrafterRun(0, 0.0, {}) for drafter in DRAFTERS})
+             for edit in "abc"]
     for fmt, per_drafter in FORWARDS.items():
         for drafter, values in per_drafter.items():
             for case, value in zip(cases, values, strict=False):
-                case["decode"][drafter]["formats"][fmt] = {"tokens": 2 * value, "target_forwards": value,
-                                                           "seconds": value / 10}
-    formats = {fmt: {"cases": 180, "applies": clean}
-               | ({"perturbed_applies": perturbed, "grounded_applies": grounded} if perturbed else {})
-               for fmt, (clean, perturbed, grounded) in RATES.items()}
-    return {"cases": cases, "summary": {"formats": formats, "decode": {
-        "cases": 3, "formats": list(FORWARDS), "drafters": list(DRAFTERS), "whole_cases": 1}}}
+                case.decode[drafter].formats[fmt] = run(value)
+    formats = {fmt: rates(*figures) for fmt, figures in RATES.items()}
+    decode = DecodeSummary(cases=3, formats=list(FORWARDS), drafters=list(DRAFTERS), whole_cases=1,
+                           reference_forced={}, free_running={}, max_tokens=0)
+    return Report(cases, Summary(formats, decode))
 
 
 @pytest.fixture
 def cost():
     report = synthetic_report()
-    return summarize_cost(report["cases"], report["summary"]["formats"], DRAFTERS)
+    return summarize_cost(report.cases, report.summary.formats, DRAFTERS)
 
 
 def _ratio(cost: dict, fmt: str, drafter: str | None) -> dict:
@@ -50,15 +72,16 @@ def test_each_format_gets_the_drafter_with_the_fewest_forwards_in_total(cost):
     assert {fmt: row["drafter"] for fmt, row in cost["formats"].items()} == {
         "ot": "hybrid", "search-replace": "ngram", "udiff": "ngram", "whole": "cursor"}
     # hybrid loses edit b to ngram but wins the total; a tie goes to the drafter named first
-    cases = synthetic_report()["cases"]
+    cases = synthetic_report().cases
     for case in cases:
-        case["decode"]["cursor"]["formats"]["ot"] = dict(case["decode"]["hybrid"]["formats"]["ot"])
+        case.decode["cursor"].formats["ot"] = replace(case.decode["hybrid"].formats["ot"])
     assert best_drafter(cases, "ot", DRAFTERS) == "cursor"
     assert best_drafter(cases, "ot-counts", DRAFTERS) is None
     # whole ties ngram and cursor: the baseline's drafter (cursor) is its best, so it is compared once
     for case in cases:
-        case["decode"]["ngram"]["formats"].get("whole", {})["target_forwards"] = 100
-    formats = synthetic_report()["summary"]["formats"]
+        if "whole" in case.decode["ngram"].formats:
+            case.decode["ngram"].formats["whole"].target_forwards = 100
+    formats = synthetic_report().summary.formats
     cost = summarize_cost(cases, formats, DRAFTERS)
     assert cost["formats"]["whole"]["drafter"] == "cursor"
     assert [r["drafter"] for r in cost["ratios"] if r["format"] == "whole"] == ["cursor"]
@@ -94,7 +117,7 @@ def test_whole_is_compared_on_the_edits_it_was_decoded_on_and_best_drafters_that
     assert [(r["format"], r["drafter"]) for r in cost["ratios"]] == [
         ("whole", "cursor"), ("search-replace", "ngram"), ("udiff", "ngram"), ("cheapest alternative", None)]
     report = synthetic_report()
-    cost = summarize_cost(report["cases"], report["summary"]["formats"], ("cursor", "hybrid"))  # no ngram run
+    cost = summarize_cost(report.cases, report.summary.formats, ("cursor", "hybrid"))  # no ngram run
     assert [(r["format"], r["drafter"], r["why"]) for r in cost["ratios"][:3]] == [
         ("whole", "cursor", "Cursor-style speculative rewrite; also its best drafter"),
         ("search-replace", "hybrid", "its best drafter"), ("udiff", "cursor", "its best drafter")]
@@ -113,50 +136,52 @@ def test_the_cheapest_alternative_is_taken_edit_by_edit(cost):
 
 def test_a_format_that_never_applies_has_no_cost_per_applied_edit():
     report = synthetic_report()
-    report["summary"]["formats"]["ot"]["perturbed_applies"] = 0.0
-    cost = summarize_cost(report["cases"], report["summary"]["formats"], DRAFTERS)
+    report.summary.formats["ot"].perturbed_applies = 0.0
+    cost = summarize_cost(report.cases, report.summary.formats, DRAFTERS)
     assert cost["formats"]["ot"]["per_applied"]["perturbed"] == {"median": None, "mean": None}
     against = _ratio(cost, "udiff", "ngram")
     assert against["perturbed"] == {"median": None, "total": None} and "wins" not in against
     assert against["clean"]["median"] == pytest.approx(1.1)  # 8/20, 22/20, 24/18
-    report["summary"]["cost"] = cost
+    report.summary.cost = cost
     assert "| ot | hybrid | 3 | 2.00 | 22 | 0.0% | 90.0% | 100.0% | n/a | n/a | 24 | 20 | 22 | 18 |" in render_cost(
-        report["summary"])
+        report.summary)
 
 
 def test_the_table_shows_each_format_and_ots_ratios(cost):
     report = synthetic_report()
-    report["summary"]["cost"] = cost
-    table = "\n".join(render_cost(report["summary"]))
+    report.summary.cost = cost
+    table = "\n".join(render_cost(report.summary))
     assert "reference-forced on 3 edits (whole files on 1 of them" in table
     assert "| search-replace | ngram | 3 | 2.00 | 20 | 60.0% | 95.0% | 100.0% | 33 | 42 | 21 | 27 | 20 | 25 |" in table
     assert "| whole + cursor | Cursor-style speculative rewrite; also its best drafter | 1 | 0.09x |" in table
     assert "| 3 of 3 | 2 of 3 |" in table and "ot + hybrid against each alternative" in table
 
 
+def trial(applies: bool, grounded: bool | None) -> Perturbation:
+    return Perturbation("miscount", "exact" if applies else "refused", applies, grounded)
+
+
 def test_each_decoded_row_carries_the_applies_of_its_case_and_format():
-    decode = {"ngram": {"formats": {fmt: {"target_forwards": 5} for fmt in ("ot", "udiff", "search-replace", "whole")}}}
+    decode = {"ngram": DrafterRun.of({fmt: run(5) for fmt in ("ot", "udiff", "search-replace", "whole")})}
     formats = {
-        "ot": {"applies": True, "perturbed": [{"applies": True, "grounded": True}, {"applies": False, "grounded": True},
-                                              {"applies": False, "grounded": False}]},
-        "udiff": {"applies": True, "perturbed": [{"applies": False, "grounded": False}]},  # grounding refuses all
-        "search-replace": {"applies": True, "perturbed": [{"applies": False}]},  # measured before grounding was
-        "whole": {"applies": True},
+        "ot": FormatFigures(1, 1, True, [trial(True, True), trial(False, True), trial(False, False)]),
+        "udiff": FormatFigures(1, 1, True, [trial(False, False)]),  # grounding refuses all
+        "search-replace": FormatFigures(1, 1, True, [trial(False, None)]),  # measured before grounding was
+        "whole": FormatFigures(1, 1, True),
     }
-    rows = with_applies(decode, formats)["ngram"]["formats"]
-    assert rows["ot"] == {"target_forwards": 5, "applies": True, "applies_perturbed": pytest.approx(1 / 3),
-                          "applies_grounded": 0.5}
-    assert rows["udiff"]["applies_perturbed"] == 0 and rows["udiff"]["applies_grounded"] == 1.0  # as the clean one
-    assert rows["search-replace"]["applies_grounded"] is None  # unknown
-    assert rows["whole"]["applies"] is True and rows["whole"]["applies_perturbed"] is rows["whole"]["applies_grounded"]
-    assert rows["whole"]["applies_grounded"] is None
+    rows = with_applies(decode, formats)["ngram"].formats
+    assert rows["ot"] == replace(run(5), applies=True, applies_perturbed=pytest.approx(1 / 3), applies_grounded=0.5)
+    assert rows["udiff"].applies_perturbed == 0 and rows["udiff"].applies_grounded == 1.0  # as the clean one
+    assert rows["search-replace"].applies_grounded is None  # unknown
+    assert rows["whole"].applies is True and rows["whole"].applies_perturbed is rows["whole"].applies_grounded
+    assert rows["whole"].applies_grounded is None
 
 
 def test_a_report_from_before_the_grounded_basis_is_costed_and_shown_with_the_perturbed_rate_for_it():
     report = synthetic_report()
-    for part in report["summary"]["formats"].values():
-        part.pop("grounded_applies", None)
-    cost = summarize_cost(report["cases"], report["summary"]["formats"], DRAFTERS)
+    for part in report.summary.formats.values():
+        part.grounded_applies = None
+    cost = summarize_cost(report.cases, report.summary.formats, DRAFTERS)
     for row in cost["formats"].values():
         assert row["rates"]["grounded"] == row["rates"]["perturbed"]
         assert row["per_applied"]["grounded"] == row["per_applied"]["perturbed"]
@@ -167,8 +192,8 @@ def test_a_report_from_before_the_grounded_basis_is_costed_and_shown_with_the_pe
         del row["rates"]["grounded"], row["per_applied"]["grounded"]
     for ratio in cost["ratios"]:
         del ratio["grounded"], ratio["wins_grounded"]
-    report["summary"]["cost"] = cost
-    table = "\n".join(render_cost(report["summary"]))
+    report.summary.cost = cost
+    table = "\n".join(render_cost(report.summary))
     assert "| udiff | ngram | 3 | 2.00 | 20 | 75.0% | n/a | 100.0% | 27 | 26 | n/a | n/a | 20 | 19 |" in table
     assert "| 3 | 0.92x | 0.78x | n/a | n/a | 1.10x | 0.93x | 1.10x | 0.93x | 2 of 3 | n/a of 3 |" in table
 
@@ -200,17 +225,16 @@ def test_stratify_on_the_suite_and_the_shortest_file():
 
 def test_line_ot_gets_its_own_row_and_ratios_beside_ots():
     report = synthetic_report()
-    for case, value in zip(report["cases"], [6, 10, 12], strict=True):
-        case["decode"]["cursor"]["formats"]["ot-lines"] = {"tokens": 3 * value, "target_forwards": value,
-                                                           "seconds": value / 10}
-    report["summary"]["formats"]["ot-lines"] = {"cases": 180, "applies": 1.0, "perturbed_applies": 0.5}
-    cost = summarize_cost(report["cases"], report["summary"]["formats"], DRAFTERS)
+    for case, value in zip(report.cases, [6, 10, 12], strict=True):
+        case.decode["cursor"].formats["ot-lines"] = run(value, tokens_per_forward=3)
+    report.summary.formats["ot-lines"] = rates(1.0, 0.5)
+    cost = summarize_cost(report.cases, report.summary.formats, DRAFTERS)
     assert cost["formats"]["ot-lines"]["drafter"] == "cursor" and cost["subject"] == "ot"
     assert [r["format"] for r in cost["ratios"]] == ["whole", "search-replace", "udiff", "cheapest alternative"]
     (lines,) = cost["other_subjects"].values()
     against = next(r for r in lines if r["format"] == "search-replace")
     assert against["clean"]["total"] == pytest.approx(28 / 76)
-    report["summary"]["cost"] = cost
-    table = "\n".join(render_cost(report["summary"]))
+    report.summary.cost = cost
+    table = "\n".join(render_cost(report.summary))
     assert "| ot-lines | cursor | 3 | 3.00 | 10 | 50.0% | 50.0% | 100.0% | 20 |" in table  # no grounded rate: perturbed
     assert "ot + hybrid against each alternative" in table and "ot-lines + cursor against each alternative" in table

@@ -190,8 +190,8 @@ def test_quick_cli_decodes_reference_forced_per_drafter(tmp_path, capsys, monkey
     monkeypatch.setattr("decoding.engine.loading.load_model", lambda *args, **kwargs: embedded_model)
     cases, out, png = tmp_path / "cases.jsonl", tmp_path / "eval.json", tmp_path / "tokens.png"
     cases.write_text(json.dumps(SMALL_CASE) + "\n")
-    argv = ["--cases", str(cases), "--quick", "--drafters", "off,cursor", "--max-tokens", "0", "--json", str(out),
-            "--plot", str(png)]
+    argv = ["--cases", str(cases), "--quick", "--drafters", "off,cursor", "--free-running-tokens", "0",
+            "--json", str(out), "--plot", str(png)]
     assert main(argv) == 0
     table = capsys.readouterr().out
     assert "reference-forced" in table and "estimates the speedup for a model that writes this output" in table
@@ -242,7 +242,7 @@ def fake_decoding(monkeypatch, decoded: list[str], stop_at: str | None = None) -
         if case["id"] == stop_at:
             raise Interrupted
         decoded.append(case["id"])
-        figures = {"tokens": 9, "target_forwards": len(case["id"]), "seconds": 1.0}
+        figures = {"tokens": 9, "target_forwards": len(case["id"]), "seconds": 1.0, "drafted": 0, "accepted": 0}
         return {d: evals.decode.drafter_totals({f: dict(figures) for f in formats}) for d in drafters}
 
     monkeypatch.setattr(evals.decode, "Decoder", lambda loaded: SimpleNamespace())
@@ -253,7 +253,7 @@ def fake_decoding(monkeypatch, decoded: list[str], stop_at: str | None = None) -
 def test_an_interrupted_decoding_run_keeps_its_cases_and_resume_decodes_only_the_rest(tmp_path, monkeypatch, capsys):
     out = tmp_path / "eval.json"
     argv = ["--limit", "3", "--formats", "ot", "--decode-formats", "ot", "--drafters", "off,ngram",
-            "--max-tokens", "0", "--json", str(out)]
+            "--free-running-tokens", "0", "--json", str(out)]
     ids = [case["id"] for case in load_suite(limit=3)]
     decoded: list[str] = []
     fake_decoding(monkeypatch, decoded, stop_at=ids[2])
@@ -279,8 +279,8 @@ def test_an_interrupted_decoding_run_keeps_its_cases_and_resume_decodes_only_the
 
 def test_resume_keeps_figures_only_from_a_report_decoded_with_the_same_draft_length(tmp_path, monkeypatch, capsys):
     out = tmp_path / "eval.json"
-    argv = ["--limit", "2", "--formats", "ot", "--decode-formats", "ot", "--drafters", "off", "--max-tokens", "0",
-            "--json", str(out)]
+    argv = ["--limit", "2", "--formats", "ot", "--decode-formats", "ot", "--drafters", "off",
+            "--free-running-tokens", "0", "--json", str(out)]
     decoded: list[str] = []
     fake_decoding(monkeypatch, decoded)
     assert main([*argv, "--draft-tokens", "16"]) == 0
@@ -314,14 +314,15 @@ def test_live_eval_says_when_a_reply_was_cut_off(tmp_path):
     out = tmp_path / "live.json"
     with ReplayServer([Turn(half, completion_tokens=64, finish_reason="length")]) as server:
         assert main(["--limit", "1", "--formats", "ot", "--model", "openai/replay-model", "--api-base", server.url,
-                     "--max-tokens", "64", "--json", str(out)]) == 0
+                     "--live-max-tokens", "64", "--json", str(out)]) == 0
     live = json.loads(out.read_text())["cases"][0]["live"]
     assert not live["exact"] and live["error"].startswith("reply cut off at 64 tokens")
 
 
 def test_resume_keeps_only_the_formats_asked_for_and_their_sums(tmp_path, monkeypatch):
     out = tmp_path / "eval.json"
-    argv = ["--limit", "1", "--formats", "ot,udiff", "--drafters", "off", "--max-tokens", "0", "--json", str(out)]
+    argv = ["--limit", "1", "--formats", "ot,udiff", "--drafters", "off", "--free-running-tokens", "0",
+            "--json", str(out)]
     decoded: list[str] = []
     fake_decoding(monkeypatch, decoded)
     assert main([*argv, "--decode-formats", "ot,udiff"]) == 0
@@ -357,13 +358,13 @@ def test_an_unreachable_live_server_is_reported_before_any_decoding(monkeypatch,
 
 
 def test_stratify_decodes_a_spread_and_whole_files_on_fewer(tmp_path, monkeypatch, capsys):
-    from evals.run import stratify
+    from evals.cases import stratify
 
     out = tmp_path / "eval.json"
     decoded: list[str] = []
     fake_decoding(monkeypatch, decoded)
     argv = ["--limit", "12", "--formats", "ot", "--decode-formats", "ot,whole", "--drafters", "ngram,cursor",
-            "--max-tokens", "0", "--json", str(out), "--stratify", "5", "--whole-cases", "2"]
+            "--free-running-tokens", "0", "--json", str(out), "--stratify", "5", "--whole-cases", "2"]
     assert main(argv) == 0
     suite = load_suite(limit=12)
     picked = stratify(suite, 5)
@@ -382,7 +383,7 @@ def test_stratify_decodes_a_spread_and_whole_files_on_fewer(tmp_path, monkeypatc
 def test_quick_decodes_whole_files_only_on_the_shortest(tmp_path, monkeypatch):
     out = tmp_path / "eval.json"
     fake_decoding(monkeypatch, [])
-    assert main(["--quick", "--drafters", "ngram", "--max-tokens", "0", "--json", str(out)]) == 0
+    assert main(["--quick", "--drafters", "ngram", "--free-running-tokens", "0", "--json", str(out)]) == 0
     cases = json.loads(out.read_text())["cases"]
     decoded = {case["id"]: set(case["decode"]["ngram"]["formats"]) for case in cases if case["decode"]}
     sizes = {case["id"]: len(case["before"]) for case in load_suite()}
@@ -395,7 +396,7 @@ def test_quick_times_the_drafters_that_pay_on_a_cpu(tmp_path, monkeypatch):
     """--quick is the main job: it leaves out the MTP head, whose float32 verify rows only cost time on a CPU."""
     out = tmp_path / "eval.json"
     fake_decoding(monkeypatch, [])
-    assert main(["--quick", "--max-tokens", "0", "--json", str(out)]) == 0
+    assert main(["--quick", "--free-running-tokens", "0", "--json", str(out)]) == 0
     decoded = [case["decode"] for case in json.loads(out.read_text())["cases"] if case["decode"]]
     assert decoded and all(tuple(drafters) == QUICK_DRAFTERS for drafters in decoded)
     assert "mtp" not in QUICK_DRAFTERS

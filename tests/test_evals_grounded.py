@@ -39,9 +39,9 @@ def test_a_block_is_judged_closed_parsed_applied_and_exact(output, closed, parse
 
 @pytest.mark.slow
 def test_the_command_reports_each_mode_and_speculation_equal_to_plain(tmp_path, capsys):
-    from evals.command import main
+    from evals.command import grounded_main
 
-    assert main(["--grounding", "--limit", "1", "--max-tokens", "24", "--json", str(tmp_path / "g.json")]) == 0
+    assert grounded_main(["--limit", "1", "--max-tokens", "24", "--json", str(tmp_path / "g.json")]) == 0
     out = capsys.readouterr().out
     assert "on (cursor drafter)" in out and "equals grounded plain output on every case: yes" in out
     report = json.loads((tmp_path / "g.json").read_text())

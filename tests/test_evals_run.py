@@ -9,7 +9,8 @@ from decoding.engine.loading import cache_root
 from decoding.engine.tokenizer import gemma_token_counter, tokenizer_dir
 from evals.cases import DEFAULT_CASES, load_cases, load_suite
 from evals.command import main
-from evals.run import percentile, run
+from evals.run import measure
+from evals.summary import percentile
 from tools.formats import format_names, get_format
 
 FORMATS = format_names()  # the built-in ones
@@ -46,14 +47,14 @@ def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
 
 
 def _check_ordering(report):
-    for case in report["cases"]:
-        tokens = {fmt: figures["tokens"] for fmt, figures in case["formats"].items()}
-        assert tokens["whole"] >= max(tokens["ot"], tokens["ot-counts"]), case["id"]
+    for case in report.cases:
+        tokens = {fmt: figures.tokens for fmt, figures in case.formats.items()}
+        assert tokens["whole"] >= max(tokens["ot"], tokens["ot-counts"]), case.id
     # line-based formats write a changed line twice (old and new): on a file that is mostly one long changed
     # line they cost more than the whole file, so they are below it on nearly every case, not every one
     for fmt in ("search-replace", "udiff"):
-        below = sum(case["formats"][fmt]["tokens"] <= case["formats"]["whole"]["tokens"] for case in report["cases"])
-        assert below >= 0.95 * len(report["cases"]), fmt
+        below = sum(case.formats[fmt].tokens <= case.formats["whole"].tokens for case in report.cases)
+        assert below >= 0.95 * len(report.cases), fmt
     total = {fmt: sum(case["formats"][fmt]["tokens"] for case in report["cases"]) for fmt in FORMATS}
     assert total["ot-counts"] <= total["ot"] < total["search-replace"]
     assert total["udiff"] < total["search-replace"]  # same lines, shorter markers
@@ -62,16 +63,16 @@ def _check_ordering(report):
 
 @pytest.mark.slow
 def test_token_counts_are_ordered_sensibly_on_the_suite(count_tokens):
-    report = run(load_suite(), FORMATS, count_tokens, progress=False)
+    report = measure(load_suite(), FORMATS, count_tokens, progress=False)
     _check_ordering(report)
-    assert all(report["summary"]["formats"][fmt]["applies"] == 1.0 for fmt in FORMATS)
+    assert all(report.summary.formats[fmt].applies == 1.0 for fmt in FORMATS)
 
 
 @pytest.mark.slow
 def test_token_counts_are_ordered_sensibly_on_real_commits(count_tokens):
-    report = run(load_cases(DEFAULT_CASES), FORMATS, count_tokens, ot_trials=1, progress=False)
+    report = measure(load_cases(DEFAULT_CASES), FORMATS, count_tokens, ot_trials=1, progress=False)
     _check_ordering(report)
-    assert report["summary"]["formats"]["ot"]["saved_share_median"] > 0.8
+    assert report.summary.formats["ot"].saved_share_median > 0.8
 
 
 @pytest.mark.slow
@@ -98,14 +99,14 @@ def test_cli_writes_table_json_and_plot(tmp_path, capsys, count_tokens):
 
 def test_summary_figures_follow_from_the_per_case_counts():
     cases = load_suite()[:5]
-    report = run(cases, ("whole", "ot"), len, progress=False)  # tokens = characters, to check the arithmetic
-    saved = [len(c["after"]) - case["formats"]["ot"]["tokens"] for c, case in zip(cases, report["cases"], strict=True)]
-    ot = report["summary"]["formats"]["ot"]
-    assert ot["saved_median"] == statistics.median(saved)
-    assert ot["saved_p90"] == percentile(saved, 90)
-    assert report["summary"]["formats"]["whole"]["saved_median"] == 0
-    assert ot["perturbed_trials"] == sum(len(case["formats"]["ot"]["perturbed"]) for case in report["cases"])
-    assert "search-replace" not in report["summary"]["formats"]
+    report = measure(cases, ("whole", "ot"), len, progress=False)  # tokens = characters, to check the arithmetic
+    saved = [len(c["after"]) - case.formats["ot"].tokens for c, case in zip(cases, report.cases, strict=True)]
+    ot = report.summary.formats["ot"]
+    assert ot.saved_median == statistics.median(saved)
+    assert ot.saved_p90 == percentile(saved, 90)
+    assert report.summary.formats["whole"].saved_median == 0
+    assert ot.perturbed_trials == sum(len(case.formats["ot"].perturbed or ()) for case in report.cases)
+    assert "search-replace" not in report.summary.formats
 
 
 def test_percentile_interpolates_between_ranks():
@@ -159,36 +160,42 @@ def test_grounding_allows_the_minimal_outputs_and_refuses_mistakes_a_grounded_mo
 
 
 def test_the_grounded_rate_is_over_the_perturbations_grounding_allows():
-    report = run([*load_suite()[:6], TWO_RETURNS], ("search-replace", "udiff", "ot"), len, progress=False)
-    summary = report["summary"]["formats"]
+    report = measure([*load_suite()[:6], TWO_RETURNS], ("search-replace", "udiff", "ot"), len, progress=False)
+    summary = report.summary.formats
     for fmt, part in summary.items():
-        trials = [t for case in report["cases"] for t in case["formats"][fmt]["perturbed"]]
-        allowed = [t for t in trials if t["grounded"]]
-        assert part["grounded_trials"] == len(allowed) and part["perturbed_trials"] == len(trials)
-        rate = sum(t["applies"] for t in allowed) / len(allowed) if allowed else part["applies"]  # none: clean
-        assert part["grounded_applies"] == pytest.approx(rate)
-        by_kind = part["perturbed_by_kind"].values()
+        trials = [t for case in report.cases for t in case.formats[fmt].perturbed or ()]
+        allowed = [t for t in trials if t.grounded]
+        assert part.grounded_trials == len(allowed) and part.perturbed_trials == len(trials)
+        rate = sum(t.applies for t in allowed) / len(allowed) if allowed else part.applies  # none: clean
+        assert part.grounded_applies == pytest.approx(rate)
+        by_kind = (part.perturbed_by_kind or {}).values()
         assert sum(kind["grounded"] * kind["trials"] for kind in by_kind) == pytest.approx(len(allowed))
     # whitespace and context mistakes are mostly refused; a miscount mostly is not
-    assert summary["search-replace"]["grounded_trials"] < summary["search-replace"]["perturbed_trials"] / 2
-    assert summary["ot"]["grounded_trials"] > summary["ot"]["perturbed_trials"] / 2
+    assert summary["search-replace"].grounded_trials < summary["search-replace"].perturbed_trials / 2
+    assert summary["ot"].grounded_trials > summary["ot"].perturbed_trials / 2
 
 
 def test_the_grounded_rate_is_the_clean_one_where_grounding_refuses_every_mistake_and_unknown_in_old_reports():
-    from evals.run import grounded_figures
+    from evals.schema import Perturbation
+    from evals.summary import grounded_figures, grounding_known
 
-    refused = [{"outcome": "exact", "grounded": False}, {"outcome": "refused", "grounded": False}]
-    assert grounded_figures(refused, 0.95) == {"grounded_trials": 0, "grounded_applies": 0.95}
-    assert grounded_figures([], 1.0) == {"grounded_trials": 0, "grounded_applies": 1.0}
-    mixed = [*refused, {"outcome": "wrong", "grounded": True}, {"outcome": "exact", "grounded": True}]
-    assert grounded_figures(mixed, 1.0) == {"grounded_trials": 2, "grounded_applies": 0.5}
-    assert grounded_figures([{"outcome": "exact"}], 1.0) == {}  # measured before grounding was: no figures
+    def trial(outcome: str, grounded: bool | None) -> Perturbation:
+        return Perturbation("miscount", outcome, outcome == "exact", grounded)
+
+    refused = [trial("exact", False), trial("refused", False)]
+    assert grounded_figures(refused, 0.95) == (0, 0.95)
+    assert grounded_figures([], 1.0) == (0, 1.0)
+    mixed = [*refused, trial("wrong", True), trial("exact", True)]
+    assert grounded_figures(mixed, 1.0) == (2, 0.5)
+    assert grounding_known(mixed) and not grounding_known([trial("exact", None)])  # measured before grounding was
 
 
 def test_resume_reads_a_report_written_before_the_grounded_basis(tmp_path):
     from evals.cost import apply_rates
+    from evals.decode_run import with_applies
     from evals.report import render
-    from evals.run import decoded_before, reusable, with_applies
+    from evals.resume import decoded_before, reusable
+    from evals.schema import FormatFigures, Perturbation, read_report
 
     run_figures = {
         "tokens": 10,
@@ -238,15 +245,12 @@ def test_resume_reads_a_report_written_before_the_grounded_basis(tmp_path):
     path.write_text(json.dumps(old))
     earlier = reusable(decoded_before(path)["a"], ("ot",), ("ngram",))
     assert earlier is not None  # its forwards are kept
-    fresh = {
-        "ot": {
-            "applies": True,
-            "perturbed": [{"applies": True, "grounded": True}, {"applies": False, "grounded": False}],
-        }
-    }
-    row = with_applies(earlier, fresh)["ngram"]["formats"]["ot"]
-    assert (row["applies_perturbed"], row["applies_grounded"]) == (0.5, 1.0)
-    assert with_applies(earlier, old["cases"][0]["formats"])["ngram"]["formats"]["ot"]["applies_grounded"] is None
-    assert apply_rates(old["summary"]["formats"], "ot") == {"perturbed": 0.5, "grounded": 0.5, "clean": 1.0}
-    table = render(old, "old")
+    fresh = {"ot": FormatFigures(10, 30, True, [Perturbation("miscount", "exact", True, True),
+                                                Perturbation("miscount", "refused", False, False)])}
+    row = with_applies(earlier, fresh)["ngram"].formats["ot"]
+    assert (row.applies_perturbed, row.applies_grounded) == (0.5, 1.0)
+    report = read_report(path)  # no "schema": the shape is today's
+    assert with_applies(earlier, report.cases[0].formats)["ngram"].formats["ot"].applies_grounded is None
+    assert apply_rates(report.summary.formats, "ot") == {"perturbed": 0.5, "grounded": 0.5, "clean": 1.0}
+    table = render(report, "old")
     assert "| 50.0% | 0.0% | 2 | n/a | n/a |" in table and "| ot | miscount | 50.0% | 0.0% | n/a | 2 |" in table

@@ -278,15 +278,15 @@ def numbered_lines():
 
 
 def test_a_format_registered_alone_is_measured_by_the_evals(numbered_lines):
-    from evals.run import run
+    from evals.run import measure
 
-    report = run(SUITE, ("whole", "numbered-lines"), len, ot_trials=1, progress=False)
-    summary = report["summary"]["formats"]["numbered-lines"]
-    whole = report["summary"]["formats"]["whole"]
-    assert summary["applies"] == 1.0 and summary["cases"] == len(SUITE)
-    assert 0 < summary["tokens_median"] < whole["tokens_median"] and summary["saved_median"] > 0
-    assert set(summary["perturbed_by_kind"]) == {"off by one"} and summary["perturbed_trials"] == len(SUITE)
-    assert summary["perturbed_applies"] < 1.0
+    report = measure(SUITE, ("whole", "numbered-lines"), len, ot_trials=1, progress=False)
+    summary = report.summary.formats["numbered-lines"]
+    whole = report.summary.formats["whole"]
+    assert summary.applies == 1.0 and summary.cases == len(SUITE)
+    assert 0 < summary.tokens_median < whole.tokens_median and (summary.saved_median or 0) > 0
+    assert set(summary.perturbed_by_kind or {}) == {"off by one"} and summary.perturbed_trials == len(SUITE)
+    assert (summary.perturbed_applies or 0) < 1.0
 
 
 def test_a_format_registered_alone_is_prompted_and_fenced_as_it_says(numbered_lines):

@@ -75,6 +75,12 @@ def _eval(argv: Sequence[str], prog: str) -> int:
     return command.main(argv, prog)
 
 
+def _eval_grounded(argv: Sequence[str], prog: str) -> int:
+    from evals import command
+
+    return command.grounded_main(argv, prog)
+
+
 def _bench_apply(argv: Sequence[str], prog: str) -> int:
     from evals import apply_bench
 
@@ -114,6 +120,9 @@ COMMANDS = (
     Command(("undo",), _undo, "revert the last edit applied by agent (to FILE, if given)"),
     Command(("serve",), _serve, "serve a model over an OpenAI-compatible API (--engine embedded|vllm)"),
     Command(("export-embedded",), _export_embedded, "write the embedded Gemma 3 270M as a Hugging Face directory"),
+    # before ("eval",): the first command whose words begin the arguments runs (`find_command`)
+    Command(("eval", "grounded"), _eval_grounded, "grounded decoding: the embedded model writes the suite's edits, "
+            "grounding off and on"),
     Command(("eval",), _eval, "editing evals: output tokens per edit format, whether each applies, decoding speed"),
     Command(("bench", "apply"), _bench_apply, "how the applier lands exact, miscounted and malformed scripts"),
     Command(("bench", "decode"), _bench_decode, "plain vs speculative decoding vs transformers' prompt lookup"),
@@ -153,12 +162,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.OK
 
 
+def find_command(argv: Sequence[str]) -> Command | None:
+    """The command whose words begin `argv` (the first in COMMANDS: `eval grounded` before `eval`), or None."""
+    return next((c for c in COMMANDS if tuple(argv[: len(c.words)]) == c.words), None)
+
+
 def _dispatch(argv: list[str]) -> int:
     if not argv and sys.stdin.isatty() and sys.stdout.isatty():
         argv = ["tui"]  # `agent` alone at a terminal opens the app
-    for command in COMMANDS:
-        if tuple(argv[: len(command.words)]) == command.words:
-            return command.main(argv[len(command.words) :], "agent " + " ".join(command.words))
+    if command := find_command(argv):
+        return command.main(argv[len(command.words) :], "agent " + " ".join(command.words))
     if argv and argv[0] in ("-h", "--help"):
         print(usage())
         return ExitCode.OK

@@ -19,7 +19,7 @@ The other edit formats the evals compare get the same guarantee, so the comparis
 ```search-replace PATH block (Aider-style SEARCH/REPLACE blocks) and a ```diff PATH block (udiff hunks without
 line numbers) the old lines (SEARCH lines; a hunk's context and removed lines) are whole lines of the file, in
 order, and a block may end its old lines (the `=======` divider; the next `@@` header or the closing fence) only
-where they occur exactly once, so the applier (`evals.formats.apply_blocks`: the first exact match) lands it where
+where they occur exactly once, so the applier (`tools.formats.lines.apply_blocks`: the first exact match) lands it where
 it is meant. "The file" is the file with the reply's earlier blocks applied, as that applier applies them in
 order. New lines are free; markers are exact; stop tokens only between blocks (`LineDocument`, `OldLines`,
 `SearchReplaceFollower`, `UdiffFollower`). A bare ```diff (no path) is an ordinary markdown block, left free.
