@@ -63,8 +63,8 @@ def grounding_allows(case: dict, fmt: str, output: str) -> bool:
     engine sees it so (Gemma writes a number a digit per token); a whole-text read would miss a count past the end.
     On the dev set's perturbations this gives the token-by-token answer. A refused output is one a grounded model
     could not have written."""
-    from decoding.engine.grounding import ReplyFollower
     from evals.decode import fenced
+    from tools.grounding.reply import ReplyFollower
 
     reply = ReplyFollower(case["before"])
     return all(reply.read(char) for char in fenced(case, fmt, output)) and reply.block is None

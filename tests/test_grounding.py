@@ -7,15 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from decoding.engine.grounding import (
-    EditGrounding,
-    GroundingStats,
-    ReplyFollower,
-    ScriptFollower,
-    SearchReplaceFollower,
-    UdiffFollower,
-    opens_edit_block,
-)
+from decoding.engine.grounding import EditGrounding, GroundingStats
+from tools.grounding.reply import ReplyFollower, opens_edit_block
+from tools.grounding.script import ScriptFollower
+from tools.grounding.search_replace import SearchReplaceFollower
+from tools.grounding.udiff import UdiffFollower
 from tools.ot_script import parse_script
 from tools.patch import apply_edit
 
@@ -238,6 +234,51 @@ def test_line_blocks_for_another_path_get_the_syntax_rules_only_and_a_bare_diff_
 def test_a_prompt_that_ends_inside_a_line_block_opens_it():
     assert opens_edit_block("Fix it.\n```diff m.py\n") and opens_edit_block("```search-replace m.py\n<<<<<<< SEARCH\n")
     assert not opens_edit_block("```diff\n") and not opens_edit_block("```diff m.py\n@@ ... @@\n-x\n```\n")
+
+
+# -- forks: grounding tries each token on a fork, so a fork must never touch its original ---------------------------
+
+
+def takes(follower, text: str) -> bool:
+    """Whether `follower` (a block's or the reply's) takes all of `text` and goes on."""
+    if isinstance(follower, ReplyFollower):
+        return follower.read(text)
+    return follower.feed(text) == len(text)
+
+
+def state(follower) -> tuple:
+    """What a follower will allow next, as far as its questions show it."""
+    if isinstance(follower, ReplyFollower):
+        block = None if follower.block is None else (type(follower.block), state(follower.block))
+        return follower.blocks, follower.line, block
+    return follower.next_chars(), follower.can_stop, takes(follower.fork(), "\n")
+
+
+FORKS = {  # a follower, its text so far, and two continuations that leave it in different states
+    "script": (lambda: ScriptFollower(SOURCE), 'retain("def cube(x):\\r\\n    return ")\n', 'delete("x', 'insert("x'),
+    "search-replace": (
+        lambda: SearchReplaceFollower(LINES), "<<<<<<< SEARCH\n", "def cube(x):\n", "def same(x):\n=======\n"
+    ),
+    "udiff": (lambda: UdiffFollower(LINES), "@@ ... @@\n", " def cube(x):\n ", "-    return x * x\n "),
+    "reply": (lambda: ReplyFollower(SOURCE), "Cubing.\n```edit m.py\nretain(3)\n", 'delete("', "```\nDone"),
+}
+
+
+@pytest.mark.parametrize("kind", FORKS)
+def test_a_fork_and_its_original_go_their_own_ways(kind):
+    make, written, one, other = FORKS[kind]
+
+    def after(text: str) -> tuple:
+        follower = make()
+        assert takes(follower, text), text
+        return state(follower)
+
+    original = make()
+    assert takes(original, written)
+    fork = original.fork()
+    assert takes(fork, one) and state(original) == after(written)  # reading into the fork left the original be
+    assert takes(original, other) and state(fork) == after(written + one)  # and the other way round
+    assert state(original) == after(written + other) != after(written + one)
 
 
 LINE_BLOCK_TEXTS = [

@@ -26,8 +26,8 @@ that prediction which the model accepted / rejected (see PredictionTally).
 `prediction` or its prompt ends inside a grounded block): inside ```edit blocks (for `path`, when given) the model
 may only write a well-formed edit script whose quoted text the file has, and inside ```search-replace PATH and
 ```diff PATH blocks only SEARCH lines, or a hunk's context and removed lines, that are the file's lines in order and
-land in one place (`decoding.engine.grounding`); `usage.grounding = {blocks, constrained_tokens, released_blocks}`
-reports it.
+land in one place (`tools.grounding`, asked token by token by `decoding.engine.grounding`);
+`usage.grounding = {blocks, constrained_tokens, released_blocks}` reports it.
 
 A prefix cache keeps the keys and values of recent prompts and outputs (`decoding.engine.prefix_cache`): a request that
 shares a prefix with one before prefills only the rest, and `usage.prompt_tokens_details.cached_tokens` says how
@@ -61,7 +61,6 @@ from decoding.engine.grounding import (
     EditGrounding,
     GroundingMode,
     GroundingStats,
-    opens_edit_block,
     vocabulary,
 )
 from decoding.engine.loading import LoadedModel, load_model
@@ -71,6 +70,7 @@ from decoding.engine.target import GemmaTarget, Target, make_target
 from decoding.engine.threads import pin_threads
 from decoding.serving.chat import MessageError, gemma_chat_prompt, stop_token_ids, text_content
 from tools.command_line import parse_arguments
+from tools.grounding.reply import opens_edit_block
 
 DEFAULT_MAX_TOKENS = 512
 MAX_BODY_BYTES = 16 << 20
