@@ -88,3 +88,8 @@ def test_the_walk_sees_lazy_imports(tmp_path):
     source = tmp_path / "lazy.py"
     source.write_text("def f():\n    from decoding.drafting import mtp\n    import tools.ot\n")
     assert imports_of(source, internal_modules()) == {"decoding.drafting", "decoding.drafting.mtp", "tools.ot"}
+
+
+def test_grounding_imports_nothing_of_the_embedded_engine(graph):
+    """A vLLM logits processor uses `decoding.engine.grounding` as it is: of the project, it imports tools only."""
+    assert all(target.startswith("tools.") for target in graph["decoding.engine.grounding"])
