@@ -236,6 +236,31 @@ def test_a_prompt_that_ends_inside_a_line_block_opens_it():
     assert not opens_edit_block("```diff\n") and not opens_edit_block("```diff m.py\n@@ ... @@\n-x\n```\n")
 
 
+def test_each_registered_formats_fence_opens_its_follower():
+    from tools.formats import formats
+
+    for fmt in formats():
+        reply = ReplyFollower(LINES, path="m.py")
+        assert reply.read(f"```{fmt.fence} m.py\n")
+        if fmt.follower is None:  # ```overwrite: the whole file, free
+            assert reply.block is None, fmt.name
+        else:
+            assert isinstance(reply.block, fmt.follower) and reply.block.source == LINES, fmt.name
+
+
+def test_formats_sharing_a_fence_must_share_its_follower():
+    from tools.formats import Format, register, unregister
+    from tools.grounding.reply import _fence_followers
+
+    register(Format("edit-as-diff", "edit", "", lambda before, after: "", lambda before, output, language: before,
+                    follower=UdiffFollower))
+    try:
+        with pytest.raises(ValueError, match="```edit blocks are grounded by different followers"):
+            _fence_followers()
+    finally:
+        unregister("edit-as-diff")
+
+
 # -- forks: grounding tries each token on a fork, so a fork must never touch its original ---------------------------
 
 

@@ -15,9 +15,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from difflib import SequenceMatcher
+from typing import TYPE_CHECKING
 
 from tools.formats.base import Format, FormatError, Pairing, Perturbations
 from tools.text_files import text_lines
+
+if TYPE_CHECKING:
+    from tools.grounding.follower import BlockFollower
 
 SEARCH, DIVIDER, REPLACE = "<<<<<<< SEARCH", "=======", ">>>>>>> REPLACE"
 
@@ -117,10 +121,12 @@ def block_format(
     instruction: str,
     parse: Callable[[str], list[Block]],
     render: Callable[[list[Block]], str],
+    follower: Callable[[str | None], BlockFollower],
     baseline: Pairing,
 ) -> Format:
-    """A format that writes line blocks with `render` and reads them with `parse`: its reference is the minimal
-    blocks, its applier `apply_blocks`, its mistakes `block_perturbations`; an alternative that `--quick` decodes."""
+    """A format that writes line blocks with `render`, reads them with `parse` and grounds them with `follower`: its
+    reference is the minimal blocks, its applier `apply_blocks`, its mistakes `block_perturbations`; an alternative
+    that `--quick` decodes."""
     return Format(
         name=name,
         fence=fence,
@@ -128,6 +134,7 @@ def block_format(
         reference=lambda before, after: render(minimal_blocks(before, after)),
         apply=lambda before, output, language: apply_blocks(before, parse(output)),
         perturb=lambda output, seed, trials: block_perturbations(output, parse, render),
+        follower=follower,
         role="alternative",
         baseline=baseline,
         quick=True,

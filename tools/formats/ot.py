@@ -21,6 +21,7 @@ from difflib import SequenceMatcher
 from functools import partial
 
 from tools.formats.base import Format, FormatError, Perturbations, Role, register
+from tools.grounding.script import ScriptFollower
 from tools.ot import (
     Delete,
     Insert,
@@ -178,7 +179,8 @@ def _script_format(
     quick: bool = False,
 ) -> Format:
     """A format whose output is an edit script (`script(before, after)`), one op per line in an ```edit block,
-    asked for with the edit language's description and `instruction`, applied by the tolerant applier."""
+    asked for with the edit language's description and `instruction`, applied by the tolerant applier and grounded
+    by `ScriptFollower`."""
     return Format(
         name=name,
         fence="edit",
@@ -186,6 +188,7 @@ def _script_format(
         reference=lambda before, after: format_script(script(before, after)),
         apply=apply_script,
         perturb=perturb,
+        follower=ScriptFollower,
         role=role,
         quick=quick,
     )

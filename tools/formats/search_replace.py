@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from tools.formats.base import Pairing, register
 from tools.formats.lines import block_format, parse_search_replace, render_search_replace
+from tools.grounding.search_replace import SearchReplaceFollower
 
 register(block_format(
     name="search-replace",
@@ -15,5 +16,6 @@ register(block_format(
     ),
     parse=parse_search_replace,
     render=render_search_replace,
+    follower=SearchReplaceFollower,
     baseline=Pairing("ngram", "an agent on vLLM's prompt lookup"),
 ))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from tools.formats.base import Pairing, register
 from tools.formats.lines import block_format, parse_udiff, render_udiff
+from tools.grounding.udiff import UdiffFollower
 
 register(block_format(
     name="udiff",
@@ -15,5 +16,6 @@ register(block_format(
     ),
     parse=parse_udiff,
     render=render_udiff,
+    follower=UdiffFollower,
     baseline=Pairing("ngram", "an agent on vLLM's prompt lookup"),
 ))

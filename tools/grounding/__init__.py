@@ -11,3 +11,7 @@ compare get the same guarantee. `reply` follows a whole reply: which fence opens
 No tokens and no engine here: `decoding.engine.grounding` adapts these followers to a tokenizer's vocabulary, for
 the embedded engine and for vLLM alike.
 """
+
+# The formats register these followers, and the line followers read the formats' grammar (`tools.formats.lines`):
+# importing the registry first lets either package be imported first.
+import tools.formats  # noqa: F401

@@ -4,10 +4,10 @@ The other edit formats the evals compare get the edit script's guarantee, so the
 ```search-replace PATH block (Aider-style SEARCH/REPLACE blocks) and a ```diff PATH block (udiff hunks without
 line numbers) the old lines (SEARCH lines; a hunk's context and removed lines) are whole lines of the file, in
 order, and a block may end its old lines (the `=======` divider; the next `@@` header or the closing fence) only
-where they occur exactly once, so the applier (`evals.formats.apply_blocks`: the first exact match) lands it where
-it is meant. "The file" is the file with the reply's earlier blocks applied, as that applier applies them in
-order. New lines are free; markers are exact; stop tokens only between blocks. This module holds what both
-formats share (`LineDocument`, `OldLines`, `LineFollower`); `search_replace` and `udiff` the rest.
+where they occur exactly once, so the applier (`tools.formats.lines.apply_blocks`: the first exact match, its first
+step) lands it where it is meant. "The file" is the file with the reply's earlier blocks applied, as that applier
+applies them in order. New lines are free; markers are exact; stop tokens only between blocks. This module holds
+what both formats share (`LineDocument`, `OldLines`, `LineFollower`); `search_replace` and `udiff` the rest.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Grounding a whole reply: which of its fenced blocks are grounded, and in which file.
 
-A reply is free text but for the blocks a fence opens: ```edit [PATH] (an edit script, `script`), ```search-replace
-PATH and ```diff PATH (line blocks, `search_replace` and `udiff`); a bare ```diff (no path) is an ordinary markdown
-block, left free. A block for another path than the one grounded (the request's file) gets its format's syntax
-rules only.
+A reply is free text but for the blocks a fence opens: each registered format with a follower (`tools.formats`)
+names its fence, ```edit [PATH] for the edit scripts (`script`), ```search-replace PATH and ```diff PATH for the line
+blocks (`search_replace`, `udiff`); a bare ```diff (no path) is an ordinary markdown block, left free. A block for
+another path than the one grounded (the request's file) gets its format's syntax rules only.
 """
 
 from __future__ import annotations
@@ -11,14 +11,27 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from tools.formats import formats
 from tools.grounding.follower import BlockFollower, Forkable
-from tools.grounding.script import ScriptFollower
-from tools.grounding.search_replace import SearchReplaceFollower
-from tools.grounding.udiff import UdiffFollower
 
 LINE_TAIL = 512  # characters of the current line kept outside blocks (enough for a fence line)
-# a block's opening fence: ```edit [PATH] (an edit script), ```search-replace PATH, ```diff PATH (line blocks)
-_FENCE = re.compile(r"(?P<fence>`{3,})(?P<tool>edit|search-replace|diff)(?![\w-])[ \t]*(?P<path>[^\n]*?)[ \t]*")
+_PATHLESS_FENCE = "edit"  # the agent's own edit block may leave out its path; another fence without one is markdown
+
+
+def _fence_followers() -> dict[str, Callable[[str | None], BlockFollower]]:
+    """Each grounded fence and its follower, from the registry (the OT scripts share ```edit and its follower)."""
+    followers: dict[str, Callable[[str | None], BlockFollower]] = {}
+    for fmt in formats():
+        if fmt.follower is not None and followers.setdefault(fmt.fence, fmt.follower) is not fmt.follower:
+            raise ValueError(f"the formats written in ```{fmt.fence} blocks are grounded by different followers")
+    return followers
+
+
+_FOLLOWERS = _fence_followers()
+# a block's opening fence: three or more backticks, a grounded format's fence word, then its path
+_FENCE = re.compile(
+    rf"(?P<fence>`{{3,}})(?P<tool>{'|'.join(map(re.escape, _FOLLOWERS))})(?![\w-])[ \t]*(?P<path>[^\n]*?)[ \t]*"
+)
 
 
 class ReplyFollower(Forkable):
@@ -61,18 +74,11 @@ class ReplyFollower(Forkable):
             self.blocks += 1
 
 
-_FOLLOWERS: dict[str, Callable[[str | None], BlockFollower]] = {
-    "edit": ScriptFollower,
-    "search-replace": SearchReplaceFollower,
-    "diff": UdiffFollower,
-}
-
-
 def _opening_fence(line: str) -> tuple[str, str] | None:
-    """(tool, path) where `line` opens a grounded block: ```edit [PATH], ```search-replace PATH or ```diff PATH (a
-    bare ```diff is an ordinary markdown block)."""
+    """(fence word, path) where `line` opens a grounded block: ```edit [PATH], ```search-replace PATH or ```diff PATH
+    (a bare ```diff is an ordinary markdown block)."""
     fence = _FENCE.fullmatch(line)
-    if fence is None or (fence["tool"] != "edit" and not fence["path"]):
+    if fence is None or (fence["tool"] != _PATHLESS_FENCE and not fence["path"]):
         return None
     return fence["tool"], fence["path"]
 
