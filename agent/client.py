@@ -28,11 +28,10 @@ class ModelUnavailable(Exception):
 
 
 class ModelBusy(ModelUnavailable):
-    """A failure before the reply began that a moment may cure: connection refused or reset, 429, 503."""
+    """A failure before the reply began that a moment may cure: connection refused or reset, 429, 503;
+    `retry_after`: the seconds a 429 or 503 asked to wait, if it said."""
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+    retry_after: float | None = None
 
 
 class ModelTimeout(Exception):
@@ -282,7 +281,9 @@ class Model:
         if _connection_failure(exc):
             return ModelBusy(f"model server unreachable at {self.where()}: {exc}")
         if isinstance(exc, litellm.RateLimitError | litellm.ServiceUnavailableError) and not began:
-            return ModelBusy(f"{where} is busy: {exc}", _retry_after(exc))
+            busy = ModelBusy(f"{where} is busy: {exc}")
+            busy.retry_after = _retry_after(exc)
+            return busy
         unavailable = (
             litellm.AuthenticationError,
             litellm.PermissionDeniedError,

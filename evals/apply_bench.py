@@ -178,13 +178,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the full report as JSON")
 
 
+def _load(path: Path, limit: int | None) -> list[dict]:
+    if not path.exists():
+        raise ValueError(f"no cases file at {path}; pass --cases FILE (JSONL with before/after)")
+    return load_cases(path, limit)
+
+
 def run_command(args: argparse.Namespace) -> int:
-    if not args.cases.exists():
-        print(f"agent bench apply: no cases file at {args.cases}; pass --cases FILE (JSONL with before/after)",
-              file=sys.stderr)
-        return 2
     try:
-        cases = load_cases(args.cases, args.limit)
+        cases = _load(args.cases, args.limit)
     except ValueError as exc:
         print(f"agent bench apply: {exc}", file=sys.stderr)
         return 2
