@@ -14,10 +14,13 @@ from tools.formats import udiff
 from tools.formats import ot
 # isort: on
 from tools.formats.base import (
+    AgentPrompt,
     Format,
     FormatError,
     Pairing,
     Perturbations,
+    agent_format,
+    agent_format_names,
     format_names,
     formats,
     get_format,
@@ -26,10 +29,13 @@ from tools.formats.base import (
 )
 
 __all__ = [
+    "AgentPrompt",
     "Format",
     "FormatError",
     "Pairing",
     "Perturbations",
+    "agent_format",
+    "agent_format_names",
     "format_names",
     "formats",
     "get_format",

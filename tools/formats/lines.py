@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from difflib import SequenceMatcher
 from typing import TYPE_CHECKING
 
-from tools.formats.base import Format, FormatError, Pairing, Perturbations
+from tools.formats.base import EXAMPLE_TASK, AgentPrompt, Format, FormatError, Pairing, Perturbations, example_block
 from tools.text_files import text_lines
 
 if TYPE_CHECKING:
@@ -115,6 +115,26 @@ def _block(old_lines, new_lines, start: int, end: int, members) -> Block:
 # ---- formats of blocks ----------------------------------------------------------------------------------------
 
 
+BLOCKS_CLOSING = (
+    "The result comes back as a diff. If a block's old lines are not in the file, or the edit would break the "
+    "file's\nsyntax, the file is left unchanged and the message names the block and shows the closest lines of the "
+    "file:\nfix the block and send it again. Read a file again before another edit when you are unsure of its "
+    "current text."
+)
+
+
+@dataclass(frozen=True)
+class BlockTeaching:
+    """What the agent's prompt says of a line-block format; `block_format` adds the worked example."""
+
+    doing: str  # "editing them with search/replace blocks"
+    read: str  # the read tool's first sentence
+    tool: str  # the tool list's entry, with a short example
+    rules: str  # the section's heading and rules, before the worked example
+    tool_description: str  # the native edit tool's
+    body_description: str  # its `script` argument's
+
+
 def block_format(
     name: str,
     fence: str,
@@ -123,21 +143,36 @@ def block_format(
     render: Callable[[list[Block]], str],
     follower: Callable[[str | None], BlockFollower],
     baseline: Pairing,
+    teaching: BlockTeaching,
 ) -> Format:
     """A format that writes line blocks with `render`, reads them with `parse` and grounds them with `follower`: its
     reference is the minimal blocks, its applier `apply_blocks`, its mistakes `block_perturbations`; an alternative
-    that `--quick` decodes."""
+    that `--quick` decodes, which the agent teaches with `teaching` and the worked example in it."""
+
+    def reference(before: str, after: str) -> str:
+        return render(minimal_blocks(before, after))
+
+    example = example_block(fence, reference)
+    prompt = AgentPrompt(
+        doing=teaching.doing,
+        read=teaching.read,
+        tool=teaching.tool,
+        section=f"{teaching.rules}\n\n{EXAMPLE_TASK}\n\n{example}\n\n{BLOCKS_CLOSING}",
+        tool_description=teaching.tool_description,
+        body_description=teaching.body_description,
+    )
     return Format(
         name=name,
         fence=fence,
         instruction=instruction,
-        reference=lambda before, after: render(minimal_blocks(before, after)),
+        reference=reference,
         apply=lambda before, output, language: apply_blocks(before, parse(output)),
         perturb=lambda output, seed, trials: block_perturbations(output, parse, render),
         follower=follower,
         role="alternative",
         baseline=baseline,
         quick=True,
+        prompt=prompt,
     )
 
 
