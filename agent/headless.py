@@ -39,6 +39,7 @@ from agent.transcript import Redactor, Transcript, read_events
 from decoding.engine.tokenizer import count_tokens
 from decoding.serving.launch import EmbeddedServerError, EmbeddedServerTimeout
 from tools.exit_codes import ExitCode
+from tools.formats import agent_format
 from tools.state import runs_dir
 from tools.workspace import Workspace
 
@@ -136,6 +137,7 @@ def run_command(args: argparse.Namespace, count_tokens: Callable[[str], int] | N
         "shell": args.shell,
         "approve": args.approve,
         "tools": args.tools,
+        "edit_format": args.edit_format,
     }
     try:
         settings = load_settings(cli, workspace.root)
@@ -161,7 +163,7 @@ def run_command(args: argparse.Namespace, count_tokens: Callable[[str], int] | N
         resumed=bool(args.resume),
     )
     if not state.messages:
-        for message in first_messages(state.task, workspace):
+        for message in first_messages(state.task, workspace, agent_format(settings.edit_format)):
             state.messages.append(message)
             transcript.write("message", message=message)
     _progress(f"run {state.run_id}: transcript {path}")

@@ -81,9 +81,13 @@ class Format:
 
 
 # the worked example every format's prompt teaches with: the same change to the same file
-EXAMPLE_BEFORE = "def total(items):\n    return sum(items)\n\n\ndef mean(items):\n    return total(items) / len(items)\n"
-EXAMPLE_AFTER = EXAMPLE_BEFORE.replace("):\n    return sum", '):\n    """Sum of the items."""\n    return sum').replace(
-    "/ len(items)", "/ max(len(items), 1)"
+EXAMPLE_BEFORE = (
+    "def total(items):\n    return sum(items)\n\n\n"
+    "def mean(items):\n    return total(items) / len(items)\n"
+)
+EXAMPLE_AFTER = (
+    'def total(items):\n    """Sum of the items."""\n    return sum(items)\n\n\n'
+    "def mean(items):\n    return total(items) / max(len(items), 1)\n"
 )
 EXAMPLE_TASK = (
     "Worked example. The file `stats.py` is:\n\n"

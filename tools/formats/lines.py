@@ -166,7 +166,7 @@ def block_format(
         fence=fence,
         instruction=instruction,
         reference=reference,
-        apply=lambda before, output, language: apply_blocks(before, parse(output)),
+        apply=lambda before, output, language: apply_blocks(before, _some(parse(output))),
         perturb=lambda output, seed, trials: block_perturbations(output, parse, render),
         follower=follower,
         role="alternative",
@@ -174,6 +174,12 @@ def block_format(
         quick=True,
         prompt=prompt,
     )
+
+
+def _some(blocks: list[Block]) -> list[Block]:
+    if not blocks:
+        raise FormatError("no block found in it: nothing to apply")
+    return blocks
 
 
 # ---- rendering and parsing -----------------------------------------------------------------------------------
@@ -251,13 +257,40 @@ def apply_blocks(before: str, blocks: list[Block]) -> str:
             common = min((len(_indent(line)) for line in old + new if line.strip()), default=0)
             found, prefix = _find_loose(doc, [line.rstrip()[common:] for line in old])
             if found is None:
-                raise FormatError(f"block {number}: its old lines are not in the file")
+                raise FormatError(not_found(number, doc, block.old))
             new = [(prefix + line.rstrip("\n")[common:] if line.strip() else "") + "\n" for line in new]
         end = found + len(old)
         if end == len(doc) and doc and not doc[-1].endswith("\n") and new:
             new = [*new[:-1], new[-1].removesuffix("\n")]  # the file ends without a newline; keep it so
         doc[found:end] = new
     return "".join(doc)
+
+
+def not_found(number: int, doc: list[str], old: list[str]) -> str:
+    """The refusal of block `number`, whose `old` lines are not in `doc`: the closest lines of the file, so the
+    model can copy them (as Aider answers a SEARCH that does not match)."""
+    message = f"block {number}: its old lines are not in the file"
+    closest = closest_lines(doc, old)
+    if not closest:
+        return message
+    shown = "".join(line if line.endswith("\n") else line + "\n" for line in closest)
+    return (
+        f"{message}. Did you mean these lines of the file?\n{shown}"
+        "Copy the old lines exactly from the file (whole lines, with their indentation), and send the block again"
+    )
+
+
+def closest_lines(doc: list[str], old: list[str]) -> list[str]:
+    """The run of len(old) lines of `doc` most like `old` (difflib's ratio); none when nothing is alike."""
+    size, want = len(old), "".join(old)
+    best, best_ratio = [], 0.5  # less alike than this is no hint
+    for i in range(max(len(doc) - size + 1, 0)):
+        matcher = SequenceMatcher(None, "".join(doc[i : i + size]), want, autojunk=False)
+        if matcher.real_quick_ratio() > best_ratio and matcher.quick_ratio() > best_ratio:
+            ratio = matcher.ratio()
+            if ratio > best_ratio:
+                best, best_ratio = doc[i : i + size], ratio
+    return best
 
 
 def _bare(line: str) -> str:

@@ -57,13 +57,13 @@ EDIT_SCRIPT = (
 
 # ---- the agent's prompt ----------------------------------------------------------------------------------------
 
-OT_TOOL = r'''Change a file with an edit script (explained below):
+TOOL_ENTRY = r'''Change a file with an edit script (explained below):
 
 ```edit src/app.py
 retain("def main():\n")
 insert("    setup()\n")
 ```'''
-OT_OPS = r'''# Edit scripts
+OPERATIONS = r'''# Edit scripts
 
 Never rewrite a whole file to change part of it. An edit script walks through the file from its start
 with a cursor, one operation per line:
@@ -77,7 +77,7 @@ with a cursor, one operation per line:
 Strings are JSON strings: write a newline as \n, a quote as \", a backslash as \\. Counts are Unicode
 code points (characters), and a newline counts as 1. Whatever the script does not reach stays as it is,
 so stop after your last change.'''
-OT_ADVICE = r'''Counting is easy to get wrong, so let quoted text do the work:
+ADVICE = r'''Counting is easy to get wrong, so let quoted text do the work:
 
 - Quote what you delete: `delete("old text")`, not `delete(8)`.
 - To get to a change, write `retain(N)` with your best count of the characters from the cursor to it,
@@ -89,7 +89,7 @@ OT_ADVICE = r'''Counting is easy to get wrong, so let quoted text do the work:
 - Changes a line or so apart are one change: delete the whole stretch and insert its new text, rather
   than counting your way between them.
 - Several changes in one file go into one script, in file order.'''
-OT_EXAMPLE = r'''```edit stats.py
+WORKED_REPLY = r'''```edit stats.py
 retain("def total(items):\n")
 insert("    \"\"\"Sum of the items.\"\"\"\n")
 retain(45)
@@ -100,7 +100,7 @@ insert("max(len(items), 1)")
 
 The first line keeps the first line of the file, the insert adds the docstring after it, `retain(45)`
 skips to the last line's `return` (45 characters further), and the quoted text checks the place.'''
-OT_CLOSING = r'''The result comes back as a diff. If the edit cannot be placed or would break the file's syntax, the file
+CLOSING = r'''The result comes back as a diff. If the edit cannot be placed or would break the file's syntax, the file
 is left unchanged and the message says exactly what went wrong: fix the script and send it again. Read a
 file again before another edit when you are unsure of its current text.'''
 
@@ -111,8 +111,8 @@ def _script_prompt(rule: str, example: str) -> AgentPrompt:
     return AgentPrompt(
         doing="editing them with edit scripts",
         read="Read a file: its exact text, which is what edit scripts count.",
-        tool=OT_TOOL,
-        section=f"{OT_OPS}\n\n{rule}\n\n{EXAMPLE_TASK}\n\n{example}\n\n{OT_CLOSING}",
+        tool=TOOL_ENTRY,
+        section=f"{OPERATIONS}\n\n{rule}\n\n{EXAMPLE_TASK}\n\n{example}\n\n{CLOSING}",
         tool_description="Edit a file with an edit script (retain/delete/insert operations).",
         body_description="the edit script",
     )
@@ -282,7 +282,7 @@ LINES_RULE = (
 )
 
 register(_script_format("ot", " Quote the text you delete, and a little text right before each change.",
-                        partial(ot_diff, quoted=True), miscounted_scripts, OT_ADVICE, OT_EXAMPLE, role="subject",
+                        partial(ot_diff, quoted=True), miscounted_scripts, ADVICE, WORKED_REPLY, role="subject",
                         quick=True))
 register(_script_format("ot-counts", " Use counts only.", partial(ot_diff, quoted=False), miscounted_scripts,
                         "Use counts only: retain(N) and delete(N), counted with care; several changes in one file "
