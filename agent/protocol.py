@@ -54,7 +54,7 @@ def parse_actions(text: str, edit_format: Format = OT) -> list[Action]:
             actions.append(_text_action(tool, arg[: -len(fence)].strip(), ""))
             pos = match.end()
             continue
-        close = re.compile(rf"^{fence}[ \t]*$", re.M).search(text, match.end())
+        close = _closing(text, match.end(), fence, edit_format if tool == "edit" else None)
         if close is None:
             if _markdown(tool, arg, edit_format):
                 pos = match.end()
@@ -66,6 +66,16 @@ def parse_actions(text: str, edit_format: Format = OT) -> list[Action]:
             actions.append(_text_action(tool, arg, body))
         pos = close.end()
     return actions
+
+
+def _closing(text: str, start: int, fence: str, edit_format: Format | None) -> re.Match[str] | None:
+    """The fence line closing the block opened before `start`: the first, or for an edit the first one the format
+    reads as the end of its block rather than as the file's text (`Format.fenced_text`), as grounding reads it."""
+    reads_as_text = edit_format.fenced_text if edit_format is not None else None
+    for close in re.compile(rf"^{fence}[ \t]*$", re.M).finditer(text, start):
+        if reads_as_text is None or not reads_as_text(text[start : close.start()]):
+            return close
+    return None
 
 
 def _markdown(tool: str, arg: str, edit_format: Format) -> bool:

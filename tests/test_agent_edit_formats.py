@@ -1,12 +1,18 @@
 """`agent run --edit-format`: the model edits in the chosen format, end to end against a replay server."""
 
 import json
+import urllib.request
 
 import pytest
 from replay import ReplayServer, Turn
 
 from agent.headless import build_parser, main, run_command
+from agent.protocol import parse_actions
+from decoding.engine.grounding import ReplyFollower
+from decoding.serving.launch import EmbeddedServer
+from tools.formats import agent_format, agent_format_names
 from tools.journal import Journal
+from tools.workspace import Workspace
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # litellm on newer pydantic
 
@@ -136,3 +142,71 @@ def test_native_tools_describe_the_chosen_format(ws, capsys):
     )
     assert code == 0 and (ws / "stats.py").read_text() == FIXED
 
+
+
+SEARCH_REPLACE_SHOT = '''File config.py:
+```
+DEFAULTS = {
+    "retries": 3,
+    "timeout": 10,
+}
+```
+Task: Raise the default timeout to 30 seconds.
+```search-replace config.py
+<<<<<<< SEARCH
+    "timeout": 10,
+=======
+    "timeout": 30,
+>>>>>>> REPLACE
+```
+
+'''
+
+
+@pytest.mark.slow
+def test_what_the_embedded_model_writes_in_a_grounded_search_replace_block_applies(ws):
+    """The demo model cannot follow the agent's chat, so it continues a document that leaves the agent's
+    ```search-replace PATH block open, with the request the agent's client sends (the file as `prediction`, grounding
+    for its path); the block it writes goes through the agent's protocol and Workspace.edit in that format."""
+    opened = "```search-replace stats.py\n<<<<<<< SEARCH\n"
+    prompt = f"{SEARCH_REPLACE_SHOT}File stats.py:\n```\n{STATS}```\nTask: Make mean() safe for empty lists.\n{opened}"
+    body = {
+        "prompt": prompt, "max_tokens": 96, "temperature": 0,
+        "prediction": {"type": "content", "content": STATS}, "grounding": {"mode": "edit", "path": "stats.py"},
+    }
+    with EmbeddedServer() as server:
+        data = json.dumps({"model": server.model_id, **body}).encode()
+        request = urllib.request.Request(f"{server.api_base}/completions", data, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=600) as response:
+            answer = json.loads(response.read())
+    print(answer["choices"][0]["text"], answer["usage"])
+    assert answer["usage"]["grounding"]["blocks"] >= 1
+    action = parse_actions(opened + answer["choices"][0]["text"], agent_format("search-replace"))[0]  # what runs first
+    assert action.tool == "edit" and action.args["path"] == "stats.py", action
+    result = Workspace(ws).edit("stats.py", action.args["script"], edit_format=agent_format("search-replace"))
+    print(action.args["script"], result.output)
+    assert result.status == "ok", result.output
+
+
+def test_a_fence_line_inside_a_search_replace_block_is_the_files_text_as_grounding_reads_it(tmp_path):
+    readme = "Run:\n```\nmake\n```\n"
+    (tmp_path / "README.md").write_text(readme)
+    reply = (
+        "```search-replace README.md\n<<<<<<< SEARCH\n```\nmake\n```\n=======\n```\nmake test\n```\n"
+        ">>>>>>> REPLACE\n```\n\nThat is all.\n```done\nok\n```"
+    )
+    edit_format = agent_format("search-replace")
+    edit, finish = parse_actions(reply, edit_format)
+    assert finish.tool == "done"
+    assert Workspace(tmp_path).edit("README.md", edit.args["script"], edit_format=edit_format).status == "ok"
+    assert (tmp_path / "README.md").read_text() == "Run:\n```\nmake test\n```\n"
+
+
+@pytest.mark.parametrize("name", agent_format_names())
+def test_the_embedded_server_grounds_the_agents_block_of_each_format_in_the_file_of_its_path(name):
+    edit_format = agent_format(name)
+    worked = edit_format.reference(STATS, FIXED).rstrip("\n") + "\n"
+    reply = ReplyFollower(STATS, "stats.py")  # the request: prediction and grounding {"mode": "edit", "path"}
+    assert reply.read(f"Fixing it.\n```{edit_format.fence} stats.py\n") and reply.block is not None
+    assert reply.block.source == STATS  # grounded in the file, not only in the format's syntax
+    assert reply.read(worked + "```\n") and reply.block is None and reply.blocks == 1

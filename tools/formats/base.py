@@ -59,7 +59,9 @@ class Format:
     - `quick`: whether `agent eval --quick` decodes it;
     - `prompt`: how the agent teaches it (None: the agent does not offer it; `agent run --edit-format`);
     - `edit_script`: an OT edit script, which the agent places with the tolerant applier (`tools.patch`, with its
-      corrections) rather than with `apply`.
+      corrections) rather than with `apply`;
+    - `fenced_text(body)`: whether a block's body, written so far, ends where a fence line is the file's text, not
+      the block's end (inside a SEARCH/REPLACE block, as grounding reads it); None: a fence line always ends it.
     """
 
     name: str
@@ -74,6 +76,7 @@ class Format:
     quick: bool = False
     prompt: AgentPrompt | None = None
     edit_script: bool = False
+    fenced_text: Callable[[str], bool] | None = None
 
     def __post_init__(self) -> None:
         if (self.role == "alternative") != (self.baseline is not None):

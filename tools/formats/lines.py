@@ -144,10 +144,12 @@ def block_format(
     follower: Callable[[str | None], BlockFollower],
     baseline: Pairing,
     teaching: BlockTeaching,
+    fenced_text: Callable[[str], bool] | None = None,
 ) -> Format:
     """A format that writes line blocks with `render`, reads them with `parse` and grounds them with `follower`: its
     reference is the minimal blocks, its applier `apply_blocks`, its mistakes `block_perturbations`; an alternative
-    that `--quick` decodes, which the agent teaches with `teaching` and the worked example in it."""
+    that `--quick` decodes, which the agent teaches with `teaching` and the worked example in it (`fenced_text`: as
+    `Format`'s)."""
 
     def reference(before: str, after: str) -> str:
         return render(minimal_blocks(before, after))
@@ -173,6 +175,7 @@ def block_format(
         baseline=baseline,
         quick=True,
         prompt=prompt,
+        fenced_text=fenced_text,
     )
 
 
@@ -215,6 +218,15 @@ def parse_search_replace(text: str) -> list[Block]:
         blocks.append(Block([("-", line) for line in old] + [("+", line) for line in new]))
         i = replace + 1
     return blocks
+
+
+def inside_search_replace(text: str) -> bool:
+    """Whether `text` ends inside a search/replace block: past a SEARCH line and before its REPLACE line."""
+    inside = False
+    for line in text_lines(text):
+        marker = line.rstrip()
+        inside = (inside or marker == SEARCH) and marker != REPLACE
+    return inside
 
 
 def _find_line(lines: list[str], marker: str, start: int) -> int:

@@ -4,7 +4,13 @@ context lines that make its SEARCH text unique where it is applied (`tools.forma
 from __future__ import annotations
 
 from tools.formats.base import Pairing, register
-from tools.formats.lines import BlockTeaching, block_format, parse_search_replace, render_search_replace
+from tools.formats.lines import (
+    BlockTeaching,
+    block_format,
+    inside_search_replace,
+    parse_search_replace,
+    render_search_replace,
+)
 from tools.grounding.search_replace import SearchReplaceFollower
 
 TEACHING = BlockTeaching(
@@ -52,4 +58,5 @@ register(block_format(
     follower=SearchReplaceFollower,
     baseline=Pairing("ngram", "an agent on vLLM's prompt lookup"),
     teaching=TEACHING,
+    fenced_text=inside_search_replace,
 ))
