@@ -11,6 +11,7 @@ from agent.protocol import parse_actions
 from decoding.engine.grounding import ReplyFollower
 from decoding.serving.launch import EmbeddedServer
 from tools.formats import agent_format, agent_format_names
+from tools.formats.lines import REPLACE
 from tools.journal import Journal
 from tools.workspace import Workspace
 
@@ -166,12 +167,14 @@ Task: Raise the default timeout to 30 seconds.
 @pytest.mark.slow
 def test_what_the_embedded_model_writes_in_a_grounded_search_replace_block_applies(ws):
     """The demo model cannot follow the agent's chat, so it continues a document that leaves the agent's
-    ```search-replace PATH block open, with the request the agent's client sends (the file as `prediction`, grounding
-    for its path); the block it writes goes through the agent's protocol and Workspace.edit in that format."""
+    ```search-replace PATH block open, sent as the agent's client sends a turn (the file as `prediction`, grounding
+    for its path). It writes a SEARCH line, the divider and a REPLACE line, then leaves the block with a fence line
+    where `>>>>>>> REPLACE` belongs (inside the block that line is text to the server and to the agent alike): its
+    block, given that marker, goes through the agent's protocol and Workspace.edit in that format and applies."""
     opened = "```search-replace stats.py\n<<<<<<< SEARCH\n"
     prompt = f"{SEARCH_REPLACE_SHOT}File stats.py:\n```\n{STATS}```\nTask: Make mean() safe for empty lists.\n{opened}"
     body = {
-        "prompt": prompt, "max_tokens": 96, "temperature": 0,
+        "prompt": prompt, "max_tokens": 48, "temperature": 0,
         "prediction": {"type": "content", "content": STATS}, "grounding": {"mode": "edit", "path": "stats.py"},
     }
     with EmbeddedServer() as server:
@@ -179,13 +182,16 @@ def test_what_the_embedded_model_writes_in_a_grounded_search_replace_block_appli
         request = urllib.request.Request(f"{server.api_base}/completions", data, {"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=600) as response:
             answer = json.loads(response.read())
-    print(answer["choices"][0]["text"], answer["usage"])
-    assert answer["usage"]["grounding"]["blocks"] >= 1
-    action = parse_actions(opened + answer["choices"][0]["text"], agent_format("search-replace"))[0]  # what runs first
-    assert action.tool == "edit" and action.args["path"] == "stats.py", action
-    result = Workspace(ws).edit("stats.py", action.args["script"], edit_format=agent_format("search-replace"))
-    print(action.args["script"], result.output)
+    assert answer["usage"]["grounding"]["blocks"] == 1
+    text = answer["choices"][0]["text"]
+    written = text[: text.index("\n```") + 1]  # up to the fence line it closes with
+    assert "\n=======\n" in written and REPLACE not in written, text
+    edit_format = agent_format("search-replace")
+    (action,) = parse_actions(f"{opened}{written}{REPLACE}\n```\n", edit_format)
+    assert action.tool == "edit" and action.args["path"] == "stats.py"
+    result = Workspace(ws).edit("stats.py", action.args["script"], edit_format=edit_format)
     assert result.status == "ok", result.output
+    assert (ws / "stats.py").read_text() != STATS
 
 
 def test_a_fence_line_inside_a_search_replace_block_is_the_files_text_as_grounding_reads_it(tmp_path):
