@@ -46,7 +46,7 @@ from tools.workspace import Workspace
 EPILOG = f"""\
 {GET_A_MODEL}
 
-settings: command line, then RETAIN_MODEL / RETAIN_API_BASE, then agent.toml (workspace, then
+settings: command line, then RETAIN_MODEL / RETAIN_API_BASE / RETAIN_EDIT_FORMAT, then agent.toml (workspace, then
 ~/.config/retain/agent.toml). --model embedded (with --allow-demo-model) starts the embedded demo server
 on a free loopback port. Budgets: 30 model turns, 2,048 output tokens a reply, 600 s of wall time; a run
 also stops after 3 replies in a row without an action.
