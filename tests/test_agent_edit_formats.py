@@ -8,10 +8,10 @@ from replay import ReplayServer, Turn
 
 from agent.headless import build_parser, main, run_command
 from agent.protocol import parse_actions
-from decoding.engine.grounding import ReplyFollower
 from decoding.serving.launch import EmbeddedServer
 from tools.formats import agent_format, agent_format_names
 from tools.formats.lines import REPLACE
+from tools.grounding.reply import ReplyFollower
 from tools.journal import Journal
 from tools.workspace import Workspace
 
