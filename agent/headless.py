@@ -125,6 +125,10 @@ def run_command(args: argparse.Namespace, count_tokens: Callable[[str], int] | N
         workspace = _workspace(args.workspace or previous.get("workspace") or ".")
     except _UsageError as exc:
         return _usage(str(exc), args.json)
+    started_with = previous.get("edit_format")
+    if started_with and args.edit_format and args.edit_format != started_with:
+        return _usage(f"run {state.run_id} edits with --edit-format {started_with}, which its conversation teaches; "
+                      "resume it without --edit-format", args.json)
 
     cli = {
         "model": args.model or previous.get("model"),  # a resumed run keeps its model unless told otherwise
@@ -137,7 +141,7 @@ def run_command(args: argparse.Namespace, count_tokens: Callable[[str], int] | N
         "shell": args.shell,
         "approve": args.approve,
         "tools": args.tools,
-        "edit_format": args.edit_format,
+        "edit_format": args.edit_format or started_with,  # a resumed run keeps the format its prompt teaches
     }
     try:
         settings = load_settings(cli, workspace.root)
@@ -160,6 +164,7 @@ def run_command(args: argparse.Namespace, count_tokens: Callable[[str], int] | N
         model=settings.model,
         api_base=settings.api_base,
         workspace=str(workspace.root),
+        edit_format=settings.edit_format,
         resumed=bool(args.resume),
     )
     if not state.messages:

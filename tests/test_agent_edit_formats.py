@@ -216,3 +216,15 @@ def test_the_embedded_server_grounds_the_agents_block_of_each_format_in_the_file
     assert reply.read(f"Fixing it.\n```{edit_format.fence} stats.py\n") and reply.block is not None
     assert reply.block.source == STATS  # grounded in the file, not only in the format's syntax
     assert reply.read(worked + "```\n") and reply.block is None and reply.blocks == 1
+
+
+def test_a_resumed_run_keeps_the_edit_format_its_conversation_teaches(ws, capsys):
+    with ReplayServer([Turn("```read stats.py```")]) as server:
+        code, _, report = run(ws, capsys, server.url, "--edit-format", "udiff", "--max-steps", "1")
+    assert code == 3
+    resume = ["--resume", report["run_id"], "--json", str(ws.parent / "report.json")]
+    assert run_command(build_parser().parse_args([*resume, "--edit-format", "ot"])) == 2
+    assert "edits with --edit-format udiff" in capsys.readouterr().err
+    with ReplayServer([Turn(FIX_MEAN["udiff"]), finish()]) as server:
+        assert run_command(build_parser().parse_args([*resume, "--api-base", server.url])) == 0
+    assert (ws / "stats.py").read_text() == FIXED
