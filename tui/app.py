@@ -306,6 +306,10 @@ class RetainApp(App):
         if info is None:
             return
         self.session, events = Session.resume(self.workspace, info)
+        taught = next((e.get("edit_format") for e in events if e["type"] == "start"), None)
+        if taught and taught != self.settings.edit_format:  # the session's conversation teaches its own format
+            self.settings.edit_format = taught
+            self.notify(f"this session edits with --edit-format {taught}, as its conversation teaches")
         for event in events:
             kind = event["type"]
             if kind == "prompt":

@@ -77,7 +77,7 @@ class Session:
             task = self.state.task if resumed else prompt
             self.transcript.write(
                 "start", run_id=self.session_id, task=task, model=model, workspace=str(self.workspace.root),
-                resumed=resumed, front_end="tui",
+                edit_format=edit_format.name, resumed=resumed, front_end="tui",
             )
         self.transcript.write("prompt", text=shown or prompt)
         if self.state is None:
