@@ -29,10 +29,10 @@ from agent.client import (
     supports_native_tools,
 )
 from agent.config import Settings, turn_tokens
-from agent.protocol import FINISH_TOOLS, OT, Action, action_from_call, parse_actions, tool_specs
+from agent.protocol import FINISH_TOOLS, Action, action_from_call, parse_actions, tool_specs
 from agent.transcript import Transcript
 from tools.exit_codes import ExitCode
-from tools.formats import Format, agent_format
+from tools.formats import OT, Format, agent_format
 from tools.text_files import FileRefused, read_text_file
 from tools.workspace import ERROR, OK, REFUSED, PathRefused, ToolResult, Workspace
 

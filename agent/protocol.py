@@ -19,11 +19,10 @@ import re
 from dataclasses import dataclass
 from functools import cache
 
-from tools.formats import Format, get_format
+from tools.formats import OT, Format
 
 FINISH_TOOLS = ("done", "failed")
 TEXT_TOOLS = ("read", "create", "overwrite", "list", "search", "shell", *FINISH_TOOLS)
-OT = get_format("ot")  # an edit's format unless told otherwise
 MAX_LINE_DIGITS = 18  # longer line numbers are no line of any file (and too long for int() past 4,300 digits)
 _RANGE = re.compile(r"^(?P<path>.+?)(?:\s+(?P<start>\d+)(?:\s*-\s*(?P<end>\d+))?)?$")
 

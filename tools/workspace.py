@@ -26,7 +26,7 @@ from pathlib import Path
 import regex as regex_engine  # the `re` syntax, with a timeout: a backtracking pattern cannot hang a search
 
 from tools.edits import PreparedEdit, prepare_content, prepare_edit, write_prepared
-from tools.formats import Format, get_format
+from tools.formats import OT, Format
 from tools.ot import OTError
 from tools.text_files import (
     READ_CHUNK,
@@ -48,7 +48,6 @@ LIST_TIME_BUDGET = 10.0  # seconds one walk of the workspace may take (list, sea
 MAX_SHELL_OUTPUT = 10_000  # code points of command output shown: the head and the tail
 MAX_SHELL_STREAM_BYTES = 64 << 20  # a command writing more than this is killed
 SKIPPED_DIRS = {".git", ".hg", ".svn", "__pycache__", "node_modules", ".venv", ".mypy_cache", ".pytest_cache"}
-OT = get_format("ot")  # the edit format of an edit given none
 
 OK, ERROR, REFUSED = "ok", "error", "refused"
 

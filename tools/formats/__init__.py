@@ -28,7 +28,10 @@ from tools.formats.base import (
     unregister,
 )
 
+OT = get_format("ot")  # the agent's edit format unless told otherwise
+
 __all__ = [
+    "OT",
     "AgentPrompt",
     "Format",
     "FormatError",
