@@ -228,3 +228,11 @@ def test_a_resumed_run_keeps_the_edit_format_its_conversation_teaches(ws, capsys
     with ReplayServer([Turn(FIX_MEAN["udiff"]), finish()]) as server:
         assert run_command(build_parser().parse_args([*resume, "--api-base", server.url])) == 0
     assert (ws / "stats.py").read_text() == FIXED
+
+
+def test_a_udiff_hunk_not_in_the_file_is_refused_with_the_closest_lines(ws):
+    hunk = FIX_MEAN["udiff"].split("\n", 1)[1].removesuffix("```").replace("def mean(items)", "def mean(values)")
+    result = Workspace(ws).edit("stats.py", hunk, edit_format=agent_format("udiff"))
+    assert result.status == "error" and (ws / "stats.py").read_text() == STATS
+    assert "block 1: its old lines are not in the file. Did you mean these lines of the file?\n" in result.output
+    assert "\ndef mean(items):\n    return total(items) / len(items)\n" in result.output
