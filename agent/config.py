@@ -8,6 +8,7 @@ max_steps = 40
 turn_tokens = 2048               # one reply's output tokens at most
 timeout = 600                    # `agent run`'s wall-clock seconds (0 = no limit)
 shell = "auto"
+edit_format = "search-replace"   # how the model writes edits: ot (default), ot-counts, ot-lines, search-replace, udiff
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal, get_args
 
-ENV = {"model": "RETAIN_MODEL", "api_base": "RETAIN_API_BASE"}
+from tools.formats import agent_format, agent_format_names
+
+ENV = {"model": "RETAIN_MODEL", "api_base": "RETAIN_API_BASE", "edit_format": "RETAIN_EDIT_FORMAT"}
 ShellMode = Literal["never", "ask", "auto"]
 ApproveMode = Literal["auto", "never"]
 ToolMode = Literal["auto", "native", "text"]
@@ -76,6 +79,7 @@ class Settings:
     shell: ShellMode = "ask"
     approve: ApproveMode = "auto"
     tools: ToolMode = "auto"
+    edit_format: str = "ot"  # a name of tools.formats.agent_format_names()
 
     @property
     def api_key(self) -> str | None:
@@ -164,6 +168,10 @@ def _check(settings: Settings) -> None:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < least):
             kind = "a number of seconds (0 for no limit)" if name == "timeout" else "a positive number"
             raise ConfigError(f"{name} must be {kind}, not {value!r}")
+    try:
+        agent_format(settings.edit_format)
+    except ValueError as exc:
+        raise ConfigError(f"edit_format: {exc}") from None
     if not isinstance(settings.allow_demo_model, bool):
         raise ConfigError(f"allow_demo_model must be true or false, not {settings.allow_demo_model!r}")
     for name in ("model", "api_base", "api_key_env"):
@@ -188,6 +196,20 @@ def add_agent_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--shell", choices=SHELL_MODES, help="run shell commands? (default ask)")
     parser.add_argument("--tools", choices=TOOL_MODES, help="native tool calls or fenced blocks")
+    parser.add_argument(
+        "--edit-format",
+        type=edit_format_name,
+        metavar="NAME",
+        help=f"how the model writes edits: {', '.join(agent_format_names())} (default ot, OT edit scripts)",
+    )
+
+
+def edit_format_name(name: str) -> str:
+    """An argparse type: the name of an edit format the agent offers (else a usage error listing them)."""
+    try:
+        return agent_format(name).name
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def positive(kind, zero: bool = False):

@@ -39,13 +39,14 @@ from agent.transcript import Redactor, Transcript, read_events
 from decoding.engine.tokenizer import count_tokens
 from decoding.serving.launch import EmbeddedServerError, EmbeddedServerTimeout
 from tools.exit_codes import ExitCode
+from tools.formats import agent_format
 from tools.state import runs_dir
 from tools.workspace import Workspace
 
 EPILOG = f"""\
 {GET_A_MODEL}
 
-settings: command line, then RETAIN_MODEL / RETAIN_API_BASE, then agent.toml (workspace, then
+settings: command line, then RETAIN_MODEL / RETAIN_API_BASE / RETAIN_EDIT_FORMAT, then agent.toml (workspace, then
 ~/.config/retain/agent.toml). --model embedded (with --allow-demo-model) starts the embedded demo server
 on a free loopback port. Budgets: 30 model turns, 2,048 output tokens a reply, 600 s of wall time; a run
 also stops after 3 replies in a row without an action.
@@ -124,6 +125,10 @@ def run_command(args: argparse.Namespace, count_tokens: Callable[[str], int] | N
         workspace = _workspace(args.workspace or previous.get("workspace") or ".")
     except _UsageError as exc:
         return _usage(str(exc), args.json)
+    started_with = previous.get("edit_format")
+    if started_with and args.edit_format and args.edit_format != started_with:
+        return _usage(f"run {state.run_id} edits with --edit-format {started_with}, which its conversation teaches; "
+                      "resume it without --edit-format", args.json)
 
     cli = {
         "model": args.model or previous.get("model"),  # a resumed run keeps its model unless told otherwise
@@ -136,6 +141,7 @@ def run_command(args: argparse.Namespace, count_tokens: Callable[[str], int] | N
         "shell": args.shell,
         "approve": args.approve,
         "tools": args.tools,
+        "edit_format": args.edit_format or started_with,  # a resumed run keeps the format its prompt teaches
     }
     try:
         settings = load_settings(cli, workspace.root)
@@ -158,10 +164,11 @@ def run_command(args: argparse.Namespace, count_tokens: Callable[[str], int] | N
         model=settings.model,
         api_base=settings.api_base,
         workspace=str(workspace.root),
+        edit_format=settings.edit_format,
         resumed=bool(args.resume),
     )
     if not state.messages:
-        for message in first_messages(state.task, workspace):
+        for message in first_messages(state.task, workspace, agent_format(settings.edit_format)):
             state.messages.append(message)
             transcript.write("message", message=message)
     _progress(f"run {state.run_id}: transcript {path}")

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from string import Template
 from typing import Literal, NotRequired, TypedDict
 
 from agent.client import (
@@ -31,6 +32,7 @@ from agent.config import Settings, turn_tokens
 from agent.protocol import FINISH_TOOLS, Action, action_from_call, parse_actions, tool_specs
 from agent.transcript import Transcript
 from tools.exit_codes import ExitCode
+from tools.formats import OT, Format, agent_format
 from tools.text_files import FileRefused, read_text_file
 from tools.workspace import ERROR, OK, REFUSED, PathRefused, ToolResult, Workspace
 
@@ -48,7 +50,7 @@ IDLE_TURNS = 3  # model turns in a row without an action before the run stops: t
 MAX_PREDICTION_CHARS = 200_000
 NO_ACTION = (
     "Your reply contained no tool block. Act with one of the fenced blocks from the instructions, for "
-    "example ```read PATH```, ```edit PATH``` with a script, ```shell``` with a command, or ```done``` "
+    "example ```read PATH```, ```{fence} PATH``` with {body}, ```shell``` with a command, or ```done``` "
     "with a summary when the task is complete."
 )
 CUT_OFF = (
@@ -199,10 +201,18 @@ class Hooks:
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
-def first_messages(task: str, workspace: Workspace) -> list[dict]:
+def system_prompt(edit_format: Format = OT) -> str:
+    """The system prompt, teaching `edit_format` (its slots of prompts/system.md)."""
+    prompt = edit_format.prompt
+    assert prompt is not None, f"{edit_format.name} is no format the agent offers"
+    slots = {"doing": prompt.doing, "read": prompt.read, "tool": prompt.tool, "section": prompt.section}
+    return Template(SYSTEM_PROMPT.read_text(encoding="utf-8")).substitute(slots)
+
+
+def first_messages(task: str, workspace: Workspace, edit_format: Format = OT) -> list[dict]:
     top = workspace.list("*").output
     return [
-        {"role": "system", "content": SYSTEM_PROMPT.read_text(encoding="utf-8")},
+        {"role": "system", "content": system_prompt(edit_format)},
         {"role": "user", "content": f"Workspace top level:\n{top}\n\nTask:\n{task}"},
     ]
 
@@ -224,6 +234,7 @@ class Agent:
         self.settings = settings
         self.hooks = hooks or Hooks()
         self.count_tokens = count_tokens
+        self.edit_format = agent_format(settings.edit_format)
         tools = settings.tools
         self.native_tools = tools == "native" or (tools == "auto" and supports_native_tools(model.name))
         self.started = time.monotonic()  # when the wall-time budget began; set again by run()
@@ -252,7 +263,7 @@ class Agent:
             try:
                 reply = self.model.complete(
                     self.transcript.redact(state.messages),  # secrets in the task or a reply never reach the model
-                    tools=tool_specs() if self.native_tools else None,
+                    tools=tool_specs(self.edit_format) if self.native_tools else None,
                     prediction=prediction,
                     prediction_path=state.focus if prediction is not None else None,
                     max_tokens=self._tokens_left(tokens),
@@ -299,7 +310,7 @@ class Agent:
         if native:
             actions = [action_from_call(c["id"], c["name"], c["arguments"]) for c in reply.tool_calls]
         else:
-            actions = parse_actions(reply.text)
+            actions = parse_actions(reply.text, self.edit_format)
         self._idle_turns = 0 if actions else self._idle_turns + 1
         results = [(a, self._execute(state, a, reply)) for a in actions if a.tool not in FINISH_TOOLS]
         finishes = [a for a in actions if a.tool in FINISH_TOOLS]
@@ -364,7 +375,7 @@ class Agent:
             return ws.read(_arg(args, "path", str), start, end)
         if action.tool == "edit":
             path, script = _arg(args, "path", str), _arg(args, "script", str)
-            preview = ws.edit(path, script, dry_run=True)
+            preview = ws.edit(path, script, dry_run=True, edit_format=self.edit_format)
             if preview.status != OK:
                 return preview
             if self.settings.approve == "auto":
@@ -442,7 +453,10 @@ class Agent:
             for action, result in results:
                 self._add_message(state, {"role": "tool", "tool_call_id": action.call_id, "content": result.output})
             return
-        parts = [f"[{action_label(a)}: {r.status}]\n{r.output}" for a, r in results] or [NO_ACTION]
+        prompt = self.edit_format.prompt
+        assert prompt is not None  # agent_format offers only formats with a prompt
+        no_action = NO_ACTION.format(fence=self.edit_format.fence, body=prompt.body_description)
+        parts = [f"[{action_label(a)}: {r.status}]\n{r.output}" for a, r in results] or [no_action]
         if reply.finish_reason == "length":
             parts.insert(0, CUT_OFF)
         elif reply.finish_reason == "repetition":

@@ -7,7 +7,9 @@ The text protocol works with any chat model, including servers without a tool pa
     ...                                                      ```            ```
     ```
 
-A block opens with three or more backticks followed by a tool name, and closes with the same fence.
+A block opens with three or more backticks followed by a tool name, and closes with the same fence. An edit's
+block opens with its format's fence and a path (```edit PATH for an OT script, ```search-replace PATH,
+```diff PATH; `tools.formats`): a block of another format's fence, or a bare ```diff, is ordinary markdown.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from functools import cache
+
+from tools.formats import OT, Format
 
 FINISH_TOOLS = ("done", "failed")
-TEXT_TOOLS = ("read", "edit", "create", "overwrite", "list", "search", "shell", *FINISH_TOOLS)
-
-_OPEN = re.compile(rf"^(?P<fence>`{{3,}})(?P<tool>{'|'.join(TEXT_TOOLS)})(?![\w-])[ \t]*(?P<arg>[^\n]*)$", re.M)
+TEXT_TOOLS = ("read", "create", "overwrite", "list", "search", "shell", *FINISH_TOOLS)
 MAX_LINE_DIGITS = 18  # longer line numbers are no line of any file (and too long for int() past 4,300 digits)
 _RANGE = re.compile(r"^(?P<path>.+?)(?:\s+(?P<start>\d+)(?:\s*-\s*(?P<end>\d+))?)?$")
 
@@ -31,23 +34,52 @@ class Action:
     call_id: str | None = None  # the native tool call this answers
 
 
-def parse_actions(text: str) -> list[Action]:
-    """The fenced tool blocks in a reply, in order; an unclosed block becomes an "invalid" action."""
+@cache
+def _opening(edit_fence: str) -> re.Pattern[str]:
+    """A block's first line, with the edit format's fence standing for the edit tool."""
+    tools = "|".join(re.escape(tool) for tool in (*TEXT_TOOLS, edit_fence))
+    return re.compile(rf"^(?P<fence>`{{3,}})(?P<tool>{tools})(?![\w-])[ \t]*(?P<arg>[^\n]*)$", re.M)
+
+
+def parse_actions(text: str, edit_format: Format = OT) -> list[Action]:
+    """The fenced tool blocks in a reply, in order, an edit being a block of `edit_format`'s fence; an unclosed
+    block becomes an "invalid" action."""
     actions, pos = [], 0
-    while match := _OPEN.search(text, pos):
+    while match := _opening(edit_format.fence).search(text, pos):
         fence, tool, arg = match["fence"], match["tool"], match["arg"].strip()
+        if tool == edit_format.fence:
+            tool = "edit"
         if arg.endswith(fence):  # a one-line block: ```read src/app.py```
             actions.append(_text_action(tool, arg[: -len(fence)].strip(), ""))
             pos = match.end()
             continue
-        close = re.compile(rf"^{fence}[ \t]*$", re.M).search(text, match.end())
+        close = _closing(text, match.end(), fence, edit_format if tool == "edit" else None)
         if close is None:
-            actions.append(Action("invalid", {"error": f"the {fence}{tool} block is not closed with {fence}"}))
+            if _markdown(tool, arg, edit_format):
+                pos = match.end()
+                continue
+            actions.append(Action("invalid", {"error": f"the {fence}{match['tool']} block is not closed with {fence}"}))
             break
         body = text[match.end() + 1 : close.start()]
-        actions.append(_text_action(tool, arg, body))
+        if not _markdown(tool, arg, edit_format):
+            actions.append(_text_action(tool, arg, body))
         pos = close.end()
     return actions
+
+
+def _closing(text: str, start: int, fence: str, edit_format: Format | None) -> re.Match[str] | None:
+    """The fence line closing the block opened before `start`: the first, or for an edit the first one the format
+    reads as the end of its block rather than as the file's text (`Format.fenced_text`), as grounding reads it."""
+    reads_as_text = edit_format.fenced_text if edit_format is not None else None
+    for close in re.compile(rf"^{fence}[ \t]*$", re.M).finditer(text, start):
+        if reads_as_text is None or not reads_as_text(text[start : close.start()]):
+            return close
+    return None
+
+
+def _markdown(tool: str, arg: str, edit_format: Format) -> bool:
+    """A bare ```diff (no path) is markdown's diff block, not an edit of no file."""
+    return tool == "edit" and not arg and edit_format.fence == "diff"
 
 
 def _text_action(tool: str, arg: str, body: str) -> Action:
@@ -98,6 +130,17 @@ def _schema(description: str, required: dict, optional: dict | None = None) -> d
     }
 
 
+def tool_schemas(edit_format: Format = OT) -> dict[str, dict]:
+    """The native tools, the `edit` tool's descriptions those of `edit_format` (its body in `script`)."""
+    prompt = edit_format.prompt
+    assert prompt is not None, f"{edit_format.name} is no format the agent offers"
+    edit = _schema(
+        prompt.tool_description,
+        {"path": ("string", "path relative to the workspace"), "script": ("string", prompt.body_description)},
+    )
+    return {name: edit if name == "edit" else spec for name, spec in TOOL_SCHEMAS.items()}
+
+
 TOOL_SCHEMAS = {
     "read": _schema(
         "Read a text file exactly as edit scripts count it (code points, no line numbers added).",
@@ -125,6 +168,7 @@ TOOL_SCHEMAS = {
 }
 
 
-def tool_specs() -> list[dict]:
-    """The tools in the OpenAI function-calling shape."""
-    return [{"type": "function", "function": {"name": name, **spec}} for name, spec in TOOL_SCHEMAS.items()]
+def tool_specs(edit_format: Format = OT) -> list[dict]:
+    """The tools in the OpenAI function-calling shape, editing in `edit_format`."""
+    schemas = tool_schemas(edit_format)
+    return [{"type": "function", "function": {"name": name, **spec}} for name, spec in schemas.items()]

@@ -2,8 +2,11 @@
 
 import textwrap
 
-from agent.loop import SYSTEM_PROMPT
+import pytest
+
+from agent.loop import system_prompt
 from agent.protocol import action_from_call, parse_actions, tool_specs
+from tools.formats import agent_format, agent_format_names
 from tools.workspace import Workspace
 
 
@@ -76,17 +79,30 @@ def test_native_tool_calls_are_checked():
     assert names == ["read", "edit", "create", "list", "search", "shell", "done", "failed"]
 
 
-def test_every_example_in_the_system_prompt_parses_and_the_worked_edit_applies(tmp_path):
-    prompt = SYSTEM_PROMPT.read_text()
-    actions = parse_actions(prompt)
+@pytest.mark.parametrize("name", agent_format_names())
+def test_every_example_in_the_system_prompt_parses_and_the_worked_edit_applies(tmp_path, name):
+    edit_format = agent_format(name)
+    prompt = system_prompt(edit_format)
+    actions = parse_actions(prompt, edit_format)
     assert {a.tool for a in actions} == {"read", "list", "search", "shell", "edit", "create", "done", "failed"}
     (worked,) = [a for a in actions if a.tool == "edit" and a.args["path"] == "stats.py"]
     stats = "def total(items):\n    return sum(items)\n\n\ndef mean(items):\n    return total(items) / len(items)\n"
     assert textwrap.indent(stats, "    ").rstrip() in prompt  # the file the example edits is shown as it is
     (tmp_path / "stats.py").write_text(stats)
-    result = Workspace(tmp_path).edit("stats.py", worked.args["script"])
-    assert result.status == "ok" and result.data["corrections"] == []  # the example counts exactly
+    result = Workspace(tmp_path).edit("stats.py", worked.args["script"], edit_format=edit_format)
+    placed_by_quotes = {"anchor"} if name == "ot-lines" else set()  # a count-free script is placed by its quotes
+    assert result.status == "ok" and {c["kind"] for c in result.data["corrections"]} <= placed_by_quotes
     assert (tmp_path / "stats.py").read_text() == (
         'def total(items):\n    """Sum of the items."""\n    return sum(items)\n\n\n'
         "def mean(items):\n    return total(items) / max(len(items), 1)\n"
     )
+
+
+@pytest.mark.parametrize("name", agent_format_names())
+def test_the_system_prompt_teaches_the_chosen_format_and_no_other(name):
+    prompt = system_prompt(agent_format(name))
+    teaches = {"edit": "retain(", "search-replace": "<<<<<<< SEARCH", "diff": "@@ ... @@"}
+    fence = agent_format(name).fence
+    assert f"```{fence} src/app.py" in prompt and teaches[fence] in prompt
+    assert not [other for other in teaches if other != fence and (f"```{other} " in prompt or teaches[other] in prompt)]
+    assert "$" not in prompt  # every slot of the template is filled

@@ -129,7 +129,7 @@ def test_an_unexpected_tool_exception_reaches_the_model_with_its_class_and_text(
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(Workspace, "list", broken, raising=True)
-    monkeypatch.setattr("agent.headless.first_messages", lambda task, workspace: [{"role": "user", "content": task}])
+    monkeypatch.setattr("agent.headless.first_messages", lambda task, *_: [{"role": "user", "content": task}])
     turns = [Turn("```list *.py```"), Turn("```done\nok\n```")]
     code, report, requests = run_agent(ws, capsys, turns)
     assert "RuntimeError: disk on fire" in told(requests[1]) and report["tool_calls"][0]["status"] == ERROR

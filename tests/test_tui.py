@@ -231,6 +231,34 @@ def test_sessions_are_listed_at_start_and_resume_the_conversation(ws):
     assert [e["text"] for e in events if e["type"] == "prompt"] == ["read the stats module", "and the README?"]
 
 
+def test_a_resumed_session_keeps_the_edit_format_its_conversation_teaches(ws):
+    async def first(pilot):
+        await send(pilot, "read the stats module")
+        await until(pilot, lambda: not pilot.app.running, what="the run")
+
+    udiff_app = make_app(ws, "")
+    udiff_app.settings.edit_format = "udiff"
+    with ReplayServer([Turn("```read stats.py```"), Turn("```done\nRead it.\n```")]) as server:
+        udiff_app.settings.api_base = server.url
+        drive(udiff_app, first)
+    assert "# Unified diffs" in server.requests[0]["messages"][0]["content"]
+    hunk = "```diff stats.py\n@@ ... @@\n-    return sum(items)\n+    return sum(items, 0)\n```"
+
+    async def second(pilot):
+        app = pilot.app
+        await until(pilot, lambda: isinstance(app.screen, SessionPicker), what="the session list")
+        await pilot.press("down", "enter")
+        await until(pilot, lambda: app.query(UserMessage), what="the earlier conversation")
+        await send(pilot, "start the sum at 0")
+        await until(pilot, lambda: isinstance(app.screen, EditApproval), what="the approval screen")
+        await pilot.press("y")
+        await until(pilot, lambda: not app.running and len(server.requests) == 2, what="the run")
+
+    with ReplayServer([Turn(hunk), Turn("```done\nDone.\n```")]) as server:
+        drive(make_app(ws, server.url), second)  # started with the default format, ot
+    assert "sum(items, 0)" in (ws / "stats.py").read_text()
+
+
 def test_the_first_frame_does_not_wait_for_the_embedded_server(ws, monkeypatch):
     stand_in = Path(__file__).parent / "stand_in_server.py"
     slow = f"sleep 2 && exec {sys.executable} {stand_in} --host 127.0.0.1 --port {{port}}"

@@ -12,13 +12,15 @@ import os
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
+from tools.formats import Format, FormatError
 from tools.journal import Journal
-from tools.ot import Insert, Op
+from tools.ot import Insert, Op, ot_diff
 from tools.ot_script import parse_script
-from tools.patch import EditRefused, PlacedEdit, apply_edit
-from tools.syntax import language_for
+from tools.patch import EditRefused, PlacedEdit, apply_edit, syntax_notes
+from tools.syntax import SyntaxProblem, added_problems, language_for, syntax_problems
 from tools.text_files import (
     FileRefused,
     atomic_write,
@@ -63,14 +65,50 @@ def prepare_script(
     _check_writable(file.path, file.mode)
     ops = parse_script(script) if isinstance(script, str) else list(script)
     if any(isinstance(op, Insert) and "\x00" in op.text for op in ops):
-        raise EditRefused(
-            f"refused: the edit inserts a NUL character (\\u0000), which would turn {file.path.name} into a binary "
-            "file that later edits refuse; the file is unchanged. Write the character as an escape of the file's "
-            "language instead (e.g. \"\\\\0\" or \"\\\\x00\" in a string literal)"
-        )
+        raise _inserts_nul(file.path)
     placed = apply_edit(file.text, ops, language_for(file.path), allow_broken=allow_broken, deadline=deadline)
     diff = unified_diff(file.text, placed.after, file.path.name)
     return PreparedEdit(file.path, file.raw, file.encode(placed.after), file.mode, diff, placed)
+
+
+def prepare_edit(
+    path: str | Path, body: str, edit_format: Format, *, deadline: float | None = None, root: Path | None = None
+) -> PreparedEdit:
+    """`body`, an edit in `edit_format`, prepared on the file as it is now; nothing is written. An edit script goes
+    through the tolerant applier (`prepare_script`); another format through its `apply`, then the same syntax check.
+
+    Raises EditRefused (a block that does not apply, named with the closest lines of the file) / SyntaxRefused
+    (both OTError) or FileRefused."""
+    if edit_format.edit_script:
+        return prepare_script(path, body, deadline=deadline, root=root)
+    file = read_text_file(path, root)
+    _check_writable(file.path, file.mode)
+    language = language_for(file.path)
+    try:
+        after = edit_format.apply(file.text, body, language)
+    except FormatError as exc:
+        raise EditRefused(f"refused: {exc}") from None
+    if after.count("\x00") > file.text.count("\x00"):
+        raise _inserts_nul(file.path)
+    notes = syntax_notes(after, language, partial(_added, file.text, language))
+    placed = PlacedEdit(file.text, after, ot_diff(file.text, after), notes=notes)
+    diff = unified_diff(file.text, after, file.path.name)
+    return PreparedEdit(file.path, file.raw, file.encode(after), file.mode, diff, placed)
+
+
+def _added(before: str, language: str | None, after: str) -> list[SyntaxProblem]:
+    """The syntax problems `after` adds to `before` (none without a grammar)."""
+    if language is None:
+        return []
+    return added_problems(syntax_problems(before, language), syntax_problems(after, language))
+
+
+def _inserts_nul(path: Path) -> EditRefused:
+    return EditRefused(
+        f"refused: the edit inserts a NUL character (\\u0000), which would turn {path.name} into a binary "
+        "file that later edits refuse; the file is unchanged. Write the character as an escape of the file's "
+        "language instead (e.g. \"\\\\0\" or \"\\\\x00\" in a string literal)"
+    )
 
 
 def prepare_content(path: Path, content: str, *, overwrite: bool, root: Path | None = None) -> PreparedEdit:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 from tools.ot import (
@@ -112,22 +112,27 @@ def apply_edit(
             'retain("…") or delete("…") text'
         ) from None
     after = apply(before, ops)
-    notes = []
-    if language is None:
-        notes.append("no grammar for this file type: applied without a syntax check")
-    else:
-        added = resolver.added_problems(after)
-        if added and not allow_broken:
-            details = "\n".join(p.describe(after) for p in added[:3])
-            raise SyntaxRefused(
-                f"refused: the edit would add {len(added)} syntax error(s) to this {language_name(language)} file; "
-                f"the file is unchanged.\n{details}",
-                added,
-                after,
-            )
-        if added:
-            notes.append(f"applied with {len(added)} new syntax error(s) (allowed by the caller)")
+    notes = syntax_notes(after, language, resolver.added_problems, allow_broken)
     return PlacedEdit(before, after, ops, corrections, notes)
+
+
+def syntax_notes(
+    after: str, language: str | None, added: Callable[[str], list[SyntaxProblem]], allow_broken: bool = False
+) -> list[str]:
+    """The notes on an edit's result `after` (`added(after)`: the syntax problems it adds to the file); raises
+    SyntaxRefused where it adds any, unless `allow_broken`. Every format's edit goes through this check."""
+    if language is None:
+        return ["no grammar for this file type: applied without a syntax check"]
+    problems = added(after)
+    if problems and not allow_broken:
+        details = "\n".join(p.describe(after) for p in problems[:3])
+        raise SyntaxRefused(
+            f"refused: the edit would add {len(problems)} syntax error(s) to this {language_name(language)} file; "
+            f"the file is unchanged.\n{details}",
+            problems,
+            after,
+        )
+    return [f"applied with {len(problems)} new syntax error(s) (allowed by the caller)"] if problems else []
 
 
 def place(doc: str, ops: Sequence[Op]) -> tuple[int, int]:

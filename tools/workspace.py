@@ -25,7 +25,8 @@ from pathlib import Path
 
 import regex as regex_engine  # the `re` syntax, with a timeout: a backtracking pattern cannot hang a search
 
-from tools.edits import PreparedEdit, prepare_content, prepare_script, write_prepared
+from tools.edits import PreparedEdit, prepare_content, prepare_edit, write_prepared
+from tools.formats import OT, Format
 from tools.ot import OTError
 from tools.text_files import (
     READ_CHUNK,
@@ -167,13 +168,14 @@ class Workspace:
         header = f"{name}: {len(text_lines(text))} lines, {len(text)} code points"
         return ToolResult(OK, f"{header}\n{text}", {"file": name})
 
-    def edit(self, path: str, script: str, *, dry_run: bool = False) -> ToolResult:
-        """Apply an edit script through the tolerant applier; its corrections and refusals go back verbatim.
+    def edit(self, path: str, script: str, *, dry_run: bool = False, edit_format: Format = OT) -> ToolResult:
+        """Apply an edit written in `edit_format` (`script`: an edit script through the tolerant applier, or another
+        format's blocks through its applier); corrections and refusals go back verbatim.
 
         With `dry_run` nothing is written and the result carries the prepared edit for `commit`."""
         try:
             target = self.resolve(path)
-            prepared = prepare_script(target, script, deadline=self.deadline, root=self.root)
+            prepared = prepare_edit(target, script, edit_format, deadline=self.deadline, root=self.root)
         except (PathRefused, FileRefused) as exc:
             return _refusal(exc, {"file": path, "script": script})
         except OTError as exc:
@@ -192,7 +194,8 @@ class Workspace:
         }
         notes = "".join(f"note: {line}\n" for line in notes_said)
         if not prepared.changes:
-            return ToolResult(OK, f"{notes}the script leaves {name} unchanged", data)
+            what = "script" if edit_format.edit_script else "edit"
+            return ToolResult(OK, f"{notes}the {what} leaves {name} unchanged", data)
         preview = ToolResult(OK, f"would change {name}:\n{notes}{prepared.diff}", data, placed.after, prepared)
         return preview if dry_run else self.commit(preview)
 

@@ -47,6 +47,7 @@ from decoding.engine.tokenizer import count_tokens
 from decoding.serving.launch import EmbeddedServer, EmbeddedServerError
 from tools.command_line import parse_arguments
 from tools.exit_codes import ExitCode
+from tools.formats import agent_format
 from tools.journal import Journal, UndoRefused
 from tools.workspace import OK, ToolResult, Workspace
 from tui.screens import (
@@ -305,6 +306,10 @@ class RetainApp(App):
         if info is None:
             return
         self.session, events = Session.resume(self.workspace, info)
+        taught = next((e.get("edit_format") for e in events if e["type"] == "start"), None)
+        if taught and taught != self.settings.edit_format:  # the session's conversation teaches its own format
+            self.settings.edit_format = taught
+            self.notify(f"this session edits with --edit-format {taught}, as its conversation teaches")
         for event in events:
             kind = event["type"]
             if kind == "prompt":
@@ -346,7 +351,8 @@ class RetainApp(App):
     def start_run(self, prompt: str) -> None:
         text = "\n".join([*self.for_model, prompt])
         self.for_model.clear()
-        self.launch(self.session.add_prompt(text, self.model.name, shown=prompt))
+        edit_format = agent_format(self.settings.edit_format)
+        self.launch(self.session.add_prompt(text, self.model.name, edit_format, shown=prompt))
 
     def launch(self, state: RunState) -> None:
         """Run the agent on the conversation as it stands (a new prompt added, or a failed run again)."""
@@ -551,7 +557,8 @@ def build_app(argv: Sequence[str] | None, prog: str = "agent tui") -> RetainApp 
     args = parse_arguments(argv, prog, description, _add_arguments, EPILOG)
     workspace = Path.cwd()
     cli = {"model": args.model, "api_base": args.api_base, "max_steps": args.max_steps, "shell": args.shell,
-           "tools": args.tools, "turn_tokens": args.turn_tokens, "allow_demo_model": args.allow_demo_model}
+           "tools": args.tools, "turn_tokens": args.turn_tokens, "allow_demo_model": args.allow_demo_model,
+           "edit_format": args.edit_format}
     try:
         settings = load_settings(cli, workspace)
     except ConfigError as exc:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from agent.loop import RunState, first_messages
 from agent.transcript import Redactor, Transcript, read_events
+from tools.formats import Format
 from tools.state import sessions_dir
 from tools.workspace import Workspace
 
@@ -67,21 +68,21 @@ class Session:
         session.state = RunState.from_events(events)
         return session, events
 
-    def add_prompt(self, prompt: str, model: str, shown: str | None = None) -> RunState:
-        """Put the user's prompt into the conversation (opening the transcript as needed); `shown` is the
-        prompt as the user typed it, when the model is told more."""
+    def add_prompt(self, prompt: str, model: str, edit_format: Format, shown: str | None = None) -> RunState:
+        """Put the user's prompt into the conversation (opening the transcript as needed), a new one's system prompt
+        teaching `edit_format`; `shown` is the prompt as the user typed it, when the model is told more."""
         if self.transcript is None:
             self.transcript = Transcript(self.path, Redactor())
             resumed = self.state is not None
             task = self.state.task if resumed else prompt
             self.transcript.write(
                 "start", run_id=self.session_id, task=task, model=model, workspace=str(self.workspace.root),
-                resumed=resumed, front_end="tui",
+                edit_format=edit_format.name, resumed=resumed, front_end="tui",
             )
         self.transcript.write("prompt", text=shown or prompt)
         if self.state is None:
             self.state = RunState(self.session_id, prompt)
-            for message in first_messages(prompt, self.workspace):
+            for message in first_messages(prompt, self.workspace, edit_format):
                 self._add(message)
             return self.state
         last = self.state.messages[-1] if self.state.messages else None

@@ -14,10 +14,13 @@ from tools.formats import udiff
 from tools.formats import ot
 # isort: on
 from tools.formats.base import (
+    AgentPrompt,
     Format,
     FormatError,
     Pairing,
     Perturbations,
+    agent_format,
+    agent_format_names,
     format_names,
     formats,
     get_format,
@@ -25,11 +28,17 @@ from tools.formats.base import (
     unregister,
 )
 
+OT = get_format("ot")  # the agent's edit format unless told otherwise
+
 __all__ = [
+    "OT",
+    "AgentPrompt",
     "Format",
     "FormatError",
     "Pairing",
     "Perturbations",
+    "agent_format",
+    "agent_format_names",
     "format_names",
     "formats",
     "get_format",

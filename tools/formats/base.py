@@ -30,6 +30,19 @@ class Pairing:
 
 
 @dataclass(frozen=True)
+class AgentPrompt:
+    """How the agent teaches a format: the slots of its system prompt (`agent/prompts/system.md`) and the
+    native `edit` tool's descriptions."""
+
+    doing: str  # the intro's "reading files, {doing}, and running commands"
+    read: str  # the read tool's first sentence: what the exact text is for
+    tool: str  # the edit tool's entry in the tool list, with a short example block
+    section: str  # the section that teaches the format, with one worked example
+    tool_description: str  # the native `edit` tool's description
+    body_description: str  # the native `edit` tool's `script` argument: the body of a block
+
+
+@dataclass(frozen=True)
 class Format:
     """Everything that is particular to one edit format.
 
@@ -43,7 +56,12 @@ class Format:
     - `role`: how the cost per applied edit compares it: a `subject` (OT; the first registered leads the report) is
       set against every `alternative` (what agents write today); None: neither;
     - `baseline`: for an alternative, the drafter agents pair it with today and who does;
-    - `quick`: whether `agent eval --quick` decodes it.
+    - `quick`: whether `agent eval --quick` decodes it;
+    - `prompt`: how the agent teaches it (None: the agent does not offer it; `agent run --edit-format`);
+    - `edit_script`: an OT edit script, which the agent places with the tolerant applier (`tools.patch`, with its
+      corrections) rather than with `apply`;
+    - `fenced_text(body)`: whether a block's body, written so far, ends where a fence line is the file's text, not
+      the block's end (inside a SEARCH/REPLACE block, as grounding reads it); None: a fence line always ends it.
     """
 
     name: str
@@ -56,10 +74,36 @@ class Format:
     role: Role | None = None
     baseline: Pairing | None = None
     quick: bool = False
+    prompt: AgentPrompt | None = None
+    edit_script: bool = False
+    fenced_text: Callable[[str], bool] | None = None
 
     def __post_init__(self) -> None:
         if (self.role == "alternative") != (self.baseline is not None):
             raise ValueError(f"edit format {self.name!r}: an alternative, and only one, has a baseline pairing")
+
+
+# the worked example every format's prompt teaches with: the same change to the same file
+EXAMPLE_BEFORE = (
+    "def total(items):\n    return sum(items)\n\n\n"
+    "def mean(items):\n    return total(items) / len(items)\n"
+)
+EXAMPLE_AFTER = (
+    'def total(items):\n    """Sum of the items."""\n    return sum(items)\n\n\n'
+    "def mean(items):\n    return total(items) / max(len(items), 1)\n"
+)
+EXAMPLE_TASK = (
+    "Worked example. The file `stats.py` is:\n\n"
+    + "".join(f"    {line}" if line.strip() else line for line in EXAMPLE_BEFORE.splitlines(keepends=True))
+    + "\nTo add a docstring to `total` and avoid dividing by zero in `mean`, reply:"
+)
+
+
+def example_block(fence: str, reference: Callable[[str, str], str]) -> str:
+    """The worked example's reply in a format: its reference output in its fence."""
+    body = reference(EXAMPLE_BEFORE, EXAMPLE_AFTER)
+    body = body if body.endswith("\n") else body + "\n"
+    return f"```{fence} stats.py\n{body}```"
 
 
 _REGISTRY: dict[str, Format] = {}
@@ -94,3 +138,16 @@ def format_names() -> tuple[str, ...]:
 def formats() -> tuple[Format, ...]:
     """Every registered format, in registration order."""
     return tuple(_REGISTRY.values())
+
+
+def agent_format_names() -> tuple[str, ...]:
+    """The formats the agent can edit a file in place with (those with a prompt), in registration order."""
+    return tuple(fmt.name for fmt in _REGISTRY.values() if fmt.prompt is not None)
+
+
+def agent_format(name: str) -> Format:
+    """The agent's edit format named `name`; a ValueError listing the choices for an unknown or unsuitable one."""
+    if name not in agent_format_names():
+        kind = "is not an edit format the agent offers" if name in _REGISTRY else "is no edit format"
+        raise ValueError(f"{name!r} {kind}; choose one of {', '.join(agent_format_names())}")
+    return _REGISTRY[name]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from difflib import SequenceMatcher
 from typing import TYPE_CHECKING
 
-from tools.formats.base import Format, FormatError, Pairing, Perturbations
+from tools.formats.base import EXAMPLE_TASK, AgentPrompt, Format, FormatError, Pairing, Perturbations, example_block
 from tools.text_files import text_lines
 
 if TYPE_CHECKING:
@@ -115,6 +115,26 @@ def _block(old_lines, new_lines, start: int, end: int, members) -> Block:
 # ---- formats of blocks ----------------------------------------------------------------------------------------
 
 
+BLOCKS_CLOSING = (
+    "The result comes back as a diff. If a block's old lines are not in the file, or the edit would break the "
+    "file's\nsyntax, the file is left unchanged and the message names the block and shows the closest lines of the "
+    "file:\nfix the block and send it again. Read a file again before another edit when you are unsure of its "
+    "current text."
+)
+
+
+@dataclass(frozen=True)
+class BlockTeaching:
+    """What the agent's prompt says of a line-block format; `block_format` adds the worked example."""
+
+    doing: str  # "editing them with search/replace blocks"
+    read: str  # the read tool's first sentence
+    tool: str  # the tool list's entry, with a short example
+    rules: str  # the section's heading and rules, before the worked example
+    tool_description: str  # the native edit tool's
+    body_description: str  # its `script` argument's
+
+
 def block_format(
     name: str,
     fence: str,
@@ -123,22 +143,46 @@ def block_format(
     render: Callable[[list[Block]], str],
     follower: Callable[[str | None], BlockFollower],
     baseline: Pairing,
+    teaching: BlockTeaching,
+    fenced_text: Callable[[str], bool] | None = None,
 ) -> Format:
     """A format that writes line blocks with `render`, reads them with `parse` and grounds them with `follower`: its
     reference is the minimal blocks, its applier `apply_blocks`, its mistakes `block_perturbations`; an alternative
-    that `--quick` decodes."""
+    that `--quick` decodes, which the agent teaches with `teaching` and the worked example in it (`fenced_text`: as
+    `Format`'s)."""
+
+    def reference(before: str, after: str) -> str:
+        return render(minimal_blocks(before, after))
+
+    example = example_block(fence, reference)
+    prompt = AgentPrompt(
+        doing=teaching.doing,
+        read=teaching.read,
+        tool=teaching.tool,
+        section=f"{teaching.rules}\n\n{EXAMPLE_TASK}\n\n{example}\n\n{BLOCKS_CLOSING}",
+        tool_description=teaching.tool_description,
+        body_description=teaching.body_description,
+    )
     return Format(
         name=name,
         fence=fence,
         instruction=instruction,
-        reference=lambda before, after: render(minimal_blocks(before, after)),
-        apply=lambda before, output, language: apply_blocks(before, parse(output)),
+        reference=reference,
+        apply=lambda before, output, language: apply_blocks(before, _some(parse(output))),
         perturb=lambda output, seed, trials: block_perturbations(output, parse, render),
         follower=follower,
         role="alternative",
         baseline=baseline,
         quick=True,
+        prompt=prompt,
+        fenced_text=fenced_text,
     )
+
+
+def _some(blocks: list[Block]) -> list[Block]:
+    if not blocks:
+        raise FormatError("no block found in it: nothing to apply")
+    return blocks
 
 
 # ---- rendering and parsing -----------------------------------------------------------------------------------
@@ -174,6 +218,15 @@ def parse_search_replace(text: str) -> list[Block]:
         blocks.append(Block([("-", line) for line in old] + [("+", line) for line in new]))
         i = replace + 1
     return blocks
+
+
+def inside_search_replace(text: str) -> bool:
+    """Whether `text` ends inside a search/replace block: past a SEARCH line and before its REPLACE line."""
+    inside = False
+    for line in text_lines(text):
+        marker = line.rstrip()
+        inside = (inside or marker == SEARCH) and marker != REPLACE
+    return inside
 
 
 def _find_line(lines: list[str], marker: str, start: int) -> int:
@@ -216,13 +269,40 @@ def apply_blocks(before: str, blocks: list[Block]) -> str:
             common = min((len(_indent(line)) for line in old + new if line.strip()), default=0)
             found, prefix = _find_loose(doc, [line.rstrip()[common:] for line in old])
             if found is None:
-                raise FormatError(f"block {number}: its old lines are not in the file")
+                raise FormatError(not_found(number, doc, block.old))
             new = [(prefix + line.rstrip("\n")[common:] if line.strip() else "") + "\n" for line in new]
         end = found + len(old)
         if end == len(doc) and doc and not doc[-1].endswith("\n") and new:
             new = [*new[:-1], new[-1].removesuffix("\n")]  # the file ends without a newline; keep it so
         doc[found:end] = new
     return "".join(doc)
+
+
+def not_found(number: int, doc: list[str], old: list[str]) -> str:
+    """The refusal of block `number`, whose `old` lines are not in `doc`: the closest lines of the file, so the
+    model can copy them (as Aider answers a SEARCH that does not match)."""
+    message = f"block {number}: its old lines are not in the file"
+    closest = closest_lines(doc, old)
+    if not closest:
+        return message
+    shown = "".join(line if line.endswith("\n") else line + "\n" for line in closest)
+    return (
+        f"{message}. Did you mean these lines of the file?\n{shown}"
+        "Copy the old lines exactly from the file (whole lines, with their indentation), and send the block again"
+    )
+
+
+def closest_lines(doc: list[str], old: list[str]) -> list[str]:
+    """The run of len(old) lines of `doc` most like `old` (difflib's ratio); none when nothing is alike."""
+    size, want = len(old), "".join(old)
+    best, best_ratio = [], 0.5  # less alike than this is no hint
+    for i in range(max(len(doc) - size + 1, 0)):
+        matcher = SequenceMatcher(None, "".join(doc[i : i + size]), want, autojunk=False)
+        if matcher.real_quick_ratio() > best_ratio and matcher.quick_ratio() > best_ratio:
+            ratio = matcher.ratio()
+            if ratio > best_ratio:
+                best, best_ratio = doc[i : i + size], ratio
+    return best
 
 
 def _bare(line: str) -> str:

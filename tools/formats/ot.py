@@ -20,7 +20,16 @@ from collections.abc import Callable
 from difflib import SequenceMatcher
 from functools import partial
 
-from tools.formats.base import Format, FormatError, Perturbations, Role, register
+from tools.formats.base import (
+    EXAMPLE_TASK,
+    AgentPrompt,
+    Format,
+    FormatError,
+    Perturbations,
+    Role,
+    example_block,
+    register,
+)
 from tools.grounding.script import ScriptFollower
 from tools.ot import (
     Delete,
@@ -44,6 +53,69 @@ EDIT_SCRIPT = (
     'retain("text") keeps text, delete("text") or delete(N) removes it, insert("text") adds text at the cursor. '
     "Strings are JSON strings; counts are Unicode code points. Whatever the script does not reach is kept."
 )
+
+
+# ---- the agent's prompt ----------------------------------------------------------------------------------------
+
+TOOL_ENTRY = r'''Change a file with an edit script (explained below):
+
+```edit src/app.py
+retain("def main():\n")
+insert("    setup()\n")
+```'''
+OPERATIONS = r'''# Edit scripts
+
+Never rewrite a whole file to change part of it. An edit script walks through the file from its start
+with a cursor, one operation per line:
+
+    retain(N)          keep the next N characters
+    retain("text")     keep exactly this text
+    delete("text")     remove exactly this text
+    delete(N)          remove the next N characters
+    insert("text")     add text at the cursor
+
+Strings are JSON strings: write a newline as \n, a quote as \", a backslash as \\. Counts are Unicode
+code points (characters), and a newline counts as 1. Whatever the script does not reach stays as it is,
+so stop after your last change.'''
+ADVICE = r'''Counting is easy to get wrong, so let quoted text do the work:
+
+- Quote what you delete: `delete("old text")`, not `delete(8)`.
+- To get to a change, write `retain(N)` with your best count of the characters from the cursor to it,
+  then quote a little text that is there, right before the change, and unique in the file:
+  `retain(45)` then `retain("return total(items) / ")`. When the count is off, the quoted text puts the
+  cursor right. A quoted retain says "this text is here", so always put a count before it, except at
+  the very start of a script, where a quoted retain alone finds its place.
+- Insert whole lines at the start of a line, ending with \n.
+- Changes a line or so apart are one change: delete the whole stretch and insert its new text, rather
+  than counting your way between them.
+- Several changes in one file go into one script, in file order.'''
+WORKED_REPLY = r'''```edit stats.py
+retain("def total(items):\n")
+insert("    \"\"\"Sum of the items.\"\"\"\n")
+retain(45)
+retain("return total(items) / ")
+delete("len(items)")
+insert("max(len(items), 1)")
+```
+
+The first line keeps the first line of the file, the insert adds the docstring after it, `retain(45)`
+skips to the last line's `return` (45 characters further), and the quoted text checks the place.'''
+CLOSING = r'''The result comes back as a diff. If the edit cannot be placed or would break the file's syntax, the file
+is left unchanged and the message says exactly what went wrong: fix the script and send it again. Read a
+file again before another edit when you are unsure of its current text.'''
+
+
+def _script_prompt(rule: str, example: str) -> AgentPrompt:
+    """The agent's prompt for an OT script: the edit language, `rule` (how to write this form of it), the worked
+    example's reply `example`, and what comes back."""
+    return AgentPrompt(
+        doing="editing them with edit scripts",
+        read="Read a file: its exact text, which is what edit scripts count.",
+        tool=TOOL_ENTRY,
+        section=f"{OPERATIONS}\n\n{rule}\n\n{EXAMPLE_TASK}\n\n{example}\n\n{CLOSING}",
+        tool_description="Edit a file with an edit script (retain/delete/insert operations).",
+        body_description="the edit script",
+    )
 
 
 # ---- line-granular OT ----------------------------------------------------------------------------------------
@@ -175,34 +247,45 @@ def _script_format(
     instruction: str,
     script: Callable[[str, str], list[Op]],
     perturb: Callable[[str, str, int], Perturbations],
+    rule: str,
+    example: str | None = None,
     role: Role | None = None,
     quick: bool = False,
 ) -> Format:
     """A format whose output is an edit script (`script(before, after)`), one op per line in an ```edit block,
     asked for with the edit language's description and `instruction`, applied by the tolerant applier and grounded
-    by `ScriptFollower`."""
+    by `ScriptFollower`; the agent teaches it with `rule` and the worked example's reply `example` (None: the format's
+    own reference)."""
+
+    def reference(before: str, after: str) -> str:
+        return format_script(script(before, after))
+
     return Format(
         name=name,
         fence="edit",
         instruction=EDIT_SCRIPT + instruction,
-        reference=lambda before, after: format_script(script(before, after)),
+        reference=reference,
         apply=apply_script,
         perturb=perturb,
         follower=ScriptFollower,
         role=role,
         quick=quick,
+        prompt=_script_prompt(rule, example or example_block("edit", reference)),
+        edit_script=True,
     )
 
 
-register(_script_format("ot", " Quote the text you delete, and a little text right before each change.",
-                        partial(ot_diff, quoted=True), miscounted_scripts, role="subject", quick=True))
-register(_script_format("ot-counts", " Use counts only.", partial(ot_diff, quoted=False), miscounted_scripts))
-register(_script_format(
-    "ot-lines",
-    " Work in whole lines and without counts: delete(\"…\") the old lines, then insert(\"…\") the new ones; "
+LINES_RULE = (
+    "Work in whole lines and without counts: delete(\"…\") the old lines, then insert(\"…\") the new ones; "
     "where the deleted lines are not unique, first quote the end of the line before them with retain(\"…\"); "
-    "to add lines without deleting any, insert them, then quote the start of the line after them.",
-    line_script,
-    scripts_without_a_retain,
-    role="subject",
-))
+    "to add lines without deleting any, insert them, then quote the start of the line after them."
+)
+
+register(_script_format("ot", " Quote the text you delete, and a little text right before each change.",
+                        partial(ot_diff, quoted=True), miscounted_scripts, ADVICE, WORKED_REPLY, role="subject",
+                        quick=True))
+register(_script_format("ot-counts", " Use counts only.", partial(ot_diff, quoted=False), miscounted_scripts,
+                        "Use counts only: retain(N) and delete(N), counted with care; several changes in one file "
+                        "go into one script, in file order."))
+register(_script_format("ot-lines", " " + LINES_RULE, line_script, scripts_without_a_retain, LINES_RULE,
+                        role="subject"))
