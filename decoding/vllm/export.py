@@ -18,6 +18,7 @@ from decoding.engine.loading import embedded_model_dir
 from decoding.serving.chat import CHAT_TEMPLATE
 
 ARCHITECTURE = "Gemma3ForCausalLM"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 def export_embedded(out_dir: Path, *, force: bool = False) -> Path:
@@ -33,11 +34,26 @@ def export_embedded(out_dir: Path, *, force: bool = False) -> Path:
     if not config.get("architectures"):
         config["architectures"] = [ARCHITECTURE]  # vLLM picks the model class by this key
     config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    _add_chat_template(out_dir)
+    return out_dir
+
+
+def export_tokenizer(out_dir: Path) -> Path:
+    """The embedded model's tokenizer files, with the chat template, in `out_dir` (Gemma 3 and 4 share the
+    vocabulary)."""
+    source = embedded_model_dir()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        shutil.copy2(source / name, out_dir / name)
+    _add_chat_template(out_dir)
+    return out_dir
+
+
+def _add_chat_template(out_dir: Path) -> None:
     tokenizer_path = out_dir / "tokenizer_config.json"
     tokenizer = json.loads(tokenizer_path.read_text(encoding="utf-8"))
     tokenizer.setdefault("chat_template", CHAT_TEMPLATE)
     tokenizer_path.write_text(json.dumps(tokenizer, indent=2), encoding="utf-8")
-    return out_dir
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m decoding.vllm.export") -> int:

