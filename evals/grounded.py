@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 from evals.cases import load_suite
 from tools.formats.lines import shared_ends
-from tools.ot import Delete, Insert, OTError
-from tools.ot_script import parse_script
+from tools.ot import Delete, Insert, Op, OTError
+from tools.ot_script import ScriptParser, parse_script
 from tools.patch import apply_edit
 from tools.syntax import language_for
 
@@ -142,6 +142,25 @@ def judge(snippet: Snippet, text: str) -> Outcome:
     outcome.syntax_kept = not any("syntax error" in note for note in edit.notes)
     outcome.exact = edit.after == snippet.after
     return outcome
+
+
+def written_ops(text: str) -> list[Op]:
+    """The ops a block's text holds: up to its closing fence, or, where the output was cut before it, the whole
+    ops written and an open insert's text (the block closed at the cut). A syntax error raises OTError."""
+    fence = _CLOSING_FENCE.search(text)
+    parser = ScriptParser()
+    parser.feed(text if fence is None else text[: fence.start()])
+    partial = parser.partial_insert
+    return parser.ops + ([Insert(partial)] if partial else [])
+
+
+def places(snippet: Snippet, text: str) -> bool:
+    """Whether the block the model wrote, closed or cut, places on the file (`agent apply --allow-broken`)."""
+    try:
+        apply_edit(snippet.before, written_ops(text), language_for(snippet.path), allow_broken=True)
+    except OTError:
+        return False
+    return True
 
 
 def run_grounded(

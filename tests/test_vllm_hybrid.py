@@ -16,6 +16,7 @@ from vllm_traces import lookup_drafter, replay
 
 from decoding.drafting.base import ngram_lookup
 from decoding.vllm import hybrid as vllm_hybrid
+from decoding.vllm import plugin
 from decoding.vllm.hybrid import HybridLookup, hybrid_draft
 
 TRACES = json.loads((Path(__file__).parent / "data" / "vllm_ngram_traces.json").read_text())
@@ -122,12 +123,14 @@ def test_the_runner_glue_rewrites_the_drafts_leaving_for_the_scheduler():
     assert plain.take_draft_token_ids().draft_token_ids == [[8, 8], [8, 8]]
 
 
-def test_the_plugin_is_inert_without_its_switch_and_pinned_to_vllm_0_32(monkeypatch):
+def test_the_plugin_is_inert_without_its_switches_and_pinned_to_vllm_0_32(monkeypatch):
     monkeypatch.delenv(vllm_hybrid.ENV, raising=False)
-    vllm_hybrid.register()  # no vLLM needed when hybrid is not asked for
-    vllm_hybrid.check_version("0.32.4")
+    monkeypatch.delenv(plugin.GROUNDING_ENV, raising=False)
+    plugin.register()  # no vLLM needed when nothing is asked for
+    assert plugin.features({vllm_hybrid.ENV: "2,4", plugin.GROUNDING_ENV: "1"}) == ["hybrid drafting", "grounding"]
+    plugin.check_version("0.32.4")
     with pytest.raises(RuntimeError, match=r"supports vLLM 0\.32\.x only .* this is vLLM 0\.33\.0"):
-        vllm_hybrid.check_version("0.33.0")
+        plugin.check_version("0.33.0")
     assert vllm_hybrid.parse_setting("2,4") == (2, 4)
     for bad in ("2", "4,2", "a,b"):
         with pytest.raises(ValueError, match="RETAIN_VLLM_HYBRID"):

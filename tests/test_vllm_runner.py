@@ -30,6 +30,6 @@ def test_another_runner_stops_the_server_with_the_fix(monkeypatch):
     with pytest.raises(UnservedRunnerError) as raised:
         check_runner(V2Runner(), V1Runner, "hybrid drafting")
     message = str(raised.value)
-    assert "Retain's hybrid drafting runs on vLLM's V1 model runner" in message
+    assert "Retain's vLLM plugin (hybrid drafting) serves vLLM's V1 model runner only" in message
     assert f"chose {__name__}.V2Runner (VLLM_USE_V2_MODEL_RUNNER=1)" in message
     assert "Start vLLM 0.32 with VLLM_USE_V2_MODEL_RUNNER=0" in message

