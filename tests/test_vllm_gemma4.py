@@ -81,7 +81,7 @@ def test_a_server_that_builds_another_runner_refuses_to_start_naming_the_fix(vll
     """What a GPU server on Model Runner V2 would do, simulated with a worker that swaps its runner out."""
     result = _refused_start(vllm_python, gemma4_pair,
                             ["--", "--worker-cls", "vllm_stand_in_worker.ModelRunnerV2Worker"])
-    assert ("vLLM stopped because Retain's vLLM plugin (hybrid drafting, grounding) serves vLLM's V1 model runner "
+    assert ("vLLM stopped because Retain's vLLM plugin (hybrid drafting, prediction) serves vLLM's V1 model runner "
             "only, but this server chose "
             "vllm_stand_in_worker.ModelRunnerV2StandIn (VLLM_USE_V2_MODEL_RUNNER=0)") in result.stderr
     assert "Start vLLM 0.32 with VLLM_USE_V2_MODEL_RUNNER=0" in result.stderr

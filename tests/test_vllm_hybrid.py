@@ -125,9 +125,9 @@ def test_the_runner_glue_rewrites_the_drafts_leaving_for_the_scheduler():
 
 def test_the_plugin_is_inert_without_its_switches_and_pinned_to_vllm_0_32(monkeypatch):
     monkeypatch.delenv(vllm_hybrid.ENV, raising=False)
-    monkeypatch.delenv(plugin.GROUNDING_ENV, raising=False)
+    monkeypatch.delenv(plugin.PREDICTION_ENV, raising=False)
     plugin.register()  # no vLLM needed when nothing is asked for
-    assert plugin.features({vllm_hybrid.ENV: "2,4", plugin.GROUNDING_ENV: "1"}) == ["hybrid drafting", "grounding"]
+    assert plugin.features({vllm_hybrid.ENV: "2,4", plugin.PREDICTION_ENV: "1"}) == ["hybrid drafting", "prediction"]
     plugin.check_version("0.32.4")
     with pytest.raises(RuntimeError, match=r"supports vLLM 0\.32\.x only .* this is vLLM 0\.33\.0"):
         plugin.check_version("0.33.0")

@@ -124,12 +124,12 @@ def test_cpu_settings_yield_to_the_users_own(tmp_path):
 
 def test_print_command_shows_the_environment_it_sets(capsys):
     argv = ["--model", "google/gemma-4-E2B-it", "--device", "gpu", "--print-command"]
-    assert main([*argv, "--speculation", "hybrid", "--grounding", "off"]) == 0
+    assert main([*argv, "--speculation", "hybrid", "--prediction", "off"]) == 0
     words = shlex.split(capsys.readouterr().out)
     assert words[:3] == ["RETAIN_VLLM_HYBRID=2,4", "VLLM_USE_V2_MODEL_RUNNER=0", sys.executable]
-    assert main([*argv, "--grounding", "on"]) == 0
+    assert main([*argv, "--prediction", "on"]) == 0
     words = shlex.split(capsys.readouterr().out)
-    assert words[:3] == ["RETAIN_VLLM_GROUNDING=1", "VLLM_USE_V2_MODEL_RUNNER=0", sys.executable]
+    assert words[:3] == ["RETAIN_VLLM_PREDICTION=1", "VLLM_USE_V2_MODEL_RUNNER=0", sys.executable]
 
 
 def test_hybrid_pins_the_v1_runner_and_keeps_a_users_own_choice_to_be_checked(monkeypatch):

@@ -149,7 +149,8 @@ class TestNgram:
     def test_grounded_edit_blocks_place_and_are_the_embedded_servers_text(self, ngram, embedded_grounded,
                                                                           plain_outputs):
         """`vllm_xargs` grounding with ngram speculation on: every block the model writes places on its file (cut
-        by max_tokens and closed at the cut), the text is the embedded server's, and speculation changes nothing."""
+        by max_tokens and closed at the cut), the text is the embedded server's, speculation changes nothing, and
+        the cursor drafter drafts from the prediction (tokens vLLM accepted)."""
         grounded = {snippet.id: _edit_reply(ngram.url, snippet, "edit") for snippet in EDIT_TASKS}
         assert len({snippet.path.rsplit(".", 1)[1] for snippet in EDIT_TASKS}) >= 4 and len(EDIT_TASKS) >= 24
         unplaced = [snippet.id for snippet in EDIT_TASKS if not places(snippet, grounded[snippet.id][0])]
@@ -160,7 +161,11 @@ class TestNgram:
             if key.startswith("grounded:"):
                 assert grounded[key.removeprefix("grounded:")][0] == text, key
         drafted = sum(metrics["speculative_decoding"]["num_accepted_draft_tokens"] for _, metrics in grounded.values())
-        assert drafted > len(EDIT_TASKS) * 10  # ngram drafts were verified against the grounding throughout
+        assert drafted > len(EDIT_TASKS) * 10  # drafts were verified against the grounding throughout
+        log = ngram.log.read_text()
+        cursor = re.findall(r"Retain cursor drafts for request \S+: (\d+) drafted, (\d+) accepted", log)
+        assert len(cursor) >= len(EDIT_TASKS) - 1  # logged as each request leaves the batch (the last: at the next)
+        assert sum(int(accepted) for _, accepted in cursor) > 0, cursor
 
     def test_ungrounded_the_same_tasks_write_blocks_that_do_not_place(self, ngram):
         """The arguments are not ignored: without grounding the model quotes text its file does not have."""

@@ -121,7 +121,7 @@ def _wrap_take_drafts(runner_class) -> None:
         contexts = [batch.token_ids_cpu[row, : batch.num_tokens_no_spec[row]].tolist() for row in rows]
         drafts, from_lookup = hybrid.rewrite(contexts, result.draft_token_ids)
         if from_lookup:
-            _make_draft_probs_one_hot(self, [result.req_ids[row] for row in from_lookup],
+            make_draft_probs_one_hot(self, [result.req_ids[row] for row in from_lookup],
                                       [drafts[row] for row in from_lookup])
         result.draft_token_ids = drafts
         return result
@@ -129,7 +129,7 @@ def _wrap_take_drafts(runner_class) -> None:
     runner_class.take_draft_token_ids = take_draft_token_ids
 
 
-def _make_draft_probs_one_hot(runner, req_ids: list[str], drafts: list[list[int]]) -> None:
+def make_draft_probs_one_hot(runner, req_ids: list[str], drafts: list[list[int]]) -> None:
     """Sampled requests verify against the draft distribution: a lookup draft's is one-hot on its tokens."""
     probs = runner._draft_probs  # [num_reqs, k, V] or None when every request is greedy
     if probs is None or runner._draft_prob_req_ids is None:

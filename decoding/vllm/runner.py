@@ -28,7 +28,7 @@ def check_runner(runner: object, v1_class: type, feature: str) -> None:
         f"Retain's vLLM plugin ({feature}) serves vLLM's V1 model runner only, but this server chose "
         f"{kind.__module__}.{kind.__name__} ({RUNNER_ENV}={os.environ.get(RUNNER_ENV, 'unset')}). Start vLLM 0.32 "
         f"with {RUNNER_ENV}=0 (`agent serve --engine vllm` sets it), or serve without Retain's decoding "
-        f"(--speculation mtp or ngram, --grounding off)."
+        f"(--speculation mtp or ngram, --prediction off)."
     )
 
 
