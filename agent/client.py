@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 PREDICTION_PROVIDERS = ("openai", "hosted_vllm", "mistral")  # take OpenAI's `prediction` field, or ignore it
-GROUNDING_PROVIDER = "hosted_vllm"  # local OpenAI-compatible servers: ours grounds edits, vLLM ignores the field
+GROUNDING_PROVIDER = "hosted_vllm"  # local OpenAI-compatible servers: ours and vLLM with Retain's plugin ground edits
 RETRY_WINDOW = 60.0  # seconds a turn with no deadline of its own retries a busy or unreachable server for
 FIRST_BACKOFF, MAX_BACKOFF = 0.5, 8.0  # seconds between tries: doubled after each
 REPEAT_LIMIT = 200  # identical chunks in a row after which a reply is cut: the model is repeating itself
@@ -185,7 +185,8 @@ class Model:
 
         With `prediction_path` (the file the prediction is), a local server (`hosted_vllm/…`) is also asked to ground
         the reply's ```edit blocks for that file in it: Retain's server then only lets the model quote text the file
-        has (vLLM ignores the field).
+        has. vLLM gets the same request as `vllm_xargs`, which Retain's vLLM plugin grounds and drafts from (a vLLM
+        without it ignores them, Retain's server too).
 
         `on_text` gets each piece of reply text as it arrives. Setting `cancel` stops reading at the next
         chunk and closes the connection (a server that notices stops generating), raising ModelCancelled.
@@ -202,6 +203,9 @@ class Model:
             kwargs["extra_body"] = {"prediction": {"type": "content", "content": prediction}}
             if prediction_path is not None and provider == GROUNDING_PROVIDER:
                 kwargs["extra_body"]["grounding"] = {"mode": "edit", "path": prediction_path}
+                # vLLM with Retain's plugin reads the same request from its per-request arguments (flat values)
+                kwargs["extra_body"]["vllm_xargs"] = {"prediction": prediction, "grounding": "edit",
+                                                      "grounding_path": prediction_path}
         if max_tokens:
             kwargs["max_tokens"] = max_tokens
         tap = None

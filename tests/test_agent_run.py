@@ -406,6 +406,8 @@ def test_a_local_server_is_asked_to_ground_edits_in_the_predicted_file(ws, capsy
     assert "grounding" not in first  # no file yet: nothing to ground in
     assert edit_turn["grounding"] == {"mode": "edit", "path": "stats.py"}
     assert edit_turn["prediction"] == {"type": "content", "content": STATS}
+    assert edit_turn["vllm_xargs"] == {"prediction": STATS, "grounding": "edit", "grounding_path": "stats.py"}
+    assert "vllm_xargs" not in first
 
 
 def test_a_reply_cut_off_at_the_output_limit_is_not_applied_and_the_model_is_told(ws, capsys):
