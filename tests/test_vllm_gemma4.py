@@ -16,10 +16,18 @@ from vllm_serving import VLLM_MARKS, serve_command, serve_environment, serving
 from vllm_traces import complete
 
 from decoding.vllm.launch import model_drafter_method
+from evals.grounded import Snippet, places, prompt_for, snippets
 
 pytestmark = VLLM_MARKS
 PROMPT = "def add(a, b):\n    return a + b\n\n\ndef add(a, b):\n    return"
 MAX_TOKENS = 24
+TASKS = {snippet.id: snippet for snippet in snippets()}
+GROUNDED_TASKS = list(TASKS.values())[::6]  # one in six few-shot edit tasks, over four languages
+
+
+def _grounded_reply(url: str, snippet: Snippet) -> str:
+    xargs = {"prediction": snippet.before, "grounding": "edit", "grounding_path": snippet.path}
+    return complete(url, prompt_for(snippet), 48, vllm_xargs=xargs)["choices"][0]["text"]
 
 
 def _generate(url: str) -> dict:
@@ -52,10 +60,14 @@ def test_the_pair_serves_with_mtp(vllm_python, gemma4_pair):
 
 
 def test_the_pair_serves_with_hybrid_mtp_behind_the_lookup_on_the_v1_runner(vllm_python, gemma4_pair):
+    """Also grounding, with the random model as the adversarial writer: every grounded block it writes, cut by
+    max_tokens and closed at the cut, places on its file."""
     target, drafter = gemma4_pair
     with serving(vllm_python, target, ["--draft", str(drafter), "--speculation", "hybrid"], "hybrid") as served:
         spec = _generate(served.url)["metrics"]["speculative_decoding"]
+        replies = {snippet.id: _grounded_reply(served.url, snippet) for snippet in GROUNDED_TASKS}
         log = served.log.read_text()
+    assert [key for key, text in replies.items() if not places(TASKS[key], text)] == [], replies
     assert "Retain's decoding is on: vLLM runs its V1 model runner (VLLM_USE_V2_MODEL_RUNNER=0)" in served.launcher_log
     assert "Resolved architecture: Gemma4MTPModel" in log
     assert ("Retain hybrid drafting on vLLM's V1 model runner (CPUModelRunner): n-gram lookup (n 2..4) in front of "

@@ -22,6 +22,7 @@ from vllm_traces import complete, lookup_drafter, replay, trace_of
 from agent.client import Model
 from decoding.lab.workloads import copy_edit
 from decoding.vllm.launch import GEMMA4_SIZES, NGRAM_DEFAULTS
+from evals.gpu.vllm_check import run_check
 from evals.grounded import Snippet, places, prompt_for, snippets
 from tools.ot_script import SCRIPT_LINE_PATTERN, parse_script
 
@@ -171,6 +172,13 @@ class TestNgram:
         """The arguments are not ignored: without grounding the model quotes text its file does not have."""
         free = {snippet.id: _edit_reply(ngram.url, snippet, "off")[0] for snippet in EDIT_TASKS[:4]}
         assert not all(places(snippet, free[snippet.id]) for snippet in EDIT_TASKS[:4]), free
+
+    def test_the_users_check_sees_the_plugin_its_runner_and_cursor_drafts(self, ngram):
+        """evals/gpu/vllm_check.py, as a user runs it against their own server."""
+        check = run_check(ngram.url, 4, ngram.log)
+        assert check.plugin == "prediction" and check.runner == "V1 (CPUModelRunner)", check
+        assert check.tasks == 4 and check.grounded_place == 4 and check.grounding_changed > 0, check
+        assert check.cursor_drafted > 0 and check.speculation["num_accepted_tokens"] > 0, check
 
     def test_structured_output_holds_an_edit_block_to_the_script_syntax_while_speculating(self, ngram):
         """What the vLLM path has instead of grounding: v1 refuses custom logits processors with speculative

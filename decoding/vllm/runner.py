@@ -10,9 +10,12 @@ plugin wraps V1 only, so on V2 it would do nothing while the server looks health
 from __future__ import annotations
 
 import functools
+import logging
 import os
 
 RUNNER_ENV = "VLLM_USE_V2_MODEL_RUNNER"
+
+log = logging.getLogger("vllm.retain")  # under vLLM's logger, so it reaches the server log
 
 
 class UnservedRunnerError(RuntimeError):
@@ -45,6 +48,8 @@ def require_v1_runner(feature: str) -> None:
     def init_device(self):
         original(self)
         check_runner(self.worker.model_runner, GPUModelRunner, feature)
+        log.info("Retain's vLLM plugin (%s) on vLLM's V1 model runner (%s)", feature,
+                 type(self.worker.model_runner).__name__)
 
     init_device._retain_checks_runner = True  # type: ignore[attr-defined]
     WorkerWrapperBase.init_device = init_device
