@@ -49,6 +49,16 @@ def test_the_bitmask_is_the_embedded_groundings_allowed_set(tokenizer):
     assert _ids(tokenizer, '"')[0] in allowed and _ids(tokenizer, "Goodbye")[0] not in allowed
 
 
+def test_in_an_inserts_free_text_the_bitmask_is_exactly_the_tokens_grounding_allows(tokenizer):
+    """At a line's start inside an insert, a backtick would close the block: such tokens are out, the rest in."""
+    vocab_size = len(tokenizer)
+    grammar = make_grammar(tokenizer, grounding_request({"prediction": SOURCE}), _ids(tokenizer, PROMPT), vocab_size)
+    grammar.accept_tokens("r", _ids(tokenizer, 'retain("    print(")\ninsert("x\n'))
+    allowed = _allowed(grammar, vocab_size)
+    assert allowed == {token for token in range(vocab_size) if grammar.grounding.allows(token)}
+    assert _ids(tokenizer, "```")[0] not in allowed and _ids(tokenizer, "    ")[0] in allowed
+
+
 def test_drafts_are_cut_at_the_first_ungrounded_token_and_rollback_restores(tokenizer):
     grammar = make_grammar(tokenizer, grounding_request({"prediction": SOURCE}), _ids(tokenizer, PROMPT),
                            len(tokenizer))

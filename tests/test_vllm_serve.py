@@ -154,8 +154,9 @@ class TestNgram:
         the cursor drafter drafts from the prediction (tokens vLLM accepted)."""
         grounded = {snippet.id: _edit_reply(ngram.url, snippet, "edit") for snippet in EDIT_TASKS}
         assert len({snippet.path.rsplit(".", 1)[1] for snippet in EDIT_TASKS}) >= 4 and len(EDIT_TASKS) >= 24
-        unplaced = [snippet.id for snippet in EDIT_TASKS if not places(snippet, grounded[snippet.id][0])]
-        assert unplaced == []
+        unplaced = {snippet.id: grounded[snippet.id][0] for snippet in EDIT_TASKS
+                    if not places(snippet, grounded[snippet.id][0])}
+        assert unplaced == {}
         differing = [key for key, text in embedded_grounded.items() if grounded[key][0] != text]
         assert differing == [], {key: (grounded[key][0], embedded_grounded[key]) for key in differing}
         for key, text in plain_outputs.items():

@@ -181,7 +181,8 @@ class EditGrounding:
             return list(range(len(self.vocab.texts)))
         allowed = [token for token in self.stop_ids if self.allows(token)]
         if block.next_chars() is None:  # free text (an insert, a new line): every token without what ends it
-            with_ends, free = self.vocab.containing(block.free_ends)
+            # or a backtick (at a line's start it closes the block, even inside a string): those are read one by one
+            with_ends, free = self.vocab.containing(block.free_ends | {"`"})
             allowed += torch.nonzero(free).flatten().tolist()
             return allowed + [token for token in with_ends if self.allows(token)]
         self._walk(self.reply, "", 0, len(self.vocab.sorted_texts), allowed)
