@@ -13,7 +13,6 @@ import re
 import shlex
 import subprocess
 import sys
-import urllib.request
 
 import pytest
 from vllm_serving import VLLM_MARKS, serving
@@ -22,7 +21,7 @@ from vllm_traces import complete, lookup_drafter, replay, trace_of
 from agent.client import Model
 from decoding.lab.workloads import copy_edit
 from decoding.vllm.launch import GEMMA4_SIZES, NGRAM_DEFAULTS
-from evals.gpu.vllm_check import run_check
+from evals.gpu.vllm_check import run_check, speculation_counters
 from evals.grounded import Snippet, places, prompt_for, snippets
 from tools.ot_script import SCRIPT_LINE_PATTERN, parse_script
 
@@ -97,17 +96,6 @@ def embedded_grounded(embedded_model) -> dict[str, str]:
     return texts
 
 
-def _spec_counters(url: str) -> dict[str, float]:
-    """vLLM's server-wide speculation counters from its Prometheus /metrics."""
-    with urllib.request.urlopen(url.removesuffix("/v1") + "/metrics", timeout=30) as response:
-        text = response.read().decode()
-    counters = {}
-    for name in ("num_drafts", "num_draft_tokens", "num_accepted_tokens"):
-        match = re.search(rf"^vllm:spec_decode_{name}_total(?:{{[^}}]*}})? (\S+)$", text, re.M)
-        counters[name] = float(match.group(1)) if match else 0.0
-    return counters
-
-
 class TestNgram:
     @pytest.fixture(scope="class")
     def ngram(self, vllm_python, exported_model, plain_outputs):
@@ -132,12 +120,12 @@ class TestNgram:
     def test_streamed_chat_through_litellm_reports_the_servers_speculation(self, ngram):
         model = Model("hosted_vllm/gemma", api_base=ngram.url)
         model.check_reachable()
-        before = _spec_counters(ngram.url)
+        before = speculation_counters(ngram.url)
         source = COPY_EDITS[0].prediction
         reply = model.complete(
             [{"role": "user", "content": f"Repeat this file exactly:\n```python\n{source}```"}], max_tokens=64
         )
-        after = _spec_counters(ngram.url)
+        after = speculation_counters(ngram.url)
         assert reply.text.strip() and reply.usage["completion_tokens"] == 64
         speculation = reply.usage["speculation"]
         assert speculation["method"] == "vllm" and speculation["drafted"] > 0
