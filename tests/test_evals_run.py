@@ -55,7 +55,7 @@ def _check_ordering(report):
     for fmt in ("search-replace", "udiff"):
         below = sum(case.formats[fmt].tokens <= case.formats["whole"].tokens for case in report.cases)
         assert below >= 0.95 * len(report.cases), fmt
-    total = {fmt: sum(case["formats"][fmt]["tokens"] for case in report["cases"]) for fmt in FORMATS}
+    total = {fmt: sum(case.formats[fmt].tokens for case in report.cases) for fmt in FORMATS}
     assert total["ot-counts"] <= total["ot"] < total["search-replace"]
     assert total["udiff"] < total["search-replace"]  # same lines, shorter markers
     assert total["search-replace"] < total["whole"] / 3
