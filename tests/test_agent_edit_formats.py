@@ -9,6 +9,7 @@ from replay import ReplayServer, Turn
 from agent.headless import build_parser, main, run_command
 from agent.protocol import parse_actions
 from decoding.serving.launch import EmbeddedServer
+from evals.grounded import EXAMPLES
 from tools.formats import agent_format, agent_format_names
 from tools.formats.lines import REPLACE
 from tools.grounding.reply import ReplyFollower
@@ -145,23 +146,10 @@ def test_native_tools_describe_the_chosen_format(ws, capsys):
 
 
 
-SEARCH_REPLACE_SHOT = '''File config.py:
-```
-DEFAULTS = {
-    "retries": 3,
-    "timeout": 10,
-}
-```
-Task: Raise the default timeout to 30 seconds.
-```search-replace config.py
-<<<<<<< SEARCH
-    "timeout": 10,
-=======
-    "timeout": 30,
->>>>>>> REPLACE
-```
-
-'''
+SEARCH_REPLACE_SHOT = EXAMPLES[: EXAMPLES.index("```edit")] + (  # the grounded eval's first shot, in search/replace
+    '```search-replace config.py\n<<<<<<< SEARCH\n    "timeout": 10,\n=======\n    "timeout": 30,\n>>>>>>> REPLACE\n'
+    "```\n\n"
+)
 
 
 @pytest.mark.slow
