@@ -58,10 +58,9 @@ def test_bench_reports_the_verify_cost_curve_and_the_prefix_caches_first_token(e
     target = make_target(embedded_model.model)
     ids = embedded_model.tokenizer(standard_workloads()[0].prompt).input_ids[:300]
     costs = verify_cost(target, ids, ks=(0, 4), repeats=1)  # which k is cheaper is the bench's finding, not a test's
-    assert list(costs) == [0, 4] and all(seconds > 0 for seconds in costs.values())
+    assert list(costs) == [0, 4]  # one figure per row count; their sizes are the bench's to print
     prefix = prefix_cache_figures(target, embedded_model.tokenizer, tokens=400, repeats=1)
     assert prefix.cached_tokens >= 400 and prefix.prompt_tokens > prefix.cached_tokens
-    assert prefix.warm_s > 0 and prefix.cold_s > 0
     text = format_engine(costs, prefix)
     assert "k=4 " in text and f"{prefix.cached_tokens} of them cached" in text
 
