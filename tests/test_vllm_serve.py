@@ -126,7 +126,8 @@ class TestNgram:
             [{"role": "user", "content": f"Repeat this file exactly:\n```python\n{source}```"}], max_tokens=64
         )
         after = speculation_counters(ngram.url)
-        assert reply.text.strip() and reply.usage["completion_tokens"] == 64
+        # the base model may end its turn before max_tokens (greedy text differs between CPUs' kernels)
+        assert reply.text.strip() and 0 < reply.usage["completion_tokens"] <= 64
         speculation = reply.usage["speculation"]
         assert speculation["method"] == "vllm" and speculation["drafted"] > 0
         # the per-request numbers are this request's share of the server's counters
