@@ -173,24 +173,24 @@ def main(argv: Sequence[str] | None = None, prog: str = "agent bench apply") -> 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cases", type=Path, default=DEFAULT_CASES, help="JSONL cases (default: %(default)s)")
+    parser.add_argument("--cases", type=cases_file, default=str(DEFAULT_CASES), metavar="FILE",
+                        help="JSONL cases with before/after (default: %(default)s)")
     parser.add_argument("--limit", type=int, help="use only the first N cases")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the full report as JSON")
 
 
-def _load(path: Path, limit: int | None) -> list[dict]:
-    if not path.exists():
-        raise ValueError(f"no cases file at {path}; pass --cases FILE (JSONL with before/after)")
-    return load_cases(path, limit)
+def cases_file(text: str) -> list[dict]:
+    """`--cases`: the cases a JSONL file holds (else a usage error that names the file, or the line, at fault)."""
+    if not Path(text).exists():
+        raise argparse.ArgumentTypeError(f"no cases file at {text}; pass --cases FILE (JSONL with before/after)")
+    try:
+        return load_cases(Path(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def run_command(args: argparse.Namespace) -> int:
-    try:
-        cases = _load(args.cases, args.limit)
-    except ValueError as exc:
-        print(f"agent bench apply: {exc}", file=sys.stderr)
-        return 2
-    report = run(cases)
+    report = run(args.cases[: args.limit])
     print(render(report))
     if args.json:
         write_report(report, args.json)

@@ -35,3 +35,16 @@ def test_malformed_scripts_never_change_the_file(report):
 
 def test_large_file_benchmark_is_exact(report):
     assert report["large_file"]["lines"] >= 4900 and report["large_file"]["ops"] >= 50
+
+
+def test_a_missing_or_malformed_cases_file_is_a_usage_error_naming_it(tmp_path, capsys):
+    from tui.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "apply", "--cases", str(tmp_path / "none.jsonl")])
+    assert info.value.code == 2 and "no cases file at" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a"}\n')
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "apply", "--cases", str(bad)])
+    assert info.value.code == 2 and f"{bad}:1: a case needs" in capsys.readouterr().err

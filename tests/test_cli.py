@@ -94,6 +94,23 @@ def test_help_lists_every_subcommand():
         assert command in out
 
 
+def test_every_command_names_a_main_that_exists():
+    """The table names each command's function as text (imported when it runs): a renamed one fails here."""
+    from tui import cli
+
+    for command in cli.COMMANDS:
+        if isinstance(command.target, str):
+            assert callable(cli._entry(command.target)), command.words
+
+
+def test_help_does_not_import_the_commands():
+    """`agent --help` stays instant: no subcommand's module is imported to list them."""
+    probe = "import sys; from tui.cli import main; main(['--help']); print(sorted(m for m in sys.modules " \
+            "if m.split('.')[0] in ('agent', 'decoding', 'evals', 'textual', 'torch')))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+
+
 def test_serve_dispatches_by_engine(capsys):
     assert main(["serve", "--engine", "vllm", "--model", "google/gemma-4-E2B-it", "--print-command"]) == 0
     assert "--speculative-config" in capsys.readouterr().out

@@ -11,6 +11,7 @@ from transformers import AutoTokenizer
 
 from decoding.engine.loading import embedded_model_dir
 from decoding.vllm import cursor as vllm_cursor
+from decoding.vllm.drafts import rewrite_drafts
 
 SOURCE = 'def greet(name):\n    print("Hello " + name)\n'
 PROMPT = "File greet.py:\n```\n" + SOURCE + "```\nTask: use an f-string.\n```edit greet.py\n"
@@ -48,7 +49,7 @@ def _runner_class(tokenizer, contexts: dict[str, list[int]], predictions: dict[s
             drafts = [list(base_draft) for _ in self.contexts]
             return SimpleNamespace(req_ids=list(self.contexts), draft_token_ids=drafts)
 
-    vllm_cursor.wrap_take_drafts(Runner)
+    rewrite_drafts(Runner, vllm_cursor.cursor_drafts)
     return Runner
 
 

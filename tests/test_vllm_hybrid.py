@@ -17,6 +17,7 @@ from vllm_traces import lookup_drafter, replay
 from decoding.drafting.base import ngram_lookup
 from decoding.vllm import hybrid as vllm_hybrid
 from decoding.vllm import plugin
+from decoding.vllm.drafts import rewrite_drafts
 from decoding.vllm.hybrid import HybridLookup, hybrid_draft
 
 TRACES = json.loads((Path(__file__).parent / "data" / "vllm_ngram_traces.json").read_text())
@@ -111,7 +112,7 @@ class _FakeRunner:
 
 def test_the_runner_glue_rewrites_the_drafts_leaving_for_the_scheduler():
     runner_class = type("Runner", (_FakeRunner,), {})
-    vllm_hybrid._wrap_take_drafts(runner_class)
+    rewrite_drafts(runner_class, vllm_hybrid.lookup_in_front)
     probs = torch.full((2, 2, 12), 1 / 12)  # [num_reqs, k, V] as a sampled request's drafter leaves them
     runner = runner_class(probs)
     runner._retain_hybrid = HybridLookup(n_min=2, n_max=4)

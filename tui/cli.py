@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -18,116 +19,57 @@ from tools.exit_codes import ExitCode
 Main = Callable[[Sequence[str], str], int]
 
 
-def _tui(argv: Sequence[str], prog: str) -> int:
-    from tui import app
-
-    return app.main(argv, prog)
-
-
-def _run(argv: Sequence[str], prog: str) -> int:
-    from agent import headless
-
-    return headless.main(argv, prog)
-
-
-def _apply(argv: Sequence[str], prog: str) -> int:
-    from tools import commands
-
-    return commands.apply_main(argv, prog)
-
-
-def _ot_diff(argv: Sequence[str], prog: str) -> int:
-    from tools import commands
-
-    return commands.ot_diff_main(argv, prog)
-
-
-def _undo(argv: Sequence[str], prog: str) -> int:
-    from tools import commands
-
-    return commands.undo_main(argv, prog)
-
-
 def _serve(argv: Sequence[str], prog: str) -> int:
     """`agent serve`: the embedded engine in this process, or vLLM as a child process (`--engine vllm`)."""
     choose = argparse.ArgumentParser(add_help=False)
     choose.add_argument("--engine", choices=("embedded", "vllm"), default="embedded")
     known, rest = choose.parse_known_args(argv)
-    engine = known.engine
-    if engine == "vllm":
-        from decoding.vllm import launch
-
-        return launch.main(rest, prog=f"{prog} --engine vllm")
-    from decoding.serving import server
-
-    return server.main(rest, prog=prog)
+    if known.engine == "vllm":
+        return _entry("decoding.vllm.launch:main")(rest, f"{prog} --engine vllm")
+    return _entry("decoding.serving.server:main")(rest, prog)
 
 
-def _export_embedded(argv: Sequence[str], prog: str) -> int:
-    from decoding.vllm import export
-
-    return export.main(list(argv), prog=prog)
-
-
-def _eval(argv: Sequence[str], prog: str) -> int:
-    from evals import command
-
-    return command.main(argv, prog)
-
-
-def _eval_grounded(argv: Sequence[str], prog: str) -> int:
-    from evals import command
-
-    return command.grounded_main(argv, prog)
-
-
-def _bench_apply(argv: Sequence[str], prog: str) -> int:
-    from evals import apply_bench
-
-    return apply_bench.main(argv, prog)
-
-
-def _bench_decode(argv: Sequence[str], prog: str) -> int:
-    from decoding.lab import bench
-
-    return bench.main(argv, prog=prog)
-
-
-def _bench_held_out(argv: Sequence[str], prog: str) -> int:
-    from decoding.lab import held_out
-
-    return held_out.main(argv, prog=prog)
-
-
-def _bench_serve(argv: Sequence[str], prog: str) -> int:
-    from decoding.lab import serve_load
-
-    return serve_load.main(argv, prog=prog)
+def _entry(target: str) -> Main:
+    """The function a "module:function" target names, its module imported now (when its command runs)."""
+    module, function = target.split(":")
+    return getattr(importlib.import_module(module), function)
 
 
 @dataclass(frozen=True)
 class Command:
     words: tuple[str, ...]
-    main: Main
+    target: str | Main  # "module:function", imported only when the command runs; or a function here
     help: str
+
+    def run(self, argv: Sequence[str], prog: str) -> int:
+        main = _entry(self.target) if isinstance(self.target, str) else self.target
+        return main(list(argv), prog)
 
 
 COMMANDS = (
-    Command(("tui",), _tui, "the terminal app: a conversation with the agent, every edit shown before it is written"),
-    Command(("run",), _run, "carry out the task in TASK.md without asking anything (headless)"),
-    Command(("apply",), _apply, "apply an edit script to a file (tolerant of miscounts, refuses broken syntax)"),
-    Command(("ot-diff",), _ot_diff, "print the edit script that turns one file into another"),
-    Command(("undo",), _undo, "revert the last edit applied by agent (to FILE, if given)"),
+    Command(("tui",), "tui.app:main",
+            "the terminal app: a conversation with the agent, every edit shown before it is written"),
+    Command(("run",), "agent.headless:main", "carry out the task in TASK.md without asking anything (headless)"),
+    Command(("apply",), "tools.commands:apply_main",
+            "apply an edit script to a file (tolerant of miscounts, refuses broken syntax)"),
+    Command(("ot-diff",), "tools.commands:ot_diff_main", "print the edit script that turns one file into another"),
+    Command(("undo",), "tools.commands:undo_main", "revert the last edit applied by agent (to FILE, if given)"),
     Command(("serve",), _serve, "serve a model over an OpenAI-compatible API (--engine embedded|vllm)"),
-    Command(("export-embedded",), _export_embedded, "write the embedded Gemma 3 270M as a Hugging Face directory"),
+    Command(("export-embedded",), "decoding.vllm.export:main",
+            "write the embedded Gemma 3 270M as a Hugging Face directory"),
     # before ("eval",): the first command whose words begin the arguments runs (`find_command`)
-    Command(("eval", "grounded"), _eval_grounded, "grounded decoding: the embedded model writes the suite's edits, "
-            "grounding off and on"),
-    Command(("eval",), _eval, "editing evals: output tokens per edit format, whether each applies, decoding speed"),
-    Command(("bench", "apply"), _bench_apply, "how the applier lands exact, miscounted and malformed scripts"),
-    Command(("bench", "decode"), _bench_decode, "plain vs speculative decoding vs transformers' prompt lookup"),
-    Command(("bench", "held-out"), _bench_held_out, "drafters on code the MTP head never trained on, via agent serve"),
-    Command(("bench", "serve"), _bench_serve, "many clients at once on agent serve: answered, 429, reset, latency"),
+    Command(("eval", "grounded"), "evals.command:grounded_main",
+            "grounded decoding: the embedded model writes the suite's edits, grounding off and on"),
+    Command(("eval",), "evals.command:main",
+            "editing evals: output tokens per edit format, whether each applies, decoding speed"),
+    Command(("bench", "apply"), "evals.apply_bench:main",
+            "how the applier lands exact, miscounted and malformed scripts"),
+    Command(("bench", "decode"), "decoding.lab.bench:main",
+            "plain vs speculative decoding vs transformers' prompt lookup"),
+    Command(("bench", "held-out"), "decoding.lab.held_out:main",
+            "drafters on code the MTP head never trained on, via agent serve"),
+    Command(("bench", "serve"), "decoding.lab.serve_load:main",
+            "many clients at once on agent serve: answered, 429, reset, latency"),
 )
 
 EXAMPLES = """\
@@ -171,7 +113,7 @@ def _dispatch(argv: list[str]) -> int:
     if not argv and sys.stdin.isatty() and sys.stdout.isatty():
         argv = ["tui"]  # `agent` alone at a terminal opens the app
     if command := find_command(argv):
-        return command.main(argv[len(command.words) :], "agent " + " ".join(command.words))
+        return command.run(argv[len(command.words) :], "agent " + " ".join(command.words))
     if argv and argv[0] in ("-h", "--help"):
         print(usage())
         return ExitCode.OK

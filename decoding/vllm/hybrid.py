@@ -9,7 +9,7 @@ Retain's vLLM plugin (`decoding.vllm.plugin`) installs it where `RETAIN_VLLM_HYB
 (`agent serve --engine vllm --speculation hybrid` sets it, with `VLLM_USE_V2_MODEL_RUNNER=0`: V1 only). It
 wraps two methods of vLLM's `GPUModelRunner` (the CPU runner inherits them): `__init__`, to check the drafter
 chosen by its if/elif chain is a model drafter, and `take_draft_token_ids`, where the step's drafts leave the
-runner for the scheduler. Both are private to vLLM, so the supported versions are pinned.
+runner for the scheduler (`drafts.py`). Both are private to vLLM, so the supported versions are pinned.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from decoding.drafting.base import ngram_lookup
+from decoding.vllm.drafts import context_of, install_once, rewrite_drafts
 
 LOOKUP_DRAFTERS = ("ngram", "ngram_gpu", "suffix")  # drafters that are lookups already: nothing to put in front
 ENV = "RETAIN_VLLM_HYBRID"
@@ -77,13 +78,12 @@ class HybridLookup:
 
 def install(n_min: int, n_max: int) -> None:
     """Wrap vLLM's V1 model runner so its drafts get the lookup in front (once per process)."""
-    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
-    if getattr(GPUModelRunner, "_retain_hybrid_wrapped", False):
-        return
-    _wrap_init(GPUModelRunner, n_min, n_max)
-    _wrap_take_drafts(GPUModelRunner)
-    GPUModelRunner._retain_hybrid_wrapped = True
+    def wrap(runner_class: type) -> None:
+        _wrap_init(runner_class, n_min, n_max)
+        rewrite_drafts(runner_class, lookup_in_front)
+
+    install_once("_retain_hybrid_wrapped", wrap)
 
 
 def _wrap_init(runner_class, n_min: int, n_max: int) -> None:
@@ -107,38 +107,9 @@ def _wrap_init(runner_class, n_min: int, n_max: int) -> None:
     runner_class.__init__ = __init__
 
 
-def _wrap_take_drafts(runner_class) -> None:
-    original = runner_class.take_draft_token_ids
-
-    @functools.wraps(original)
-    def take_draft_token_ids(self):
-        result = original(self)
-        hybrid = getattr(self, "_retain_hybrid", None)
-        if result is None or hybrid is None:
-            return result
-        batch = self.input_batch  # after the step's bookkeeping: each row holds its prompt + output so far
-        rows = [batch.req_id_to_index[req_id] for req_id in result.req_ids]
-        contexts = [batch.token_ids_cpu[row, : batch.num_tokens_no_spec[row]].tolist() for row in rows]
-        drafts, from_lookup = hybrid.rewrite(contexts, result.draft_token_ids)
-        if from_lookup:
-            make_draft_probs_one_hot(self, [result.req_ids[row] for row in from_lookup],
-                                      [drafts[row] for row in from_lookup])
-        result.draft_token_ids = drafts
-        return result
-
-    runner_class.take_draft_token_ids = take_draft_token_ids
-
-
-def make_draft_probs_one_hot(runner, req_ids: list[str], drafts: list[list[int]]) -> None:
-    """Sampled requests verify against the draft distribution: a lookup draft's is one-hot on its tokens."""
-    probs = runner._draft_probs  # [num_reqs, k, V] or None when every request is greedy
-    if probs is None or runner._draft_prob_req_ids is None:
-        return
-    rows = {req_id: row for row, req_id in enumerate(runner._draft_prob_req_ids)}
-    for req_id, tokens in zip(req_ids, drafts, strict=True):
-        row = rows.get(req_id)
-        if row is None:
-            continue
-        probs[row].zero_()
-        for position, token in enumerate(tokens):
-            probs[row, position, token] = 1.0
+def lookup_in_front(runner, req_ids: list[str], drafts: list[list[int]]) -> tuple[list[list[int]], list[int]] | None:
+    """The `Rewrite` hybrid drafting installs: the lookup's draft wherever it matches (`HybridLookup.rewrite`)."""
+    hybrid = getattr(runner, "_retain_hybrid", None)
+    if hybrid is None:
+        return None
+    return hybrid.rewrite([context_of(runner, req_id) for req_id in req_ids], drafts)

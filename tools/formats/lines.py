@@ -127,6 +127,7 @@ BLOCKS_CLOSING = (
 class BlockTeaching:
     """What the agent's prompt says of a line-block format; `block_format` adds the worked example."""
 
+    instruction: str  # the evals' one-paragraph instruction (`Format.instruction`)
     doing: str  # "editing them with search/replace blocks"
     read: str  # the read tool's first sentence
     tool: str  # the tool list's entry, with a short example
@@ -135,21 +136,22 @@ class BlockTeaching:
     body_description: str  # its `script` argument's
 
 
+PROMPT_LOOKUP = Pairing("ngram", "an agent on vLLM's prompt lookup")
+
+
 def block_format(
     name: str,
     fence: str,
-    instruction: str,
+    teaching: BlockTeaching,
     parse: Callable[[str], list[Block]],
     render: Callable[[list[Block]], str],
     follower: Callable[[str | None], BlockFollower],
-    baseline: Pairing,
-    teaching: BlockTeaching,
     fenced_text: Callable[[str], bool] | None = None,
 ) -> Format:
     """A format that writes line blocks with `render`, reads them with `parse` and grounds them with `follower`: its
     reference is the minimal blocks, its applier `apply_blocks`, its mistakes `block_perturbations`; an alternative
-    that `--quick` decodes, which the agent teaches with `teaching` and the worked example in it (`fenced_text`: as
-    `Format`'s)."""
+    that `--quick` decodes, measured against prompt lookup, which the agent and the evals teach with `teaching` and
+    the worked example in it (`fenced_text`: as `Format`'s)."""
 
     def reference(before: str, after: str) -> str:
         return render(minimal_blocks(before, after))
@@ -166,13 +168,13 @@ def block_format(
     return Format(
         name=name,
         fence=fence,
-        instruction=instruction,
+        instruction=teaching.instruction,
         reference=reference,
         apply=lambda before, output, language: apply_blocks(before, _some(parse(output))),
         perturb=lambda output, seed, trials: block_perturbations(output, parse, render),
         follower=follower,
         role="alternative",
-        baseline=baseline,
+        baseline=PROMPT_LOOKUP,
         quick=True,
         prompt=prompt,
         fenced_text=fenced_text,

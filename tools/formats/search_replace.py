@@ -3,7 +3,7 @@ context lines that make its SEARCH text unique where it is applied (`tools.forma
 
 from __future__ import annotations
 
-from tools.formats.base import Pairing, register
+from tools.formats.base import register
 from tools.formats.lines import (
     BlockTeaching,
     block_format,
@@ -14,6 +14,10 @@ from tools.formats.lines import (
 from tools.grounding.search_replace import SearchReplaceFollower
 
 TEACHING = BlockTeaching(
+    instruction=(
+        "Reply with SEARCH/REPLACE blocks: a line `<<<<<<< SEARCH`, the exact lines to change with just enough "
+        "context to be unique, a line `=======`, the new lines, a line `>>>>>>> REPLACE`."
+    ),
     doing="editing them with search/replace blocks",
     read="Read a file: its exact text, which SEARCH lines must match.",
     tool="""Change a file with search/replace blocks (explained below):
@@ -46,17 +50,5 @@ search/replace blocks, each of them:
     body_description="the search/replace blocks",
 )
 
-register(block_format(
-    name="search-replace",
-    fence="search-replace",
-    instruction=(
-        "Reply with SEARCH/REPLACE blocks: a line `<<<<<<< SEARCH`, the exact lines to change with just enough "
-        "context to be unique, a line `=======`, the new lines, a line `>>>>>>> REPLACE`."
-    ),
-    parse=parse_search_replace,
-    render=render_search_replace,
-    follower=SearchReplaceFollower,
-    baseline=Pairing("ngram", "an agent on vLLM's prompt lookup"),
-    teaching=TEACHING,
-    fenced_text=inside_search_replace,
-))
+register(block_format("search-replace", "search-replace", TEACHING, parse_search_replace, render_search_replace,
+                      SearchReplaceFollower, fenced_text=inside_search_replace))

@@ -3,11 +3,15 @@ same minimal context as search/replace (`tools.formats.lines`)."""
 
 from __future__ import annotations
 
-from tools.formats.base import Pairing, register
+from tools.formats.base import register
 from tools.formats.lines import BlockTeaching, block_format, parse_udiff, render_udiff
 from tools.grounding.udiff import UdiffFollower
 
 TEACHING = BlockTeaching(
+    instruction=(
+        "Reply with a unified diff without line numbers: each hunk starts with `@@ ... @@`, then context lines "
+        "start with a space, removed lines with `-`, added lines with `+`."
+    ),
     doing="editing them with unified diffs",
     read="Read a file: its exact text, which a diff's context and removed lines must match.",
     tool="""Change a file with a unified diff (explained below):
@@ -34,16 +38,4 @@ file headers or line numbers. Each hunk starts with a line `@@ ... @@`, then one
     body_description="the hunks",
 )
 
-register(block_format(
-    name="udiff",
-    fence="diff",
-    instruction=(
-        "Reply with a unified diff without line numbers: each hunk starts with `@@ ... @@`, then context lines "
-        "start with a space, removed lines with `-`, added lines with `+`."
-    ),
-    parse=parse_udiff,
-    render=render_udiff,
-    follower=UdiffFollower,
-    baseline=Pairing("ngram", "an agent on vLLM's prompt lookup"),
-    teaching=TEACHING,
-))
+register(block_format("udiff", "diff", TEACHING, parse_udiff, render_udiff, UdiffFollower))
