@@ -13,6 +13,7 @@ import re
 import shlex
 import subprocess
 import sys
+import urllib.error
 
 import pytest
 from vllm_serving import VLLM_MARKS, serving
@@ -162,6 +163,14 @@ class TestNgram:
         """The arguments are not ignored: without grounding the model quotes text its file does not have."""
         free = {snippet.id: _edit_reply(ngram.url, snippet, "off")[0] for snippet in EDIT_TASKS[:4]}
         assert not all(places(snippet, free[snippet.id]) for snippet in EDIT_TASKS[:4]), free
+
+    @pytest.mark.parametrize(("xargs", "named"), [({"grounding": "edits"}, "vllm_xargs.grounding must be"),
+                                                   ({"prediction": "x", "grounding_path": ""}, "grounding_path")])
+    def test_malformed_grounding_arguments_are_a_400_naming_the_field(self, ngram, xargs, named):
+        with pytest.raises(urllib.error.HTTPError) as info:
+            complete(ngram.url, "def f():", 4, vllm_xargs=xargs)
+        assert info.value.code == 400 and named in info.value.read().decode()
+        assert complete(ngram.url, "def f():", 4)["choices"][0]["finish_reason"]  # and the server goes on serving
 
     def test_the_users_check_sees_the_plugin_its_runner_and_cursor_drafts(self, ngram):
         """evals/gpu/vllm_check.py, as a user runs it against their own server."""

@@ -175,18 +175,31 @@ class EditGrounding:
         return allowed[int(torch.multinomial(weights, 1, generator=generator))]
 
     def allowed_tokens(self) -> list[int]:
-        """Every allowed token id: a walk over the vocabulary along the characters the block may take next."""
+        """Every allowed token id (`allowed_mask`'s)."""
+        return torch.nonzero(self.allowed_mask()).flatten().tolist()
+
+    def allowed_mask(self) -> torch.Tensor:
+        """Which tokens are allowed, a mask [V] (bool): exactly `allows`, found without asking each token.
+
+        Outside a block only tokens with a newline can be refused (they may open a block badly); in free text (an
+        insert, a new line) every token without what ends it or a backtick is allowed and the others are read one by
+        one (at a line's start a backtick closes the block, even inside a string); elsewhere a walk over the
+        vocabulary along the characters the block may take next finds the few allowed."""
         block = self.reply.block
         if block is None:
-            return list(range(len(self.vocab.texts)))
+            mask = torch.ones(len(self.vocab.texts), dtype=torch.bool)
+            mask[[t for t in self.vocab.containing(frozenset("\n"))[0] if not self.allows(t)]] = False
+            return mask
         allowed = [token for token in self.stop_ids if self.allows(token)]
-        if block.next_chars() is None:  # free text (an insert, a new line): every token without what ends it
-            # or a backtick (at a line's start it closes the block, even inside a string): those are read one by one
+        if block.next_chars() is None:
             with_ends, free = self.vocab.containing(block.free_ends | {"`"})
-            allowed += torch.nonzero(free).flatten().tolist()
-            return allowed + [token for token in with_ends if self.allows(token)]
-        self._walk(self.reply, "", 0, len(self.vocab.sorted_texts), allowed)
-        return allowed
+            mask = free.clone()
+            allowed += [token for token in with_ends if self.allows(token)]
+        else:
+            mask = torch.zeros(len(self.vocab.texts), dtype=torch.bool)
+            self._walk(self.reply, "", 0, len(self.vocab.sorted_texts), allowed)
+        mask[allowed] = True
+        return mask
 
     def _walk(self, reply: ReplyFollower, prefix: str, lo: int, hi: int, out: list[int]) -> None:
         """Collect the allowed tokens of sorted_texts[lo:hi], which all start with `prefix`, read by `reply`."""

@@ -71,7 +71,6 @@ class GroundingGrammar:
         self.grounding, self.vocab_size = grounding, vocab_size
         self._initial = self._state()
         self._history: list[tuple] = []
-        self._with_newline = [i for i, text in enumerate(grounding.vocab.texts) if text and "\n" in text]
 
     def _state(self) -> tuple:
         g = self.grounding
@@ -107,17 +106,13 @@ class GroundingGrammar:
 
     def fill_bitmask(self, bitmask: torch.Tensor, batch_index: int) -> None:
         """Row `batch_index` of vLLM's packed bitmask (bit t of the row: token t allowed)."""
+        mask = self.grounding.allowed_mask()
         allowed = np.zeros(bitmask.shape[1] * 32, dtype=bool)
-        size = min(len(allowed), len(self.grounding.vocab.texts))
-        if self.grounding.reply.block is None:  # free text: all but the tokens that would open a block badly
-            allowed[:size] = True
-            allowed[[t for t in self._with_newline if t < size and not self.grounding.allows(t)]] = False
-        else:
-            tokens = [t for t in self.grounding.allowed_tokens() if t < size]
-            if tokens:
-                allowed[tokens] = True
-            else:  # nothing keeps the block grounded: the next token releases it
-                allowed[:] = True
+        size = min(len(allowed), len(mask))
+        if mask[:size].any():
+            allowed[:size] = mask[:size].numpy()
+        else:  # nothing keeps the block grounded: the next token releases it
+            allowed[:] = True
         bitmask[batch_index] = torch.from_numpy(np.packbits(allowed, bitorder="little").view(np.int32))
 
     def is_terminated(self) -> bool:
@@ -134,6 +129,28 @@ def make_grammar(tokenizer, request: GroundingRequest, prompt_ids: list[int], vo
     grounding = EditGrounding(vocabulary(tokenizer), request.source, stop_token_ids(tokenizer), request.path,
                               prompt_tail)
     return GroundingGrammar(grounding, vocab_size)
+
+
+def install_validation() -> None:
+    """Refuse a request whose `vllm_xargs` grounding values are malformed with a 400 naming the field: vLLM checks a
+    request's `extra_args` while building its sampling parameters in the API server, so the check joins that."""
+    from vllm.exceptions import VLLMValidationError
+    from vllm.sampling_params import SamplingParams
+
+    if getattr(SamplingParams, "_retain_validation", False):
+        return
+    verify_extra_args = SamplingParams._verify_extra_args
+
+    @functools.wraps(verify_extra_args)
+    def _verify_extra_args(self) -> None:
+        verify_extra_args(self)
+        try:
+            grounding_request(self.extra_args)
+        except ValueError as exc:
+            raise VLLMValidationError(str(exc), parameter="vllm_xargs") from None
+
+    SamplingParams._verify_extra_args = _verify_extra_args  # type: ignore[method-assign]
+    SamplingParams._retain_validation = True  # type: ignore[attr-defined]
 
 
 def install() -> None:

@@ -52,5 +52,6 @@ def register() -> None:
     if lookup is not None:
         hybrid.install(*lookup)
     if os.environ.get(PREDICTION_ENV):
+        grounding.install_validation()
         grounding.install()
         cursor.install()  # after hybrid: a request's cursor draft takes the place of the lookup's
