@@ -78,7 +78,8 @@ def test_the_pair_serves_with_hybrid_mtp_behind_the_lookup_on_the_v1_runner(vllm
 def _refused_start(vllm_python: str, gemma4_pair, extra: list[str], **env: str) -> subprocess.CompletedProcess:
     target, drafter = gemma4_pair
     command = serve_command(vllm_python, target, ["--draft", str(drafter), "--speculation", "hybrid", *extra])
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=serve_environment(**env))
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900,
+                            env=serve_environment(VLLM_ENABLE_V1_MULTIPROCESSING="1", **env))
     assert result.returncode != 0 and not result.stdout.strip(), result.stdout  # it never printed a URL
     return result
 

@@ -16,7 +16,7 @@ import sys
 import urllib.error
 
 import pytest
-from vllm_serving import VLLM_MARKS, serving
+from vllm_serving import VLLM_MARKS, serving, starting
 from vllm_traces import complete, lookup_drafter, replay, trace_of
 
 from agent.client import Model
@@ -33,8 +33,8 @@ COPY_EDITS = [
 ]
 MAX_TOKENS = 96
 EDIT_TASKS = snippets()  # 24 few-shot edit tasks in Python, JavaScript, TypeScript, Go and Rust
-EDIT_TOKENS = 64
-EVERY_NTH_PLAIN = 4  # the tasks also decoded without speculation
+EDIT_TOKENS = 48
+EVERY_NTH_PLAIN = 6  # the tasks also decoded without speculation
 SERVERS = {
     "plain": ["--speculation", "off"],
     # detailed: per-step drafted/accepted counts, replayed against Retain's lookup below
@@ -59,7 +59,8 @@ def _edit_reply(url: str, snippet: Snippet, grounding: str) -> tuple[str, dict]:
     """Greedy text for a few-shot edit task (`evals/grounded.py`) with the file in `vllm_xargs`, through its closing
     fence; and the speculation metrics."""
     xargs = {"prediction": snippet.before, "grounding": grounding, "grounding_path": snippet.path}
-    response = complete(url, prompt_for(snippet), EDIT_TOKENS, vllm_xargs=xargs)
+    response = complete(url, prompt_for(snippet), EDIT_TOKENS, vllm_xargs=xargs, stop=["\n```"],
+                        include_stop_str_in_output=True)  # the block's closing fence ends the reply
     return _through_fence(response["choices"][0]["text"]), (response.get("metrics") or {})
 
 
@@ -99,9 +100,10 @@ def embedded_grounded(embedded_model) -> dict[str, str]:
 
 class TestNgram:
     @pytest.fixture(scope="class")
-    def ngram(self, vllm_python, exported_model, plain_outputs):
-        with serving(vllm_python, exported_model, SERVERS["ngram"], "ngram") as served:
-            yield served
+    def ngram(self, vllm_python, exported_model, plain_outputs, request):
+        with starting(vllm_python, exported_model, SERVERS["ngram"], "ngram") as server:
+            request.getfixturevalue("embedded_grounded")  # the embedded engine decodes while vLLM starts
+            yield server.ready()
 
     def test_greedy_outputs_with_ngram_speculation_equal_those_without(self, ngram, plain_outputs):
         for workload in COPY_EDITS:
@@ -152,8 +154,9 @@ class TestNgram:
         for key, text in plain_outputs.items():
             if key.startswith("grounded:"):
                 assert grounded[key.removeprefix("grounded:")][0] == text, key
-        drafted = sum(metrics["speculative_decoding"]["num_accepted_draft_tokens"] for _, metrics in grounded.values())
-        assert drafted > len(EDIT_TASKS) * 10  # drafts were verified against the grounding throughout
+        drafted = sum((metrics.get("speculative_decoding") or {}).get("num_accepted_draft_tokens", 0)
+                      for _, metrics in grounded.values())  # a block closed at once was never drafted
+        assert drafted > len(EDIT_TASKS) * 5  # drafts were verified against the grounding throughout
         log = ngram.log.read_text()
         cursor = re.findall(r"Retain cursor drafts for request \S+: (\d+) drafted, (\d+) accepted", log)
         assert len(cursor) >= len(EDIT_TASKS) - 1  # logged as each request leaves the batch (the last: at the next)

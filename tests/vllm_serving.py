@@ -46,28 +46,51 @@ def serve_command(vllm_python: str, model_dir: Path, arguments: list[str]) -> li
 
 
 def serve_environment(**overrides: str) -> dict[str, str]:
+    """The servers' environment. vLLM's engine core runs in its API server's process (15 s less per start on two
+    cores): the plugin loads in every vLLM process either way. The tests of refused starts keep vLLM's own process
+    layout (`VLLM_ENABLE_V1_MULTIPROCESSING=1`), as `agent bench decode --peers vllm` does."""
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]),
-            "VLLM_CPU_KVCACHE_SPACE": "1", **overrides}
+            "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", **overrides}
+
+
+class Starting:
+    """A server that `agent serve` is starting: `ready()` waits until it answers."""
+
+    def __init__(self, launcher: subprocess.Popen, name: str) -> None:
+        self.launcher, self.name = launcher, name
+        self.served: Served | None = None
+
+    def ready(self) -> Served:
+        if self.served is None:
+            launcher, printed = self.launcher, ""
+            while not (found := re.search(r"log: (\S+)\)", printed)):
+                line = launcher.stderr.readline()
+                if not line:
+                    pytest.fail(f"agent serve ({self.name}) stopped before starting vLLM:\n{printed}")
+                printed += line
+            url = launcher.stdout.readline().strip()
+            if not url:
+                launcher.wait(timeout=60)
+                pytest.fail(f"vLLM ({self.name}) did not start:\n{printed}{launcher.stderr.read()}")
+            self.served = Served(url, Path(found.group(1)), printed)
+        return self.served
 
 
 @contextmanager
 def serving(vllm_python: str, model_dir: Path, arguments: list[str], name: str) -> Iterator[Served]:
     """One server through `agent serve --engine vllm`, stopped on exit: one at a time, each takes ~5 GB."""
+    with starting(vllm_python, model_dir, arguments, name) as server:
+        yield server.ready()
+
+
+@contextmanager
+def starting(vllm_python: str, model_dir: Path, arguments: list[str], name: str) -> Iterator[Starting]:
+    """`serving`, returning at once: work done before `ready()` overlaps vLLM's start."""
     command = serve_command(vllm_python, model_dir, arguments)
     launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env=serve_environment())
     try:
-        printed = ""
-        while not (found := re.search(r"log: (\S+)\)", printed)):
-            line = launcher.stderr.readline()
-            if not line:
-                pytest.fail(f"agent serve ({name}) stopped before starting vLLM:\n{printed}")
-            printed += line
-        url = launcher.stdout.readline().strip()
-        if not url:
-            launcher.wait(timeout=60)
-            pytest.fail(f"vLLM ({name}) did not start:\n{printed}{launcher.stderr.read()}")
-        yield Served(url, Path(found.group(1)), printed)
+        yield Starting(launcher, name)
     finally:
         launcher.send_signal(signal.SIGTERM)  # forwarded to vLLM, which stops its engine processes
         try:
