@@ -132,7 +132,8 @@ def test_the_vllm_threads_are_bound_to_as_many_cores_as_ours_use():
 @pytest.mark.vllm
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get(vllm_peer.PYTHON_VARIABLE), reason="RETAIN_VLLM_PYTHON is not set")
-def test_bench_with_vllm_peers_gives_matching_vllm_rows(tmp_path, capsys):
+def test_bench_with_vllm_peers_gives_matching_vllm_rows(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # each engine core in its server's process: faster starts
     out = tmp_path / "rows.json"
     argv = ["--peers", "vllm", "--dtype", "float32", "--threads", "2", "--workloads", "free-text",
             "--max-tokens", "8", "--repeats", "1", "--methods", "ngram", "--json", str(out)]
