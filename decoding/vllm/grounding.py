@@ -54,8 +54,8 @@ def grounding_request(extra_args: Mapping | None) -> GroundingRequest | None:
 
 
 def asks_for_grounding(extra_args: Mapping | None) -> bool:
-    """Whether a request's `vllm_xargs` ask for grounding, checked without failing: a bad value makes the request
-    a grounded one, whose grammar then fails that request alone with `grounding_request`'s message."""
+    """Whether a request's `vllm_xargs` ask for grounding, checked without failing: `install_validation` refuses a
+    bad value with a 400 first; without it, the request becomes a grounded one whose grammar fails it alone."""
     args = extra_args or {}
     return args.get("grounding", "edit" if "prediction" in args else "off") != "off"
 
