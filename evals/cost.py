@@ -22,11 +22,20 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
-from evals.schema import CaseFigures, ForcedRun, FormatSummary
+from evals.schema import (
+    CaseFigures,
+    CostRatio,
+    CostRow,
+    CostSummary,
+    ForcedRun,
+    FormatSummary,
+    PerApplied,
+    RatioFigures,
+)
 from tools.formats import Format, formats, get_format
 
 BASES = ("perturbed", "grounded", "clean")
-WINS = {"perturbed": "wins", "grounded": "wins_grounded"}  # the bases on which the edits OT wins are counted
+EditCosts = dict[str, dict[str, float] | None]  # per basis ("forwards" and BASES): each edit's cost, or None
 BEST, CHEAPEST = "its best drafter", "per edit, the alternative that costs least there (each with its best drafter)"
 
 
@@ -67,27 +76,27 @@ def per_applied(value: float, rate: float) -> float | None:
     return value / rate if rate else None
 
 
-def format_row(cases: list[CaseFigures], fmt: str, drafter: str, rates: dict[str, float]) -> dict:
+def format_row(cases: list[CaseFigures], fmt: str, drafter: str, rates: dict[str, float]) -> CostRow:
     """One format with one drafter: totals of the decoded edits, and forwards per applied edit per basis (median
     and mean over the edits)."""
     runs = [per_format[fmt] for case in cases if fmt in (per_format := _runs(case, drafter))]
     tokens, target_forwards = sum(run.tokens for run in runs), sum(run.target_forwards for run in runs)
     median = statistics.median(run.target_forwards for run in runs)
-    return {
-        "drafter": drafter,
-        "edits": len(runs),
-        "tokens": tokens,
-        "target_forwards": target_forwards,
-        "tokens_per_forward": tokens / target_forwards,
-        "seconds": round(sum(run.seconds for run in runs), 3),
-        "forwards_median": median,
-        "rates": rates,
-        "per_applied": {basis: {"median": per_applied(median, rates[basis]),
-                                "mean": per_applied(target_forwards / len(runs), rates[basis])} for basis in BASES},
-    }
+    return CostRow(
+        drafter=drafter,
+        edits=len(runs),
+        tokens=tokens,
+        target_forwards=target_forwards,
+        tokens_per_forward=tokens / target_forwards,
+        seconds=round(sum(run.seconds for run in runs), 3),
+        forwards_median=median,
+        rates=rates,
+        per_applied={basis: PerApplied(per_applied(median, rates[basis]),
+                                       per_applied(target_forwards / len(runs), rates[basis])) for basis in BASES},
+    )
 
 
-def edit_costs(per_edit: dict[str, int], rates: dict[str, float]) -> dict[str, dict[str, float] | None]:
+def edit_costs(per_edit: dict[str, int], rates: dict[str, float]) -> EditCosts:
     """Each edit's cost per basis: its forwards alone (`forwards`), and its forwards per applied edit with the
     perturbed, the grounded and the clean apply rate (None for a basis on which the format never applies)."""
     return {"forwards": dict(per_edit)} | {
@@ -96,9 +105,9 @@ def edit_costs(per_edit: dict[str, int], rates: dict[str, float]) -> dict[str, d
     }
 
 
-def cheapest(alternatives: list[dict[str, dict[str, float] | None]]) -> dict[str, dict[str, float] | None]:
+def cheapest(alternatives: list[EditCosts]) -> EditCosts:
     """Per basis and edit, the lowest cost among the alternatives decoded on that edit."""
-    cheapest_costs: dict[str, dict[str, float] | None] = {}
+    cheapest_costs: EditCosts = {}
     for basis in ("forwards", *BASES):
         known = [costs[basis] for costs in alternatives if costs[basis] is not None]
         edits = {edit for costs in known for edit in costs}
@@ -106,33 +115,36 @@ def cheapest(alternatives: list[dict[str, dict[str, float] | None]]) -> dict[str
     return cheapest_costs
 
 
-def ratio(subject: dict[str, dict[str, float] | None], alternative: dict[str, dict[str, float] | None]) -> dict | None:
-    """The subject's cost ÷ the alternative's per basis, over the edits both were decoded on: the median of the
-    per-edit ratios and the ratio of the totals; `wins` and `wins_grounded`, the edits where the subject costs less
-    per applied edit (perturbed; grounded). None without a common edit."""
-    common = sorted(edit for edit in subject["forwards"] if edit in alternative["forwards"])
+def ratio(subject: EditCosts, alternative: EditCosts, against: tuple[str, str | None, str]) -> CostRatio | None:
+    """The subject's cost ÷ the alternative's (`against`: its format, drafter and why it is compared) per basis,
+    over the edits both were decoded on: the median of the per-edit ratios and the ratio of the totals; `wins` and
+    `wins_grounded`, the edits where the subject costs less per applied edit (perturbed; grounded). None without a
+    common edit."""
+    common = sorted(edit for edit in (subject["forwards"] or {}) if edit in (alternative["forwards"] or {}))
     if not common:
         return None
-    figures: dict = {"edits": len(common)}
+    figures: dict[str, RatioFigures] = {}
+    wins: dict[str, int | None] = {"perturbed": None, "grounded": None}
     for basis in ("forwards", *BASES):
         ours, theirs = subject[basis], alternative[basis]
         if ours is None or theirs is None:
-            figures[basis] = {"median": None, "total": None}
+            figures[basis] = RatioFigures(None, None)
             continue
         per_edit = [ours[edit] / theirs[edit] for edit in common]
-        figures[basis] = {"median": statistics.median(per_edit),
-                          "total": sum(ours[edit] for edit in common) / sum(theirs[edit] for edit in common)}
-        if basis in WINS:
-            figures[WINS[basis]] = sum(value < 1 for value in per_edit)
-    return figures
+        figures[basis] = RatioFigures(statistics.median(per_edit),
+                                      sum(ours[edit] for edit in common) / sum(theirs[edit] for edit in common))
+        if basis in wins:
+            wins[basis] = sum(value < 1 for value in per_edit)
+    fmt, drafter, why = against
+    return CostRatio(fmt, drafter, why, len(common), figures["forwards"], figures["perturbed"], figures["clean"],
+                     figures["grounded"], wins["perturbed"], wins["grounded"])
 
 
 def summarize_cost(
     cases: list[CaseFigures], formats_summary: dict[str, FormatSummary], drafters: Sequence[str]
-) -> dict:
-    """`{"subject", "formats": {format: its best drafter's row}, "ratios": [OT against each alternative, then
-    against the cheapest alternative on each edit], "other_subjects": {format: its ratios, the same way}}` for the
-    formats decoded and measured; no ratios for an OT form that was not decoded."""
+) -> CostSummary:
+    """Each format decoded and measured with its best drafter's row; OT against each alternative, then against the
+    cheapest alternative on each edit; each other OT form the same way (no ratios for an OT form not decoded)."""
     rows = {}
     for fmt in formats_summary:
         pairing = get_format(fmt).baseline  # on a tie its drafter is the best, so the pair is compared once
@@ -141,33 +153,33 @@ def summarize_cost(
         if drafter is not None:
             rows[fmt] = format_row(cases, fmt, drafter, apply_rates(formats_summary, fmt))
 
-    def costs(fmt: str, drafter: str) -> dict[str, dict[str, float] | None]:
+    def costs(fmt: str, drafter: str) -> EditCosts:
         return edit_costs(forwards(cases, fmt, drafter), apply_rates(formats_summary, fmt))
 
-    def ratios(subject_format: str) -> list[dict]:
-        found: list[dict] = []
+    def ratios(subject_format: str) -> list[CostRatio]:
+        found: list[CostRatio] = []
         if subject_format not in rows:
             return found
-        subject = costs(subject_format, rows[subject_format]["drafter"])
+        subject = costs(subject_format, rows[subject_format].drafter)
         for fmt, drafter, why in comparisons(rows, drafters):
-            if (figures := ratio(subject, costs(fmt, drafter))) is not None:
-                found.append({"format": fmt, "drafter": drafter, "why": why} | figures)
-        best = [costs(fmt.name, rows[fmt.name]["drafter"]) for fmt in _with_role("alternative") if fmt.name in rows]
-        if len(best) > 1 and (figures := ratio(subject, cheapest(best))) is not None:
-            found.append({"format": "cheapest alternative", "drafter": None, "why": CHEAPEST} | figures)
+            if (figures := ratio(subject, costs(fmt, drafter), (fmt, drafter, why))) is not None:
+                found.append(figures)
+        best = [costs(fmt.name, rows[fmt.name].drafter) for fmt in _with_role("alternative") if fmt.name in rows]
+        if len(best) > 1 and (figures := ratio(subject, cheapest(best), ("cheapest alternative", None, CHEAPEST))):
+            found.append(figures)
         return found
 
     subject, *other_subjects = (fmt.name for fmt in _with_role("subject"))
     others = {fmt: found for fmt in other_subjects if (found := ratios(fmt))}
-    return {"subject": subject, "formats": rows, "ratios": ratios(subject), "other_subjects": others}
+    return CostSummary(subject, rows, ratios(subject), others)
 
 
-def comparisons(rows: dict[str, dict], drafters: Sequence[str]) -> list[tuple[str, str, str]]:
+def comparisons(rows: dict[str, CostRow], drafters: Sequence[str]) -> list[tuple[str, str, str]]:
     """(format, drafter, why) to compare OT with: per alternative format, its baseline pair where that drafter was
     run, and the format with its best drafter where that is another one."""
     pairs = []
     for fmt in (fmt for fmt in _with_role("alternative") if fmt.name in rows):
-        pairing, best = fmt.baseline, rows[fmt.name]["drafter"]  # every alternative has a baseline pairing
+        pairing, best = fmt.baseline, rows[fmt.name].drafter  # every alternative has a baseline pairing
         assert pairing is not None
         if pairing.drafter in drafters:
             why = pairing.who + ("; also its best drafter" if best == pairing.drafter else "")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from evals.schema import DecodeSummary, Report, Summary
+from evals.schema import CostRatio, DecodeSummary, PerApplied, RatioFigures, Report, Summary
 
 
 def write_report(report: dict, path: Path) -> None:
@@ -59,7 +59,7 @@ def render(report: Report, title: str) -> str:
                   f"| {_percent(f.get('grounded'))} | {f['trials']} |" for fmt, kind, f in kinds]
     if report.summary.decode:
         lines += ["", *render_decode(report.summary.decode)]
-    if report.summary.decode and report.summary.cost and report.summary.cost["formats"]:
+    if report.summary.decode and report.summary.cost and report.summary.cost.formats:
         lines += ["", *render_cost(report.summary)]
     if report.summary.live:
         lines += ["", *render_live(report.summary.live)]
@@ -105,8 +105,8 @@ def _whole_note(decode: DecodeSummary) -> str:
     return f" (whole files on {decode.whole_cases} of them, the long ones to decode)" if fewer else ""
 
 
-def _ratio_name(ratio: dict) -> str:
-    return ratio["format"] if ratio["drafter"] is None else f"{ratio['format']} + {ratio['drafter']}"
+def _ratio_name(ratio: CostRatio) -> str:
+    return ratio.format if ratio.drafter is None else f"{ratio.format} + {ratio.drafter}"
 
 
 def render_cost(summary: Summary) -> list[str]:
@@ -125,24 +125,24 @@ def render_cost(summary: Summary) -> list[str]:
              "| applies grounded | applies clean | per applied edit, perturbed: median | mean | grounded: median "
              "| mean | clean: median | mean |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    unknown = {"median": None, "mean": None}
-    for fmt, row in cost["formats"].items():
-        per, rates = row["per_applied"], row["rates"]
+    unknown = PerApplied(None, None)  # a report written before the grounded basis
+    for fmt, row in cost.formats.items():
+        per, rates = row.per_applied, row.rates
         grounded = per.get("grounded", unknown)
-        lines.append(f"| {fmt} | {row['drafter']} | {row['edits']} | {row['tokens_per_forward']:.2f} "
-                     f"| {_number(row['forwards_median'])} | {_percent(rates['perturbed'])} "
+        lines.append(f"| {fmt} | {row.drafter} | {row.edits} | {row.tokens_per_forward:.2f} "
+                     f"| {_number(row.forwards_median)} | {_percent(rates['perturbed'])} "
                      f"| {_percent(rates.get('grounded'))} | {_percent(rates['clean'])} "
-                     f"| {_number(per['perturbed']['median'])} | {_number(per['perturbed']['mean'])} "
-                     f"| {_number(grounded['median'])} | {_number(grounded['mean'])} "
-                     f"| {_number(per['clean']['median'])} | {_number(per['clean']['mean'])} |")
-    subjects = {cost["subject"]: cost["ratios"]} | cost.get("other_subjects", {})
+                     f"| {_number(per['perturbed'].median)} | {_number(per['perturbed'].mean)} "
+                     f"| {_number(grounded.median)} | {_number(grounded.mean)} "
+                     f"| {_number(per['clean'].median)} | {_number(per['clean'].mean)} |")
+    subjects = {cost.subject: cost.ratios} | cost.other_subjects
     for fmt, ratios in subjects.items():
         if ratios:
-            lines += ["", *_render_ratios(fmt, cost["formats"][fmt]["drafter"], ratios)]
+            lines += ["", *_render_ratios(fmt, cost.formats[fmt].drafter, ratios)]
     return lines
 
 
-def _render_ratios(subject: str, drafter: str, ratios: list[dict]) -> list[str]:
+def _render_ratios(subject: str, drafter: str, ratios: list[CostRatio]) -> list[str]:
     """One OT form with its best drafter against each alternative."""
     lines = [f"{subject} + {drafter} against each alternative: its forwards per applied "
              "edit ÷ the alternative's, the median over the edits both were decoded on and the ratio of the "
@@ -150,13 +150,13 @@ def _render_ratios(subject: str, drafter: str, ratios: list[dict]) -> list[str]:
              "| alternative | why | edits | perturbed: median | total | grounded: median | total | clean: median "
              "| total | forwards alone: median | total | OT cheaper (perturbed) | OT cheaper (grounded) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    unknown = {"median": None, "total": None}  # a report written before the grounded basis
-    return lines + [f"| {_ratio_name(r)} | {r['why']} | {r['edits']} | {_times(r['perturbed']['median'])} "
-                    f"| {_times(r['perturbed']['total'])} | {_times(r.get('grounded', unknown)['median'])} "
-                    f"| {_times(r.get('grounded', unknown)['total'])} | {_times(r['clean']['median'])} "
-                    f"| {_times(r['clean']['total'])} | {_times(r['forwards']['median'])} "
-                    f"| {_times(r['forwards']['total'])} | {r.get('wins', 'n/a')} of {r['edits']} "
-                    f"| {r.get('wins_grounded', 'n/a')} of {r['edits']} |"
+    unknown = RatioFigures(None, None)  # a report written before the grounded basis
+    return lines + [f"| {_ratio_name(r)} | {r.why} | {r.edits} | {_times(r.perturbed.median)} "
+                    f"| {_times(r.perturbed.total)} | {_times((r.grounded or unknown).median)} "
+                    f"| {_times((r.grounded or unknown).total)} | {_times(r.clean.median)} "
+                    f"| {_times(r.clean.total)} | {_times(r.forwards.median)} "
+                    f"| {_times(r.forwards.total)} | {_count(r.wins)} of {r.edits} "
+                    f"| {_count(r.wins_grounded)} of {r.edits} |"
                     for r in ratios]
 
 

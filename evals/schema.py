@@ -118,10 +118,74 @@ class DecodeSummary:
 
 
 @dataclass
+class PerApplied:
+    """Target forwards per applied edit on one basis: over the edits' median forwards and over their mean. None
+    where the format never applies on that basis (no number of tries makes it)."""
+
+    median: float | None
+    mean: float | None
+
+
+@dataclass
+class CostRow:
+    """One format with its best drafter (`evals.cost.format_row`): totals over the edits decoded, its apply rate per
+    basis ("perturbed", "grounded", "clean") and its forwards per applied edit per basis. A report written before
+    the grounded basis has no "grounded" key in either."""
+
+    drafter: str
+    edits: int
+    tokens: int
+    target_forwards: int
+    tokens_per_forward: float
+    seconds: float
+    forwards_median: float
+    rates: dict[str, float]
+    per_applied: dict[str, PerApplied]
+
+
+@dataclass
+class RatioFigures:
+    """The subject's cost ÷ an alternative's on one basis: the median of the per-edit ratios and the ratio of the
+    totals; None where either never applies on it."""
+
+    median: float | None
+    total: float | None
+
+
+@dataclass
+class CostRatio:
+    """An OT form against one alternative (a format with a drafter, or the cheapest alternative per edit, whose
+    drafter is None) over the edits both were decoded on; `wins`: the edits where the OT form costs less per
+    applied edit (perturbed), `wins_grounded` the same on the grounded basis (None where not known)."""
+
+    format: str
+    drafter: str | None
+    why: str
+    edits: int
+    forwards: RatioFigures
+    perturbed: RatioFigures
+    clean: RatioFigures
+    grounded: RatioFigures | None = field(default=None, metadata=OPTIONAL)  # None: written before that basis
+    wins: int | None = field(default=None, metadata=OPTIONAL)
+    wins_grounded: int | None = field(default=None, metadata=OPTIONAL)
+
+
+@dataclass
+class CostSummary:
+    """The cost per applied edit (`evals.cost.summarize_cost`): each format with its best drafter, OT (`subject`)
+    against each alternative, and each other OT form decoded (`ot-lines`) the same way."""
+
+    subject: str
+    formats: dict[str, CostRow]
+    ratios: list[CostRatio]
+    other_subjects: dict[str, list[CostRatio]] = field(default_factory=dict)
+
+
+@dataclass
 class Summary:
     formats: dict[str, FormatSummary]
     decode: DecodeSummary | None = field(default=None, metadata=OPTIONAL)
-    cost: dict[str, Any] | None = field(default=None, metadata=OPTIONAL)  # `evals.cost.summarize_cost`
+    cost: CostSummary | None = field(default=None, metadata=OPTIONAL)
     live: dict[str, Any] | None = field(default=None, metadata=OPTIONAL)  # `evals.live.summarize`, model, api_base
 
 

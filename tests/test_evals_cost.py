@@ -1,6 +1,7 @@
 """The cost per applied edit (evals.cost, evals.report.render_cost) on synthetic reports, and the case selection
 for decoding (--stratify, --whole-cases): arithmetic with no model."""
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -11,13 +12,18 @@ from evals.decode_run import with_applies
 from evals.report import render_cost
 from evals.schema import (
     CaseFigures,
+    CostRatio,
+    CostSummary,
     DecodeSummary,
     DrafterRun,
     ForcedRun,
     FormatFigures,
     FormatSummary,
+    PerApplied,
     Perturbation,
+    RatioFigures,
     Report,
+    ReportError,
     Summary,
 )
 
@@ -57,19 +63,25 @@ def synthetic_report() -> Report:
     return Report(cases, Summary(formats, decode))
 
 
+def report_json_with_cost(report: Report, cost: CostSummary) -> dict:
+    """The report's JSON as `agent eval` writes it, with the cost summary in it."""
+    report.summary.cost = cost
+    return json.loads(json.dumps(report.to_json()))
+
+
 @pytest.fixture
 def cost():
     report = synthetic_report()
     return summarize_cost(report.cases, report.summary.formats, DRAFTERS)
 
 
-def _ratio(cost: dict, fmt: str, drafter: str | None) -> dict:
-    (found,) = [r for r in cost["ratios"] if r["format"] == fmt and r["drafter"] == drafter]
+def _ratio(cost: CostSummary, fmt: str, drafter: str | None) -> CostRatio:
+    (found,) = [r for r in cost.ratios if r.format == fmt and r.drafter == drafter]
     return found
 
 
 def test_each_format_gets_the_drafter_with_the_fewest_forwards_in_total(cost):
-    assert {fmt: row["drafter"] for fmt, row in cost["formats"].items()} == {
+    assert {fmt: row.drafter for fmt, row in cost.formats.items()} == {
         "ot": "hybrid", "search-replace": "ngram", "udiff": "ngram", "whole": "cursor"}
     # hybrid loses edit b to ngram but wins the total; a tie goes to the drafter named first
     cases = synthetic_report().cases
@@ -83,42 +95,41 @@ def test_each_format_gets_the_drafter_with_the_fewest_forwards_in_total(cost):
             case.decode["ngram"].formats["whole"].target_forwards = 100
     formats = synthetic_report().summary.formats
     cost = summarize_cost(cases, formats, DRAFTERS)
-    assert cost["formats"]["whole"]["drafter"] == "cursor"
-    assert [r["drafter"] for r in cost["ratios"] if r["format"] == "whole"] == ["cursor"]
+    assert cost.formats["whole"].drafter == "cursor"
+    assert [r.drafter for r in cost.ratios if r.format == "whole"] == ["cursor"]
 
 
 def test_a_format_row_divides_its_forwards_by_each_apply_rate(cost):
-    ot, whole = cost["formats"]["ot"], cost["formats"]["whole"]
-    assert (ot["edits"], ot["target_forwards"], ot["tokens_per_forward"]) == (3, 54, 2.0)
-    assert ot["forwards_median"] == 22
-    assert ot["per_applied"]["perturbed"] == {"median": pytest.approx(22 / 0.9), "mean": pytest.approx(18 / 0.9)}
-    assert ot["per_applied"]["clean"] == {"median": 22, "mean": 18}
+    ot, whole = cost.formats["ot"], cost.formats["whole"]
+    assert (ot.edits, ot.target_forwards, ot.tokens_per_forward) == (3, 54, 2.0)
+    assert ot.forwards_median == 22
+    assert ot.per_applied["perturbed"] == PerApplied(pytest.approx(22 / 0.9), pytest.approx(18 / 0.9))
+    assert ot.per_applied["clean"] == PerApplied(22, 18)
     # whole has no perturbations: its clean rate stands for the perturbed one
-    assert whole["edits"] == 1 and whole["rates"] == {"perturbed": 1.0, "grounded": 1.0, "clean": 1.0}
-    assert cost["formats"]["search-replace"]["per_applied"]["grounded"] == {
-        "median": pytest.approx(20 / 0.95), "mean": pytest.approx(76 / 3 / 0.95)}
+    assert whole.edits == 1 and whole.rates == {"perturbed": 1.0, "grounded": 1.0, "clean": 1.0}
+    assert cost.formats["search-replace"].per_applied["grounded"] == PerApplied(
+        pytest.approx(20 / 0.95), pytest.approx(76 / 3 / 0.95))
 
 
 def test_ot_against_a_baseline_is_the_median_of_per_edit_ratios_and_the_ratio_of_totals(cost):
     against = _ratio(cost, "search-replace", "ngram")
-    assert against["why"].endswith("also its best drafter") and against["edits"] == 3
+    assert against.why.endswith("also its best drafter") and against.edits == 3
     # per edit, forwards alone: 8/16, 22/20, 24/40; per applied edit (perturbed) each times 0.6/0.9
-    assert against["forwards"] == {"median": pytest.approx(0.6), "total": pytest.approx(54 / 76)}
-    assert against["perturbed"] == {"median": pytest.approx(0.6 * 0.6 / 0.9),
-                                    "total": pytest.approx(54 / 76 * 0.6 / 0.9)}
-    assert against["clean"] == against["forwards"]  # both always apply clean
-    assert against["wins"] == 3  # 0.33, 0.73, 0.4: all below 1
+    assert against.forwards == RatioFigures(pytest.approx(0.6), pytest.approx(54 / 76))
+    assert against.perturbed == RatioFigures(pytest.approx(0.6 * 0.6 / 0.9), pytest.approx(54 / 76 * 0.6 / 0.9))
+    assert against.clean == against.forwards  # both always apply clean
+    assert against.wins == 3  # 0.33, 0.73, 0.4: all below 1
 
 
 def test_whole_is_compared_on_the_edits_it_was_decoded_on_and_best_drafters_that_are_no_baseline_get_a_row(cost):
     whole = _ratio(cost, "whole", "cursor")
-    assert whole["edits"] == 1 and whole["forwards"]["median"] == pytest.approx(8 / 100)
-    assert whole["perturbed"]["median"] == pytest.approx(8 / 0.9 / 100)
-    assert [(r["format"], r["drafter"]) for r in cost["ratios"]] == [
+    assert whole.edits == 1 and whole.forwards.median == pytest.approx(8 / 100)
+    assert whole.perturbed.median == pytest.approx(8 / 0.9 / 100)
+    assert [(r.format, r.drafter) for r in cost.ratios] == [
         ("whole", "cursor"), ("search-replace", "ngram"), ("udiff", "ngram"), ("cheapest alternative", None)]
     report = synthetic_report()
     cost = summarize_cost(report.cases, report.summary.formats, ("cursor", "hybrid"))  # no ngram run
-    assert [(r["format"], r["drafter"], r["why"]) for r in cost["ratios"][:3]] == [
+    assert [(r.format, r.drafter, r.why) for r in cost.ratios[:3]] == [
         ("whole", "cursor", "Cursor-style speculative rewrite; also its best drafter"),
         ("search-replace", "hybrid", "its best drafter"), ("udiff", "cursor", "its best drafter")]
 
@@ -128,20 +139,20 @@ def test_the_cheapest_alternative_is_taken_edit_by_edit(cost):
     # perturbed costs per edit: a min(whole 100, s/r 16/.6, udiff 20/.75) = 26.7; b min(33.3, 26.7); c min(66.7, 24)
     ot = [8 / 0.9, 22 / 0.9, 24 / 0.9]
     alternative = [20 / 0.75, 20 / 0.75, 18 / 0.75]
-    assert cheapest["perturbed"]["median"] == pytest.approx(ot[1] / alternative[1])
-    assert cheapest["perturbed"]["total"] == pytest.approx(sum(ot) / sum(alternative))
-    assert cheapest["wins"] == 2  # edit c: 26.7 against 24
-    assert cheapest["forwards"]["median"] == pytest.approx(22 / 20)  # 8/16, 22/20, 24/18
+    assert cheapest.perturbed.median == pytest.approx(ot[1] / alternative[1])
+    assert cheapest.perturbed.total == pytest.approx(sum(ot) / sum(alternative))
+    assert cheapest.wins == 2  # edit c: 26.7 against 24
+    assert cheapest.forwards.median == pytest.approx(22 / 20)  # 8/16, 22/20, 24/18
 
 
 def test_a_format_that_never_applies_has_no_cost_per_applied_edit():
     report = synthetic_report()
     report.summary.formats["ot"].perturbed_applies = 0.0
     cost = summarize_cost(report.cases, report.summary.formats, DRAFTERS)
-    assert cost["formats"]["ot"]["per_applied"]["perturbed"] == {"median": None, "mean": None}
+    assert cost.formats["ot"].per_applied["perturbed"] == PerApplied(None, None)
     against = _ratio(cost, "udiff", "ngram")
-    assert against["perturbed"] == {"median": None, "total": None} and "wins" not in against
-    assert against["clean"]["median"] == pytest.approx(1.1)  # 8/20, 22/20, 24/18
+    assert against.perturbed == RatioFigures(None, None) and against.wins is None
+    assert against.clean.median == pytest.approx(1.1)  # 8/20, 22/20, 24/18
     report.summary.cost = cost
     assert "| ot | hybrid | 3 | 2.00 | 22 | 0.0% | 90.0% | 100.0% | n/a | n/a | 24 | 20 | 22 | 18 |" in render_cost(
         report.summary)
@@ -155,6 +166,16 @@ def test_the_table_shows_each_format_and_ots_ratios(cost):
     assert "| search-replace | ngram | 3 | 2.00 | 20 | 60.0% | 95.0% | 100.0% | 33 | 42 | 21 | 27 | 20 | 25 |" in table
     assert "| whole + cursor | Cursor-style speculative rewrite; also its best drafter | 1 | 0.09x |" in table
     assert "| 3 of 3 | 2 of 3 |" in table and "ot + hybrid against each alternative" in table
+
+
+def test_the_cost_summary_is_read_back_from_the_json_as_written(cost):
+    """`agent eval --resume` and `--from` read the report back: the cost summary comes back typed and equal."""
+    written = report_json_with_cost(synthetic_report(), cost)
+    assert written["summary"]["cost"]["ratios"][0]["format"] == "whole"  # the JSON's field names
+    assert Report.from_json(written).summary.cost == cost
+    written["summary"]["cost"]["formats"]["ot"]["per_applied"]["clean"]["median"] = "22"
+    with pytest.raises(ReportError, match=r"summary\.cost\.formats\.ot\.per_applied\.clean\.median is a string"):
+        Report.from_json(written)
 
 
 def trial(applies: bool, grounded: bool | None) -> Perturbation:
@@ -182,17 +203,18 @@ def test_a_report_from_before_the_grounded_basis_is_costed_and_shown_with_the_pe
     for part in report.summary.formats.values():
         part.grounded_applies = None
     cost = summarize_cost(report.cases, report.summary.formats, DRAFTERS)
-    for row in cost["formats"].values():
-        assert row["rates"]["grounded"] == row["rates"]["perturbed"]
-        assert row["per_applied"]["grounded"] == row["per_applied"]["perturbed"]
+    for row in cost.formats.values():
+        assert row.rates["grounded"] == row.rates["perturbed"]
+        assert row.per_applied["grounded"] == row.per_applied["perturbed"]
     against = _ratio(cost, "udiff", "ngram")
-    assert against["grounded"] == against["perturbed"] and against["wins_grounded"] == against["wins"]
-    # a cost summary written before the grounded basis (no grounded figures in it at all) still renders
-    for row in cost["formats"].values():
+    assert against.grounded == against.perturbed and against.wins_grounded == against.wins
+    # a cost summary written before the grounded basis (no grounded figures in its JSON at all) still reads and renders
+    written = report_json_with_cost(report, cost)
+    for row in written["summary"]["cost"]["formats"].values():
         del row["rates"]["grounded"], row["per_applied"]["grounded"]
-    for ratio in cost["ratios"]:
+    for ratio in written["summary"]["cost"]["ratios"]:
         del ratio["grounded"], ratio["wins_grounded"]
-    report.summary.cost = cost
+    report = Report.from_json(written)
     table = "\n".join(render_cost(report.summary))
     assert "| udiff | ngram | 3 | 2.00 | 20 | 75.0% | n/a | 100.0% | 27 | 26 | n/a | n/a | 20 | 19 |" in table
     assert "| 3 | 0.92x | 0.78x | n/a | n/a | 1.10x | 0.93x | 1.10x | 0.93x | 2 of 3 | n/a of 3 |" in table
@@ -229,11 +251,11 @@ def test_line_ot_gets_its_own_row_and_ratios_beside_ots():
         case.decode["cursor"].formats["ot-lines"] = run(value, tokens_per_forward=3)
     report.summary.formats["ot-lines"] = rates(1.0, 0.5)
     cost = summarize_cost(report.cases, report.summary.formats, DRAFTERS)
-    assert cost["formats"]["ot-lines"]["drafter"] == "cursor" and cost["subject"] == "ot"
-    assert [r["format"] for r in cost["ratios"]] == ["whole", "search-replace", "udiff", "cheapest alternative"]
-    (lines,) = cost["other_subjects"].values()
-    against = next(r for r in lines if r["format"] == "search-replace")
-    assert against["clean"]["total"] == pytest.approx(28 / 76)
+    assert cost.formats["ot-lines"].drafter == "cursor" and cost.subject == "ot"
+    assert [r.format for r in cost.ratios] == ["whole", "search-replace", "udiff", "cheapest alternative"]
+    (lines,) = cost.other_subjects.values()
+    against = next(r for r in lines if r.format == "search-replace")
+    assert against.clean.total == pytest.approx(28 / 76)
     report.summary.cost = cost
     table = "\n".join(render_cost(report.summary))
     assert "| ot-lines | cursor | 3 | 3.00 | 10 | 50.0% | 50.0% | 100.0% | 20 |" in table  # no grounded rate: perturbed
