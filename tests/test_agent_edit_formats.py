@@ -43,11 +43,11 @@ def ws(tmp_path):
     return root
 
 
-def run(ws, capsys, server_url, *flags):
+def run(ws, capsys, server_url, *flags, model="openai/replay-model"):
     """Run `agent run` as the command line would; returns (exit code, stderr, report)."""
     report = ws.parent / "report.json"
     argv = [str(ws.parent / "task.md"), "--workspace", str(ws), "--json", str(report)]
-    argv += ["--model", "openai/replay-model", "--api-base", server_url, *flags]
+    argv += ["--model", model, "--api-base", server_url, *flags]
     code = run_command(build_parser().parse_args(argv))
     return code, capsys.readouterr().err, json.loads(report.read_text())
 
@@ -204,6 +204,51 @@ def test_the_embedded_server_grounds_the_agents_block_of_each_format_in_the_file
     assert reply.read(f"Fixing it.\n```{edit_format.fence} stats.py\n") and reply.block is not None
     assert reply.block.source == STATS  # grounded in the file, not only in the format's syntax
     assert reply.read(worked + "```\n") and reply.block is None and reply.blocks == 1
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from decoding.engine.tokenizer import tokenizer_dir
+
+    return AutoTokenizer.from_pretrained(tokenizer_dir())
+
+
+@pytest.mark.parametrize("name", agent_format_names())
+def test_the_embedded_server_grounds_the_replayed_block_of_each_format_from_the_agents_own_request(
+        ws, capsys, tokenizer, name):
+    """The task replayed on a local server (`hosted_vllm/`): the agent's request for its edit turn, read by the
+    embedded server's own request parser, gives the grounding the server decodes with (the file, its path), and the
+    replayed block is allowed token by token (Gemma's tokens) and grounded; the same block in another file is not."""
+    from decoding.engine.grounding import PROMPT_TAIL, EditGrounding, vocabulary
+    from decoding.serving.chat import stop_token_ids
+    from decoding.serving.server import parse_request
+
+    edit_format = agent_format(name)
+    block = f"```{edit_format.fence} stats.py\n{edit_format.reference(STATS, FIXED).rstrip()}\n```"
+    with ReplayServer([Turn("```read stats.py```"), Turn(block), finish()]) as server:
+        code, err, _ = run(ws, capsys, server.url, "--edit-format", name, model="hosted_vllm/replay-model")
+    assert code == 0 and (ws / "stats.py").read_text() == FIXED, err
+    job = parse_request(server.requests[1], chat=True, model_name="replay-model")
+    assert (job.grounding, job.grounding_path, job.prediction) == ("edit", "stats.py", STATS)
+    reply = tokenizer(block, add_special_tokens=False).input_ids
+
+    def grounded(source: str) -> tuple[EditGrounding, int]:
+        """The grounding for `source` after the replayed tokens it allows, and how many it allowed."""
+        grounding = EditGrounding(vocabulary(tokenizer), source, stop_token_ids(tokenizer), job.grounding_path,
+                                  job.prompt[-PROMPT_TAIL:])
+        for taken, token in enumerate(reply):
+            if not grounding.allows(token):
+                return grounding, taken
+            grounding.advance(token)
+        return grounding, len(reply)
+
+    grounding, taken = grounded(job.prediction)
+    assert taken == len(reply) and grounding.stats.blocks == 1 and grounding.stats.released_blocks == 0
+    assert grounding.reply.block is None  # the block was read to its closing fence
+    grounding, taken = grounded("def mean(items):\n    return 0\n")  # a file the block does not fit
+    assert taken < len(reply) and grounding.reply.block is not None  # refused inside the block
 
 
 def test_a_resumed_run_keeps_the_edit_format_its_conversation_teaches(ws, capsys):
