@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from decoding.engine.loading import WEIGHT_FORMATS
 from evals.cases import load_cases, load_suite, mine_git, one_per_language, shortest, stratify
 from evals.progress import Progress
 from evals.report import plot, render, write_report
@@ -155,6 +156,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           help="every drafter drafts N tokens at every step, as vLLM's ngram does and as a GPU "
                                "affords (verifying N rows costs about one there); default: the engine's adaptive "
                                "length, which suits a CPU")
+    decoding.add_argument("--weights", choices=WEIGHT_FORMATS, default="float32",
+                          help="the embedded model's weight format: float32 (exact), float16, int8 or int4 read "
+                               "fewer bytes a token (default: float32)")
     live = parser.add_argument_group("live model: each case through the agent's edit turn")
     live.add_argument("--model", metavar="M",
                       help="a litellm model name, or 'embedded' to start the embedded server")
@@ -310,7 +314,7 @@ def run_command(args: argparse.Namespace) -> int:
         from evals.resume import decoded_before
 
         try:
-            done = decoded_before(args.json, args.draft_tokens)
+            done = decoded_before(args.json, args.draft_tokens, args.weights)
         except ValueError as exc:
             print(f"agent eval: --resume: {exc}", file=sys.stderr)
             return 2
@@ -348,7 +352,8 @@ def run_command(args: argparse.Namespace) -> int:
         run_decode(report, decoded, None if args.forwards_only else load_model(), chosen.decode_formats, drafters,
                    chosen.free_running_tokens, chosen.workloads, done=done,
                    checkpoint=(lambda: write_report(report.to_json(), args.json)) if args.json else lambda: None,
-                   whole_ids=whole, model_free=args.forwards_only, draft_tokens=args.draft_tokens)
+                   whole_ids=whole, model_free=args.forwards_only, draft_tokens=args.draft_tokens,
+                   weights=args.weights)
     if args.model:
         status = _live(report, cases, args)
         if status:

@@ -160,8 +160,8 @@ class ComputesNothing:
 class Decoder:
     """The embedded model with its tokenizer, ready to time generations per drafter."""
 
-    def __init__(self, loaded) -> None:
-        self._init_with(loaded.tokenizer, make_target(loaded.model))
+    def __init__(self, loaded, weights: str = "float32") -> None:
+        self._init_with(loaded.tokenizer, make_target(loaded.model, weights=weights))
 
     @classmethod
     def model_free(cls) -> Decoder:

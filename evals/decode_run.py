@@ -17,6 +17,7 @@ def run_decode(
     max_tokens: int, workloads: int | None = None, progress: bool = True,
     done: dict[str, dict[str, DrafterRun]] | None = None, checkpoint: Callable[[], None] = lambda: None,
     whole_ids: set[str] | None = None, model_free: bool = False, draft_tokens: int | None = None,
+    weights: str = "float32",
 ) -> None:
     """Add the decoding evals to `report`: reference-forced per case (`decode` of the decoded cases; the others
     keep an empty one), free-running on the standard workloads (only the `workloads` copy-heavy ones with the
@@ -24,7 +25,8 @@ def run_decode(
     `whole` is decoded only on the cases in `whole_ids` (all when None): it costs a forward per token of the file.
     `model_free`: only count the forwards, without the model (`Decoder.model_free`; `loaded` is not used).
     `draft_tokens`: every drafter drafts this many tokens at every step (None: the engine's adaptive length); the
-    report records it, and `evals.resume` keeps figures only from a report decoded the same way.
+    report records it, and `evals.resume` keeps figures only from a report decoded the same way; so with `weights`,
+    the model's weight format (`decoding.engine.weights`).
     Cases whose runs in `done` (id → an earlier run's, `evals.resume`) cover their formats and every drafter keep
     those figures; `checkpoint()` runs after each case decoded."""
     from decoding.lab.workloads import standard_workloads
@@ -32,8 +34,9 @@ def run_decode(
     from evals.decode import Decoder, decode_case, free_running, summarize_free
     from evals.resume import reusable
 
-    decoder = Decoder.model_free() if model_free else Decoder(loaded)
+    decoder = Decoder.model_free() if model_free else Decoder(loaded, weights)
     decoder.draft_tokens = report.draft_tokens = draft_tokens
+    report.weights = weights
     by_id = {case.id: case for case in report.cases}
     chosen = standard_workloads() if workloads is None else copy_heavy(standard_workloads())[:workloads]
     chosen = chosen if max_tokens else []

@@ -8,10 +8,13 @@ from pathlib import Path
 from evals.schema import DrafterRun, read_report
 
 
-def decoded_before(path: Path, draft_tokens: int | None = None) -> dict[str, dict[str, DrafterRun]]:
+def decoded_before(
+    path: Path, draft_tokens: int | None = None, weights: str = "float32"
+) -> dict[str, dict[str, DrafterRun]]:
     """The reference-forced runs of an earlier report, by case id (cases never decoded left out); none when there
     is no report yet. Raises ValueError (`evals.schema.ReportError`) for a file that is not such a report, or one
-    decoded with another draft length (`run_decode`'s `draft_tokens`): its forwards would not compare."""
+    decoded with another draft length (`run_decode`'s `draft_tokens`) or weight format: its forwards or its times
+    would not compare."""
     if not path.exists():
         return {}
     report = read_report(path)
@@ -19,6 +22,9 @@ def decoded_before(path: Path, draft_tokens: int | None = None) -> dict[str, dic
     if decoded and report.draft_tokens != draft_tokens:
         raise ValueError(f"{path} was decoded with {_spelled(report.draft_tokens)}, not {_spelled(draft_tokens)}: "
                          "resume it the same way, or write a new report")
+    if decoded and report.weights != weights:
+        raise ValueError(f"{path} was decoded with --weights {report.weights}, not {weights}: resume it the same "
+                         "way, or write a new report")
     return decoded
 
 

@@ -197,6 +197,7 @@ class Report:
     summary: Summary
     free_running: dict[str, dict[str, dict[str, Any]]] | None = field(default=None, metadata=OPTIONAL)
     draft_tokens: int | None = None  # a fixed draft length for every drafter; None: the engine's adaptive one
+    weights: str = "float32"  # the embedded model's weight format when decoded (`decoding.engine.weights`)
     schema: int = SCHEMA
 
     def to_json(self) -> dict:

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from decoding.engine.weights import Matrix, matrix
+
 
 @dataclass
 class GemmaArgs:
@@ -90,34 +92,6 @@ class KVCache(nn.Module):
     def rows(self, start: int, end: int) -> tuple[Tensor, Tensor]:
         """Views of the keys and values of positions start..end-1: [L, Hkv, end-start, Dh] each."""
         return self.k[:, :, start:end], self.v[:, :, start:end]
-
-
-class Projection(nn.Module):
-    """x [T, in] -> [T, out] for a weight [out, in]; forwards of three rows or more use a oneDNN-packed copy.
-
-    On this kind of CPU a verify forward's few rows are where F.linear is weakest: one layer's four products take
-    2.6 ms for 17 float32 rows unpacked and 1.1 ms with weights packed once, while one or two rows (plain
-    decoding) are faster unpacked and a prompt's hundreds of rows are level. Each row of the packed product does
-    not depend on how many rows there are. The packed copy is a second copy of the weights (about 400 MB for
-    the 270M model's layers in float32).
-    """
-
-    PACKED_FROM_ROWS = 3
-
-    def __init__(self, weight: Tensor):
-        super().__init__()
-        self.weight = nn.Parameter(weight.detach(), requires_grad=False)
-        self.packed: Tensor | None = None
-        if weight.dtype in (torch.float32, torch.bfloat16) and torch.backends.mkldnn.is_available():
-            try:
-                self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, None)
-            except RuntimeError:  # a build without this op: the plain product only
-                self.packed = None
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.packed is not None and x.shape[0] >= self.PACKED_FROM_ROWS:
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
-        return F.linear(x, self.weight)
 
 
 def head_linear(x: Tensor, w: Tensor) -> Tensor:
@@ -202,17 +176,17 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class Block(nn.Module):
-    def __init__(self, args: GemmaArgs, layer, index: int):
+    def __init__(self, args: GemmaArgs, layer, index: int, weights: str):
         super().__init__()
         attn, mlp = layer.self_attn, layer.mlp
         self.index = index
         self.sliding = args.sliding[index]
         self.n_heads, self.n_kv, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
         self.scale = args.attn_scale
-        self.qkv = Projection(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]))
-        self.out = Projection(attn.o_proj.weight)
-        self.gate_up = Projection(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]))
-        self.down = Projection(mlp.down_proj.weight)
+        self.qkv = matrix(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]), weights)
+        self.out = matrix(attn.o_proj.weight, weights)
+        self.gate_up = matrix(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), weights)
+        self.down = matrix(mlp.down_proj.weight, weights)
         self.q_norm = RMSNorm(attn.q_norm.weight, args.eps)
         self.k_norm = RMSNorm(attn.k_norm.weight, args.eps)
         self.attn_in_norm = RMSNorm(layer.input_layernorm.weight, args.eps)
@@ -246,23 +220,42 @@ class Block(nn.Module):
 
 
 class Gemma3(nn.Module):
-    """forward(tokens, cache) -> final hidden rows; logits(rows) -> vocabulary scores for just those rows."""
+    """forward(tokens, cache) -> final hidden rows; logits(rows) -> vocabulary scores for just those rows.
 
-    def __init__(self, hf_model):
+    `weights`: how the layers' and the output layer's matrices are stored (`decoding.engine.weights`); the input
+    embedding stays as loaded (a token reads one of its rows).
+    """
+
+    def __init__(self, hf_model, weights: str = "float32"):
         super().__init__()
         args = GemmaArgs.from_hf(hf_model.config)
         decoder = hf_model.model
-        self.args = args
+        self.args, self.weights = args, weights
         self.dtype = decoder.embed_tokens.weight.dtype
+        if weights != "float32" and self.dtype != torch.float32:
+            raise ValueError(f"{weights} weights take float32 activations: load the model in float32")
         self.embed = nn.Parameter(decoder.embed_tokens.weight.detach(), requires_grad=False)  # [V, D]
         self.embed_scale = torch.tensor(args.dim**0.5, dtype=self.dtype)
-        self.blocks = nn.ModuleList(Block(args, layer, i) for i, layer in enumerate(decoder.layers))
+        self.blocks = nn.ModuleList(Block(args, layer, i, weights) for i, layer in enumerate(decoder.layers))
         self.norm = RMSNorm(decoder.norm.weight, args.eps)
         self._head_weight = hf_model.get_output_embeddings().weight
         self.head = self._head_weight.detach()  # [V, D]; the embedding when tied
-        if GreedyHead.available(self.head):
+        self.head_matrix: Matrix | None = None if weights == "float32" else matrix(self.head, weights)
+        if self.head_matrix is None and GreedyHead.available(self.head):
             shared_greedy_head(self._head_weight)  # packed now (seconds, once per model), not in the first request
         self._rope_capacity = 0
+
+    def bytes_per_token(self) -> int:
+        """The weight bytes a plain decoding step reads: every layer matrix once, the output layer as the greedy
+        argmax reads it (float32: `GreedyHead`'s float16 copy) and one embedding row."""
+        layers = sum(m.nbytes for m in self.blocks.modules() if isinstance(m, Matrix))
+        if self.head_matrix is not None:
+            head = self.head_matrix.nbytes
+        elif GreedyHead.available(self.head):
+            head = self.head.numel() * 2
+        else:
+            head = self.head.numel() * self.head.element_size()
+        return layers + head + self.embed.shape[1] * self.embed.element_size()
 
     def new_cache(self, capacity: int) -> KVCache:
         self._ensure_rope(capacity)
@@ -316,6 +309,8 @@ class Gemma3(nn.Module):
     @torch.inference_mode()
     def greedy(self, hidden: Tensor) -> list[int]:
         """hidden: [N, D] -> each row's argmax token, as `logits(hidden).argmax(-1)` (the softcap keeps the order)."""
+        if self.head_matrix is not None:
+            return self.head_matrix(hidden.float()).argmax(-1).tolist()
         if not GreedyHead.available(self.head):
             return self.logits(hidden).argmax(-1).tolist()
         return shared_greedy_head(self._head_weight).argmax(hidden.float())
@@ -324,9 +319,12 @@ class Gemma3(nn.Module):
     def logits(self, hidden: Tensor) -> Tensor:
         """hidden: [N, D] -> float32 logits [N, V]."""
         rows = hidden.shape[0]
-        if rows == 1 and self.dtype == torch.float32:
-            hidden = hidden.repeat(2, 1)  # the two-row float32 product is several times faster than one row
-        out = head_linear(hidden, self.head)[:rows].float()
+        if self.head_matrix is not None:
+            out = self.head_matrix(hidden.float())
+        else:
+            if rows == 1 and self.dtype == torch.float32:
+                hidden = hidden.repeat(2, 1)  # the two-row float32 product is several times faster than one row
+            out = head_linear(hidden, self.head)[:rows].float()
         if self.args.final_softcap is not None:
             out = torch.tanh(out / self.args.final_softcap) * self.args.final_softcap
         return out

@@ -47,12 +47,11 @@ class Target(Protocol):
 
 
 class GemmaTarget:
-    def __init__(self, hf_model):
-        self.model = Gemma3(hf_model)
+    def __init__(self, hf_model, weights: str = "float32"):
+        self.model = Gemma3(hf_model, weights)
         self.vocab_size = self.model.args.vocab_size
-        self.logit_chunk = (
-            GREEDY_HEAD_CHUNK if GreedyHead.available(self.model.head) else LOGIT_CHUNK.get(self.model.dtype, 0)
-        )
+        fast_head = self.model.head_matrix is not None or GreedyHead.available(self.model.head)
+        self.logit_chunk = GREEDY_HEAD_CHUNK if fast_head else LOGIT_CHUNK.get(self.model.dtype, 0)
         self.cache: KVCache = self.model.new_cache(1)
 
     @property
@@ -151,13 +150,17 @@ class HFTarget:
         self._length = length
 
 
-def make_target(hf_model, kind: str = "auto") -> GemmaTarget | HFTarget:
-    """kind: "native" (our Gemma 3), "hf" (transformers forward), or "auto" (native when the model is Gemma 3 text)."""
+def make_target(hf_model, kind: str = "auto", weights: str = "float32") -> GemmaTarget | HFTarget:
+    """kind: "native" (our Gemma 3), "hf" (transformers forward), or "auto" (native when the model is Gemma 3 text).
+    `weights`: the native target's weight format (`decoding.engine.weights`); transformers' forward is float32."""
     if kind not in ("auto", "native", "hf"):
         raise ValueError(f"target kind must be auto, native or hf, got {kind!r}")
     is_gemma3 = getattr(hf_model.config, "model_type", None) == "gemma3_text"
     if kind == "native" or (kind == "auto" and is_gemma3):
         if not is_gemma3:
             raise ValueError(f"the native target supports gemma3_text only, not {hf_model.config.model_type!r}")
-        return GemmaTarget(hf_model)
+        return GemmaTarget(hf_model, weights)
+    if weights != "float32":
+        raise ValueError(f"{weights} weights need the native Gemma 3 target; this model runs on transformers' forward "
+                         "in float32")
     return HFTarget(hf_model)

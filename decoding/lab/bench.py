@@ -45,11 +45,12 @@ import torch
 from decoding.drafting.base import Draft, DraftContext, Drafter
 from decoding.drafting.drafters import make_drafter
 from decoding.drafting.mtp import MTPDrafter, MTPError, shared_head
-from decoding.engine.generation import Generation, GenerationRequest, greedy_tokens
-from decoding.engine.loading import load_model, resolve_model_dir
+from decoding.engine.generation import Generation, GenerationRequest, generate, greedy_tokens
+from decoding.engine.loading import WEIGHT_FORMATS, load_model, resolve_model_dir
 from decoding.engine.prefix_cache import PrefixCachingTarget
 from decoding.engine.target import GemmaTarget, Target, make_target
 from decoding.engine.threads import cores, pin_threads
+from decoding.engine.weights import read_bandwidth
 from decoding.lab import vllm_peer
 from decoding.lab.workloads import Workload, shared_prefix_prompts, standard_workloads
 from decoding.serving.chat import stop_token_ids
@@ -63,7 +64,7 @@ COPY_DRAFTERS = ("ngram", "cursor")  # our drafters that copy from the prompt, a
 
 @dataclass
 class Row:
-    dtype: str
+    dtype: str  # the model's dtype; the peers run it too
     threads: int  # 0: auto, the engine's own choice from the free cores
     workload: str
     method: str
@@ -86,6 +87,12 @@ class Row:
     accepted_by: dict[str, int] = field(default_factory=dict)
     draft_ms_per_token: float = 0.0  # the drafter's own time per drafted token
     decode_paired_vs_ngram: float = 0.0  # median over rounds of decode rate ÷ ngram's in the same round
+    weights: str = "float32"  # our rows' weight format (`decoding.engine.weights`); a peer row: the one it ran beside
+
+
+def row_weights(row: Row) -> str:
+    """The weights a row ran with: the peers always run the model's own (float32 or bfloat16)."""
+    return row.dtype if row.method in PEERS or row.dtype != "float32" else row.weights
 
 
 @dataclass
@@ -285,8 +292,10 @@ def bench_workload(
     methods: Sequence[str] = METHODS,
     mtp_k: Sequence[int] = (MTPDrafter.k_max_default,),
     vllm: Mapping[str, str] | None = None,
+    weights: str = "float32",
 ) -> list[Row]:
-    """One row per method and peer; `vllm` maps vLLM row names to their servers' URLs."""
+    """One row per method and peer; `vllm` maps vLLM row names to their servers' URLs; `weights` is the format of
+    `target`'s weights."""
     tok = loaded.tokenizer
     ids = tok(workload.prompt).input_ids
     sources = [tok(workload.prediction, add_special_tokens=False).input_ids] if workload.prediction else []
@@ -323,6 +332,7 @@ def bench_workload(
             accepted_by=r.accepted_by,
             draft_ms_per_token=round(r.draft_ms_per_token, 2),
             decode_paired_vs_ngram=paired.get(name, 0.0),
+            weights=weights,
         )
         for name, r in results.items()
     ]
@@ -396,7 +406,7 @@ def threads_label(threads: int) -> str:
 
 def format_table(rows: list[Row]) -> str:
     head = (
-        f"{'dtype':9} {'thr':>4} {'workload':24} {'method':17} {'tokens':>6} {'prefill':>7} {'sec':>6} {'tok/s':>6} "
+        f"{'weights':9} {'thr':>4} {'workload':24} {'method':17} {'tokens':>6} {'prefill':>7} {'sec':>6} {'tok/s':>6} "
         f"{'vs plain':>8} {'vs peer':>7} {'vs vllm':>7} | {'decode':>6} {'vs plain':>8} {'vs peer':>7} "
         f"{'vs vllm':>7} | {'rep 1st':>7} | {'acc len':>7} {'match':7} {'draft ms':>8}  acceptance at 1,2,..  "
         "accepted by"
@@ -407,7 +417,7 @@ def format_table(rows: list[Row]) -> str:
         by = ", ".join(f"{k} {v}" for k, v in sorted(r.accepted_by.items()))
         match = "yes" if r.matches_plain else f"NO@{r.diverges_at}"
         lines.append(
-            f"{r.dtype:9} {threads_label(r.threads):>4} {r.workload:24} {r.method:17} {r.tokens:>6} "
+            f"{row_weights(r):9} {threads_label(r.threads):>4} {r.workload:24} {r.method:17} {r.tokens:>6} "
             f"{r.prefill_s:>7.2f} {r.seconds:>6.2f} {r.tokens_per_s:>6.2f} {r.speedup_vs_plain:>7.2f}x "
             f"{_times(r.ratio_vs_peer)} {_times(r.ratio_vs_vllm)} | {r.decode_tokens_per_s:>6.2f} "
             f"{r.decode_speedup_vs_plain:>7.2f}x {_times(r.decode_ratio_vs_peer)} {_times(r.decode_ratio_vs_vllm)} | "
@@ -427,9 +437,9 @@ def vllm_summary(rows: Sequence[Row]) -> str:
     `vllm-ngram` and ÷ the transformers peer; empty without vLLM rows."""
     groups: dict[tuple[str, int, str], dict[str, Row]] = {}
     for row in rows:
-        groups.setdefault((row.dtype, row.threads, row.workload), {})[row.method] = row
+        groups.setdefault((_group_weights(row), row.threads, row.workload), {})[row.method] = row
     lines = []
-    for (dtype, threads, workload), by_method in groups.items():
+    for (ours, threads, workload), by_method in groups.items():
         if "vllm" not in by_method:
             continue
         parts = [f"plain ÷ vllm {_pair(by_method['plain'])}"]
@@ -439,7 +449,7 @@ def vllm_summary(rows: Sequence[Row]) -> str:
             parts.append(f"{best.method} ÷ vllm-ngram {_pair(best)}")
             if PEER in by_method:
                 parts.append(f"{best.method} ÷ {PEER} {best.ratio_vs_peer:.2f}x / {best.decode_ratio_vs_peer:.2f}x")
-        lines.append(f"{dtype:9} {threads_label(threads):>4} {workload:24} " + "   ".join(parts))
+        lines.append(f"{ours:9} {threads_label(threads):>4} {workload:24} " + "   ".join(parts))
     if not lines:
         return ""
     return "ours ÷ vLLM per workload (end to end / decode):\n" + "\n".join(lines)
@@ -451,9 +461,14 @@ def paired_summary(rows: Sequence[Row]) -> str:
     for r in rows:
         if r.decode_paired_vs_ngram:
             ratio = f"{r.method} ÷ ngram {r.decode_paired_vs_ngram:.2f}x"
-            groups.setdefault((r.dtype, r.threads, r.workload), []).append(ratio)
+            groups.setdefault((_group_weights(r), r.threads, r.workload), []).append(ratio)
     lines = [f"{d:9} {threads_label(t):>4} {w:24} " + "   ".join(found) for (d, t, w), found in groups.items()]
     return "decode ÷ ngram's in the same round (median over the rounds):\n" + "\n".join(lines) if lines else ""
+
+
+def _group_weights(row: Row) -> str:
+    """The weights of our rows in the row's group (a peer row's group is that of the rows it ran beside)."""
+    return row.weights if row.dtype == "float32" else row.dtype
 
 
 def _pair(row: Row) -> str:
@@ -528,14 +543,17 @@ def run_bench(
     workloads: Sequence[str] | None = None,
     peers: Sequence[str] = (),
     vllm_python: str | None = None,
+    weights: Sequence[str] = ("float32",),
 ) -> list[Row]:
-    """Benchmark every (dtype, threads) pair over the standard workloads; prints each table as it completes."""
+    """Benchmark every (dtype, threads) pair over the standard workloads, each float32 model in every weight format
+    of `weights` beside the same peers; prints each table as it completes, then the engine's own figures."""
     rows: list[Row] = []
     chosen = [w for w in standard_workloads() if not workloads or any(w.name.startswith(p) for p in workloads)]
     with vllm_model(peers, vllm_python, model, echo) as vllm:
         for dtype in dtypes:
             loaded = load_model(model, dtype)
-            target = make_target(loaded.model)
+            formats = list(weights) if dtype == "float32" else ["float32"]  # the formats take float32 activations
+            targets = {fmt: make_target(loaded.model, weights=fmt) for fmt in formats}
             tokenizer = loaded.tokenizer
             shared = [tokenizer(p).input_ids for p in shared_prefix_prompts(tokenizer, PREFIX_TOKENS)]
             context = max(len(ids) for ids in [*shared, *(tokenizer(w.prompt).input_ids for w in chosen)])
@@ -543,23 +561,74 @@ def run_bench(
                 use_threads(n)
                 with ExitStack() as servers:
                     urls = start_vllm(servers, vllm, dtype, n, context + max_new_tokens, echo)
-                    run = partial(
-                        bench_workload, loaded, target, dtype=dtype, threads=n, lookup=lookup, methods=methods,
-                        mtp_k=mtp_k, vllm=urls,
-                    )
-                    run(chosen[-1], 8, repeats=1)  # warm-up
-                    cached = prefix_cache_figures(target, tokenizer) if isinstance(target, GemmaTarget) else None
-                    peers_first = vllm_peer.repeated_prefix_first_token(urls, *shared) if urls else {}
-                    first_tokens = {"plain": cached.warm_s} if cached else {}
-                    for workload in chosen:
-                        new = run(workload, max_new_tokens, repeats=repeats)
-                        for row in new:
-                            row.repeated_prefix_s = round({**first_tokens, **peers_first}.get(row.method, 0.0), 2)
-                        rows += new
-                        echo(format_table(new).split("\n", 2)[-1])
-                costs = verify_cost(target, tokenizer(chosen[0].prompt).input_ids)
-                echo(format_engine(costs, cached, peers_first))
+                    peers_first: dict[str, float] = {}
+                    for fmt, target in targets.items():
+                        run = partial(
+                            bench_workload, loaded, target, dtype=dtype, threads=n, lookup=lookup, methods=methods,
+                            mtp_k=mtp_k, vllm=urls, weights=fmt,
+                        )
+                        run(chosen[-1], 8, repeats=1)  # warm-up
+                        cached = prefix_cache_figures(target, tokenizer) if isinstance(target, GemmaTarget) else None
+                        peers_first = peers_first or (vllm_peer.repeated_prefix_first_token(urls, *shared) if urls
+                                                      else {})
+                        first_tokens = {"plain": cached.warm_s} if cached else {}
+                        for workload in chosen:
+                            new = run(workload, max_new_tokens, repeats=repeats)
+                            for row in new:
+                                row.repeated_prefix_s = round({**first_tokens, **peers_first}.get(row.method, 0.0), 2)
+                            rows += new
+                            echo(format_table(new).split("\n", 2)[-1])
+                        costs = verify_cost(target, tokenizer(chosen[0].prompt).input_ids)
+                        echo(f"{fmt} weights: " + format_engine(costs, cached, peers_first))
+                echo(bandwidth_lines(targets, [r for r in rows if r.dtype == dtype and r.threads == n]))
+            if len(targets) > 1:
+                echo(agreement_lines(targets, tokenizer, chosen, max_new_tokens))
     return rows
+
+
+def bandwidth_lines(targets: Mapping[str, Target], rows: Sequence[Row]) -> str:
+    """The memory bound of plain decoding, measured in this run: the machine's read bandwidth ÷ the weight bytes a
+    plain step reads in each format, and each workload's plain decode speed as a share of it."""
+    bandwidth = read_bandwidth()
+    lines = [f"memory read bandwidth: {bandwidth / 1e9:.1f} GB/s (the best of 5 sums over 1 GiB, on this run's "
+             "threads); plain decode's bound = bandwidth ÷ the weight bytes a plain step reads"]
+    for fmt, target in targets.items():
+        if not isinstance(target, GemmaTarget):
+            continue
+        per_token = target.model.bytes_per_token()
+        bound = bandwidth / per_token
+        plain = [r for r in rows if r.method == "plain" and r.weights == fmt]
+        shares = ", ".join(f"{r.workload} {r.decode_tokens_per_s:.1f} ({100 * r.decode_tokens_per_s / bound:.0f}%)"
+                           for r in plain)
+        lines.append(f"  {fmt:8} {per_token / 1e6:6.0f} MB a token: bound {bound:5.1f} tokens/s; plain decode: "
+                     f"{shares}")
+    return "\n".join(lines)
+
+
+def agreement_lines(targets: Mapping[str, Target], tokenizer, chosen: Sequence[Workload], max_new: int) -> str:
+    """How far each format's greedy choices follow float32's: teacher-forced on float32's plain output of every
+    workload, the share of positions where the format's argmax is float32's token."""
+    reference = targets["float32"]
+    lines = ["each format's greedy token against float32's, teacher-forced on float32's plain output:"]
+    for fmt, target in targets.items():
+        if fmt == "float32":
+            continue
+        same = total = 0
+        for workload in chosen:
+            ids = tokenizer(workload.prompt).input_ids
+            expected = generate(reference, ids, max_new, stop_ids=stop_token_ids(tokenizer)).tokens
+            found = teacher_forced_greedy(target, ids, expected)
+            same += sum(a == b for a, b in zip(found, expected, strict=True))
+            total += len(expected)
+        lines.append(f"  {fmt:8} {100 * same / total:.1f}% of {total} tokens")
+    return "\n".join(lines)
+
+
+def teacher_forced_greedy(target: Target, ids: list[int], continuation: list[int]) -> list[int]:
+    """The target's argmax at each position of `continuation` after `ids`, with the continuation itself as input."""
+    target.reset(len(ids) + len(continuation))
+    hidden = target.forward([*ids, *continuation[:-1]])[len(ids) - 1:]  # [len(continuation), D]
+    return greedy_tokens(target, hidden)
 
 
 def use_threads(threads: int) -> None:
@@ -609,6 +678,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="OUT", help="also write the rows as JSON to OUT")
     parser.add_argument("--model", default=None, metavar="PATH", help="local HF model directory or .gguf file")
     parser.add_argument("--dtype", nargs="+", choices=["float32", "bfloat16"], default=["float32", "bfloat16"])
+    parser.add_argument("--weights", nargs="+", choices=WEIGHT_FORMATS, default=["float32"],
+                        help="weight formats of our float32 rows, each beside the same peers (default: float32)")
     parser.add_argument(
         "--threads",
         nargs="+",
@@ -660,6 +731,7 @@ def bench_from_args(args: argparse.Namespace) -> int:
         workloads=args.workloads,
         peers=args.peers,
         vllm_python=args.vllm_python,
+        weights=args.weights,
     )
     print()
     print(format_table(rows))

@@ -63,7 +63,7 @@ from decoding.engine.grounding import (
     GroundingStats,
     vocabulary,
 )
-from decoding.engine.loading import LoadedModel, load_model
+from decoding.engine.loading import WEIGHT_FORMATS, LoadedModel, load_model
 from decoding.engine.prefix_cache import DEFAULT_MAX_BYTES, PrefixCachingTarget
 from decoding.engine.sampling import SamplingParams
 from decoding.engine.target import GemmaTarget, Target, make_target
@@ -288,13 +288,16 @@ class Service:
     """The loaded model, generating one job at a time (the scheduler's worker calls `run`).
 
     `prefix_cache_bytes` bounds the prefix cache's snapshots (0: no prefix cache); it needs our Gemma target.
+    `weights`: the target's weight format (`decoding.engine.weights`).
     """
 
-    def __init__(self, loaded: LoadedModel, target_kind: str = "auto", prefix_cache_bytes: int = DEFAULT_MAX_BYTES):
+    def __init__(self, loaded: LoadedModel, target_kind: str = "auto", prefix_cache_bytes: int = DEFAULT_MAX_BYTES,
+                 weights: str = "float32"):
         self.loaded = loaded
         self.name = loaded.name
         self.tokenizer = loaded.tokenizer
-        self.model_target = make_target(loaded.model, target_kind)  # what drafters that read the model are given
+        # what drafters that read the model are given
+        self.model_target = make_target(loaded.model, target_kind, weights)
         self.target: Target = self.model_target
         if prefix_cache_bytes and isinstance(self.model_target, GemmaTarget):
             self.target = PrefixCachingTarget(self.model_target, prefix_cache_bytes)
@@ -865,7 +868,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="local Hugging Face model directory or .gguf file (default: the embedded Gemma 3 270M)",
     )
     parser.add_argument(
-        "--dtype", choices=["float32", "bfloat16"], default="float32", help="weight dtype (default: float32)"
+        "--dtype", choices=["float32", "bfloat16"], default="float32", help="model dtype (default: float32)"
+    )
+    parser.add_argument(
+        "--weights", choices=WEIGHT_FORMATS, default="float32",
+        help="how the float32 model's matrices are stored: float32 (exact), float16, int8 or int4 read fewer bytes "
+        "a token (default: float32; docs/serving.md)",
     )
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: the cores other work leaves free)"
@@ -896,6 +904,7 @@ def run_server(
     engine: str = "embedded",
     prefix_cache_mb: int = DEFAULT_MAX_BYTES >> 20,
     max_queued: int = DEFAULT_MAX_QUEUED,
+    weights: str = "float32",
 ) -> None:
     """Load the model, then serve until interrupted; prints the base URL once ready."""
     if engine != "embedded":
@@ -907,7 +916,7 @@ def run_server(
         raise ValueError(f"--prefix-cache-mb must be >= 0, got {prefix_cache_mb}")
     if max_queued < 0:
         raise ValueError(f"--max-queued must be >= 0, got {max_queued}")
-    service = Service(load_model(model, dtype), prefix_cache_bytes=prefix_cache_mb << 20)
+    service = Service(load_model(model, dtype), prefix_cache_bytes=prefix_cache_mb << 20, weights=weights)
     server = make_server(service, host, port, max_queued)
     print(f"Serving {service.name} at http://{host}:{server.server_address[1]}/v1", flush=True)
     try:
@@ -922,7 +931,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
     """Serve with options added by `add_serve_arguments`; a bad option or model path is an error, exit status 2."""
     try:
         run_server(args.host, args.port, args.model, args.dtype, args.threads, args.engine, args.prefix_cache_mb,
-                   args.max_queued)
+                   args.max_queued, args.weights)
     except (FileNotFoundError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

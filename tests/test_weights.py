@@ -1,0 +1,97 @@
+"""The embedded engine's weight formats (decoding.engine.weights): each product is the format's own values times
+the input, row by row the same however many rows come with it, and greedy speculation stays plain decoding."""
+
+import pytest
+import torch
+
+from decoding.drafting.drafters import make_drafter
+from decoding.engine.generation import generate
+from decoding.engine.loading import WEIGHT_FORMATS
+from decoding.engine.target import GemmaTarget, make_target
+from decoding.engine.weights import INT4_GROUP, matrix
+
+QUANTIZED = [fmt for fmt in WEIGHT_FORMATS if fmt != "float32"]
+
+
+@pytest.fixture(scope="module")
+def weight() -> torch.Tensor:
+    torch.manual_seed(1)
+    return torch.randn(96, 128) * torch.linspace(0.01, 2, 96)[:, None]  # rows of very different scales
+
+
+@pytest.mark.parametrize("fmt", WEIGHT_FORMATS)
+def test_a_product_is_the_formats_own_values_times_the_input(weight, fmt):
+    stored = matrix(weight, fmt)
+    x = torch.randn(5, 128)
+    values = stored.rows(torch.arange(96))  # [96, 128] float32
+    torch.testing.assert_close(stored(x), x @ values.T, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("fmt", "worst"), [("float32", 0.0), ("float16", 1e-3), ("int8", 1 / 254),
+                                             ("int4", 1 / 30)])
+def test_each_weight_is_stored_within_half_a_step_of_its_format(weight, fmt, worst):
+    """int8: half a step of its row's largest weight ÷ 127; int4: half of its group's range ÷ 15; float16: its
+    rounding (relative)."""
+    error = (matrix(weight, fmt).rows(torch.arange(96)) - weight).abs()
+    if fmt == "int4":
+        groups = weight.view(96, -1, INT4_GROUP)
+        spread = (groups.amax(-1) - groups.amin(-1)).repeat_interleave(INT4_GROUP, dim=1)
+        assert (error <= worst * spread + 1e-6).all()
+    elif fmt == "int8":
+        assert (error <= worst * weight.abs().amax(1, keepdim=True) + 1e-6).all()
+    else:
+        assert (error <= worst * weight.abs() + 1e-7).all()
+
+
+@pytest.mark.parametrize("fmt", QUANTIZED)
+def test_each_row_of_a_product_is_the_same_whatever_rows_come_with_it(weight, fmt):
+    """What makes greedy speculation lossless: a verify forward's row is the one-row plain step's, bit for bit."""
+    stored = matrix(weight, fmt)
+    x = torch.randn(17, 128)
+    together = stored(x)
+    for row in (0, 3, 16):
+        assert torch.equal(stored(x[row : row + 1])[0], together[row])
+
+
+def test_an_unknown_format_is_refused_naming_the_choices(weight, tiny_gemma):
+    with pytest.raises(ValueError, match="weights must be one of float32, float16, int8, int4, not 'int3'"):
+        matrix(weight, "int3")
+    with pytest.raises(ValueError, match="int8 weights need the native Gemma 3 target"):
+        make_target(tiny_gemma, "hf", weights="int8")
+
+
+@pytest.mark.parametrize("fmt", WEIGHT_FORMATS)
+def test_greedy_speculation_is_plain_decoding_in_each_format(tiny_gemma, fmt):
+    """On the tiny model, whose text repeats: ngram drafts are accepted, and the text is plain decoding's."""
+    target = GemmaTarget(tiny_gemma, fmt)
+    prompt = [5, 6, 7, 8, 5, 6, 7, 8, 5, 6]
+    plain = generate(target, prompt, 48).tokens
+    speculative = generate(target, prompt, 48, drafter=make_drafter("ngram")).tokens
+    assert speculative == plain
+    assert target.model.greedy(target.model(torch.tensor(prompt), target.model.new_cache(16))[-1:]) == [plain[0]]
+
+
+def test_a_format_reads_fewer_bytes_a_token(tiny_gemma):
+    read = {fmt: GemmaTarget(tiny_gemma, fmt).model.bytes_per_token() for fmt in WEIGHT_FORMATS}
+    assert read["float32"] > read["float16"] > read["int8"] > read["int4"]
+    assert read["int8"] < read["float32"] / 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", QUANTIZED)
+def test_the_embedded_models_greedy_speculation_is_its_plain_decoding_in_each_format(embedded_model, fmt):
+    """The 270M model in each format on a copy edit: the cursor drafter's text is plain decoding's of the same
+    weights, with most tokens drafted, and the weights are what they say (fewer bytes a token than float32)."""
+    from decoding.lab.workloads import standard_workloads
+
+    workload = next(w for w in standard_workloads() if w.name.startswith("copy-edit"))
+    tokenizer = embedded_model.tokenizer
+    ids = tokenizer(workload.prompt).input_ids
+    sources = [tokenizer(workload.prediction, add_special_tokens=False).input_ids]
+    target = GemmaTarget(embedded_model.model, fmt)
+    plain = generate(target, ids, 48)
+    spec = generate(target, ids, 48, drafter=make_drafter("cursor", tokenizer=tokenizer), sources=sources)
+    assert spec.tokens == plain.tokens and len(plain.tokens) == 48
+    assert spec.stats.target_forwards < len(spec.tokens) / 2
+    float32 = GemmaTarget(embedded_model.model).model.bytes_per_token()
+    assert target.model.bytes_per_token() < float32 / 1.5
