@@ -157,7 +157,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                "affords (verifying N rows costs about one there); default: the engine's adaptive "
                                "length, which suits a CPU")
     decoding.add_argument("--weights", choices=WEIGHT_FORMATS, default="float32",
-                          help="the embedded model's weight format: float32 (exact), float16, int8 or int4 read "
+                          help="the embedded model's weight format: float32 (exact); float16 and int8 read "
                                "fewer bytes a token (default: float32)")
     live = parser.add_argument_group("live model: each case through the agent's edit turn")
     live.add_argument("--model", metavar="M",

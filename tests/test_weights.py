@@ -8,7 +8,7 @@ from decoding.drafting.drafters import make_drafter
 from decoding.engine.generation import generate
 from decoding.engine.loading import WEIGHT_FORMATS
 from decoding.engine.target import GemmaTarget, make_target
-from decoding.engine.weights import INT4_GROUP, matrix
+from decoding.engine.weights import matrix
 
 QUANTIZED = [fmt for fmt in WEIGHT_FORMATS if fmt != "float32"]
 
@@ -19,25 +19,23 @@ def weight() -> torch.Tensor:
     return torch.randn(96, 128) * torch.linspace(0.01, 2, 96)[:, None]  # rows of very different scales
 
 
-@pytest.mark.parametrize("fmt", WEIGHT_FORMATS)
-def test_a_product_is_the_formats_own_values_times_the_input(weight, fmt):
+@pytest.mark.parametrize(("fmt", "error"), [("float32", 1e-6), ("float16", 1e-6), ("int8", 0.01)])
+def test_a_product_is_the_formats_own_weights_times_the_input(weight, fmt, error):
+    """float32 and float16: up to the sums' rounding; int8 also rounds each input row to 8 bits of its largest
+    value (about half a percent of the result's size)."""
     stored = matrix(weight, fmt)
     x = torch.randn(5, 128)
+    x[2] *= 1000  # rows of very different sizes: each is quantized on its own
     values = stored.rows(torch.arange(96))  # [96, 128] float32
-    torch.testing.assert_close(stored(x), x @ values.T, rtol=1e-4, atol=1e-4)
+    expected = x @ values.T
+    assert ((stored(x) - expected).norm(dim=1) <= error * expected.norm(dim=1)).all()
 
 
-@pytest.mark.parametrize(("fmt", "worst"), [("float32", 0.0), ("float16", 1e-3), ("int8", 1 / 254),
-                                             ("int4", 1 / 30)])
+@pytest.mark.parametrize(("fmt", "worst"), [("float32", 0.0), ("float16", 1e-3), ("int8", 1 / 254)])
 def test_each_weight_is_stored_within_half_a_step_of_its_format(weight, fmt, worst):
-    """int8: half a step of its row's largest weight ÷ 127; int4: half of its group's range ÷ 15; float16: its
-    rounding (relative)."""
+    """int8: half a step of its row's largest weight ÷ 127; float16: its rounding (relative)."""
     error = (matrix(weight, fmt).rows(torch.arange(96)) - weight).abs()
-    if fmt == "int4":
-        groups = weight.view(96, -1, INT4_GROUP)
-        spread = (groups.amax(-1) - groups.amin(-1)).repeat_interleave(INT4_GROUP, dim=1)
-        assert (error <= worst * spread + 1e-6).all()
-    elif fmt == "int8":
+    if fmt == "int8":
         assert (error <= worst * weight.abs().amax(1, keepdim=True) + 1e-6).all()
     else:
         assert (error <= worst * weight.abs() + 1e-7).all()
@@ -54,7 +52,7 @@ def test_each_row_of_a_product_is_the_same_whatever_rows_come_with_it(weight, fm
 
 
 def test_an_unknown_format_is_refused_naming_the_choices(weight, tiny_gemma):
-    with pytest.raises(ValueError, match="weights must be one of float32, float16, int8, int4, not 'int3'"):
+    with pytest.raises(ValueError, match="weights must be one of float32, float16, int8, not 'int3'"):
         matrix(weight, "int3")
     with pytest.raises(ValueError, match="int8 weights need the native Gemma 3 target"):
         make_target(tiny_gemma, "hf", weights="int8")
@@ -73,7 +71,7 @@ def test_greedy_speculation_is_plain_decoding_in_each_format(tiny_gemma, fmt):
 
 def test_a_format_reads_fewer_bytes_a_token(tiny_gemma):
     read = {fmt: GemmaTarget(tiny_gemma, fmt).model.bytes_per_token() for fmt in WEIGHT_FORMATS}
-    assert read["float32"] > read["float16"] > read["int8"] > read["int4"]
+    assert read["float32"] > read["float16"] > read["int8"]
     assert read["int8"] < read["float32"] / 3
 
 
@@ -94,4 +92,4 @@ def test_the_embedded_models_greedy_speculation_is_its_plain_decoding_in_each_fo
     assert spec.tokens == plain.tokens and len(plain.tokens) == 48
     assert spec.stats.target_forwards < len(spec.tokens) / 2
     float32 = GemmaTarget(embedded_model.model).model.bytes_per_token()
-    assert target.model.bytes_per_token() < float32 / 1.5
+    assert target.model.bytes_per_token() < 0.75 * float32  # float32 already reads the output layer in float16

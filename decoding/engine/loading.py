@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 EMBEDDED_NAME = "gemma-3-270m"
 DTYPES = ("float32", "bfloat16")  # torch dtype names; torch is imported only to load (the tokenizer needs none)
-WEIGHT_FORMATS = ("float32", "float16", "int8", "int4")  # how a float32 model's matrices are stored: engine/weights.py
+WEIGHT_FORMATS = ("float32", "float16", "int8")  # how a float32 model's matrices are stored: engine/weights.py
 
 
 def cache_root() -> Path:

@@ -1,18 +1,21 @@
 """Weight formats of the embedded engine: how the decoder's matrices are stored and multiplied.
 
 Plain decoding reads every weight once per token, so on a CPU its speed is set by the bytes it reads. Each format
-stores the layers' and the output layer's matrices differently; activations and sums stay float32 in all of them.
+stores the layers' and the output layer's matrices differently; what enters and leaves each product is float32.
 
 | format  | bytes a weight | product |
 |---|---|---|
 | float32 | 4 | oneDNN (packed for 3+ rows); the output layer's argmax through `gemma.GreedyHead`: exact |
-| float16 | 2 | fbgemm's half-precision product |
-| int8    | 1 | symmetric per output row (gpt-fast's int8 weight-only), `aten._weight_int8pack_mm` |
-| int4    | ½ + a scale and a zero per 32 | asymmetric per group of 32 inputs, `aten._weight_int4pack_mm_for_cpu` |
+| float16 | 2 | fbgemm's half-precision product, float32 sums |
+| int8    | 1 | fbgemm's int8 product: a scale per output row, each input row quantized to 8 bits by its own |
+|         |   | largest value, integer sums |
 
-The float16, int8 and int4 products give each row the same result however many rows come with it (tested), so
-a verify forward of k+1 rows scores each row as a one-row plain step does: greedy speculative decoding gives the
-plain decoding of the same weights. Their greedy token is the argmax of their own logits.
+The float16 and int8 products give each row the same result however many rows come with it (tested), so a verify
+forward of k+1 rows scores each row as a one-row plain step does: greedy speculative decoding gives the plain
+decoding of the same weights. Their greedy token is the argmax of their own logits.
+
+torch's weight-only kernels (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`) read 6 and 0.8 GB/s on the
+machine of docs/measurements.md, against 21 GB/s for a float32 sum, so no format uses them.
 """
 
 from __future__ import annotations
@@ -24,10 +27,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from decoding.engine.loading import WEIGHT_FORMATS
-
-INT4_GROUP = 32  # inputs per int4 scale and zero
-INT4_MAX = 15
-INT4_ROWS = 16  # torch's int4 CPU layout packs output rows in sixteens
 
 
 class Matrix(nn.Module):
@@ -93,56 +92,39 @@ class Float16Matrix(Matrix):
 
 
 class Int8Matrix(Matrix):
-    """int8 weights, one float32 scale per output row: W ≈ q * scale, q in -127..127."""
+    """int8 weights with one scale per output row, in fbgemm's packed layout, times each input row quantized to 8
+    bits by its own largest magnitude: the sums are integers, so a row's result is exact whatever rows come with it.
+
+    fbgemm quantizes its input over the whole batch, so each row is first divided by its own largest magnitude and a
+    row holding 1 and -1 joins the batch: the batch's range is then always [-1, 1], each row's 8-bit values depend on
+    that row alone, and its result is multiplied back.
+    """
 
     def __init__(self, weight: Tensor):
         super().__init__()
         w = weight.detach().float()
-        self.scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)  # [out]
-        self.q = (w / self.scale[:, None]).round().clamp(-127, 127).to(torch.int8)  # [out, in]
-        self.nbytes = self.q.numel() + self.scale.numel() * 4
+        scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)  # [out]
+        zero = torch.zeros(len(scale), dtype=torch.long)
+        with warnings.catch_warnings():  # quantized tensors are deprecated in favour of torchao, still in torch
+            warnings.simplefilter("ignore")
+            quantized = torch.quantize_per_channel(w, scale.double(), zero, 0, torch.qint8)
+        self.packed = torch.ops.quantized.linear_prepack(quantized, None)
+        self.range_row = torch.zeros(1, w.shape[1])
+        self.range_row[0, :2] = torch.tensor([1.0, -1.0])
+        self.nbytes = w.numel() + len(scale) * 4
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.ops.aten._weight_int8pack_mm(x.float(), self.q, self.scale)
+        largest = x.float().abs().amax(dim=1, keepdim=True).clamp(min=1e-30)  # [T, 1]
+        unit = torch.cat([x.float() / largest, self.range_row])  # [T+1, in], every row within [-1, 1]
+        return torch.ops.quantized.linear_dynamic(unit, self.packed, False)[:-1] * largest
 
     def rows(self, index: Tensor) -> Tensor:
-        return self.q[index].float() * self.scale[index, None]
-
-
-class Int4Matrix(Matrix):
-    """4-bit weights, a float32 scale and zero per group of INT4_GROUP inputs: W ≈ (q - 8) * scale + zero with q in
-    0..15 (the layout of torch's int4 CPU product), the group's range spread over the 16 levels."""
-
-    def __init__(self, weight: Tensor):
-        super().__init__()
-        rows, inputs = weight.shape
-        if inputs % INT4_GROUP:
-            raise ValueError(f"int4 weights need a multiple of {INT4_GROUP} inputs, not {inputs}")
-        self.out = rows
-        out = -(-rows // INT4_ROWS) * INT4_ROWS  # zero rows pad it to the layout, cut from every product
-        padded = F.pad(weight.detach().float(), (0, 0, 0, out - rows))
-        groups = padded.view(out, inputs // INT4_GROUP, INT4_GROUP)
-        low, high = groups.amin(-1, keepdim=True), groups.amax(-1, keepdim=True)
-        scale = ((high - low) / INT4_MAX).clamp(min=1e-12)  # [out, G, 1]
-        q = ((groups - low) / scale).round().clamp(0, INT4_MAX).to(torch.int32)  # [out, G, 32]
-        zero = low + 8 * scale
-        self.q = q.view(out, inputs).to(torch.uint8)  # unpacked, for `rows`
-        self.scale, self.zero = scale[..., 0], zero[..., 0]  # [out, G]
-        self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.view(out, inputs), 1)  # [out, in/2]
-        self.scales_and_zeros = torch.stack([self.scale, self.zero], dim=-1).transpose(0, 1).contiguous()  # [G, out, 2]
-        self.nbytes = self.packed.numel() + self.scales_and_zeros.numel() * 4
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.float(), self.packed, INT4_GROUP, self.scales_and_zeros)
-        return y if y.shape[1] == self.out else y[:, : self.out]
-
-    def rows(self, index: Tensor) -> Tensor:
-        q = self.q[index].float().view(len(index), -1, INT4_GROUP)  # [n, G, 32]
-        return ((q - 8) * self.scale[index, :, None] + self.zero[index, :, None]).view(len(index), -1)
+        weight, _ = torch.ops.quantized.linear_unpack(self.packed)
+        return weight.dequantize()[index]
 
 
 MATRICES: dict[str, type[Matrix]] = {
-    "float32": Float32Matrix, "float16": Float16Matrix, "int8": Int8Matrix, "int4": Int4Matrix,
+    "float32": Float32Matrix, "float16": Float16Matrix, "int8": Int8Matrix,
 }
 
 

@@ -872,7 +872,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--weights", choices=WEIGHT_FORMATS, default="float32",
-        help="how the float32 model's matrices are stored: float32 (exact), float16, int8 or int4 read fewer bytes "
+        help="how the float32 model's matrices are stored: float32 (exact); float16 and int8 read fewer bytes "
         "a token (default: float32; docs/serving.md)",
     )
     parser.add_argument(
