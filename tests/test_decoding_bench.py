@@ -93,3 +93,32 @@ def test_drafters_are_compared_with_ngram_round_by_round():
     ]
     assert paired_summary(rows).splitlines()[1].endswith("hybrid ÷ ngram 1.00x")
     assert paired_summary(rows[:1]) == ""
+
+
+def test_the_bandwidth_lines_give_each_formats_bytes_bound_and_plain_share(tiny_gemma, monkeypatch):
+    from decoding.engine.target import GemmaTarget
+    from decoding.lab import bench
+
+    targets = {fmt: GemmaTarget(tiny_gemma, fmt) for fmt in ("float32", "int8")}
+    monkeypatch.setattr(bench, "read_bandwidth", lambda: 20e9)  # the measurement itself is the machine's
+    per_token = targets["int8"].model.bytes_per_token()
+    rows = [Row("float32", 2, "free-text", "plain", 8, 1.0, 8.0, decode_tokens_per_s=0.5 * 20e9 / per_token,
+                weights="int8"),
+            Row("float32", 2, "free-text", "ngram", 8, 1.0, 8.0, decode_tokens_per_s=1.0, weights="int8")]
+    lines = bench.bandwidth_lines(targets, rows).splitlines()
+    assert lines[0].startswith("memory read bandwidth: 20.0 GB/s")
+    (int8,) = [line for line in lines if line.split()[0] == "int8"]
+    assert f"bound {20e9 / per_token:5.1f} tokens/s" in int8 and int8.endswith("(50%)")
+    assert "float32" in lines[1] and "plain decode: " in lines[1]  # no float32 rows: nothing to divide
+
+
+def test_teacher_forcing_a_targets_own_greedy_text_gives_that_text(tiny_gemma):
+    from decoding.engine.generation import generate
+    from decoding.engine.target import GemmaTarget
+    from decoding.lab.bench import teacher_forced_greedy
+
+    for fmt in ("float32", "int8"):
+        target = GemmaTarget(tiny_gemma, fmt)
+        prompt = [3, 1, 4, 1, 5, 9, 2, 6]
+        plain = generate(target, prompt, 20).tokens
+        assert teacher_forced_greedy(target, prompt, plain) == plain

@@ -175,12 +175,19 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + rotated * sin
 
 
+# A forward of at most this many rows (a decoding step, a verify forward) attends one row at a time, each as a
+# one-row step does: the same keys, the same kernel, so every row's attention is bit for bit the plain step's
+# whatever rows come with it. A prompt's hundreds of rows attend at once under a mask.
+ROW_BY_ROW = 32
+
+
 class Block(nn.Module):
     def __init__(self, args: GemmaArgs, layer, index: int, weights: str):
         super().__init__()
         attn, mlp = layer.self_attn, layer.mlp
         self.index = index
         self.sliding = args.sliding[index]
+        self.window = args.sliding_window
         self.n_heads, self.n_kv, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
         self.scale = args.attn_scale
         self.qkv = matrix(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]), weights)
@@ -206,12 +213,25 @@ class Block(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         cache.k[self.index, :, start : start + T] = k
         cache.v[self.index, :, start : start + T] = v
-        keys = cache.k[self.index, :, lo : start + T]  # [Hkv, S, Dh]
-        values = cache.v[self.index, :, lo : start + T]
-        out = F.scaled_dot_product_attention(
-            q.unsqueeze(0), keys.unsqueeze(0), values.unsqueeze(0), attn_mask=mask, scale=self.scale, enable_gqa=True
-        )  # [1, H, T, Dh]
-        return self.out(out[0].transpose(0, 1).reshape(T, q_size))
+        if T <= ROW_BY_ROW:
+            out = torch.cat([self._attend(q[:, i : i + 1], cache, start + i) for i in range(T)], dim=1)  # [H, T, Dh]
+        else:
+            keys = cache.k[self.index, :, lo : start + T]  # [Hkv, S, Dh]
+            values = cache.v[self.index, :, lo : start + T]
+            out = F.scaled_dot_product_attention(
+                q.unsqueeze(0), keys.unsqueeze(0), values.unsqueeze(0), attn_mask=mask, scale=self.scale,
+                enable_gqa=True,
+            )[0]  # [H, T, Dh]
+        return self.out(out.transpose(0, 1).reshape(T, q_size))
+
+    def _attend(self, q: Tensor, cache: KVCache, position: int) -> Tensor:
+        """q: [H, 1, Dh] at `position`, over every key it sees (its window, on a sliding layer) -> [H, 1, Dh]."""
+        lo = max(0, position - self.window + 1) if self.sliding else 0
+        keys = cache.k[self.index, :, lo : position + 1]  # [Hkv, S, Dh]
+        values = cache.v[self.index, :, lo : position + 1]
+        return F.scaled_dot_product_attention(
+            q.unsqueeze(0), keys.unsqueeze(0), values.unsqueeze(0), scale=self.scale, enable_gqa=True
+        )[0]
 
     def forward(self, x: Tensor, cache: KVCache, start: int, rope, mask: Tensor, lo: int) -> Tensor:
         x = x + self.attn_out_norm(self.attention(self.attn_in_norm(x), cache, start, rope, mask, lo))

@@ -24,6 +24,11 @@ the `rep 1st` column is the time to the first token of a prompt whose 2,000-toke
 rest. The machine's load average is printed at the start and the end: ratios hold under load, absolute speeds
 do not. `--threads auto` lets the engine choose its threads from the free cores as it does when serving (the
 transformers peer and vLLM then get every core).
+
+`--weights float32 float16 int8` runs our float32 rows in each weight format (`decoding.engine.weights`), each
+format's rows beside the same peers. After the tables: the machine's read bandwidth measured in the run, each
+format's weight bytes per plain step and the memory bound they give (bandwidth ÷ bytes), plain decode as a share
+of it, and how often each format's greedy token is float32's, teacher-forced on float32's output.
 """
 
 from __future__ import annotations
