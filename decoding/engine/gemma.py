@@ -175,9 +175,11 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + rotated * sin
 
 
-# A forward of at most this many rows (a decoding step, a verify forward) attends one row at a time, each as a
-# one-row step does: the same keys, the same kernel, so every row's attention is bit for bit the plain step's
-# whatever rows come with it. A prompt's hundreds of rows attend at once under a mask.
+# In the formats whose products never depend on the other rows (`decoding.engine.weights`), a forward of at most
+# this many rows (a decoding step, a verify forward) attends one row at a time, each as a one-row step does: the same
+# keys, the same kernel, so every row is bit for bit the plain step's. A prompt's hundreds of rows attend at once
+# under a mask, as every float32 forward does (its layers' products differ by row count anyway, and `GreedyHead`
+# makes its argmax exact).
 ROW_BY_ROW = 32
 
 
@@ -188,6 +190,7 @@ class Block(nn.Module):
         self.index = index
         self.sliding = args.sliding[index]
         self.window = args.sliding_window
+        self.row_invariant = weights != "float32"  # its products are: attend a row at a time too
         self.n_heads, self.n_kv, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
         self.scale = args.attn_scale
         self.qkv = matrix(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]), weights)
@@ -213,7 +216,7 @@ class Block(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         cache.k[self.index, :, start : start + T] = k
         cache.v[self.index, :, start : start + T] = v
-        if T <= ROW_BY_ROW:
+        if self.row_invariant and T <= ROW_BY_ROW:
             out = torch.cat([self._attend(q[:, i : i + 1], cache, start + i) for i in range(T)], dim=1)  # [H, T, Dh]
         else:
             keys = cache.k[self.index, :, lo : start + T]  # [Hkv, S, Dh]
