@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from decoding.engine.loading import WEIGHT_FORMATS
+from decoding.engine.loading import WEIGHT_FORMATS, WEIGHTS_HELP
 from evals.cases import load_cases, load_suite, mine_git, one_per_language, shortest, stratify
 from evals.progress import Progress
 from evals.report import plot, render, write_report
@@ -156,9 +156,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           help="every drafter drafts N tokens at every step, as vLLM's ngram does and as a GPU "
                                "affords (verifying N rows costs about one there); default: the engine's adaptive "
                                "length, which suits a CPU")
-    decoding.add_argument("--weights", choices=WEIGHT_FORMATS, default="float32",
-                          help="the embedded model's weight format: float32 (exact); float16 and int8 read "
-                               "fewer bytes a token (default: float32)")
+    decoding.add_argument("--weights", choices=WEIGHT_FORMATS, default="float32", help=WEIGHTS_HELP)
     live = parser.add_argument_group("live model: each case through the agent's edit turn")
     live.add_argument("--model", metavar="M",
                       help="a litellm model name, or 'embedded' to start the embedded server")

@@ -26,6 +26,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 EMBEDDED_NAME = "gemma-3-270m"
 DTYPES = ("float32", "bfloat16")  # torch dtype names; torch is imported only to load (the tokenizer needs none)
 WEIGHT_FORMATS = ("float32", "float16", "int8")  # how a float32 model's matrices are stored: engine/weights.py
+WEIGHTS_HELP = ("how the float32 model's matrices are stored: float32 (exact, the default); float16 and int8 read "
+                "fewer bytes a token (docs/serving.md, Weight formats)")
 
 
 def cache_root() -> Path:

@@ -51,7 +51,7 @@ from decoding.drafting.base import Draft, DraftContext, Drafter
 from decoding.drafting.drafters import make_drafter
 from decoding.drafting.mtp import MTPDrafter, MTPError, shared_head
 from decoding.engine.generation import Generation, GenerationRequest, generate, greedy_tokens
-from decoding.engine.loading import WEIGHT_FORMATS, load_model, resolve_model_dir
+from decoding.engine.loading import WEIGHT_FORMATS, WEIGHTS_HELP, load_model, resolve_model_dir
 from decoding.engine.prefix_cache import PrefixCachingTarget
 from decoding.engine.target import GemmaTarget, Target, make_target
 from decoding.engine.threads import cores, pin_threads
@@ -684,7 +684,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, metavar="PATH", help="local HF model directory or .gguf file")
     parser.add_argument("--dtype", nargs="+", choices=["float32", "bfloat16"], default=["float32", "bfloat16"])
     parser.add_argument("--weights", nargs="+", choices=WEIGHT_FORMATS, default=["float32"],
-                        help="weight formats of our float32 rows, each beside the same peers (default: float32)")
+                        help=f"{WEIGHTS_HELP}; each format's rows run beside the same peers")
     parser.add_argument(
         "--threads",
         nargs="+",
@@ -724,20 +724,9 @@ def bench_from_args(args: argparse.Namespace) -> int:
         return 2
     print(load_line("start"))
     print(format_table([]))
-    rows = run_bench(
-        args.dtype,
-        args.threads,
-        args.max_tokens,
-        args.model,
-        args.lookup,
-        args.repeats,
-        methods=args.methods,
-        mtp_k=args.mtp_k,
-        workloads=args.workloads,
-        peers=args.peers,
-        vllm_python=args.vllm_python,
-        weights=args.weights,
-    )
+    rows = run_bench(args.dtype, args.threads, args.max_tokens, args.model, args.lookup, args.repeats,
+                     methods=args.methods, mtp_k=args.mtp_k, workloads=args.workloads, peers=args.peers,
+                     vllm_python=args.vllm_python, weights=args.weights)
     print()
     print(format_table(rows))
     notes = (vllm_summary(rows), paired_summary(rows), llama_cpp_note(), mtp_held_out_note(args.methods),

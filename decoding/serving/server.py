@@ -63,7 +63,7 @@ from decoding.engine.grounding import (
     GroundingStats,
     vocabulary,
 )
-from decoding.engine.loading import WEIGHT_FORMATS, LoadedModel, load_model
+from decoding.engine.loading import WEIGHT_FORMATS, WEIGHTS_HELP, LoadedModel, load_model
 from decoding.engine.prefix_cache import DEFAULT_MAX_BYTES, PrefixCachingTarget
 from decoding.engine.sampling import SamplingParams
 from decoding.engine.target import GemmaTarget, Target, make_target
@@ -870,11 +870,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype", choices=["float32", "bfloat16"], default="float32", help="model dtype (default: float32)"
     )
-    parser.add_argument(
-        "--weights", choices=WEIGHT_FORMATS, default="float32",
-        help="how the float32 model's matrices are stored: float32 (exact); float16 and int8 read fewer bytes "
-        "a token (default: float32; docs/serving.md)",
-    )
+    parser.add_argument("--weights", choices=WEIGHT_FORMATS, default="float32", help=WEIGHTS_HELP)
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: the cores other work leaves free)"
     )
