@@ -245,7 +245,7 @@ def fake_decoding(monkeypatch, decoded: list[str], stop_at: str | None = None) -
         figures = {"tokens": 9, "target_forwards": len(case["id"]), "seconds": 1.0, "drafted": 0, "accepted": 0}
         return {d: evals.decode.drafter_totals({f: dict(figures) for f in formats}) for d in drafters}
 
-    monkeypatch.setattr(evals.decode, "Decoder", lambda loaded: SimpleNamespace())
+    monkeypatch.setattr(evals.decode, "Decoder", lambda loaded, weights="float32": SimpleNamespace())
     monkeypatch.setattr(evals.decode, "decode_case", decode_case)
     monkeypatch.setattr("decoding.engine.loading.load_model", lambda *args, **kwargs: None)
 
@@ -275,6 +275,23 @@ def test_an_interrupted_decoding_run_keeps_its_cases_and_resume_decodes_only_the
     decoded.clear()  # asking for a drafter the report lacks decodes every case again
     assert main([*argv, "--drafters", "off,cursor", "--resume"]) == 0
     assert decoded == ids
+
+
+def test_resume_keeps_figures_only_from_a_report_decoded_with_the_same_weights(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "eval.json"
+    argv = ["--limit", "2", "--formats", "ot", "--decode-formats", "ot", "--drafters", "off",
+            "--free-running-tokens", "0", "--json", str(out)]
+    decoded: list[str] = []
+    fake_decoding(monkeypatch, decoded)
+    assert main([*argv, "--weights", "int8"]) == 0
+    assert json.loads(out.read_text())["weights"] == "int8"
+    saved = out.read_text()
+    assert main([*argv, "--resume"]) == 2
+    assert "decoded with --weights int8, not float32" in capsys.readouterr().err
+    assert out.read_text() == saved
+    decoded.clear()
+    assert main([*argv, "--weights", "int8", "--resume"]) == 0
+    assert decoded == []
 
 
 def test_resume_keeps_figures_only_from_a_report_decoded_with_the_same_draft_length(tmp_path, monkeypatch, capsys):
