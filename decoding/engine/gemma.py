@@ -175,7 +175,7 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + rotated * sin
 
 
-# In the formats whose products never depend on the other rows (`decoding.engine.weights`), a forward of at most
+# In the formats whose products never depend on the other rows (`Matrix.row_invariant`), a forward of at most
 # this many rows (a decoding step, a verify forward) attends one row at a time, each as a one-row step does: the same
 # keys, the same kernel, so every row is bit for bit the plain step's. A prompt's hundreds of rows attend at once
 # under a mask, as every float32 forward does (its layers' products differ by row count anyway, and `GreedyHead`
@@ -190,13 +190,13 @@ class Block(nn.Module):
         self.index = index
         self.sliding = args.sliding[index]
         self.window = args.sliding_window
-        self.row_invariant = weights != "float32"  # its products are: attend a row at a time too
         self.n_heads, self.n_kv, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
         self.scale = args.attn_scale
         self.qkv = matrix(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]), weights)
         self.out = matrix(attn.o_proj.weight, weights)
         self.gate_up = matrix(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), weights)
         self.down = matrix(mlp.down_proj.weight, weights)
+        self.row_invariant = self.qkv.row_invariant  # its products are: attend a row at a time too
         self.q_norm = RMSNorm(attn.q_norm.weight, args.eps)
         self.k_norm = RMSNorm(attn.k_norm.weight, args.eps)
         self.attn_in_norm = RMSNorm(layer.input_layernorm.weight, args.eps)
@@ -253,7 +253,7 @@ class Gemma3(nn.Module):
         super().__init__()
         args = GemmaArgs.from_hf(hf_model.config)
         decoder = hf_model.model
-        self.args, self.weights = args, weights
+        self.args = args
         self.dtype = decoder.embed_tokens.weight.dtype
         if weights != "float32" and self.dtype != torch.float32:
             raise ValueError(f"{weights} weights take float32 activations: load the model in float32")

@@ -34,6 +34,7 @@ class Matrix(nn.Module):
     """x [T, in] float32 -> x @ W.T [T, out] float32, for one weight W [out, in] stored in some format."""
 
     nbytes: int  # what a one-row product reads
+    row_invariant = True  # each row of a product is the same whatever rows come with it, bit for bit
 
     def rows(self, index: Tensor) -> Tensor:
         """The format's values of W's rows `index`, in float32 [n, in]."""
@@ -51,6 +52,7 @@ class Float32Matrix(Matrix):
     """
 
     PACKED_FROM_ROWS = 3
+    row_invariant = False  # the unpacked and the packed products round differently
 
     def __init__(self, weight: Tensor):
         super().__init__()
@@ -77,11 +79,10 @@ class Float16Matrix(Matrix):
 
     def __init__(self, weight: Tensor):
         super().__init__()
-        self.w16 = weight.detach().half()  # [out, in]
         with warnings.catch_warnings():  # fbgemm's ops are deprecated in favour of torchao, still in torch
             warnings.simplefilter("ignore")
-            self.packed = torch.ops.quantized.linear_prepack_fp16(self.w16.float(), None)
-        self.nbytes = self.w16.numel() * 2
+            self.packed = torch.ops.quantized.linear_prepack_fp16(weight.detach().float(), None)  # rounds to half
+        self.nbytes = weight.numel() * 2
 
     def forward(self, x: Tensor) -> Tensor:
         with warnings.catch_warnings():
@@ -89,7 +90,8 @@ class Float16Matrix(Matrix):
             return torch.ops.quantized.linear_dynamic_fp16(x.float(), self.packed)
 
     def rows(self, index: Tensor) -> Tensor:
-        return self.w16[index].float()
+        weight, _ = torch.ops.quantized.linear_unpack_fp16(self.packed)
+        return weight[index]
 
 
 class Int8Matrix(Matrix):
@@ -120,8 +122,8 @@ class Int8Matrix(Matrix):
         return torch.ops.quantized.linear_dynamic(unit, self.packed, False)[:-1] * largest
 
     def rows(self, index: Tensor) -> Tensor:
-        weight, _ = torch.ops.quantized.linear_unpack(self.packed)
-        return weight.dequantize()[index]
+        weight, _ = torch.ops.quantized.linear_unpack(self.packed)  # per-row quantized: not indexable as it is
+        return weight.int_repr()[index].float() * weight.q_per_channel_scales()[index, None].float()
 
 
 MATRICES: dict[str, type[Matrix]] = {

@@ -97,7 +97,7 @@ class Row:
 
 def row_weights(row: Row) -> str:
     """The weights a row ran with: the peers always run the model's own (float32 or bfloat16)."""
-    return row.dtype if row.method in PEERS or row.dtype != "float32" else row.weights
+    return row.dtype if row.method in PEERS else _group_weights(row)
 
 
 @dataclass
