@@ -277,39 +277,30 @@ def test_an_interrupted_decoding_run_keeps_its_cases_and_resume_decodes_only_the
     assert decoded == ids
 
 
-def test_resume_keeps_figures_only_from_a_report_decoded_with_the_same_weights(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(("flag", "value", "field", "written", "refusal"), [
+    ("--draft-tokens", "16", "draft_tokens", 16, "decoded with --draft-tokens 16, not adaptive draft lengths"),
+    ("--weights", "int8", "weights", "int8", "decoded with --weights int8, not float32"),
+])
+def test_resume_keeps_figures_only_from_a_report_decoded_the_same_way(
+        tmp_path, monkeypatch, capsys, flag, value, field, written, refusal):
     out = tmp_path / "eval.json"
     argv = ["--limit", "2", "--formats", "ot", "--decode-formats", "ot", "--drafters", "off",
             "--free-running-tokens", "0", "--json", str(out)]
     decoded: list[str] = []
     fake_decoding(monkeypatch, decoded)
-    assert main([*argv, "--weights", "int8"]) == 0
-    assert json.loads(out.read_text())["weights"] == "int8"
+    assert main([*argv, flag, value]) == 0
+    assert json.loads(out.read_text())[field] == written
     saved = out.read_text()
     assert main([*argv, "--resume"]) == 2
-    assert "decoded with --weights int8, not float32" in capsys.readouterr().err
+    assert refusal in capsys.readouterr().err
     assert out.read_text() == saved
     decoded.clear()
-    assert main([*argv, "--weights", "int8", "--resume"]) == 0
+    assert main([*argv, flag, value, "--resume"]) == 0
     assert decoded == []
 
 
-def test_resume_keeps_figures_only_from_a_report_decoded_with_the_same_draft_length(tmp_path, monkeypatch, capsys):
-    out = tmp_path / "eval.json"
-    argv = ["--limit", "2", "--formats", "ot", "--decode-formats", "ot", "--drafters", "off",
-            "--free-running-tokens", "0", "--json", str(out)]
-    decoded: list[str] = []
-    fake_decoding(monkeypatch, decoded)
-    assert main([*argv, "--draft-tokens", "16"]) == 0
-    assert json.loads(out.read_text())["draft_tokens"] == 16
-    saved = out.read_text()
-    assert main([*argv, "--resume"]) == 2
-    assert "decoded with --draft-tokens 16, not adaptive draft lengths" in capsys.readouterr().err
-    assert out.read_text() == saved
-    decoded.clear()
-    assert main([*argv, "--draft-tokens", "16", "--resume"]) == 0
-    assert decoded == []
-    assert main([*argv, "--draft-tokens", "0"]) == 2
+def test_a_draft_length_out_of_range_is_a_usage_error(capsys):
+    assert main(["--limit", "2", "--drafters", "off", "--draft-tokens", "0"]) == 2
     assert "--draft-tokens must be from 1 to 64, not 0" in capsys.readouterr().err
 
 
