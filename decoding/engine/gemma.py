@@ -70,9 +70,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (xf * self.scale).type_as(x)
+        return F.rms_norm(x.float(), self.scale.shape, self.scale, self.eps).type_as(x)
 
 
 class KVCache(nn.Module):
@@ -175,6 +173,17 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + rotated * sin
 
 
+def signed_sin(sin: Tensor) -> Tensor:
+    """sin [S, Dh] with its first half negated: `rotate` then needs a roll instead of a negated copy."""
+    half = sin.shape[-1] // 2
+    return torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
+
+
+def rotate(x: Tensor, cos: Tensor, sin_signed: Tensor) -> Tensor:
+    """`apply_rope` in four operations, bit for bit: x [..., Dh]; cos, sin_signed broadcast to it."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin_signed
+
+
 # In the formats whose products never depend on the other rows (`Matrix.row_invariant`), a forward of at most
 # this many rows (a decoding step, a verify forward) attends one row at a time, each as a one-row step does: the same
 # keys, the same kernel, so every row is bit for bit the plain step's. A prompt's hundreds of rows attend at once
@@ -197,26 +206,30 @@ class Block(nn.Module):
         self.gate_up = matrix(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), weights)
         self.down = matrix(mlp.down_proj.weight, weights)
         self.row_invariant = self.qkv.row_invariant  # its products are: attend a row at a time too
-        self.q_norm = RMSNorm(attn.q_norm.weight, args.eps)
-        self.k_norm = RMSNorm(attn.k_norm.weight, args.eps)
+        self.eps = args.eps
+        q_scale = (1.0 + attn.q_norm.weight.detach().float()).expand(self.n_heads, -1)
+        k_scale = (1.0 + attn.k_norm.weight.detach().float()).expand(self.n_kv, -1)
+        self.qk_scale = torch.cat([q_scale, k_scale])  # [H+Hkv, Dh]: q's heads and k's normed in one operation
         self.attn_in_norm = RMSNorm(layer.input_layernorm.weight, args.eps)
         self.attn_out_norm = RMSNorm(layer.post_attention_layernorm.weight, args.eps)
         self.mlp_in_norm = RMSNorm(layer.pre_feedforward_layernorm.weight, args.eps)
         self.mlp_out_norm = RMSNorm(layer.post_feedforward_layernorm.weight, args.eps)
 
     def attention(self, x: Tensor, cache: KVCache, start: int, rope: tuple[Tensor, Tensor], mask: Tensor, lo: int):
-        """x: [T, D] at positions start..start+T-1; attends to cache[lo:start+T] under `mask` [T, start+T-lo]."""
+        """x: [T, D] at positions start..start+T-1; attends to cache[lo:start+T] under `mask` [T, start+T-lo].
+        rope: cos and `signed_sin` [T, 1, Dh]."""
         T = x.shape[0]
-        q_size, kv_size = self.n_heads * self.head_dim, self.n_kv * self.head_dim
-        q, k, v = self.qkv(x).split([q_size, kv_size, kv_size], dim=-1)
-        q = self.q_norm(q.view(T, self.n_heads, self.head_dim).transpose(0, 1))  # [H, T, Dh]
-        k = self.k_norm(k.view(T, self.n_kv, self.head_dim).transpose(0, 1))  # [Hkv, T, Dh]
-        v = v.view(T, self.n_kv, self.head_dim).transpose(0, 1)  # [Hkv, T, Dh]
-        cos, sin = rope
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        H, Hkv = self.n_heads, self.n_kv
+        qkv = self.qkv(x).view(T, H + 2 * Hkv, self.head_dim)
+        qk = F.rms_norm(qkv[:, : H + Hkv], (self.head_dim,), None, self.eps) * self.qk_scale  # [T, H+Hkv, Dh]
+        qk = rotate(qk, *rope)
+        q, k = qk[:, :H].transpose(0, 1), qk[:, H:].transpose(0, 1)  # [H, T, Dh], [Hkv, T, Dh]
+        v = qkv[:, H + Hkv :].transpose(0, 1)  # [Hkv, T, Dh]
         cache.k[self.index, :, start : start + T] = k
         cache.v[self.index, :, start : start + T] = v
-        if self.row_invariant and T <= ROW_BY_ROW:
+        if self.row_invariant and T == 1:
+            out = self._attend(q, cache, start)  # [H, 1, Dh]
+        elif self.row_invariant and T <= ROW_BY_ROW:
             out = torch.cat([self._attend(q[:, i : i + 1], cache, start + i) for i in range(T)], dim=1)  # [H, T, Dh]
         else:
             keys = cache.k[self.index, :, lo : start + T]  # [Hkv, S, Dh]
@@ -225,7 +238,7 @@ class Block(nn.Module):
                 q.unsqueeze(0), keys.unsqueeze(0), values.unsqueeze(0), attn_mask=mask, scale=self.scale,
                 enable_gqa=True,
             )[0]  # [H, T, Dh]
-        return self.out(out.transpose(0, 1).reshape(T, q_size))
+        return self.out(out.transpose(0, 1).reshape(T, H * self.head_dim))
 
     def _attend(self, q: Tensor, cache: KVCache, position: int) -> Tensor:
         """q: [H, 1, Dh] at `position`, over every key it sees (its window, on a sliding layer) -> [H, 1, Dh]."""
@@ -289,9 +302,14 @@ class Gemma3(nn.Module):
         if capacity <= self._rope_capacity:
             return
         a = self.args
-        self.rope_local = tuple(t.to(self.dtype) for t in rope_table(a.rope_local_base, a.head_dim, capacity))
-        self.rope_global = tuple(t.to(self.dtype) for t in rope_table(a.rope_global_base, a.head_dim, capacity))
+        self.rope_local = self._rope_rows(a.rope_local_base, capacity)
+        self.rope_global = self._rope_rows(a.rope_global_base, capacity)
         self._rope_capacity = capacity
+
+    def _rope_rows(self, base: float, capacity: int) -> tuple[Tensor, Tensor]:
+        """cos and `signed_sin` [S, 1, Dh]: a position's row broadcasts over the heads."""
+        cos, sin = rope_table(base, self.args.head_dim, capacity)
+        return cos.to(self.dtype).unsqueeze(1), signed_sin(sin).to(self.dtype).unsqueeze(1)
 
     @torch.inference_mode()
     def forward(self, tokens: Tensor, cache: KVCache) -> Tensor:

@@ -98,10 +98,12 @@ class Int8Matrix(Matrix):
     """int8 weights with one scale per output row, in fbgemm's packed layout, times each input row quantized to 8
     bits by its own largest magnitude: the sums are integers, so a row's result is exact whatever rows come with it.
 
-    fbgemm quantizes its input over the whole batch, so each row is first divided by its own largest magnitude and a
-    row holding 1 and -1 joins the batch: the batch's range is then always [-1, 1], each row's 8-bit values depend on
-    that row alone, and its result is multiplied back.
+    Each row is divided by its largest magnitude, so every value lies in [-1, 1], and fbgemm quantizes it with one
+    fixed scale (1/127, zero point 128): a row's 8-bit values depend on that row alone. Its result is multiplied
+    back. A fixed scale also spares fbgemm the batch's range, which its dynamic product measures on every call.
     """
+
+    INPUT_SCALE, INPUT_ZERO = 1 / 127, 128
 
     def __init__(self, weight: Tensor):
         super().__init__()
@@ -112,14 +114,12 @@ class Int8Matrix(Matrix):
             warnings.simplefilter("ignore")
             quantized = torch.quantize_per_channel(w, scale.double(), zero, 0, torch.qint8)
         self.packed = torch.ops.quantized.linear_prepack(quantized, None)
-        self.range_row = torch.zeros(1, w.shape[1])
-        self.range_row[0, :2] = torch.tensor([1.0, -1.0])
         self.nbytes = w.numel() + len(scale) * 4
 
     def forward(self, x: Tensor) -> Tensor:
-        largest = x.float().abs().amax(dim=1, keepdim=True).clamp(min=1e-30)  # [T, 1]
-        unit = torch.cat([x.float() / largest, self.range_row])  # [T+1, in], every row within [-1, 1]
-        return torch.ops.quantized.linear_dynamic(unit, self.packed, False)[:-1] * largest
+        largest = torch.linalg.vector_norm(x, float("inf"), dim=1, keepdim=True).clamp_(min=1e-30)  # [T, 1]
+        product = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32
+        return product(x / largest, self.INPUT_SCALE, self.INPUT_ZERO, self.packed).mul_(largest)
 
     def rows(self, index: Tensor) -> Tensor:
         weight, _ = torch.ops.quantized.linear_unpack(self.packed)  # per-row quantized: not indexable as it is
