@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from decoding.engine.loading import WEIGHT_FORMATS, WEIGHTS_HELP
+from decoding.engine.loading import DEFAULT_WEIGHTS, WEIGHT_FORMATS, WEIGHTS_HELP
 from evals.cases import load_cases, load_suite, mine_git, one_per_language, shortest, stratify
 from evals.progress import Progress
 from evals.report import plot, render, write_report
@@ -156,7 +156,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           help="every drafter drafts N tokens at every step, as vLLM's ngram does and as a GPU "
                                "affords (verifying N rows costs about one there); default: the engine's adaptive "
                                "length, which suits a CPU")
-    decoding.add_argument("--weights", choices=WEIGHT_FORMATS, default="float32", help=WEIGHTS_HELP)
+    decoding.add_argument("--weights", choices=WEIGHT_FORMATS, default=DEFAULT_WEIGHTS, help=WEIGHTS_HELP)
     live = parser.add_argument_group("live model: each case through the agent's edit turn")
     live.add_argument("--model", metavar="M",
                       help="a litellm model name, or 'embedded' to start the embedded server")
@@ -417,6 +417,7 @@ def add_grounded_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, metavar="N", help="the first N suite edits only (default: all 24)")
     parser.add_argument("--max-tokens", type=int, metavar="N",
                         help=f"new tokens per edit block the model writes (default: {MAX_NEW_TOKENS})")
+    parser.add_argument("--weights", choices=WEIGHT_FORMATS, default=DEFAULT_WEIGHTS, help=WEIGHTS_HELP)
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the summary and every case's outcome")
 
 
@@ -446,7 +447,7 @@ def grounded_main(argv: Sequence[str] | None = None, prog: str = "agent eval gro
     loaded = load_model()
     bar = Progress(len(cases) * len(MODES), "grounded")
     results = run_grounded(loaded, cases, args.max_tokens or MAX_NEW_TOKENS,
-                           before_case=lambda i, mode: bar.step(f"{cases[i].id} {mode}"))
+                           before_case=lambda i, mode: bar.step(f"{cases[i].id} {mode}"), weights=args.weights)
     bar.close()
     table = summary(results)
     print(format_summary(table))

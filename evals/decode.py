@@ -28,6 +28,7 @@ import torch
 
 from decoding.drafting.drafters import SPECULATION_METHODS, make_drafter
 from decoding.engine.generation import Generation, GenerationRequest
+from decoding.engine.loading import DEFAULT_WEIGHTS
 from decoding.engine.target import Target, make_target
 from decoding.lab.workloads import Workload, standard_workloads
 from decoding.serving.chat import END_OF_TURN, gemma_chat_prompt, stop_token_ids
@@ -160,7 +161,7 @@ class ComputesNothing:
 class Decoder:
     """The embedded model with its tokenizer, ready to time generations per drafter."""
 
-    def __init__(self, loaded, weights: str = "float32") -> None:
+    def __init__(self, loaded, weights: str = DEFAULT_WEIGHTS) -> None:
         self._init_with(loaded.tokenizer, make_target(loaded.model, weights=weights))
 
     @classmethod

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
+from decoding.engine.loading import DEFAULT_WEIGHTS
 from evals.progress import Progress
 from evals.schema import DecodeSummary, DrafterRun, ForcedRun, FormatFigures, Perturbation, Report
 from evals.summary import grounding_known, summarize_forced
@@ -17,7 +18,7 @@ def run_decode(
     max_tokens: int, workloads: int | None = None, progress: bool = True,
     done: dict[str, dict[str, DrafterRun]] | None = None, checkpoint: Callable[[], None] = lambda: None,
     whole_ids: set[str] | None = None, model_free: bool = False, draft_tokens: int | None = None,
-    weights: str = "float32",
+    weights: str = DEFAULT_WEIGHTS,
 ) -> None:
     """Add the decoding evals to `report`: reference-forced per case (`decode` of the decoded cases; the others
     keep an empty one), free-running on the standard workloads (only the `workloads` copy-heavy ones with the

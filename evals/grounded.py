@@ -169,16 +169,17 @@ def run_grounded(
     max_new_tokens: int = MAX_NEW_TOKENS,
     on_case: Callable[[int, str, Outcome], None] | None = None,
     before_case: Callable[[int, str], None] | None = None,
+    weights: str | None = None,
 ) -> dict[str, list[Outcome]]:
-    """Decode every case in every mode with the loaded embedded model; `before_case(index, mode)` and
-    `on_case(index, mode, outcome)` report progress."""
+    """Decode every case in every mode with the loaded embedded model in the weight format `weights` (None: the
+    default); `before_case(index, mode)` and `on_case(index, mode, outcome)` report progress."""
     from decoding.drafting.drafters import make_drafter
     from decoding.engine.generation import Generation, GenerationRequest
     from decoding.engine.grounding import EditGrounding, vocabulary
     from decoding.engine.target import make_target
     from decoding.serving.chat import stop_token_ids
 
-    tokenizer, target = loaded.tokenizer, make_target(loaded.model)
+    tokenizer, target = loaded.tokenizer, make_target(loaded.model, weights=weights)
     stops, vocab = stop_token_ids(tokenizer), vocabulary(tokenizer)
     results: dict[str, list[Outcome]] = {mode: [] for mode in MODES}
     for index, snippet in enumerate(cases):

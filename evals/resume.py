@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from decoding.engine.loading import DEFAULT_WEIGHTS
 from evals.schema import DrafterRun, read_report
 
 
 def decoded_before(
-    path: Path, draft_tokens: int | None = None, weights: str = "float32"
+    path: Path, draft_tokens: int | None = None, weights: str = DEFAULT_WEIGHTS
 ) -> dict[str, dict[str, DrafterRun]]:
     """The reference-forced runs of an earlier report, by case id (cases never decoded left out); none when there
     is no report yet. Raises ValueError (`evals.schema.ReportError`) for a file that is not such a report, or one

@@ -31,7 +31,7 @@ def test_a_verify_forwards_greedy_tokens_are_its_logits_argmax(tiny_gemma):
 def test_the_embedded_models_greedy_tokens_are_its_logits_argmax(embedded_model):
     import inspect
 
-    target = GemmaTarget(embedded_model.model)
+    target = GemmaTarget(embedded_model.model, "float32")
     ids = embedded_model.tokenizer(inspect.getsource(inspect)).input_ids[:300]
     target.reset(len(ids))
     hidden = target.forward(ids)

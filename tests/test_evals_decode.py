@@ -279,7 +279,7 @@ def test_an_interrupted_decoding_run_keeps_its_cases_and_resume_decodes_only_the
 
 @pytest.mark.parametrize(("flag", "value", "field", "written", "refusal"), [
     ("--draft-tokens", "16", "draft_tokens", 16, "decoded with --draft-tokens 16, not adaptive draft lengths"),
-    ("--weights", "int8", "weights", "int8", "decoded with --weights int8, not float32"),
+    ("--weights", "float32", "weights", "float32", "decoded with --weights float32, not int8"),
 ])
 def test_resume_keeps_figures_only_from_a_report_decoded_the_same_way(
         tmp_path, monkeypatch, capsys, flag, value, field, written, refusal):

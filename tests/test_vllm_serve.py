@@ -93,7 +93,7 @@ def embedded_grounded(embedded_model) -> dict[str, str]:
     from decoding.engine.target import make_target
     from decoding.serving.chat import stop_token_ids
 
-    tokenizer, target = embedded_model.tokenizer, make_target(embedded_model.model)
+    tokenizer, target = embedded_model.tokenizer, make_target(embedded_model.model, weights="float32")
     stops, vocab = stop_token_ids(tokenizer), vocabulary(tokenizer)
     texts = {}
     for snippet in EDIT_TASKS:

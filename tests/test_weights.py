@@ -91,20 +91,40 @@ def test_the_embedded_models_greedy_speculation_is_its_plain_decoding_in_int8(em
     spec = generate(target, ids, 48, drafter=make_drafter("cursor", tokenizer=tokenizer), sources=sources)
     assert spec.tokens == plain.tokens and len(plain.tokens) == 48
     assert spec.stats.target_forwards < len(spec.tokens) / 2
-    float32 = GemmaTarget(embedded_model.model).model.bytes_per_token()
+    float32 = GemmaTarget(embedded_model.model, "float32").model.bytes_per_token()
     assert target.model.bytes_per_token() < 0.4 * float32
 
 
+@pytest.fixture(scope="module")
+def wide_heads_gemma():
+    """A random 2-layer Gemma 3 with the 270M's head size (256): CPU attention over heads this wide sums a forward of
+    many rows in another order than a one-row step."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=1, head_dim=256, sliding_window=512, layer_types=["sliding_attention", "full_attention"],
+        max_position_embeddings=1024,
+    )
+    return Gemma3ForCausalLM(config).eval()
+
+
 @pytest.mark.parametrize("fmt", QUANTIZED)
-def test_a_verify_forwards_hidden_rows_are_the_one_row_steps_bit_for_bit(tiny_gemma, fmt):
-    """Past the sliding window, so both kinds of layer are read. Before each row attended on its own, a 9-row
-    forward's attention summed in another order than a one-row step's, an 8-bit rounding could flip on it, and the
-    int8 model's speculative text left its plain text (at token 89 of a copy edit)."""
-    target = GemmaTarget(tiny_gemma, fmt)
-    prompt = list(range(10, 30))
-    target.reset(64)
-    target.forward(prompt)
-    together = target.forward([40, 41, 42, 43, 44, 45, 46, 47, 48])
-    target.rollback(len(prompt))
-    one_by_one = torch.cat([target.forward([token]) for token in range(40, 49)])
-    assert torch.equal(together, one_by_one)
+@pytest.mark.parametrize("rows", [9, 33])
+def test_a_verify_forwards_hidden_rows_are_the_one_row_steps_bit_for_bit(tiny_gemma, wide_heads_gemma, fmt, rows):
+    """Before each row attended on its own, a 9-row forward's attention summed in another order than a one-row
+    step's, an 8-bit rounding could flip on it, and the int8 model's speculative text left its plain text (at token
+    89 of a copy edit). Then a forward of more than 32 rows (a cursor draft of 32 tokens and the pending one) still
+    attended at once, and the int8 text of a cursor-drafted OT edit left its plain text. The tiny model reaches past
+    its sliding window, so both kinds of layer are read."""
+    for model in (tiny_gemma, wide_heads_gemma):
+        target = GemmaTarget(model, fmt)
+        prompt = list(range(10, 30))
+        draft = [(7 * i) % 97 for i in range(rows)]
+        target.reset(len(prompt) + rows)
+        target.forward(prompt)
+        together = target.forward(draft)
+        target.rollback(len(prompt))
+        one_by_one = torch.cat([target.forward([token]) for token in draft])
+        assert torch.equal(together, one_by_one)

@@ -184,12 +184,11 @@ def rotate(x: Tensor, cos: Tensor, sin_signed: Tensor) -> Tensor:
     return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin_signed
 
 
-# In the formats whose products never depend on the other rows (`Matrix.row_invariant`), a forward of at most
-# this many rows (a decoding step, a verify forward) attends one row at a time, each as a one-row step does: the same
-# keys, the same kernel, so every row is bit for bit the plain step's. A prompt's hundreds of rows attend at once
-# under a mask, as every float32 forward does (its layers' products differ by row count anyway, and `GreedyHead`
-# makes its argmax exact).
-ROW_BY_ROW = 32
+# In the formats whose products never depend on the other rows (`Matrix.row_invariant`), a forward `rows_alone` (a
+# verify forward: every forward of a sequence after its prompt's) attends one row at a time, each as a one-row step
+# does: the same keys, the same kernel, so every row is bit for bit the plain step's and greedy speculation gives the
+# plain decoding's text. A prompt's rows attend at once under a mask, as every float32 forward does (its layers'
+# products differ by row count anyway, and `GreedyHead` makes its argmax exact).
 
 
 class Block(nn.Module):
@@ -215,9 +214,12 @@ class Block(nn.Module):
         self.mlp_in_norm = RMSNorm(layer.pre_feedforward_layernorm.weight, args.eps)
         self.mlp_out_norm = RMSNorm(layer.post_feedforward_layernorm.weight, args.eps)
 
-    def attention(self, x: Tensor, cache: KVCache, start: int, rope: tuple[Tensor, Tensor], mask: Tensor, lo: int):
-        """x: [T, D] at positions start..start+T-1; attends to cache[lo:start+T] under `mask` [T, start+T-lo].
-        rope: cos and `signed_sin` [T, 1, Dh]."""
+    def attention(
+        self, x: Tensor, cache: KVCache, start: int, rope: tuple[Tensor, Tensor], mask: Tensor, lo: int,
+        rows_alone: bool,
+    ) -> Tensor:
+        """x: [T, D] at positions start..start+T-1; attends to cache[lo:start+T] under `mask` [T, start+T-lo], or a
+        row at a time when `rows_alone` in a row-invariant format. rope: cos and `signed_sin` [T, 1, Dh]."""
         T = x.shape[0]
         H, Hkv = self.n_heads, self.n_kv
         qkv = self.qkv(x).view(T, H + 2 * Hkv, self.head_dim)
@@ -229,7 +231,7 @@ class Block(nn.Module):
         cache.v[self.index, :, start : start + T] = v
         if self.row_invariant and T == 1:
             out = self._attend(q, cache, start)  # [H, 1, Dh]
-        elif self.row_invariant and T <= ROW_BY_ROW:
+        elif self.row_invariant and rows_alone:
             out = torch.cat([self._attend(q[:, i : i + 1], cache, start + i) for i in range(T)], dim=1)  # [H, T, Dh]
         else:
             keys = cache.k[self.index, :, lo : start + T]  # [Hkv, S, Dh]
@@ -249,8 +251,8 @@ class Block(nn.Module):
             q.unsqueeze(0), keys.unsqueeze(0), values.unsqueeze(0), scale=self.scale, enable_gqa=True
         )[0]
 
-    def forward(self, x: Tensor, cache: KVCache, start: int, rope, mask: Tensor, lo: int) -> Tensor:
-        x = x + self.attn_out_norm(self.attention(self.attn_in_norm(x), cache, start, rope, mask, lo))
+    def forward(self, x: Tensor, cache: KVCache, start: int, rope, mask: Tensor, lo: int, rows_alone: bool) -> Tensor:
+        x = x + self.attn_out_norm(self.attention(self.attn_in_norm(x), cache, start, rope, mask, lo, rows_alone))
         gate, up = self.gate_up(self.mlp_in_norm(x)).chunk(2, dim=-1)
         return x + self.mlp_out_norm(self.down(F.gelu(gate, approximate="tanh") * up))
 
@@ -262,7 +264,7 @@ class Gemma3(nn.Module):
     embedding stays as loaded (a token reads one of its rows).
     """
 
-    def __init__(self, hf_model, weights: str = "float32"):
+    def __init__(self, hf_model, weights: str):
         super().__init__()
         args = GemmaArgs.from_hf(hf_model.config)
         decoder = hf_model.model
@@ -312,8 +314,9 @@ class Gemma3(nn.Module):
         return cos.to(self.dtype).unsqueeze(1), signed_sin(sin).to(self.dtype).unsqueeze(1)
 
     @torch.inference_mode()
-    def forward(self, tokens: Tensor, cache: KVCache) -> Tensor:
-        """tokens: [T] appended at cache.length; returns final-normed hidden states [T, D].
+    def forward(self, tokens: Tensor, cache: KVCache, rows_alone: bool = False) -> Tensor:
+        """tokens: [T] appended at cache.length; returns final-normed hidden states [T, D]. `rows_alone`: score each
+        row as a one-row step does, in the formats that can (a verify forward; see `Block.attention`).
 
         A long prompt goes through in chunks of the sliding window: each chunk's local layers then attend to at
         most two windows of keys instead of the whole prompt (2,000 tokens: 2.8 s instead of 3.9 s on two cores;
@@ -321,10 +324,10 @@ class Gemma3(nn.Module):
         """
         chunk = self.args.sliding_window
         if tokens.shape[0] <= chunk:
-            return self._forward(tokens, cache)
-        return torch.cat([self._forward(part, cache) for part in tokens.split(chunk)])
+            return self._forward(tokens, cache, rows_alone)
+        return torch.cat([self._forward(part, cache, rows_alone) for part in tokens.split(chunk)])
 
-    def _forward(self, tokens: Tensor, cache: KVCache) -> Tensor:
+    def _forward(self, tokens: Tensor, cache: KVCache, rows_alone: bool) -> Tensor:
         T, start = tokens.shape[0], cache.length
         end = start + T
         if end > cache.capacity:
@@ -341,9 +344,9 @@ class Gemma3(nn.Module):
         x = F.embedding(tokens, self.embed) * self.embed_scale  # [T, D]
         for block in self.blocks:
             if block.sliding:
-                x = block(x, cache, start, rope_local, mask_local, lo_local)
+                x = block(x, cache, start, rope_local, mask_local, lo_local, rows_alone)
             else:
-                x = block(x, cache, start, rope_global, mask_global, 0)
+                x = block(x, cache, start, rope_global, mask_global, 0, rows_alone)
         cache.length = end
         return self.norm(x)
 

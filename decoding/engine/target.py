@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from decoding.engine.gemma import Gemma3, GreedyHead, KVCache
+from decoding.engine.loading import DEFAULT_WEIGHTS
 
 # Rows per output-layer product when verifying greedily. On CPU a float32 product is compute-bound past two rows
 # (cost grows with rows, so stop scoring after the first rejection); a bfloat16 one is memory-bound and flat
@@ -47,12 +48,14 @@ class Target(Protocol):
 
 
 class GemmaTarget:
-    def __init__(self, hf_model, weights: str = "float32"):
-        self.model = Gemma3(hf_model, weights)
+    def __init__(self, hf_model, weights: str | None = None):
+        self.weights = resolve_weights(hf_model, weights)
+        self.model = Gemma3(hf_model, self.weights)
         self.vocab_size = self.model.args.vocab_size
         fast_head = self.model.head_matrix is not None or GreedyHead.available(self.model.head)
         self.logit_chunk = GREEDY_HEAD_CHUNK if fast_head else LOGIT_CHUNK.get(self.model.dtype, 0)
         self.cache: KVCache = self.model.new_cache(1)
+        self._prompted = False  # a forward since `reset`: later ones are verify forwards, scored `rows_alone`
 
     @property
     def length(self) -> int:
@@ -62,6 +65,7 @@ class GemmaTarget:
         if capacity > self.cache.capacity:
             self.cache = self.model.new_cache(capacity)
         self.cache.length = 0
+        self._prompted = False
 
     def reserve(self, capacity: int) -> None:
         """Grow the cache to hold `capacity` positions, keeping what it holds (a prefix cache resumes from it)."""
@@ -83,7 +87,10 @@ class GemmaTarget:
         self.cache.length = end
 
     def forward(self, tokens: list[int]) -> Tensor:
-        return self.model(torch.tensor(tokens, dtype=torch.long), self.cache)
+        """The first forward after `reset` is the prompt's; every later one (a draft's verification, a step) scores
+        each row as a one-row step would, in the formats where that is exact (`gemma.Block.attention`)."""
+        rows_alone, self._prompted = self._prompted, True
+        return self.model(torch.tensor(tokens, dtype=torch.long), self.cache, rows_alone)
 
     def logits(self, hidden: Tensor) -> Tensor:
         return self.model.logits(hidden)
@@ -102,6 +109,8 @@ class GemmaTarget:
 
 
 class HFTarget:
+    weights = "float32"  # transformers' forward, as loaded
+
     def __init__(self, hf_model):
         from transformers import DynamicCache
 
@@ -150,9 +159,18 @@ class HFTarget:
         self._length = length
 
 
-def make_target(hf_model, kind: str = "auto", weights: str = "float32") -> GemmaTarget | HFTarget:
+def resolve_weights(hf_model, weights: str | None) -> str:
+    """The weight format a native target of `hf_model` runs: `weights`, or by default `DEFAULT_WEIGHTS` for a
+    float32 model and the loaded dtype's own (float32) for a bfloat16 one, which the formats cannot take."""
+    if weights is not None:
+        return weights
+    return DEFAULT_WEIGHTS if next(hf_model.parameters()).dtype == torch.float32 else "float32"
+
+
+def make_target(hf_model, kind: str = "auto", weights: str | None = None) -> GemmaTarget | HFTarget:
     """kind: "native" (our Gemma 3), "hf" (transformers forward), or "auto" (native when the model is Gemma 3 text).
-    `weights`: the native target's weight format (`decoding.engine.weights`); transformers' forward is float32."""
+    `weights`: the native target's weight format (`decoding.engine.weights`; None: `resolve_weights`'s default);
+    transformers' forward is float32 whatever the default."""
     if kind not in ("auto", "native", "hf"):
         raise ValueError(f"target kind must be auto, native or hf, got {kind!r}")
     is_gemma3 = getattr(hf_model.config, "model_type", None) == "gemma3_text"
@@ -160,7 +178,7 @@ def make_target(hf_model, kind: str = "auto", weights: str = "float32") -> Gemma
         if not is_gemma3:
             raise ValueError(f"the native target supports gemma3_text only, not {hf_model.config.model_type!r}")
         return GemmaTarget(hf_model, weights)
-    if weights != "float32":
+    if weights not in (None, "float32"):
         raise ValueError(f"{weights} weights need the native Gemma 3 target; this model runs on transformers' forward "
                          "in float32")
     return HFTarget(hf_model)

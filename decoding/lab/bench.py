@@ -51,7 +51,7 @@ from decoding.drafting.base import Draft, DraftContext, Drafter
 from decoding.drafting.drafters import make_drafter
 from decoding.drafting.mtp import MTPDrafter, MTPError, shared_head
 from decoding.engine.generation import Generation, GenerationRequest, generate, greedy_tokens
-from decoding.engine.loading import WEIGHT_FORMATS, WEIGHTS_HELP, load_model, resolve_model_dir
+from decoding.engine.loading import DEFAULT_WEIGHTS, WEIGHT_FORMATS, WEIGHTS_HELP, load_model, resolve_model_dir
 from decoding.engine.prefix_cache import PrefixCachingTarget
 from decoding.engine.target import GemmaTarget, Target, make_target
 from decoding.engine.threads import cores, pin_threads
@@ -297,10 +297,9 @@ def bench_workload(
     methods: Sequence[str] = METHODS,
     mtp_k: Sequence[int] = (MTPDrafter.k_max_default,),
     vllm: Mapping[str, str] | None = None,
-    weights: str = "float32",
 ) -> list[Row]:
-    """One row per method and peer; `vllm` maps vLLM row names to their servers' URLs; `weights` is the format of
-    `target`'s weights."""
+    """One row per method and peer; `vllm` maps vLLM row names to their servers' URLs; our rows carry `target`'s
+    weight format."""
     tok = loaded.tokenizer
     ids = tok(workload.prompt).input_ids
     sources = [tok(workload.prediction, add_special_tokens=False).input_ids] if workload.prediction else []
@@ -337,7 +336,7 @@ def bench_workload(
             accepted_by=r.accepted_by,
             draft_ms_per_token=round(r.draft_ms_per_token, 2),
             decode_paired_vs_ngram=paired.get(name, 0.0),
-            weights=weights,
+            weights=target.weights,
         )
         for name, r in results.items()
     ]
@@ -548,7 +547,7 @@ def run_bench(
     workloads: Sequence[str] | None = None,
     peers: Sequence[str] = (),
     vllm_python: str | None = None,
-    weights: Sequence[str] = ("float32",),
+    weights: Sequence[str] = (DEFAULT_WEIGHTS,),
 ) -> list[Row]:
     """Benchmark every (dtype, threads) pair over the standard workloads, each float32 model in every weight format
     of `weights` beside the same peers; prints each table as it completes, then the engine's own figures."""
@@ -570,7 +569,7 @@ def run_bench(
                     for fmt, target in targets.items():
                         run = partial(
                             bench_workload, loaded, target, dtype=dtype, threads=n, lookup=lookup, methods=methods,
-                            mtp_k=mtp_k, vllm=urls, weights=fmt,
+                            mtp_k=mtp_k, vllm=urls,
                         )
                         run(chosen[-1], 8, repeats=1)  # warm-up
                         cached = prefix_cache_figures(target, tokenizer) if isinstance(target, GemmaTarget) else None
@@ -683,7 +682,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="OUT", help="also write the rows as JSON to OUT")
     parser.add_argument("--model", default=None, metavar="PATH", help="local HF model directory or .gguf file")
     parser.add_argument("--dtype", nargs="+", choices=["float32", "bfloat16"], default=["float32", "bfloat16"])
-    parser.add_argument("--weights", nargs="+", choices=WEIGHT_FORMATS, default=["float32"],
+    parser.add_argument("--weights", nargs="+", choices=WEIGHT_FORMATS, default=[DEFAULT_WEIGHTS],
                         help=f"{WEIGHTS_HELP}; each format's rows run beside the same peers")
     parser.add_argument(
         "--threads",

@@ -178,7 +178,8 @@ class TargetReader:
 
         self.device = device
         self.hf_model = loaded.model
-        self.target = make_target(loaded.model) if device == "cpu" else None
+        # float32 features, as the shipped head was trained on
+        self.target = make_target(loaded.model, weights="float32") if device == "cpu" else None
         if self.target is None:
             self.hf_model.to(device)
 

@@ -288,11 +288,11 @@ class Service:
     """The loaded model, generating one job at a time (the scheduler's worker calls `run`).
 
     `prefix_cache_bytes` bounds the prefix cache's snapshots (0: no prefix cache); it needs our Gemma target.
-    `weights`: the target's weight format (`decoding.engine.weights`).
+    `weights`: the target's weight format (`decoding.engine.weights`; None: `engine.target.resolve_weights`).
     """
 
     def __init__(self, loaded: LoadedModel, target_kind: str = "auto", prefix_cache_bytes: int = DEFAULT_MAX_BYTES,
-                 weights: str = "float32"):
+                 weights: str | None = None):
         self.loaded = loaded
         self.name = loaded.name
         self.tokenizer = loaded.tokenizer
@@ -870,7 +870,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype", choices=["float32", "bfloat16"], default="float32", help="model dtype (default: float32)"
     )
-    parser.add_argument("--weights", choices=WEIGHT_FORMATS, default="float32", help=WEIGHTS_HELP)
+    parser.add_argument("--weights", choices=WEIGHT_FORMATS, help=WEIGHTS_HELP)
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: the cores other work leaves free)"
     )
@@ -900,7 +900,7 @@ def run_server(
     engine: str = "embedded",
     prefix_cache_mb: int = DEFAULT_MAX_BYTES >> 20,
     max_queued: int = DEFAULT_MAX_QUEUED,
-    weights: str = "float32",
+    weights: str | None = None,
 ) -> None:
     """Load the model, then serve until interrupted; prints the base URL once ready."""
     if engine != "embedded":
