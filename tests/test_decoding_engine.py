@@ -1,5 +1,6 @@
 """The engine: speculative decoding gives plain decoding's tokens exactly, and the KV cache rolls back cleanly."""
 
+import copy
 import inspect
 
 import pytest
@@ -124,3 +125,17 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
 def test_model_path_that_is_not_a_model_is_rejected(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"config\.json"):
         resolve_model_dir(tmp_path)
+
+
+def test_a_bfloat16_model_runs_as_loaded_and_follows_transformers(tiny_gemma):
+    """The weight formats take float32 activations: a bfloat16 model's default target runs it as loaded, and its
+    q and k heads stay bfloat16 through their norm (a float32 query beside bfloat16 keys fails in attention)."""
+    model = copy.deepcopy(tiny_gemma).to(torch.bfloat16)
+    target = make_target(model)
+    assert target.weights == "float32"
+    ids = list(range(10, 30))
+    with torch.inference_mode():
+        reference = model(torch.tensor([ids])).logits[0].float()
+    target.reset(len(ids))
+    hidden = torch.cat([target.forward(ids[:15]), target.forward(ids[15:])])  # a prompt, then a verify forward
+    torch.testing.assert_close(target.logits(hidden), reference, atol=0.05, rtol=0.05)

@@ -184,14 +184,13 @@ def rotate(x: Tensor, cos: Tensor, sin_signed: Tensor) -> Tensor:
     return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin_signed
 
 
-# In the formats whose products never depend on the other rows (`Matrix.row_invariant`), a forward `rows_alone` (a
-# verify forward: every forward of a sequence after its prompt's) attends one row at a time, each as a one-row step
-# does: the same keys, the same kernel, so every row is bit for bit the plain step's and greedy speculation gives the
-# plain decoding's text. A prompt's rows attend at once under a mask, as every float32 forward does (its layers'
-# products differ by row count anyway, and `GreedyHead` makes its argmax exact).
-
-
 class Block(nn.Module):
+    """One decoder layer. In the formats whose products never depend on the other rows (`Matrix.row_invariant`), a
+    forward `rows_alone` (a verify forward: every forward of a sequence after its prompt's) attends one row at a time,
+    each as a one-row step does: the same keys, the same kernel, so every row is bit for bit the plain step's and
+    greedy speculation gives the plain decoding's text. A prompt's rows attend at once under a mask, as every float32
+    forward does (its layers' products differ by row count anyway, and `GreedyHead` makes its argmax exact)."""
+
     def __init__(self, args: GemmaArgs, layer, index: int, weights: str):
         super().__init__()
         attn, mlp = layer.self_attn, layer.mlp
@@ -223,8 +222,8 @@ class Block(nn.Module):
         T = x.shape[0]
         H, Hkv = self.n_heads, self.n_kv
         qkv = self.qkv(x).view(T, H + 2 * Hkv, self.head_dim)
-        qk = F.rms_norm(qkv[:, : H + Hkv], (self.head_dim,), None, self.eps) * self.qk_scale  # [T, H+Hkv, Dh]
-        qk = rotate(qk, *rope)
+        qk = F.rms_norm(qkv[:, : H + Hkv].float(), (self.head_dim,), None, self.eps) * self.qk_scale
+        qk = rotate(qk.type_as(x), *rope)  # [T, H+Hkv, Dh]
         q, k = qk[:, :H].transpose(0, 1), qk[:, H:].transpose(0, 1)  # [H, T, Dh], [Hkv, T, Dh]
         v = qkv[:, H + Hkv :].transpose(0, 1)  # [Hkv, T, Dh]
         cache.k[self.index, :, start : start + T] = k
