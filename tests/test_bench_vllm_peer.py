@@ -137,7 +137,7 @@ def test_bench_with_vllm_peers_gives_matching_vllm_rows(tmp_path, capsys, monkey
     out = tmp_path / "rows.json"
     # the embedded model as exported once for every vllm test (the bench would export it again)
     argv = ["--peers", "vllm", "--model", str(exported_model), "--dtype", "float32", "--threads", "2",
-            "--workloads", "free-text",
+            "--workloads", "free-text", "--weights", "float32",  # vLLM computes float32's text
             "--max-tokens", "8", "--repeats", "1", "--methods", "ngram", "--json", str(out)]
     assert main(argv) == 0
     rows = {row["method"]: row for row in json.loads(out.read_text())}

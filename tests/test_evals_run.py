@@ -243,7 +243,7 @@ def test_resume_reads_a_report_written_before_the_grounded_basis(tmp_path):
     }
     path = tmp_path / "old.json"
     path.write_text(json.dumps(old))
-    earlier = reusable(decoded_before(path)["a"], ("ot",), ("ngram",))
+    earlier = reusable(decoded_before(path, weights="float32")["a"], ("ot",), ("ngram",))  # decoded in float32
     assert earlier is not None  # its forwards are kept
     fresh = {"ot": FormatFigures(10, 30, True, [Perturbation("miscount", "exact", True, True),
                                                 Perturbation("miscount", "refused", False, False)])}
