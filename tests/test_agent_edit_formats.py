@@ -171,6 +171,7 @@ def test_what_the_embedded_model_writes_in_a_grounded_search_replace_block_appli
         request = urllib.request.Request(f"{server.api_base}/completions", data, {"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=600) as response:
             answer = json.loads(response.read())
+        assert "(int8 weights) at http://127.0.0.1:" in server.log_tail(1 << 20)  # the default, said as it starts
     assert answer["usage"]["grounding"]["blocks"] == 1
     text = answer["choices"][0]["text"]
     written = text[: text.index("\n```") + 1]  # up to the fence line it closes with
