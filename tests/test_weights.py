@@ -1,12 +1,14 @@
 """The embedded engine's weight formats (decoding.engine.weights): each product is the format's own values times
 the input, row by row the same however many rows come with it, and greedy speculation stays plain decoding."""
 
+import copy
+
 import pytest
 import torch
 
 from decoding.drafting.drafters import make_drafter
 from decoding.engine.generation import generate
-from decoding.engine.loading import WEIGHT_FORMATS
+from decoding.engine.loading import DEFAULT_WEIGHTS, WEIGHT_FORMATS
 from decoding.engine.target import GemmaTarget, make_target
 from decoding.engine.weights import matrix
 
@@ -56,6 +58,13 @@ def test_an_unknown_format_is_refused_naming_the_choices(weight, tiny_gemma):
         matrix(weight, "int3")
     with pytest.raises(ValueError, match="int8 weights need the native Gemma 3 target"):
         make_target(tiny_gemma, "hf", weights="int8")
+
+
+def test_the_default_format_is_int8_where_it_applies_and_the_model_as_loaded_elsewhere(tiny_gemma):
+    assert make_target(tiny_gemma).weights == DEFAULT_WEIGHTS == "int8"
+    assert make_target(tiny_gemma, weights="float32").weights == "float32"
+    assert make_target(tiny_gemma, "hf").weights == "float32"  # transformers' forward: no format to choose
+    assert make_target(copy.deepcopy(tiny_gemma).to(torch.bfloat16)).weights == "float32"
 
 
 @pytest.mark.parametrize("fmt", WEIGHT_FORMATS)
