@@ -8,15 +8,15 @@ stores the layers' and the output layer's matrices differently; what enters and 
 | float32 | 4 | oneDNN (packed for 3+ rows); the output layer's argmax through `gemma.GreedyHead`: exact |
 | float16 | 2 | fbgemm's half-precision product, float32 sums |
 | int8    | 1 | fbgemm's int8 product: a scale per output row, each input row quantized to 8 bits by its own |
-|         |   | largest value, integer sums |
+|         |   | largest value, integer sums (the default: `loading.DEFAULT_WEIGHTS`) |
 
 The float16 and int8 products give each row the same result however many rows come with it (tested), so a verify
 forward of k+1 rows scores each row as a one-row plain step does: greedy speculative decoding gives the plain
 decoding of the same weights. Their greedy token is the argmax of their own logits.
 
-torch's weight-only kernels are slower here than float32: on the machine of docs/measurements.md
-`_weight_int8pack_mm` ran the 270M at 137 ms a token (float32: 52 ms) and `_weight_int4pack_mm_for_cpu` read
-0.8 GB/s, so no format uses them.
+Other CPU kernels are slower here (docs/measurements.md, Weight formats): torch's weight-only `_weight_int8pack_mm`
+ran the 270M at 137 ms a token (float32: 52 ms), `_weight_int4pack_mm_for_cpu` read 0.8 GB/s, and oneDNN's int8
+product streamed the layers at 9.4 GB/s against fbgemm's 11–12, so no format uses them.
 """
 
 from __future__ import annotations
