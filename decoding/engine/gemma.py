@@ -166,22 +166,20 @@ def rope_table(base: float, head_dim: int, capacity: int) -> tuple[Tensor, Tenso
     return emb.cos(), emb.sin()
 
 
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """x: [H, T, Dh]; cos/sin: [T, Dh]."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
-
-
 def signed_sin(sin: Tensor) -> Tensor:
-    """sin [S, Dh] with its first half negated: `rotate` then needs a roll instead of a negated copy."""
+    """sin [S, Dh] with its first half negated: `rotate` then needs a roll instead of a negated copy of x."""
     half = sin.shape[-1] // 2
     return torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
 
 
 def rotate(x: Tensor, cos: Tensor, sin_signed: Tensor) -> Tensor:
-    """`apply_rope` in four operations, bit for bit: x [..., Dh]; cos, sin_signed broadcast to it."""
+    """Rotate-half RoPE: x [..., Dh]; cos and `signed_sin` broadcast to it (tables built once: `Gemma3`)."""
     return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin_signed
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x: [H, T, Dh]; cos/sin: [T, Dh] as `rope_table` gives them."""
+    return rotate(x, cos, signed_sin(sin))
 
 
 class Block(nn.Module):
