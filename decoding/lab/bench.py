@@ -612,18 +612,18 @@ def bandwidth_lines(targets: Mapping[str, Target], rows: Sequence[Row]) -> str:
 def agreement_lines(targets: Mapping[str, Target], tokenizer, chosen: Sequence[Workload], max_new: int) -> str:
     """How far each format's greedy choices follow float32's: teacher-forced on float32's plain output of every
     workload, the share of positions where the format's argmax is float32's token."""
-    reference = targets["float32"]
+    stops = stop_token_ids(tokenizer)
+    prompts = [tokenizer(workload.prompt).input_ids for workload in chosen]
+    expected = [generate(targets["float32"], ids, max_new, stop_ids=stops).tokens for ids in prompts]  # once
+    total = sum(len(tokens) for tokens in expected)
     lines = ["each format's greedy token against float32's, teacher-forced on float32's plain output:"]
     for fmt, target in targets.items():
         if fmt == "float32":
             continue
-        same = total = 0
-        for workload in chosen:
-            ids = tokenizer(workload.prompt).input_ids
-            expected = generate(reference, ids, max_new, stop_ids=stop_token_ids(tokenizer)).tokens
-            found = teacher_forced_greedy(target, ids, expected)
-            same += sum(a == b for a, b in zip(found, expected, strict=True))
-            total += len(expected)
+        same = sum(
+            sum(a == b for a, b in zip(teacher_forced_greedy(target, ids, tokens), tokens, strict=True))
+            for ids, tokens in zip(prompts, expected, strict=True)
+        )
         lines.append(f"  {fmt:8} {100 * same / total:.1f}% of {total} tokens")
     return "\n".join(lines)
 
