@@ -914,8 +914,8 @@ def run_server(
         raise ValueError(f"--max-queued must be >= 0, got {max_queued}")
     service = Service(load_model(model, dtype), prefix_cache_bytes=prefix_cache_mb << 20, weights=weights)
     server = make_server(service, host, port, max_queued)
-    weights = service.model_target.weights
-    print(f"Serving {service.name} ({weights} weights) at http://{host}:{server.server_address[1]}/v1", flush=True)
+    stored = service.model_target.weights if dtype == "float32" else dtype  # the formats apply to float32 models
+    print(f"Serving {service.name} ({stored} weights) at http://{host}:{server.server_address[1]}/v1", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
