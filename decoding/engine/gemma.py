@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from decoding.engine.weights import Matrix, matrix
+from decoding.engine.weights import Int8Matrix, Matrix, RMSNorm, matrix
 
 
 @dataclass
@@ -59,18 +59,6 @@ class GemmaArgs:
             attn_scale=config.query_pre_attn_scalar**-0.5,
             final_softcap=config.final_logit_softcapping,
         )
-
-
-class RMSNorm(nn.Module):
-    """Gemma's RMSNorm: computed in float32, scaled by (1 + weight)."""
-
-    def __init__(self, weight: Tensor, eps: float):
-        super().__init__()
-        self.scale = nn.Parameter((1.0 + weight.float()), requires_grad=False)
-        self.eps = eps
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.rms_norm(x.float(), self.scale.shape, self.scale, self.eps).type_as(x)
 
 
 class KVCache(nn.Module):
@@ -202,6 +190,8 @@ class Block(nn.Module):
         self.gate_up = matrix(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), weights)
         self.down = matrix(mlp.down_proj.weight, weights)
         self.row_invariant = self.qkv.row_invariant  # its products are: attend a row at a time too
+        # int8 with its compiled kernel: the attention's inputs are normed, rotated and cached in one call too
+        self.compiled = isinstance(self.qkv, Int8Matrix) and self.qkv.path is not None
         self.eps = args.eps
         q_scale = (1.0 + attn.q_norm.weight.detach().float()).expand(self.n_heads, -1)
         k_scale = (1.0 + attn.k_norm.weight.detach().float()).expand(self.n_kv, -1)
@@ -215,17 +205,25 @@ class Block(nn.Module):
         self, x: Tensor, cache: KVCache, start: int, rope: tuple[Tensor, Tensor], mask: Tensor, lo: int,
         rows_alone: bool,
     ) -> Tensor:
-        """x: [T, D] at positions start..start+T-1; attends to cache[lo:start+T] under `mask` [T, start+T-lo], or a
-        row at a time when `rows_alone` in a row-invariant format. rope: cos and `signed_sin` [T, 1, Dh]."""
+        """x: [T, D] (before its norm) at positions start..start+T-1 -> the heads' outputs [T, H Dh]. Attends to
+        cache[lo:start+T] under `mask` [T, start+T-lo], or a row at a time when `rows_alone` in a row-invariant
+        format. rope: cos and `signed_sin` [T, 1, Dh]."""
         T = x.shape[0]
         H, Hkv = self.n_heads, self.n_kv
-        qkv = self.qkv(x).view(T, H + 2 * Hkv, self.head_dim)
-        qk = F.rms_norm(qkv[:, : H + Hkv].float(), (self.head_dim,), None, self.eps) * self.qk_scale
-        qk = rotate(qk.type_as(x), *rope)  # [T, H+Hkv, Dh]
-        q, k = qk[:, :H].transpose(0, 1), qk[:, H:].transpose(0, 1)  # [H, T, Dh], [Hkv, T, Dh]
-        v = qkv[:, H + Hkv :].transpose(0, 1)  # [Hkv, T, Dh]
-        cache.k[self.index, :, start : start + T] = k
-        cache.v[self.index, :, start : start + T] = v
+        qkv = self.qkv.product(x, in_norm=self.attn_in_norm)  # [T, (H+2Hkv) Dh]
+        if self.compiled:
+            q = torch.ops.retain.qk_rope_cache(
+                qkv, self.qk_scale, rope[0].view(T, -1), rope[1].view(T, -1), cache.k, cache.v, self.index, start,
+                self.eps,
+            )  # [H, T, Dh]
+        else:
+            qkv = qkv.view(T, H + 2 * Hkv, self.head_dim)
+            qk = F.rms_norm(qkv[:, : H + Hkv].float(), (self.head_dim,), None, self.eps) * self.qk_scale
+            qk = rotate(qk.type_as(x), *rope)  # [T, H+Hkv, Dh]
+            q, k = qk[:, :H].transpose(0, 1), qk[:, H:].transpose(0, 1)  # [H, T, Dh], [Hkv, T, Dh]
+            v = qkv[:, H + Hkv :].transpose(0, 1)  # [Hkv, T, Dh]
+            cache.k[self.index, :, start : start + T] = k
+            cache.v[self.index, :, start : start + T] = v
         if self.row_invariant and T == 1:
             out = self._attend(q, cache, start)  # [H, 1, Dh]
         elif self.row_invariant and rows_alone:
@@ -237,7 +235,7 @@ class Block(nn.Module):
                 q.unsqueeze(0), keys.unsqueeze(0), values.unsqueeze(0), attn_mask=mask, scale=self.scale,
                 enable_gqa=True,
             )[0]  # [H, T, Dh]
-        return self.out(out.transpose(0, 1).reshape(T, H * self.head_dim))
+        return out.transpose(0, 1).reshape(T, H * self.head_dim)
 
     def _attend(self, q: Tensor, cache: KVCache, position: int) -> Tensor:
         """q: [H, 1, Dh] at `position`, over every key it sees (its window, on a sliding layer) -> [H, 1, Dh]."""
@@ -249,9 +247,10 @@ class Block(nn.Module):
         )[0]
 
     def forward(self, x: Tensor, cache: KVCache, start: int, rope, mask: Tensor, lo: int, rows_alone: bool) -> Tensor:
-        x = x + self.attn_out_norm(self.attention(self.attn_in_norm(x), cache, start, rope, mask, lo, rows_alone))
-        gate, up = self.gate_up(self.mlp_in_norm(x)).chunk(2, dim=-1)
-        return x + self.mlp_out_norm(self.down(F.gelu(gate, approximate="tanh") * up))
+        heads = self.attention(x, cache, start, rope, mask, lo, rows_alone)  # [T, H Dh]
+        x = self.out.product(heads, out_norm=self.attn_out_norm, residual=x)
+        gate, up = self.gate_up.product(x, in_norm=self.mlp_in_norm).chunk(2, dim=-1)
+        return self.down.product(F.gelu(gate, approximate="tanh") * up, out_norm=self.mlp_out_norm, residual=x)
 
 
 class Gemma3(nn.Module):
