@@ -1,12 +1,14 @@
-// The int8 product of the embedded engine's int8 weights (weights.py, Int8Matrix), built on first use (kernels.py).
+// The product of the embedded engine's int8 weights (weights.py, Int8Matrix), built on first use (kernels.py).
 //
 // y[t, n] = float(sum_k q[t, k] * w[n, k]) * (scale[n] * row_scale[t]), where w is int8 with one scale per output
-// row and q = round(x[t] * 127 / max|x[t]|), row_scale[t] = max|x[t]| / 127. The sums are integers, exact in any
-// order, and each row is quantized on its own: a row's result never depends on the rows that come with it, nor on
-// the code path (AVX-512 VNNI, portable C++, or weights.py's float64 fallback), bit for bit.
+// row, and each input row is rounded to integers of at most L in magnitude (`levels`; weights.py takes the most
+// whose sums cannot overflow 32 bits: 26,406 for K = 640, 8,256 for K = 2,048): q = round(x[t] * L / max|x[t]|),
+// row_scale[t] = max|x[t]| / L. Inputs keep 14 to 16 bits, so the weights' rounding is nearly all the format loses. The sums are
+// integers, exact in any order, and each row is rounded on its own: a row's result never depends on the rows that
+// come with it, nor on the code path (AVX-512 VNNI, portable C++, or weights.py's `exact_product`), bit for bit.
 //
-// Weights are packed in tiles of 16 outputs, [N/16, K/4, 16, 4]: one 64-byte load holds four k of 16 outputs, which
-// VNNI's dpbusd multiplies by four bytes of x (taken as unsigned: q + 128, corrected by offset[n] = 128 sum_k w[n, k]).
+// Weights are packed in tiles of 16 outputs, [N/16, K/2, 16, 2]: one 32-byte load holds two k of 16 outputs, which
+// widen to 16-bit and VNNI's dpwssd multiplies by two 16-bit inputs, into 16 sums.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -14,8 +16,8 @@
 
 #include <immintrin.h>
 
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <optional>
 #include <vector>
@@ -24,8 +26,9 @@ namespace {
 
 constexpr int64_t kTile = 16;
 // How far ahead of its loads a tile loop asks for the weights (bytes): the memory's own prefetcher starts each
-// stream late, and one layer's products are short streams (measured here: 16 KiB, 8% faster than none).
-constexpr int64_t kAhead = 16384;
+// stream late, and one layer's products are short streams. Measured here on a step's products: 6 KiB is about 5%
+// faster than none; distances that are multiples of 4 KiB (16 KiB, 32 KiB) were slower than none.
+constexpr int64_t kAhead = 6144;
 
 // 1 / RMS(x) for Gemma's RMSNorm: x * (1 / sqrt(mean(x^2) + eps)) * (1 + weight).
 float inverse_rms(const float* x, int64_t D, float eps) {
@@ -34,98 +37,106 @@ float inverse_rms(const float* x, int64_t D, float eps) {
   return static_cast<float>(1.0 / std::sqrt(squares / static_cast<double>(D) + eps));
 }
 
-// x [K] -> q [Kp] (q + 128 as unsigned bytes; padding is 128, that is 0); returns max|x| / 127.
-float quantize_row(const float* x, int64_t K, int64_t Kp, uint8_t* q) {
+// x [K] -> q [Kp] (zero padding); returns max|x| / L.
+float quantize_row(const float* x, int64_t K, int64_t Kp, int16_t* q, float levels) {
   float largest = 0.f;
   for (int64_t k = 0; k < K; ++k) largest = std::fmax(largest, std::fabs(x[k]));
   if (largest < 1e-30f) largest = 1e-30f;
-  const float inverse = 127.f / largest;
-  for (int64_t k = 0; k < K; ++k) q[k] = static_cast<uint8_t>(static_cast<int32_t>(std::nearbyint(x[k] * inverse)) + 128);
-  for (int64_t k = K; k < Kp; ++k) q[k] = 128;
-  return largest / 127.f;
+  const float inverse = levels / largest;
+  for (int64_t k = 0; k < K; ++k) q[k] = static_cast<int16_t>(std::nearbyint(x[k] * inverse));
+  for (int64_t k = K; k < Kp; ++k) q[k] = 0;
+  return largest / levels;
 }
 
 // One tile's 16 results of one row.
-void finish(const int32_t* sums, const int32_t* offset, const float* scale, float row_scale, float* y) {
-  for (int64_t i = 0; i < kTile; ++i) y[i] = static_cast<float>(sums[i] - offset[i]) * (scale[i] * row_scale);
+void finish(const int32_t* sums, const float* scale, float row_scale, float* y) {
+  for (int64_t i = 0; i < kTile; ++i) y[i] = static_cast<float>(sums[i]) * (scale[i] * row_scale);
 }
 
-// Four bytes of a row, in every 32-bit lane.
-__attribute__((target("avx512f"))) inline __m512i x4(const uint8_t* p) {
+// Two 16-bit inputs, in every 32-bit lane.
+__attribute__((target("avx512f"))) inline __m512i x2(const int16_t* p) {
   return _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(p));
 }
 
+// Two k of the tile's 16 outputs, widened to 16 bits.
+__attribute__((target("avx512f,avx512bw"))) inline __m512i w2(const int8_t* p) {
+  return _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+
 __attribute__((target("avx512f,avx512bw,avx512vnni")))
-void tile_vnni(const uint8_t* q, const float* row_scale, int64_t T, int64_t Kp, const int8_t* tile,
-               const int32_t* offset, const float* scale, float* y, int64_t Np) {
-  const int64_t steps = Kp / 4;
+void tile_vnni(const int16_t* q, const float* row_scale, int64_t T, int64_t Kp, const int8_t* tile, const float* scale,
+               float* y, int64_t Np) {
+  const int64_t steps = Kp / 2;
   alignas(64) int32_t sums[4][kTile];
   int64_t t = 0;
   for (; t + 4 <= T; t += 4) {  // four rows share each load of the tile
-    const uint8_t* r = q + t * Kp;
+    const int16_t* r = q + t * Kp;
     __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
     for (int64_t s = 0; s < steps; ++s) {
-      _mm_prefetch(reinterpret_cast<const char*>(tile + s * 64 + kAhead), _MM_HINT_T0);
-      const __m512i w = _mm512_loadu_si512(tile + s * 64);
-      a0 = _mm512_dpbusd_epi32(a0, x4(r + 4 * s), w);
-      a1 = _mm512_dpbusd_epi32(a1, x4(r + Kp + 4 * s), w);
-      a2 = _mm512_dpbusd_epi32(a2, x4(r + 2 * Kp + 4 * s), w);
-      a3 = _mm512_dpbusd_epi32(a3, x4(r + 3 * Kp + 4 * s), w);
+      if (s % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(tile + s * 32 + kAhead), _MM_HINT_T0);
+      const __m512i w = w2(tile + s * 32);
+      a0 = _mm512_dpwssd_epi32(a0, x2(r + 2 * s), w);
+      a1 = _mm512_dpwssd_epi32(a1, x2(r + Kp + 2 * s), w);
+      a2 = _mm512_dpwssd_epi32(a2, x2(r + 2 * Kp + 2 * s), w);
+      a3 = _mm512_dpwssd_epi32(a3, x2(r + 3 * Kp + 2 * s), w);
     }
     _mm512_store_si512(sums[0], a0);
     _mm512_store_si512(sums[1], a1);
     _mm512_store_si512(sums[2], a2);
     _mm512_store_si512(sums[3], a3);
-    for (int64_t i = 0; i < 4; ++i) finish(sums[i], offset, scale, row_scale[t + i], y + (t + i) * Np);
+    for (int64_t i = 0; i < 4; ++i) finish(sums[i], scale, row_scale[t + i], y + (t + i) * Np);
   }
-  for (; t < T; ++t) {  // one row: two chains of sums, so each dpbusd need not wait for the last
-    const uint8_t* r = q + t * Kp;
-    __m512i a0 = _mm512_setzero_si512(), a1 = a0;
+  for (; t < T; ++t) {  // one row: four chains of sums, so each dpwssd need not wait for the last
+    const int16_t* r = q + t * Kp;
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
     int64_t s = 0;
-    for (; s + 2 <= steps; s += 2) {
-      _mm_prefetch(reinterpret_cast<const char*>(tile + s * 64 + kAhead), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(tile + s * 64 + 64 + kAhead), _MM_HINT_T0);
-      a0 = _mm512_dpbusd_epi32(a0, x4(r + 4 * s), _mm512_loadu_si512(tile + s * 64));
-      a1 = _mm512_dpbusd_epi32(a1, x4(r + 4 * s + 4), _mm512_loadu_si512(tile + s * 64 + 64));
+    for (; s + 4 <= steps; s += 4) {
+      _mm_prefetch(reinterpret_cast<const char*>(tile + s * 32 + kAhead), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(tile + s * 32 + 64 + kAhead), _MM_HINT_T0);
+      a0 = _mm512_dpwssd_epi32(a0, x2(r + 2 * s), w2(tile + s * 32));
+      a1 = _mm512_dpwssd_epi32(a1, x2(r + 2 * s + 2), w2(tile + s * 32 + 32));
+      a2 = _mm512_dpwssd_epi32(a2, x2(r + 2 * s + 4), w2(tile + s * 32 + 64));
+      a3 = _mm512_dpwssd_epi32(a3, x2(r + 2 * s + 6), w2(tile + s * 32 + 96));
     }
-    if (s < steps) a0 = _mm512_dpbusd_epi32(a0, x4(r + 4 * s), _mm512_loadu_si512(tile + s * 64));
-    _mm512_store_si512(sums[0], _mm512_add_epi32(a0, a1));
-    finish(sums[0], offset, scale, row_scale[t], y + t * Np);
+    for (; s < steps; ++s) a0 = _mm512_dpwssd_epi32(a0, x2(r + 2 * s), w2(tile + s * 32));
+    _mm512_store_si512(sums[0], _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3)));
+    finish(sums[0], scale, row_scale[t], y + t * Np);
   }
 }
 
-void tile_portable(const uint8_t* q, const float* row_scale, int64_t T, int64_t Kp, const int8_t* tile,
-                   const int32_t* offset, const float* scale, float* y, int64_t Np) {
+void tile_portable(const int16_t* q, const float* row_scale, int64_t T, int64_t Kp, const int8_t* tile,
+                   const float* scale, float* y, int64_t Np) {
   int32_t sums[kTile];
   for (int64_t t = 0; t < T; ++t) {
-    const uint8_t* r = q + t * Kp;
+    const int16_t* r = q + t * Kp;
     for (int64_t i = 0; i < kTile; ++i) sums[i] = 0;
-    for (int64_t s = 0; s < Kp / 4; ++s)
+    for (int64_t s = 0; s < Kp / 2; ++s)
       for (int64_t i = 0; i < kTile; ++i)
-        for (int64_t j = 0; j < 4; ++j)
-          sums[i] += static_cast<int32_t>(r[4 * s + j]) * static_cast<int32_t>(tile[s * 64 + 4 * i + j]);
-    finish(sums, offset, scale, row_scale[t], y + t * Np);
+        for (int64_t j = 0; j < 2; ++j)
+          sums[i] += static_cast<int32_t>(r[2 * s + j]) * static_cast<int32_t>(tile[s * 32 + 2 * i + j]);
+    finish(sums, scale, row_scale[t], y + t * Np);
   }
 }
 
 bool has_vnni() { return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw"); }
 
-// x [T, K] float32; packed [Np/16, Kp/4, 16, 4] int8; scale, offset [Np] -> [T, N] float32.
-// x [T, K] float32; packed [Np/16, Kp/4, 16, 4] int8; scale, offset [Np] -> [T, N] float32. With `in_norm`, x's rows
-// are RMS-normed first (times in_norm [K]); with `out_norm`, the result's rows are, and `residual` [T, N] is added.
-at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
-                       const at::Tensor& offset, int64_t n_out, bool vnni, const std::optional<at::Tensor>& in_norm,
+// x [T, K] float32; packed [Np/16, Kp/2, 16, 2] int8; scale [Np] -> [T, N] float32. With `in_norm`, x's rows are
+// RMS-normed first (times in_norm [K]); with `out_norm`, the result's rows are, and `residual` [T, N] is added.
+at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale, int64_t n_out,
+                       int64_t levels, bool vnni, const std::optional<at::Tensor>& in_norm,
                        const std::optional<at::Tensor>& out_norm, const std::optional<at::Tensor>& residual,
                        double eps) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x must be contiguous float32 [T, K]");
-  TORCH_CHECK(packed.dim() == 4 && packed.size(2) == kTile && packed.size(3) == 4 && packed.is_contiguous() &&
-                  packed.scalar_type() == at::kChar, "packed must be contiguous int8 [N/16, K/4, 16, 4]");
-  const int64_t T = x.size(0), K = x.size(1), Np = packed.size(0) * kTile, Kp = packed.size(1) * 4;
-  TORCH_CHECK(K <= Kp && Kp < K + 4 && n_out <= Np && Np < n_out + kTile, "x [T, K] does not fit packed");
-  TORCH_CHECK(scale.numel() == Np && offset.numel() == Np && scale.scalar_type() == at::kFloat &&
-                  offset.scalar_type() == at::kInt, "scale (float32) and offset (int32) need one value per output");
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(),
+              "x must be contiguous float32 [T, K]");
+  TORCH_CHECK(packed.dim() == 4 && packed.size(2) == kTile && packed.size(3) == 2 && packed.is_contiguous() &&
+                  packed.scalar_type() == at::kChar, "packed must be contiguous int8 [N/16, K/2, 16, 2]");
+  const int64_t T = x.size(0), K = x.size(1), Np = packed.size(0) * kTile, Kp = packed.size(1) * 2;
+  TORCH_CHECK(K <= Kp && Kp < K + 2 && n_out <= Np && Np < n_out + kTile, "x [T, K] does not fit packed");
+  TORCH_CHECK(scale.numel() == Np && scale.scalar_type() == at::kFloat, "scale needs one float32 per output");
   TORCH_CHECK(!vnni || has_vnni(), "this CPU has no AVX-512 VNNI");
-  std::vector<uint8_t> q(T * Kp);
+  TORCH_CHECK(0 < levels && levels <= 32767 && levels * 127 * Kp <= 2147483647,
+              "levels: 16-bit inputs whose sums with K int8 weights fit 32 bits");
+  std::vector<int16_t> q(T * Kp);
   std::vector<float> row_scale(T);
   const float* xp = x.data_ptr<float>();
   const float* in_w = in_norm ? in_norm->data_ptr<float>() : nullptr;
@@ -139,24 +150,24 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
         for (int64_t k = 0; k < K; ++k) normed[k] = row[k] * inverse * in_w[k];
         row = normed.data();
       }
-      row_scale[t] = quantize_row(row, K, Kp, q.data() + t * Kp);
+      row_scale[t] = quantize_row(row, K, Kp, q.data() + t * Kp, static_cast<float>(levels));
     }
   });
   at::Tensor y = at::empty({T, Np}, x.options());
   const int8_t* w = packed.data_ptr<int8_t>();
-  const int32_t* off = offset.data_ptr<int32_t>();
   const float* sc = scale.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   at::parallel_for(0, Np / kTile, 1, [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j) {
       const int64_t n = j * kTile;
-      if (vnni) tile_vnni(q.data(), row_scale.data(), T, Kp, w + n * Kp, off + n, sc + n, yp + n, Np);
-      else tile_portable(q.data(), row_scale.data(), T, Kp, w + n * Kp, off + n, sc + n, yp + n, Np);
+      if (vnni) tile_vnni(q.data(), row_scale.data(), T, Kp, w + n * Kp, sc + n, yp + n, Np);
+      else tile_portable(q.data(), row_scale.data(), T, Kp, w + n * Kp, sc + n, yp + n, Np);
     }
   });
   if (n_out != Np) y = y.narrow(1, 0, n_out).contiguous();
   if (!out_norm) return y;
-  TORCH_CHECK(out_norm->numel() == n_out && (!residual || (residual->is_contiguous() && residual->sizes() == y.sizes())),
+  TORCH_CHECK(out_norm->numel() == n_out &&
+                  (!residual || (residual->is_contiguous() && residual->sizes() == y.sizes())),
               "out_norm needs one weight per output, residual the result's shape");
   const float* out_w = out_norm->data_ptr<float>();
   const float* add = residual ? residual->data_ptr<float>() : nullptr;
@@ -178,8 +189,9 @@ at::Tensor qk_rope_cache(const at::Tensor& qkv, const at::Tensor& qk_scale, cons
   const int64_t T = qkv.size(0), Dh = qk_scale.size(1), Hqk = qk_scale.size(0), Hkv = cache_k.size(1);
   const int64_t H = Hqk - Hkv, S = cache_k.size(2), half = Dh / 2;
   TORCH_CHECK(qkv.is_contiguous() && qkv.size(1) == (Hqk + Hkv) * Dh && cos.is_contiguous() &&
-                  sin_signed.is_contiguous() && cos.size(0) == T && cache_k.is_contiguous() && cache_v.is_contiguous() &&
-                  start + T <= S, "qk_rope_cache: shapes do not match");
+                  sin_signed.is_contiguous() && cos.size(0) == T && cache_k.is_contiguous() &&
+                  cache_v.is_contiguous() && start + T <= S,
+              "qk_rope_cache: shapes do not match");
   at::Tensor q = at::empty({H, T, Dh}, qkv.options());
   const float* in = qkv.data_ptr<float>();
   const float* w = qk_scale.data_ptr<float>();
@@ -208,7 +220,7 @@ at::Tensor qk_rope_cache(const at::Tensor& qkv, const at::Tensor& qk_scale, cons
 }  // namespace
 
 TORCH_LIBRARY(retain, m) {
-  m.def("int8_linear(Tensor x, Tensor packed, Tensor scale, Tensor offset, int n_out, bool vnni, Tensor? in_norm, "
+  m.def("int8_linear(Tensor x, Tensor packed, Tensor scale, int n_out, int levels, bool vnni, Tensor? in_norm, "
         "Tensor? out_norm, Tensor? residual, float eps) -> Tensor", &int8_linear);
   m.def("qk_rope_cache(Tensor qkv, Tensor qk_scale, Tensor cos, Tensor sin_signed, Tensor(a!) cache_k, "
         "Tensor(b!) cache_v, int layer, int start, float eps) -> Tensor", &qk_rope_cache);

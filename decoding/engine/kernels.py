@@ -83,7 +83,7 @@ def _load() -> tuple[str | None, str]:
             _build(compiler, target)
         try:
             torch.ops.load_library(str(target))
-        except OSError as error:
+        except (OSError, RuntimeError) as error:  # RuntimeError: another build's operators are loaded already
             raise KernelUnavailable(f"{target} would not load: {error}") from error
     except (KernelUnavailable, OSError, subprocess.SubprocessError) as error:
         return None, str(error)

@@ -7,16 +7,18 @@ stores the layers' and the output layer's matrices differently; what enters and 
 |---|---|---|
 | float32 | 4 | oneDNN (packed for 3+ rows); the output layer's argmax through `gemma.GreedyHead`: exact |
 | float16 | 2 | fbgemm's half-precision product, float32 sums |
-| int8    | 1 | fbgemm's int8 product: a scale per output row, each input row quantized to 8 bits by its own |
-|         |   | largest value, integer sums (the default: `loading.DEFAULT_WEIGHTS`) |
+| int8    | 1 | Retain's kernel (int8.cpp, `kernels.py`): a scale per output row, each input row quantized to 8 |
+|         |   | bits by its own largest value, integer sums (the default: `loading.DEFAULT_WEIGHTS`) |
 
 The float16 and int8 products give each row the same result however many rows come with it (tested), so a verify
 forward of k+1 rows scores each row as a one-row plain step does: greedy speculative decoding gives the plain
 decoding of the same weights. Their greedy token is the argmax of their own logits.
 
-Other CPU kernels are slower here (docs/measurements.md, Weight formats): torch's weight-only `_weight_int8pack_mm`
-ran the 270M at 137 ms a token (float32: 52 ms), `_weight_int4pack_mm_for_cpu` read 0.8 GB/s, and oneDNN's int8
-product streamed the layers at 9.4 GB/s against fbgemm's 11–12, so no format uses them.
+torch's CPU kernels are slower here (docs/measurements.md, Weight formats): its weight-only `_weight_int8pack_mm` ran
+the 270M at 137 ms a token (float32: 52 ms), `_weight_int4pack_mm_for_cpu` read 0.8 GB/s, and oneDNN's int8 product
+streamed the layers at 9.4 GB/s against fbgemm's 11–12. fbgemm's int8 product costs tens of microseconds a call
+beyond its bytes; Retain's kernel does not, and it streams the layers at about 17 GB/s. fbgemm's product remains the
+int8 format's fallback where the kernel cannot be built.
 """
 
 from __future__ import annotations
@@ -118,13 +120,13 @@ class Float16Matrix(Matrix):
 
 
 class Int8Matrix(Matrix):
-    """int8 weights with one scale per output row, times each input row quantized to 8 bits by its own largest
+    """int8 weights with one scale per output row, times each input row rounded to 16-bit integers by its own largest
     magnitude: the sums are integers, so a row's result is exact whatever rows come with it.
 
     The product is int8.cpp's (`kernels.int8_kernel`, which states the arithmetic), packed in its tiles; it takes a
     layer's norms and residual in the same call (`product`). `exact_product` computes its numbers in torch, bit for
-    bit, for the tests. Where the kernel cannot be built, fbgemm's int8 product runs instead, on the same int8 weights,
-    each row quantized the same way (to within a rounding), at about two thirds of the speed.
+    bit, for the tests. Where the kernel cannot be built, fbgemm's int8 product runs instead, on the same weights with
+    inputs rounded to 8 bits: slower, and its text follows float32's less closely (docs/serving.md, Weight formats).
     """
 
     TILE = 16  # outputs per tile of int8.cpp's packed layout
@@ -135,7 +137,9 @@ class Int8Matrix(Matrix):
         self.n_out, self.n_in = w.shape
         self.scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)  # [N]
         q = torch.round(w / self.scale[:, None]).clamp(-127, 127).to(torch.int8)  # [N, K]
-        self.nbytes = q.numel() + self.n_out * 8
+        self.nbytes = q.numel() + self.n_out * 4
+        # each input row rounds to integers up to this size: the most whose sums of K products stay within 32 bits
+        self.input_levels = min(32767, (2**31 - 1) // (127 * (self.n_in + self.n_in % 2)))
         try:
             self.path: str | None = int8_kernel()
         except KernelUnavailable as why:
@@ -149,11 +153,10 @@ class Int8Matrix(Matrix):
                 quantized = torch._make_per_channel_quantized_tensor(q, self.scale.double(), zero, 0)
                 self.fbgemm = torch.ops.quantized.linear_prepack(quantized, None)
             return
-        Np, Kp = -(-self.n_out // self.TILE) * self.TILE, -(-self.n_in // 4) * 4
+        Np, Kp = -(-self.n_out // self.TILE) * self.TILE, -(-self.n_in // 2) * 2
         padded = F.pad(q, (0, Kp - self.n_in, 0, Np - self.n_out))  # [Np, Kp]: zero weights add nothing
-        self.packed = padded.view(Np // self.TILE, self.TILE, Kp // 4, 4).transpose(1, 2).contiguous()
+        self.packed = padded.view(Np // self.TILE, self.TILE, Kp // 2, 2).transpose(1, 2).contiguous()
         self.padded_scale = F.pad(self.scale, (0, Np - self.n_out))
-        self.offset = padded.sum(dim=1, dtype=torch.int32) * 128  # int8.cpp takes x as q + 128
 
     def forward(self, x: Tensor) -> Tensor:
         if self.path is None:
@@ -174,17 +177,18 @@ class Int8Matrix(Matrix):
 
     def _kernel(self, x: Tensor, in_norm: Tensor | None, out_norm: Tensor | None, residual: Tensor | None, eps: float):
         return torch.ops.retain.int8_linear(
-            x.float().contiguous(), self.packed, self.padded_scale, self.offset, self.n_out, self.path == "vnni",
+            x.float().contiguous(), self.packed, self.padded_scale, self.n_out, self.input_levels, self.path == "vnni",
             in_norm, out_norm, residual, eps,
         )
 
     def exact_product(self, x: Tensor) -> Tensor:
         """int8.cpp's arithmetic in torch (without norms), bit for bit: integer sums, exact in float64."""
         x = x.float()
+        levels = float(self.input_levels)
         largest = torch.linalg.vector_norm(x, float("inf"), dim=1, keepdim=True).clamp_(min=1e-30)  # [T, 1]
-        q = torch.round(x * (torch.full_like(largest, 127.0) / largest))  # not 127 / largest: torch takes 1/x first
+        q = torch.round(x * (torch.full_like(largest, levels) / largest))  # not L / largest: torch takes 1/x first
         sums = (q.double() @ self.weight_values().double().T).float()  # [T, N]: exact integers, rounded once
-        return sums * (self.scale * (largest / 127))
+        return sums * (self.scale * (largest / levels))
 
     def weight_values(self, index: Tensor | None = None) -> Tensor:
         """The int8 values of W's rows `index` (all rows by default) [n, in]."""
@@ -192,7 +196,7 @@ class Int8Matrix(Matrix):
         if self.path is None:
             weight, _ = torch.ops.quantized.linear_unpack(self.fbgemm)
             return weight.int_repr()[index]
-        tiles = self.packed[index // self.TILE, :, index % self.TILE]  # [n, Kp/4, 4]
+        tiles = self.packed[index // self.TILE, :, index % self.TILE]  # [n, Kp/2, 2]
         return tiles.reshape(len(index), -1)[:, : self.n_in]
 
     def rows(self, index: Tensor) -> Tensor:
