@@ -48,7 +48,9 @@ def test_the_first_forward_returns_every_prompt_row_as_uncached(tiny_gemma, prom
     cached.rollback(len(SHARED) + 2)  # B's prefix past SHARED is live, so a prompt A draws on both kinds
     fresh = GemmaTarget(tiny_gemma)
     fresh.reset(len(prompt) + 5)
-    torch.testing.assert_close(cached.forward(prompt), fresh.forward(prompt))
+    # the cached rows attend over fewer rows at once than the fresh prompt's: their sums round differently, and int8's
+    # 16-bit inputs can land one level apart (about 1e-4 here)
+    torch.testing.assert_close(cached.forward(prompt), fresh.forward(prompt), atol=1e-3, rtol=1e-3)
     assert cached.reused == reused
 
 

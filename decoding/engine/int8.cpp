@@ -3,9 +3,10 @@
 // y[t, n] = float(sum_k q[t, k] * w[n, k]) * (scale[n] * row_scale[t]), where w is int8 with one scale per output
 // row, and each input row is rounded to integers of at most L in magnitude (`levels`; weights.py takes the most
 // whose sums cannot overflow 32 bits: 26,406 for K = 640, 8,256 for K = 2,048): q = round(x[t] * L / max|x[t]|),
-// row_scale[t] = max|x[t]| / L. Inputs keep 14 to 16 bits, so the weights' rounding is nearly all the format loses. The sums are
-// integers, exact in any order, and each row is rounded on its own: a row's result never depends on the rows that
-// come with it, nor on the code path (AVX-512 VNNI, portable C++, or weights.py's `exact_product`), bit for bit.
+// row_scale[t] = max|x[t]| / L. Inputs keep 14 to 16 bits, so the weights' rounding is nearly all the format
+// loses. The sums are integers, exact in any order, and each row is rounded on its own: a row's result never depends
+// on the rows that come with it, nor on the code path (AVX-512 VNNI, portable C++, or weights.py's `exact_product`),
+// bit for bit.
 //
 // Weights are packed in tiles of 16 outputs, [N/16, K/2, 16, 2]: one 32-byte load holds two k of 16 outputs, which
 // widen to 16-bit and VNNI's dpwssd multiplies by two 16-bit inputs, into 16 sums.

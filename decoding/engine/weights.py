@@ -130,14 +130,14 @@ class Int8Matrix(Matrix):
     """
 
     TILE = 16  # outputs per tile of int8.cpp's packed layout
+    CHUNK = 8192  # rows rounded at a time: the output layer's float32 temporaries stay small
 
     def __init__(self, weight: Tensor):
         super().__init__()
-        w = weight.detach().float()
+        w = weight.detach()
         self.n_out, self.n_in = w.shape
-        self.scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)  # [N]
-        q = torch.round(w / self.scale[:, None]).clamp(-127, 127).to(torch.int8)  # [N, K]
-        self.nbytes = q.numel() + self.n_out * 4
+        self.scale = (w.abs().amax(dim=1).float() / 127).clamp(min=1e-12)  # [N]
+        self.nbytes = w.numel() + self.n_out * 4
         # each input row rounds to integers up to this size: the most whose sums of K products stay within 32 bits
         self.input_levels = min(32767, (2**31 - 1) // (127 * (self.n_in + self.n_in % 2)))
         try:
@@ -146,6 +146,12 @@ class Int8Matrix(Matrix):
             warnings.warn(f"int8 products through fbgemm, slower than Retain's kernel: {why}", RuntimeWarning,
                           stacklevel=2)
             self.path = None
+        Np = -(-self.n_out // self.TILE) * self.TILE if self.path else self.n_out
+        Kp = -(-self.n_in // 2) * 2 if self.path else self.n_in
+        q = torch.zeros(Np, Kp, dtype=torch.int8)  # padding: zero weights add nothing
+        for start in range(0, self.n_out, self.CHUNK):
+            rows = slice(start, min(start + self.CHUNK, self.n_out))
+            q[rows, : self.n_in] = torch.round(w[rows].float() / self.scale[rows, None]).clamp(-127, 127)
         if self.path is None:
             with warnings.catch_warnings():  # quantized tensors are deprecated in favour of torchao, still in torch
                 warnings.simplefilter("ignore")
@@ -153,9 +159,7 @@ class Int8Matrix(Matrix):
                 quantized = torch._make_per_channel_quantized_tensor(q, self.scale.double(), zero, 0)
                 self.fbgemm = torch.ops.quantized.linear_prepack(quantized, None)
             return
-        Np, Kp = -(-self.n_out // self.TILE) * self.TILE, -(-self.n_in // 2) * 2
-        padded = F.pad(q, (0, Kp - self.n_in, 0, Np - self.n_out))  # [Np, Kp]: zero weights add nothing
-        self.packed = padded.view(Np // self.TILE, self.TILE, Kp // 2, 2).transpose(1, 2).contiguous()
+        self.packed = q.view(Np // self.TILE, self.TILE, Kp // 2, 2).transpose(1, 2).contiguous()
         self.padded_scale = F.pad(self.scale, (0, Np - self.n_out))
 
     def forward(self, x: Tensor) -> Tensor:
