@@ -118,3 +118,18 @@ def test_a_new_machine_builds_the_kernel_once_into_its_cache(monkeypatch, tmp_pa
     kernels._build(compiler, target)
     assert [p.name for p in (tmp_path / "kernels").iterdir()] == [target.name]
     assert b"int8_linear" in target.read_bytes()
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_the_fused_argmax_is_the_argmax_of_the_products_and_takes_the_lowest_index_on_a_tie(path):
+    """The output layer's greedy token without writing its scores: rows 40 and 1000 are the same weights, so on the
+    input that favours them they tie, and torch's argmax answers the lower index."""
+    torch.manual_seed(5)
+    weight = torch.randn(2051, 64) * 0.1  # padded: 2051 outputs are not a whole number of tiles
+    weight[1000] = weight[40] = weight[40] * 5
+    stored = Int8Matrix(weight)
+    stored.path = path
+    x = torch.randn(6, 64)
+    x[0] = weight[40]
+    assert stored.argmax(x) == stored.exact_product(x).argmax(-1).tolist()
+    assert stored.argmax(x)[0] == 40

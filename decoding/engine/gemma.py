@@ -242,9 +242,9 @@ class Block(nn.Module):
         lo = max(0, position - self.window + 1) if self.sliding else 0
         keys = cache.k[self.index, :, lo : position + 1]  # [Hkv, S, Dh]
         values = cache.v[self.index, :, lo : position + 1]
-        return F.scaled_dot_product_attention(
-            q.unsqueeze(0), keys.unsqueeze(0), values.unsqueeze(0), scale=self.scale, enable_gqa=True
-        )[0]
+        grouped = q.reshape(self.n_kv, -1, self.head_dim)  # [Hkv, H/Hkv, Dh]: the heads that share a key head
+        scores = torch.bmm(grouped, keys.transpose(1, 2)).mul_(self.scale)  # [Hkv, H/Hkv, S]
+        return torch.bmm(scores.softmax(-1), values).view_as(q)  # one row: two products beat SDPA's tiled kernel
 
     def forward(self, x: Tensor, cache: KVCache, start: int, rope, mask: Tensor, lo: int, rows_alone: bool) -> Tensor:
         heads = self.attention(x, cache, start, rope, mask, lo, rows_alone)  # [T, H Dh]
@@ -350,7 +350,7 @@ class Gemma3(nn.Module):
     def greedy(self, hidden: Tensor) -> list[int]:
         """hidden: [N, D] -> each row's argmax token, as `logits(hidden).argmax(-1)` (the softcap keeps the order)."""
         if self.head_matrix is not None:
-            return self.head_matrix(hidden.float()).argmax(-1).tolist()
+            return self.head_matrix.argmax(hidden.float())
         if not GreedyHead.available(self.head):
             return self.logits(hidden).argmax(-1).tolist()
         return shared_greedy_head(self._head_weight).argmax(hidden.float())

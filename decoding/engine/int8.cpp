@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <vector>
 
@@ -121,49 +122,68 @@ void tile_portable(const int16_t* q, const float* row_scale, int64_t T, int64_t 
 
 bool has_vnni() { return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw"); }
 
+// The operands of one product: x's rows rounded to integers, and the packed weights' shape.
+struct Operands {
+  int64_t T, K, Np, Kp;
+  std::vector<int16_t> q;       // [T, Kp]
+  std::vector<float> row_scale;  // [T]
+};
+
+// x [T, K] float32 and packed [Np/16, Kp/2, 16, 2] int8 -> x's rows, RMS-normed first with `in_norm` (times in_norm
+// [K]), each rounded to integers of at most `levels`.
+Operands round_inputs(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale, int64_t n_out,
+                      int64_t levels, bool vnni, const std::optional<at::Tensor>& in_norm, double eps) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(),
+              "x must be contiguous float32 [T, K]");
+  TORCH_CHECK(packed.dim() == 4 && packed.size(2) == kTile && packed.size(3) == 2 && packed.is_contiguous() &&
+                  packed.scalar_type() == at::kChar, "packed must be contiguous int8 [N/16, K/2, 16, 2]");
+  Operands o{x.size(0), x.size(1), packed.size(0) * kTile, packed.size(1) * 2, {}, {}};
+  TORCH_CHECK(o.K <= o.Kp && o.Kp < o.K + 2 && n_out <= o.Np && o.Np < n_out + kTile, "x [T, K] does not fit packed");
+  TORCH_CHECK(scale.numel() == o.Np && scale.scalar_type() == at::kFloat, "scale needs one float32 per output");
+  TORCH_CHECK(!vnni || has_vnni(), "this CPU has no AVX-512 VNNI");
+  TORCH_CHECK(0 < levels && levels <= 32767 && levels * 127 * o.Kp <= 2147483647,
+              "levels: 16-bit inputs whose sums with K int8 weights fit 32 bits");
+  TORCH_CHECK(!in_norm || in_norm->numel() == o.K, "in_norm needs one weight per input");
+  o.q.resize(o.T * o.Kp);
+  o.row_scale.resize(o.T);
+  const float* xp = x.data_ptr<float>();
+  const float* in_w = in_norm ? in_norm->data_ptr<float>() : nullptr;
+  at::parallel_for(0, o.T, 16, [&](int64_t begin, int64_t end) {  // a prompt's rows; a few rows: this thread
+    std::vector<float> normed(in_w ? o.K : 0);
+    for (int64_t t = begin; t < end; ++t) {
+      const float* row = xp + t * o.K;
+      if (in_w) {
+        const float inverse = inverse_rms(row, o.K, static_cast<float>(eps));
+        for (int64_t k = 0; k < o.K; ++k) normed[k] = row[k] * inverse * in_w[k];
+        row = normed.data();
+      }
+      o.row_scale[t] = quantize_row(row, o.K, o.Kp, o.q.data() + t * o.Kp, static_cast<float>(levels));
+    }
+  });
+  return o;
+}
+
+// Tile j's results of every row into y (row stride `stride`).
+void tile(const Operands& o, bool vnni, const int8_t* packed, const float* scale, int64_t j, float* y,
+          int64_t stride) {
+  const int64_t n = j * kTile;
+  if (vnni) tile_vnni(o.q.data(), o.row_scale.data(), o.T, o.Kp, packed + n * o.Kp, scale + n, y, stride);
+  else tile_portable(o.q.data(), o.row_scale.data(), o.T, o.Kp, packed + n * o.Kp, scale + n, y, stride);
+}
+
 // x [T, K] float32; packed [Np/16, Kp/2, 16, 2] int8; scale [Np] -> [T, N] float32. With `in_norm`, x's rows are
 // RMS-normed first (times in_norm [K]); with `out_norm`, the result's rows are, and `residual` [T, N] is added.
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale, int64_t n_out,
                        int64_t levels, bool vnni, const std::optional<at::Tensor>& in_norm,
                        const std::optional<at::Tensor>& out_norm, const std::optional<at::Tensor>& residual,
                        double eps) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(),
-              "x must be contiguous float32 [T, K]");
-  TORCH_CHECK(packed.dim() == 4 && packed.size(2) == kTile && packed.size(3) == 2 && packed.is_contiguous() &&
-                  packed.scalar_type() == at::kChar, "packed must be contiguous int8 [N/16, K/2, 16, 2]");
-  const int64_t T = x.size(0), K = x.size(1), Np = packed.size(0) * kTile, Kp = packed.size(1) * 2;
-  TORCH_CHECK(K <= Kp && Kp < K + 2 && n_out <= Np && Np < n_out + kTile, "x [T, K] does not fit packed");
-  TORCH_CHECK(scale.numel() == Np && scale.scalar_type() == at::kFloat, "scale needs one float32 per output");
-  TORCH_CHECK(!vnni || has_vnni(), "this CPU has no AVX-512 VNNI");
-  TORCH_CHECK(0 < levels && levels <= 32767 && levels * 127 * Kp <= 2147483647,
-              "levels: 16-bit inputs whose sums with K int8 weights fit 32 bits");
-  std::vector<int16_t> q(T * Kp);
-  std::vector<float> row_scale(T);
-  const float* xp = x.data_ptr<float>();
-  const float* in_w = in_norm ? in_norm->data_ptr<float>() : nullptr;
-  TORCH_CHECK(!in_norm || in_norm->numel() == K, "in_norm needs one weight per input");
-  at::parallel_for(0, T, 16, [&](int64_t begin, int64_t end) {  // a prompt's rows; a few rows: this thread
-    std::vector<float> normed(in_w ? K : 0);
-    for (int64_t t = begin; t < end; ++t) {
-      const float* row = xp + t * K;
-      if (in_w) {
-        const float inverse = inverse_rms(row, K, static_cast<float>(eps));
-        for (int64_t k = 0; k < K; ++k) normed[k] = row[k] * inverse * in_w[k];
-        row = normed.data();
-      }
-      row_scale[t] = quantize_row(row, K, Kp, q.data() + t * Kp, static_cast<float>(levels));
-    }
-  });
+  const Operands o = round_inputs(x, packed, scale, n_out, levels, vnni, in_norm, eps);
+  const int64_t T = o.T, Np = o.Np;
   at::Tensor y = at::empty({T, Np}, x.options());
-  const int8_t* w = packed.data_ptr<int8_t>();
-  const float* sc = scale.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   at::parallel_for(0, Np / kTile, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t j = begin; j < end; ++j) {
-      const int64_t n = j * kTile;
-      if (vnni) tile_vnni(q.data(), row_scale.data(), T, Kp, w + n * Kp, sc + n, yp + n, Np);
-      else tile_portable(q.data(), row_scale.data(), T, Kp, w + n * Kp, sc + n, yp + n, Np);
-    }
+    for (int64_t j = begin; j < end; ++j) tile(o, vnni, packed.data_ptr<int8_t>(), scale.data_ptr<float>(), j,
+                                               yp + j * kTile, Np);
   });
   if (n_out != Np) y = y.narrow(1, 0, n_out).contiguous();
   if (!out_norm) return y;
@@ -179,6 +199,42 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
     for (int64_t n = 0; n < n_out; ++n) row[n] = row[n] * inverse * out_w[n] + (add ? add[t * n_out + n] : 0.f);
   }
   return y;
+}
+
+// The index of each row's largest result of `int8_linear` (the lowest on a tie, as torch's argmax), without writing
+// the results: for the output layer, whose 262,144 scores a greedy step only compares. -> [T] int64.
+at::Tensor int8_argmax(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale, int64_t n_out,
+                       int64_t levels, bool vnni) {
+  const Operands o = round_inputs(x, packed, scale, n_out, levels, vnni, std::nullopt, 0.0);
+  const int64_t T = o.T, threads = at::get_num_threads();
+  std::vector<float> best(threads * T, -std::numeric_limits<float>::infinity());
+  std::vector<int64_t> index(threads * T, n_out);
+  at::parallel_for(0, o.Np / kTile, 1, [&](int64_t begin, int64_t end) {
+    const int64_t mine = at::get_thread_num() * T;
+    std::vector<float> scores(T * kTile);
+    for (int64_t j = begin; j < end; ++j) {
+      tile(o, vnni, packed.data_ptr<int8_t>(), scale.data_ptr<float>(), j, scores.data(), kTile);
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t i = 0; i < kTile && j * kTile + i < n_out; ++i) {
+          const float v = scores[t * kTile + i];
+          const int64_t n = j * kTile + i;
+          if (v > best[mine + t] || (v == best[mine + t] && n < index[mine + t])) {
+            best[mine + t] = v;
+            index[mine + t] = n;
+          }
+        }
+    }
+  });
+  at::Tensor result = at::empty({T}, x.options().dtype(at::kLong));
+  for (int64_t t = 0; t < T; ++t) {
+    int64_t winner = t;
+    for (int64_t h = 1; h < threads; ++h) {
+      const int64_t c = h * T + t;
+      if (best[c] > best[winner] || (best[c] == best[winner] && index[c] < index[winner])) winner = c;
+    }
+    result.data_ptr<int64_t>()[t] = index[winner];
+  }
+  return result;
 }
 
 // Gemma's attention inputs of T rows at positions start..: q and k heads RMS-normed (times qk_scale [H+Hkv, Dh])
@@ -225,5 +281,7 @@ TORCH_LIBRARY(retain, m) {
         "Tensor? out_norm, Tensor? residual, float eps) -> Tensor", &int8_linear);
   m.def("qk_rope_cache(Tensor qkv, Tensor qk_scale, Tensor cos, Tensor sin_signed, Tensor(a!) cache_k, "
         "Tensor(b!) cache_v, int layer, int start, float eps) -> Tensor", &qk_rope_cache);
+  m.def("int8_argmax(Tensor x, Tensor packed, Tensor scale, int n_out, int levels, bool vnni) -> Tensor",
+        &int8_argmax);
   m.def("has_vnni() -> bool", &has_vnni);
 }

@@ -65,6 +65,10 @@ class Matrix(nn.Module):
         """The format's values of W's rows `index`, in float32 [n, in]."""
         raise NotImplementedError
 
+    def argmax(self, x: Tensor) -> list[int]:
+        """The index of each row's largest result (the lowest on a tie): an output layer's greedy tokens."""
+        return self(x).argmax(-1).tolist()
+
 
 class Float32Matrix(Matrix):
     """float32; products of three rows or more use a oneDNN-packed copy.
@@ -184,6 +188,12 @@ class Int8Matrix(Matrix):
             x.float().contiguous(), self.packed, self.padded_scale, self.n_out, self.input_levels, self.path == "vnni",
             in_norm, out_norm, residual, eps,
         )
+
+    def argmax(self, x: Tensor) -> list[int]:
+        if self.path is None:
+            return super().argmax(x)
+        args = (self.packed, self.padded_scale, self.n_out, self.input_levels, self.path == "vnni")
+        return torch.ops.retain.int8_argmax(x.float().contiguous(), *args).tolist()
 
     def exact_product(self, x: Tensor) -> Tensor:
         """int8.cpp's arithmetic in torch (without norms), bit for bit: integer sums, exact in float64."""
