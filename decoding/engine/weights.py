@@ -50,6 +50,7 @@ class Matrix(nn.Module):
 
     nbytes: int  # what a one-row product reads
     row_invariant = True  # each row of a product is the same whatever rows come with it, bit for bit
+    kernel: str  # what computes the product, as the bench names it
 
     def product(
         self, x: Tensor, in_norm: RMSNorm | None = None, out_norm: RMSNorm | None = None, residual: Tensor | None = None
@@ -82,6 +83,7 @@ class Float32Matrix(Matrix):
 
     PACKED_FROM_ROWS = 3
     row_invariant = False  # the unpacked and the packed products round differently
+    kernel = "oneDNN"
 
     def __init__(self, weight: Tensor):
         super().__init__()
@@ -105,6 +107,8 @@ class Float32Matrix(Matrix):
 
 class Float16Matrix(Matrix):
     """float16 weights in fbgemm's packed layout; float32 activations and sums."""
+
+    kernel = "fbgemm"
 
     def __init__(self, weight: Tensor):
         super().__init__()
@@ -165,6 +169,11 @@ class Int8Matrix(Matrix):
             return
         self.packed = q.view(Np // self.TILE, self.TILE, Kp // 2, 2).transpose(1, 2).contiguous()
         self.padded_scale = F.pad(self.scale, (0, Np - self.n_out))
+
+    @property
+    def kernel(self) -> str:  # type: ignore[override]
+        paths = {"vnni": "Retain's kernel, AVX-512 VNNI", "portable": "Retain's kernel, portable C++"}
+        return paths.get(self.path or "", "fbgemm: Retain's kernel could not be built")
 
     def forward(self, x: Tensor) -> Tensor:
         if self.path is None:

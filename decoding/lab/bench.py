@@ -604,8 +604,8 @@ def bandwidth_lines(targets: Mapping[str, Target], rows: Sequence[Row]) -> str:
         plain = [r for r in rows if r.method == "plain" and r.weights == fmt]
         shares = ", ".join(f"{r.workload} {r.decode_tokens_per_s:.1f} ({100 * r.decode_tokens_per_s / bound:.0f}%)"
                            for r in plain)
-        lines.append(f"  {fmt:8} {per_token / 1e6:6.0f} MB a token: bound {bound:5.1f} tokens/s; plain decode: "
-                     f"{shares}")
+        lines.append(f"  {fmt:8} {per_token / 1e6:6.0f} MB a token ({target.model.kernel}): "
+                     f"bound {bound:5.1f} tokens/s; plain decode: {shares}")
     return "\n".join(lines)
 
 
