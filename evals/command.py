@@ -312,7 +312,10 @@ def run_command(args: argparse.Namespace) -> int:
         from evals.resume import decoded_before
 
         try:
-            done = decoded_before(args.json, args.draft_tokens, args.weights)
+            from decoding.engine.weights import products
+
+            here = None if args.forwards_only else products(args.weights)  # forwards alone: no product runs
+            done = decoded_before(args.json, args.draft_tokens, args.weights, here)
         except ValueError as exc:
             print(f"agent eval: --resume: {exc}", file=sys.stderr)
             return 2

@@ -38,6 +38,10 @@ def run_decode(
     decoder = Decoder.model_free() if model_free else Decoder(loaded, weights)
     decoder.draft_tokens = report.draft_tokens = draft_tokens
     report.weights = weights
+    if not model_free:
+        from decoding.engine.weights import products
+
+        report.products = products(weights)
     by_id = {case.id: case for case in report.cases}
     chosen = standard_workloads() if workloads is None else copy_heavy(standard_workloads())[:workloads]
     chosen = chosen if max_tokens else []

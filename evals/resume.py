@@ -8,14 +8,17 @@ from pathlib import Path
 from decoding.engine.loading import DEFAULT_WEIGHTS
 from evals.schema import DrafterRun, read_report
 
+# What computed each format's products in a report that did not record it (before int8 had Retain's kernel)
+PRODUCTS_BEFORE_RECORDED = {"float32": "oneDNN", "float16": "fbgemm", "int8": "fbgemm, before Retain's kernel"}
+
 
 def decoded_before(
-    path: Path, draft_tokens: int | None = None, weights: str = DEFAULT_WEIGHTS
+    path: Path, draft_tokens: int | None = None, weights: str = DEFAULT_WEIGHTS, products: str | None = None
 ) -> dict[str, dict[str, DrafterRun]]:
     """The reference-forced runs of an earlier report, by case id (cases never decoded left out); none when there
     is no report yet. Raises ValueError (`evals.schema.ReportError`) for a file that is not such a report, or one
-    decoded with another draft length (`run_decode`'s `draft_tokens`) or weight format: its forwards or its times
-    would not compare."""
+    decoded with another draft length (`run_decode`'s `draft_tokens`), weight format, or kernel for its products
+    (`products`, this machine's; None: not compared): its forwards or its times would not compare."""
     if not path.exists():
         return {}
     report = read_report(path)
@@ -26,6 +29,11 @@ def decoded_before(
     if decoded and report.weights != weights:
         raise ValueError(f"{path} was decoded with --weights {report.weights}, not {weights}: resume it the same "
                          "way, or write a new report")
+    recorded = report.products or PRODUCTS_BEFORE_RECORDED.get(report.weights, "")
+    if decoded and products is not None and recorded != products:
+        raise ValueError(f"{path} was decoded with {weights} products by {recorded}, and here they run on "
+                         f"{products}: its times would not compare; resume it where it was decoded, or write a new "
+                         "report")
     return decoded
 
 

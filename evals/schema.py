@@ -198,6 +198,7 @@ class Report:
     free_running: dict[str, dict[str, dict[str, Any]]] | None = field(default=None, metadata=OPTIONAL)
     draft_tokens: int | None = None  # a fixed draft length for every drafter; None: the engine's adaptive one
     weights: str = "float32"  # the embedded model's weight format when decoded (`decoding.engine.weights`)
+    products: str = ""  # what computed its products (`decoding.engine.weights.products`); "" in older reports
     schema: int = SCHEMA
 
     def to_json(self) -> dict:

@@ -299,6 +299,26 @@ def test_resume_keeps_figures_only_from_a_report_decoded_the_same_way(
     assert decoded == []
 
 
+def test_resume_refuses_a_report_whose_products_ran_on_another_kernel(tmp_path, monkeypatch, capsys):
+    """int8's figures depend on what multiplied it: Retain's kernel, or fbgemm (before the kernel, or where it
+    cannot be built). A report from before the kernel recorded nothing, and its int8 ran on fbgemm."""
+    from decoding.engine.weights import products
+
+    out = tmp_path / "eval.json"
+    argv = ["--limit", "2", "--formats", "ot", "--decode-formats", "ot", "--drafters", "off",
+            "--free-running-tokens", "0", "--json", str(out)]
+    fake_decoding(monkeypatch, [])
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["weights"] == "int8" and report["products"] == products("int8")
+    assert main([*argv, "--resume"]) == 0  # the same kernel: its figures are kept
+    del report["products"]  # as a report written before the kernel
+    out.write_text(json.dumps(report))
+    assert main([*argv, "--resume"]) == 2
+    assert (f"was decoded with int8 products by fbgemm, before Retain's kernel, and here they run on "
+            f"{products('int8')}") in capsys.readouterr().err
+
+
 def test_a_draft_length_out_of_range_is_a_usage_error(capsys):
     assert main(["--limit", "2", "--drafters", "off", "--draft-tokens", "0"]) == 2
     assert "--draft-tokens must be from 1 to 64, not 0" in capsys.readouterr().err

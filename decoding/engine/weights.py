@@ -83,7 +83,7 @@ class Float32Matrix(Matrix):
 
     PACKED_FROM_ROWS = 3
     row_invariant = False  # the unpacked and the packed products round differently
-    kernel = "oneDNN"
+    kernel = "oneDNN"  # `products`
 
     def __init__(self, weight: Tensor):
         super().__init__()
@@ -108,7 +108,7 @@ class Float32Matrix(Matrix):
 class Float16Matrix(Matrix):
     """float16 weights in fbgemm's packed layout; float32 activations and sums."""
 
-    kernel = "fbgemm"
+    kernel = "fbgemm"  # `products`
 
     def __init__(self, weight: Tensor):
         super().__init__()
@@ -172,8 +172,7 @@ class Int8Matrix(Matrix):
 
     @property
     def kernel(self) -> str:  # type: ignore[override]
-        paths = {"vnni": "Retain's kernel, AVX-512 VNNI", "portable": "Retain's kernel, portable C++"}
-        return paths.get(self.path or "", "fbgemm: Retain's kernel could not be built")
+        return INT8_PRODUCTS[self.path]
 
     def forward(self, x: Tensor) -> Tensor:
         if self.path is None:
@@ -224,6 +223,23 @@ class Int8Matrix(Matrix):
 
     def rows(self, index: Tensor) -> Tensor:
         return self.weight_values(index).float() * self.scale[index, None]
+
+
+INT8_PRODUCTS: dict[str | None, str] = {  # by `kernels.int8_kernel`'s path; None: it could not be built
+    "vnni": "Retain's kernel, AVX-512 VNNI", "portable": "Retain's kernel, portable C++",
+    None: "fbgemm: Retain's kernel could not be built",
+}
+
+
+def products(weights: str) -> str:
+    """What computes the products of format `weights` on this machine (a matrix's `kernel`), as the bench prints it
+    and eval reports record it: their times, and int8's text, depend on it."""
+    if weights != "int8":
+        return {"float32": Float32Matrix.kernel, "float16": Float16Matrix.kernel}[weights]
+    try:
+        return INT8_PRODUCTS[int8_kernel()]
+    except KernelUnavailable:
+        return INT8_PRODUCTS[None]
 
 
 MATRICES: dict[str, type[Matrix]] = {
