@@ -29,7 +29,7 @@ WEIGHT_FORMATS = ("float32", "float16", "int8")  # how a float32 model's matrice
 # The fastest format whose greedy text follows float32's on at least 95% of the built-in workloads' tokens. It applies
 # to the native Gemma 3 target in float32; any other target runs float32 (`engine.target.resolve_weights`).
 DEFAULT_WEIGHTS = "int8"
-WEIGHTS_HELP = ("how the model's matrices are stored: int8 (the default: a byte a weight, about 2x float32's plain "
+WEIGHTS_HELP = ("how the model's matrices are stored: int8 (the default: a byte a weight, about 3x float32's plain "
                 "decoding; its greedy text follows float32's on about 99%% of tokens), float16, or float32 (exact: "
                 "for comparisons with transformers or vLLM). A model other than Gemma 3, or --dtype bfloat16, runs "
                 "as loaded (docs/serving.md, Weight formats)")
