@@ -4,7 +4,7 @@ torch's int8 products cost tens of microseconds a call beyond their bytes, which
 products add up to (docs/measurements.md, Weight formats); int8.cpp streams the same weights near the memory's
 speed. It is compiled on first use (about 10 s) into the cache (`loading.cache_root()/kernels`), keyed by its source,
 torch's version and the compiler, and loaded from there afterwards. Where it cannot be built, `int8_kernel` says why
-and weights.py computes the same numbers in float64, slowly.
+and weights.py runs fbgemm's int8 product instead.
 """
 
 from __future__ import annotations

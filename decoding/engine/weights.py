@@ -131,10 +131,11 @@ class Int8Matrix(Matrix):
     """int8 weights with one scale per output row, times each input row rounded to 16-bit integers by its own largest
     magnitude: the sums are integers, so a row's result is exact whatever rows come with it.
 
-    The product is int8.cpp's (`kernels.int8_kernel`, which states the arithmetic), packed in its tiles; it takes a
-    layer's norms and residual in the same call (`product`). `exact_product` computes its numbers in torch, bit for
-    bit, for the tests. Where the kernel cannot be built, fbgemm's int8 product runs instead, on the same weights with
-    inputs rounded to 8 bits: slower, and its text follows float32's less closely (docs/serving.md, Weight formats).
+    The product is int8.cpp's (which states the arithmetic; `kernels.int8_kernel` builds it), packed in its tiles;
+    it takes a layer's norms and residual in the same call (`product`). `exact_product` computes its numbers in
+    torch, bit for bit, for the tests. Where the kernel cannot be built, fbgemm's int8 product runs instead, on the
+    same weights with inputs rounded to 8 bits: slower, and its text follows float32's less closely
+    (docs/serving.md, Weight formats).
     """
 
     TILE = 16  # outputs per tile of int8.cpp's packed layout
