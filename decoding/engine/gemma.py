@@ -279,11 +279,6 @@ class Gemma3(nn.Module):
             shared_greedy_head(self._head_weight)  # packed now (seconds, once per model), not in the first request
         self._rope_capacity = 0
 
-    @property
-    def kernel(self) -> str:
-        """What computes the layers' products (`Matrix.kernel`)."""
-        return next(m for m in self.blocks.modules() if isinstance(m, Matrix)).kernel
-
     def bytes_per_token(self) -> int:
         """The weight bytes a plain decoding step reads: every layer matrix once, the output layer as the greedy
         argmax reads it (float32: `GreedyHead`'s float16 copy) and one embedding row."""

@@ -7,8 +7,8 @@ stores the layers' and the output layer's matrices differently; what enters and 
 |---|---|---|
 | float32 | 4 | oneDNN (packed for 3+ rows); the output layer's argmax through `gemma.GreedyHead`: exact |
 | float16 | 2 | fbgemm's half-precision product, float32 sums |
-| int8    | 1 | Retain's kernel (int8.cpp, `kernels.py`): a scale per output row, each input row quantized to 8 |
-|         |   | bits by its own largest value, integer sums (the default: `loading.DEFAULT_WEIGHTS`) |
+| int8    | 1 | Retain's kernel (int8.cpp, `kernels.py`): a scale per output row, each input row rounded to 16-bit |
+|         |   | integers by its own largest value, integer sums (the default: `loading.DEFAULT_WEIGHTS`) |
 
 The float16 and int8 products give each row the same result however many rows come with it (tested), so a verify
 forward of k+1 rows scores each row as a one-row plain step does: greedy speculative decoding gives the plain
@@ -50,7 +50,6 @@ class Matrix(nn.Module):
 
     nbytes: int  # what a one-row product reads
     row_invariant = True  # each row of a product is the same whatever rows come with it, bit for bit
-    kernel: str  # what computes the product, as the bench names it
 
     def product(
         self, x: Tensor, in_norm: RMSNorm | None = None, out_norm: RMSNorm | None = None, residual: Tensor | None = None
@@ -83,7 +82,6 @@ class Float32Matrix(Matrix):
 
     PACKED_FROM_ROWS = 3
     row_invariant = False  # the unpacked and the packed products round differently
-    kernel = "oneDNN"  # `products`
 
     def __init__(self, weight: Tensor):
         super().__init__()
@@ -107,8 +105,6 @@ class Float32Matrix(Matrix):
 
 class Float16Matrix(Matrix):
     """float16 weights in fbgemm's packed layout; float32 activations and sums."""
-
-    kernel = "fbgemm"  # `products`
 
     def __init__(self, weight: Tensor):
         super().__init__()
@@ -171,10 +167,6 @@ class Int8Matrix(Matrix):
         self.packed = q.view(Np // self.TILE, self.TILE, Kp // 2, 2).transpose(1, 2).contiguous()
         self.padded_scale = F.pad(self.scale, (0, Np - self.n_out))
 
-    @property
-    def kernel(self) -> str:  # type: ignore[override]
-        return INT8_PRODUCTS[self.path]
-
     def forward(self, x: Tensor) -> Tensor:
         if self.path is None:
             largest = torch.linalg.vector_norm(x, float("inf"), dim=1, keepdim=True).clamp_(min=1e-30)  # [T, 1]
@@ -233,10 +225,10 @@ INT8_PRODUCTS: dict[str | None, str] = {  # by `kernels.int8_kernel`'s path; Non
 
 
 def products(weights: str) -> str:
-    """What computes the products of format `weights` on this machine (a matrix's `kernel`), as the bench prints it
-    and eval reports record it: their times, and int8's text, depend on it."""
+    """What computes the products of format `weights` on this machine, as the bench prints it and eval reports
+    record it: their times, and int8's text, depend on it."""
     if weights != "int8":
-        return {"float32": Float32Matrix.kernel, "float16": Float16Matrix.kernel}[weights]
+        return {"float32": "oneDNN", "float16": "fbgemm"}[weights]
     try:
         return INT8_PRODUCTS[int8_kernel()]
     except KernelUnavailable:

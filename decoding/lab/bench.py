@@ -55,7 +55,7 @@ from decoding.engine.loading import DEFAULT_WEIGHTS, WEIGHT_FORMATS, WEIGHTS_HEL
 from decoding.engine.prefix_cache import PrefixCachingTarget
 from decoding.engine.target import GemmaTarget, Target, make_target
 from decoding.engine.threads import cores, pin_threads
-from decoding.engine.weights import read_bandwidth
+from decoding.engine.weights import products, read_bandwidth
 from decoding.lab import vllm_peer
 from decoding.lab.workloads import Workload, shared_prefix_prompts, standard_workloads
 from decoding.serving.chat import stop_token_ids
@@ -604,7 +604,7 @@ def bandwidth_lines(targets: Mapping[str, Target], rows: Sequence[Row]) -> str:
         plain = [r for r in rows if r.method == "plain" and r.weights == fmt]
         shares = ", ".join(f"{r.workload} {r.decode_tokens_per_s:.1f} ({100 * r.decode_tokens_per_s / bound:.0f}%)"
                            for r in plain)
-        lines.append(f"  {fmt:8} {per_token / 1e6:6.0f} MB a token ({target.model.kernel}): "
+        lines.append(f"  {fmt:8} {per_token / 1e6:6.0f} MB a token ({products(target.weights)}): "
                      f"bound {bound:5.1f} tokens/s; plain decode: {shares}")
     return "\n".join(lines)
 
