@@ -33,12 +33,14 @@ def run_decode(
     from decoding.lab.workloads import standard_workloads
     from evals.cost import summarize_cost
     from evals.decode import Decoder, decode_case, free_running, summarize_free
-    from evals.resume import reusable
+    from evals.resume import NO_PRODUCTS, reusable
 
     decoder = Decoder.model_free() if model_free else Decoder(loaded, weights)
     decoder.draft_tokens = report.draft_tokens = draft_tokens
     report.weights = weights
-    if not model_free:
+    if model_free:
+        report.products = NO_PRODUCTS
+    else:
         from decoding.engine.weights import products
 
         report.products = products(weights)

@@ -10,6 +10,8 @@ from evals.schema import DrafterRun, read_report
 
 # What computed each format's products in a report that did not record it (before int8 had Retain's kernel)
 PRODUCTS_BEFORE_RECORDED = {"float32": "oneDNN", "float16": "fbgemm", "int8": "fbgemm, before Retain's kernel"}
+# A report whose forwards were counted without the model (`--forwards-only`): no product ran, so none is compared
+NO_PRODUCTS = "none: forwards counted without the model"
 
 
 def decoded_before(
@@ -30,7 +32,7 @@ def decoded_before(
         raise ValueError(f"{path} was decoded with --weights {report.weights}, not {weights}: resume it the same "
                          "way, or write a new report")
     recorded = report.products or PRODUCTS_BEFORE_RECORDED.get(report.weights, "")
-    if decoded and products is not None and recorded != products:
+    if decoded and products is not None and recorded not in (products, NO_PRODUCTS):
         raise ValueError(f"{path} was decoded with {weights} products by {recorded}, and here they run on "
                          f"{products}: its times would not compare; resume it where it was decoded, or write a new "
                          "report")

@@ -245,7 +245,13 @@ def fake_decoding(monkeypatch, decoded: list[str], stop_at: str | None = None) -
         figures = {"tokens": 9, "target_forwards": len(case["id"]), "seconds": 1.0, "drafted": 0, "accepted": 0}
         return {d: evals.decode.drafter_totals({f: dict(figures) for f in formats}) for d in drafters}
 
-    monkeypatch.setattr(evals.decode, "Decoder", lambda loaded, weights="float32": SimpleNamespace())
+    class Decoder(SimpleNamespace):  # with the model, or counting forwards without it (`--forwards-only`)
+        def __init__(self, loaded=None, weights="float32"):
+            super().__init__()
+
+        model_free = classmethod(lambda cls: cls())
+
+    monkeypatch.setattr(evals.decode, "Decoder", Decoder)
     monkeypatch.setattr(evals.decode, "decode_case", decode_case)
     monkeypatch.setattr("decoding.engine.loading.load_model", lambda *args, **kwargs: None)
 
@@ -317,6 +323,18 @@ def test_resume_refuses_a_report_whose_products_ran_on_another_kernel(tmp_path, 
     assert main([*argv, "--resume"]) == 2
     assert (f"was decoded with int8 products by fbgemm, before Retain's kernel, and here they run on "
             f"{products('int8')}") in capsys.readouterr().err
+
+
+def test_a_report_counted_without_the_model_resumes_as_before(tmp_path, monkeypatch, capsys):
+    """`--forwards-only` runs no product: its report names none, and a timed run may resume it as it could before
+    reports recorded products (it was refused as an int8 report from before the kernel)."""
+    out = tmp_path / "eval.json"
+    argv = ["--limit", "2", "--formats", "ot", "--decode-formats", "ot", "--drafters", "ngram",
+            "--free-running-tokens", "0", "--json", str(out)]
+    fake_decoding(monkeypatch, [])
+    assert main([*argv, "--forwards-only"]) == 0
+    assert json.loads(out.read_text())["products"] == "none: forwards counted without the model"
+    assert main([*argv, "--resume"]) == 0, capsys.readouterr().err
 
 
 def test_a_draft_length_out_of_range_is_a_usage_error(capsys):
