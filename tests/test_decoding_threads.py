@@ -13,7 +13,9 @@ from decoding.engine.threads import ThreadPolicy, busy_elsewhere, choose_threads
 
 @pytest.fixture(autouse=True)
 def _unpinned():
+    """Each test starts unpinned, whatever ran before it in this process, and leaves no pin behind."""
     before = torch.get_num_threads()
+    pin_threads(None)
     yield
     pin_threads(None)
     torch.set_num_threads(before)

@@ -15,7 +15,7 @@ from decoding.engine.kernels import KernelUnavailable, int8_kernel
 from decoding.engine.target import GemmaTarget
 from decoding.engine.weights import Int8Matrix, Matrix, RMSNorm
 
-PATHS = ["vnni", "portable"] if int8_kernel() == "vnni" else ["portable"]
+PATHS = {"amx": ["amx", "vnni", "portable"], "vnni": ["vnni", "portable"]}.get(int8_kernel(), ["portable"])
 
 
 @pytest.fixture
@@ -29,10 +29,12 @@ def no_kernel(monkeypatch):
 
 
 @pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize(("n_out", "n_in", "rows"), [(96, 128, 5), (97, 30, 3), (640, 2048, 9), (1536, 640, 1)])
+@pytest.mark.parametrize(("n_out", "n_in", "rows"),
+                         [(96, 128, 5), (97, 30, 3), (640, 2048, 9), (1536, 640, 1), (48, 640, 17), (32, 200, 33)])
 def test_each_kernel_path_computes_the_formats_arithmetic_bit_for_bit(path, n_out, n_in, rows):
-    """Shapes that fill the kernel's tiles and shapes it pads (97 outputs, 30 inputs); the four-row and one-row
-    loops; rows of very different sizes, each quantized on its own."""
+    """Shapes that fill the kernel's tiles and shapes it pads (97 outputs, 30 or 200 inputs); the four-row and
+    one-row loops, and AMX's blocks of 16 rows, whole and padded; rows of very different sizes, each quantized on its
+    own (one row a thousand times the others: its 16-bit inputs use their high bytes in full)."""
     torch.manual_seed(n_out)
     stored = Int8Matrix(torch.randn(n_out, n_in) * torch.linspace(0.01, 2, n_out)[:, None])
     stored.path = path
@@ -44,7 +46,7 @@ def test_each_kernel_path_computes_the_formats_arithmetic_bit_for_bit(path, n_ou
 
 def test_the_kernel_builds_on_this_machine():
     """CI's machines have a C++ compiler: the int8 format runs its own kernel there, not the fallback."""
-    assert int8_kernel() in ("vnni", "portable")
+    assert int8_kernel() in ("amx", "vnni", "portable")
     assert Int8Matrix(torch.randn(32, 16)).path == int8_kernel()
 
 

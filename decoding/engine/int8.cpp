@@ -5,17 +5,25 @@
 // whose sums cannot overflow 32 bits: 26,406 for K = 640, 8,256 for K = 2,048): q = round(x[t] * L / max|x[t]|),
 // row_scale[t] = max|x[t]| / L. Inputs keep 14 to 16 bits, so the weights' rounding is nearly all the format
 // loses. The sums are integers, exact in any order, and each row is rounded on its own: a row's result never depends
-// on the rows that come with it, nor on the code path (AVX-512 VNNI, portable C++, or weights.py's `exact_product`),
-// bit for bit.
+// on the rows that come with it, nor on the code path (AMX-INT8, AVX-512 VNNI, portable C++, or weights.py's
+// `exact_product`), bit for bit.
 //
-// Weights are packed in tiles of 16 outputs, [N/16, K/2, 16, 2]: one 32-byte load holds two k of 16 outputs, which
-// widen to 16-bit and VNNI's dpwssd multiplies by two 16-bit inputs, into 16 sums.
+// Weights are packed in tiles of 16 outputs, [N/16, K/4, 16, 4], K padded to a multiple of 64 with zeros:
+// - AVX-512 VNNI: one 64-byte load holds four k of 16 outputs; they widen to 16 bits, and dpwssd multiplies each
+//   pair by a pair of 16-bit inputs, into two sums per output.
+// - AMX-INT8, for blocks of 16 rows (a verify forward's, a prompt's; the rows left over go through VNNI): 64 k of a
+//   tile are one B tile as AMX lays it out. Each 16-bit input q splits into a high byte h (signed) and a low byte l (unsigned), q = 256 h + l;
+//   tdpbssd sums h * w, tdpbusd l * w, and 256 * the first + the second is the same integer sum, bit for bit (it
+//   fits 32 bits by `levels`, so wrapping in between changes nothing).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <cpuid.h>
 #include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -61,49 +69,134 @@ __attribute__((target("avx512f"))) inline __m512i x2(const int16_t* p) {
   return _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(p));
 }
 
-// Two k of the tile's 16 outputs, widened to 16 bits.
-__attribute__((target("avx512f,avx512bw"))) inline __m512i w2(const int8_t* p) {
+// `finish` in AVX-512: the same two roundings (scale times row_scale, then the product), so the same bits.
+__attribute__((target("avx512f"))) inline void finish16(__m512i sums, const float* scale, float row_scale, float* y) {
+  const __m512 scales = _mm512_mul_ps(_mm512_loadu_ps(scale), _mm512_set1_ps(row_scale));
+  _mm512_storeu_ps(y, _mm512_mul_ps(_mm512_cvtepi32_ps(sums), scales));
+}
+
+// The largest of a tile's 16 scores.
+__attribute__((target("avx512f"))) inline float largest16(const float* v) {
+  return _mm512_reduce_max_ps(_mm512_loadu_ps(v));
+}
+
+// Four k of the tile's 16 outputs, widened to 16 bits: outputs 0-7 from the first 32 bytes, 8-15 from the second.
+__attribute__((target("avx512f,avx512bw"))) inline __m512i w4(const int8_t* p) {
   return _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+
+// Four 16-bit inputs, in every 64-bit lane: against `w4`, dpwssd sums k 0-1 in an output's even 32-bit lane and
+// k 2-3 in its odd one.
+__attribute__((target("avx512f"))) inline __m512i x4(const int16_t* p) {
+  return _mm512_set1_epi64(*reinterpret_cast<const int64_t*>(p));
+}
+
+// The 16 sums of one row from its two accumulators (outputs 0-7, 8-15; each output's two lanes added).
+__attribute__((target("avx512f"))) inline __m512i pair_sums(__m512i low, __m512i high) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  return _mm512_add_epi32(_mm512_permutex2var_epi32(low, even, high), _mm512_permutex2var_epi32(low, odd, high));
 }
 
 __attribute__((target("avx512f,avx512bw,avx512vnni")))
 void tile_vnni(const int16_t* q, const float* row_scale, int64_t T, int64_t Kp, const int8_t* tile, const float* scale,
                float* y, int64_t Np) {
-  const int64_t steps = Kp / 2;
-  alignas(64) int32_t sums[4][kTile];
+  const int64_t steps = Kp / 4;
   int64_t t = 0;
   for (; t + 4 <= T; t += 4) {  // four rows share each load of the tile
     const int16_t* r = q + t * Kp;
-    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+    __m512i l0 = _mm512_setzero_si512(), h0 = l0, l1 = l0, h1 = l0, l2 = l0, h2 = l0, l3 = l0, h3 = l0;
     for (int64_t s = 0; s < steps; ++s) {
-      if (s % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(tile + s * 32 + kAhead), _MM_HINT_T1);
-      const __m512i w = w2(tile + s * 32);
-      a0 = _mm512_dpwssd_epi32(a0, x2(r + 2 * s), w);
-      a1 = _mm512_dpwssd_epi32(a1, x2(r + Kp + 2 * s), w);
-      a2 = _mm512_dpwssd_epi32(a2, x2(r + 2 * Kp + 2 * s), w);
-      a3 = _mm512_dpwssd_epi32(a3, x2(r + 3 * Kp + 2 * s), w);
+      _mm_prefetch(reinterpret_cast<const char*>(tile + s * 64 + kAhead), _MM_HINT_T1);
+      const __m512i wl = w4(tile + s * 64), wh = w4(tile + s * 64 + 32);
+      __m512i x = x4(r + 4 * s);
+      l0 = _mm512_dpwssd_epi32(l0, x, wl);
+      h0 = _mm512_dpwssd_epi32(h0, x, wh);
+      x = x4(r + Kp + 4 * s);
+      l1 = _mm512_dpwssd_epi32(l1, x, wl);
+      h1 = _mm512_dpwssd_epi32(h1, x, wh);
+      x = x4(r + 2 * Kp + 4 * s);
+      l2 = _mm512_dpwssd_epi32(l2, x, wl);
+      h2 = _mm512_dpwssd_epi32(h2, x, wh);
+      x = x4(r + 3 * Kp + 4 * s);
+      l3 = _mm512_dpwssd_epi32(l3, x, wl);
+      h3 = _mm512_dpwssd_epi32(h3, x, wh);
     }
-    _mm512_store_si512(sums[0], a0);
-    _mm512_store_si512(sums[1], a1);
-    _mm512_store_si512(sums[2], a2);
-    _mm512_store_si512(sums[3], a3);
-    for (int64_t i = 0; i < 4; ++i) finish(sums[i], scale, row_scale[t + i], y + (t + i) * Np);
+    finish16(pair_sums(l0, h0), scale, row_scale[t], y + t * Np);
+    finish16(pair_sums(l1, h1), scale, row_scale[t + 1], y + (t + 1) * Np);
+    finish16(pair_sums(l2, h2), scale, row_scale[t + 2], y + (t + 2) * Np);
+    finish16(pair_sums(l3, h3), scale, row_scale[t + 3], y + (t + 3) * Np);
   }
-  for (; t < T; ++t) {  // one row: four chains of sums, so each dpwssd need not wait for the last
+  for (; t < T; ++t) {  // one row: two chains of sums per half, so each dpwssd need not wait for the last
     const int16_t* r = q + t * Kp;
-    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+    __m512i la = _mm512_setzero_si512(), ha = la, lb = la, hb = la;
     int64_t s = 0;
-    for (; s + 4 <= steps; s += 4) {
-      _mm_prefetch(reinterpret_cast<const char*>(tile + s * 32 + kAhead), _MM_HINT_T1);
-      _mm_prefetch(reinterpret_cast<const char*>(tile + s * 32 + 64 + kAhead), _MM_HINT_T1);
-      a0 = _mm512_dpwssd_epi32(a0, x2(r + 2 * s), w2(tile + s * 32));
-      a1 = _mm512_dpwssd_epi32(a1, x2(r + 2 * s + 2), w2(tile + s * 32 + 32));
-      a2 = _mm512_dpwssd_epi32(a2, x2(r + 2 * s + 4), w2(tile + s * 32 + 64));
-      a3 = _mm512_dpwssd_epi32(a3, x2(r + 2 * s + 6), w2(tile + s * 32 + 96));
+    for (; s + 2 <= steps; s += 2) {
+      _mm_prefetch(reinterpret_cast<const char*>(tile + s * 64 + kAhead), _MM_HINT_T1);
+      _mm_prefetch(reinterpret_cast<const char*>(tile + s * 64 + 64 + kAhead), _MM_HINT_T1);
+      const __m512i xa = x4(r + 4 * s), xb = x4(r + 4 * s + 4);
+      la = _mm512_dpwssd_epi32(la, xa, w4(tile + s * 64));
+      ha = _mm512_dpwssd_epi32(ha, xa, w4(tile + s * 64 + 32));
+      lb = _mm512_dpwssd_epi32(lb, xb, w4(tile + s * 64 + 64));
+      hb = _mm512_dpwssd_epi32(hb, xb, w4(tile + s * 64 + 96));
     }
-    for (; s < steps; ++s) a0 = _mm512_dpwssd_epi32(a0, x2(r + 2 * s), w2(tile + s * 32));
-    _mm512_store_si512(sums[0], _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3)));
-    finish(sums[0], scale, row_scale[t], y + t * Np);
+    for (; s < steps; ++s) {
+      const __m512i xa = x4(r + 4 * s);
+      la = _mm512_dpwssd_epi32(la, xa, w4(tile + s * 64));
+      ha = _mm512_dpwssd_epi32(ha, xa, w4(tile + s * 64 + 32));
+    }
+    finish16(pair_sums(_mm512_add_epi32(la, lb), _mm512_add_epi32(ha, hb)), scale, row_scale[t], y + t * Np);
+  }
+}
+
+// AMX's tile configuration (palette 1): tiles 0-1 the sums of 16 rows x 16 outputs (int32), 2-3 16 rows x 64 k of
+// the inputs' high and low bytes, 4 a tile's 64 k as AMX's B operand (16 rows of 4 k x 16 outputs).
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t bytes_per_row[16] = {64, 64, 64, 64, 64};
+  uint8_t rows[16] = {16, 16, 16, 16, 16};
+};
+
+// Holds AMX's tiles configured for the calling thread while in scope (each thread has its own).
+struct AmxTiles {
+  bool on;
+  __attribute__((target("amx-tile"))) explicit AmxTiles(bool use) : on(use) {
+    static const TileConfig config;
+    if (on) _tile_loadconfig(&config);
+  }
+  __attribute__((target("amx-tile"))) ~AmxTiles() {
+    if (on) _tile_release();
+  }
+};
+
+// The inputs of the whole blocks of 16 rows, split for AMX: q = 256 * high + low.
+struct BytePlanes {
+  std::vector<int8_t> high;  // [T / 16 * 16, Kp]
+  std::vector<uint8_t> low;  // [T / 16 * 16, Kp]
+};
+
+// Rows 0..T (a whole number of blocks of 16).
+__attribute__((target("amx-tile,amx-int8,avx512f")))
+void tile_amx(const BytePlanes& planes, const float* row_scale, int64_t T, int64_t Kp, const int8_t* tile,
+              const float* scale, float* y, int64_t Np) {
+  alignas(64) int32_t high[kTile][kTile], low[kTile][kTile];
+  for (int64_t t0 = 0; t0 < T; t0 += 16) {
+    _tile_zero(0);
+    _tile_zero(1);
+    for (int64_t k = 0; k < Kp; k += 64) {
+      _tile_loadd(2, planes.high.data() + t0 * Kp + k, Kp);
+      _tile_loadd(3, planes.low.data() + t0 * Kp + k, Kp);
+      _tile_loadd(4, tile + k * kTile, 64);
+      _tile_dpbssd(0, 2, 4);
+      _tile_dpbusd(1, 3, 4);
+    }
+    _tile_stored(0, high, 64);
+    _tile_stored(1, low, 64);
+    for (int64_t r = 0; r < 16; ++r) {  // 256 high + low, wrapping where int32 would overflow: the sum itself fits
+      const __m512i sums = _mm512_add_epi32(_mm512_slli_epi32(_mm512_load_si512(high[r]), 8),
+                                            _mm512_load_si512(low[r]));
+      finish16(sums, scale, row_scale[t0 + r], y + (t0 + r) * Np);
+    }
   }
 }
 
@@ -113,37 +206,56 @@ void tile_portable(const int16_t* q, const float* row_scale, int64_t T, int64_t 
   for (int64_t t = 0; t < T; ++t) {
     const int16_t* r = q + t * Kp;
     for (int64_t i = 0; i < kTile; ++i) sums[i] = 0;
-    for (int64_t s = 0; s < Kp / 2; ++s)
+    for (int64_t s = 0; s < Kp / 4; ++s)
       for (int64_t i = 0; i < kTile; ++i)
-        for (int64_t j = 0; j < 2; ++j)
-          sums[i] += static_cast<int32_t>(r[2 * s + j]) * static_cast<int32_t>(tile[s * 32 + 2 * i + j]);
+        for (int64_t j = 0; j < 4; ++j)
+          sums[i] += static_cast<int32_t>(r[4 * s + j]) * static_cast<int32_t>(tile[s * 64 + 4 * i + j]);
     finish(sums, scale, row_scale[t], y + t * Np);
   }
 }
 
 bool has_vnni() { return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw"); }
 
+// AMX-INT8 and AMX-TILE (CPUID leaf 7, EDX bits 25 and 24), and Linux's leave to use the tiles' 8 KB of state,
+// asked once a process (arch_prctl ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA).
+bool has_amx() {
+  static const bool usable = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!has_vnni() || !__get_cpuid_count(7, 0, &a, &b, &c, &d) || !((d >> 24) & 1) || !((d >> 25) & 1)) return false;
+    return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+  }();
+  return usable;
+}
+
+// The code paths, as `path` names them in the operators.
+enum Path : int64_t { kPortable = 0, kVnni = 1, kAmx = 2 };
+
 // The operands of one product: x's rows rounded to integers, and the packed weights' shape.
 struct Operands {
   int64_t T, K, Np, Kp;
-  std::vector<int16_t> q;       // [T, Kp]
+  Path path;                     // AMX only from 16 rows; VNNI below
+  std::vector<int16_t> q;        // [T, Kp]
   std::vector<float> row_scale;  // [T]
+  BytePlanes planes;             // for AMX
 };
 
-// x [T, K] float32 and packed [Np/16, Kp/2, 16, 2] int8 -> x's rows, RMS-normed first with `in_norm` (times in_norm
+// x [T, K] float32 and packed [Np/16, Kp/4, 16, 4] int8 -> x's rows, RMS-normed first with `in_norm` (times in_norm
 // [K]), each rounded to integers of at most `levels`.
 Operands round_inputs(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale, int64_t n_out,
-                      int64_t levels, bool vnni, const std::optional<at::Tensor>& in_norm, double eps) {
+                      int64_t levels, int64_t path, const std::optional<at::Tensor>& in_norm, double eps) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(),
               "x must be contiguous float32 [T, K]");
-  TORCH_CHECK(packed.dim() == 4 && packed.size(2) == kTile && packed.size(3) == 2 && packed.is_contiguous() &&
-                  packed.scalar_type() == at::kChar, "packed must be contiguous int8 [N/16, K/2, 16, 2]");
-  Operands o{x.size(0), x.size(1), packed.size(0) * kTile, packed.size(1) * 2, {}, {}};
-  TORCH_CHECK(o.K <= o.Kp && o.Kp < o.K + 2 && n_out <= o.Np && o.Np < n_out + kTile, "x [T, K] does not fit packed");
+  TORCH_CHECK(packed.dim() == 4 && packed.size(2) == kTile && packed.size(3) == 4 && packed.is_contiguous() &&
+                  packed.scalar_type() == at::kChar, "packed must be contiguous int8 [N/16, K/4, 16, 4]");
+  Operands o{x.size(0), x.size(1), packed.size(0) * kTile, packed.size(1) * 4, kPortable, {}, {}, {}};
+  TORCH_CHECK(o.K <= o.Kp && o.Kp < o.K + 64 && o.Kp % 64 == 0 && n_out <= o.Np && o.Np < n_out + kTile,
+              "x [T, K] does not fit packed");
   TORCH_CHECK(scale.numel() == o.Np && scale.scalar_type() == at::kFloat, "scale needs one float32 per output");
-  TORCH_CHECK(!vnni || has_vnni(), "this CPU has no AVX-512 VNNI");
-  TORCH_CHECK(0 < levels && levels <= 32767 && levels * 127 * o.Kp <= 2147483647,
+  TORCH_CHECK(path == kPortable || (path == kVnni && has_vnni()) || (path == kAmx && has_amx()),
+              "path: 0 portable, 1 AVX-512 VNNI, 2 AMX-INT8, one this CPU has");
+  TORCH_CHECK(0 < levels && levels <= 32767 && levels * 127 * o.K <= 2147483647,
               "levels: 16-bit inputs whose sums with K int8 weights fit 32 bits");
+  o.path = path == kAmx && o.T < 16 ? kVnni : static_cast<Path>(path);  // AMX takes whole blocks of 16 rows
   TORCH_CHECK(!in_norm || in_norm->numel() == o.K, "in_norm needs one weight per input");
   o.q.resize(o.T * o.Kp);
   o.row_scale.resize(o.T);
@@ -161,29 +273,45 @@ Operands round_inputs(const at::Tensor& x, const at::Tensor& packed, const at::T
       o.row_scale[t] = quantize_row(row, o.K, o.Kp, o.q.data() + t * o.Kp, static_cast<float>(levels));
     }
   });
+  if (o.path == kAmx) {
+    const int64_t blocks = o.T / 16 * 16 * o.Kp;
+    o.planes.high.resize(blocks);
+    o.planes.low.resize(blocks);
+    for (int64_t i = 0; i < blocks; ++i) {
+      o.planes.high[i] = static_cast<int8_t>(o.q[i] >> 8);  // arithmetic shift: the signed high byte
+      o.planes.low[i] = static_cast<uint8_t>(o.q[i] & 0xff);
+    }
+  }
   return o;
 }
 
 // Tile j's results of every row into y (row stride `stride`).
-void tile(const Operands& o, bool vnni, const int8_t* packed, const float* scale, int64_t j, float* y,
-          int64_t stride) {
+// (With AMX, inside an `AmxTiles` scope.)
+void tile(const Operands& o, const int8_t* packed, const float* scale, int64_t j, float* y, int64_t stride) {
   const int64_t n = j * kTile;
-  if (vnni) tile_vnni(o.q.data(), o.row_scale.data(), o.T, o.Kp, packed + n * o.Kp, scale + n, y, stride);
-  else tile_portable(o.q.data(), o.row_scale.data(), o.T, o.Kp, packed + n * o.Kp, scale + n, y, stride);
+  const int8_t* weights = packed + n * o.Kp;
+  if (o.path == kAmx) {  // whole blocks of 16 rows; the rest, whose tile is in cache now, through VNNI
+    const int64_t blocks = o.T / 16 * 16;
+    tile_amx(o.planes, o.row_scale.data(), blocks, o.Kp, weights, scale + n, y, stride);
+    tile_vnni(o.q.data() + blocks * o.Kp, o.row_scale.data() + blocks, o.T - blocks, o.Kp, weights, scale + n,
+              y + blocks * stride, stride);
+  } else if (o.path == kVnni) tile_vnni(o.q.data(), o.row_scale.data(), o.T, o.Kp, weights, scale + n, y, stride);
+  else tile_portable(o.q.data(), o.row_scale.data(), o.T, o.Kp, weights, scale + n, y, stride);
 }
 
-// x [T, K] float32; packed [Np/16, Kp/2, 16, 2] int8; scale [Np] -> [T, N] float32. With `in_norm`, x's rows are
+// x [T, K] float32; packed [Np/16, Kp/4, 16, 4] int8; scale [Np] -> [T, N] float32. With `in_norm`, x's rows are
 // RMS-normed first (times in_norm [K]); with `out_norm`, the result's rows are, and `residual` [T, N] is added.
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale, int64_t n_out,
-                       int64_t levels, bool vnni, const std::optional<at::Tensor>& in_norm,
+                       int64_t levels, int64_t path, const std::optional<at::Tensor>& in_norm,
                        const std::optional<at::Tensor>& out_norm, const std::optional<at::Tensor>& residual,
                        double eps) {
-  const Operands o = round_inputs(x, packed, scale, n_out, levels, vnni, in_norm, eps);
+  const Operands o = round_inputs(x, packed, scale, n_out, levels, path, in_norm, eps);
   const int64_t T = o.T, Np = o.Np;
   at::Tensor y = at::empty({T, Np}, x.options());
   float* yp = y.data_ptr<float>();
   at::parallel_for(0, Np / kTile, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t j = begin; j < end; ++j) tile(o, vnni, packed.data_ptr<int8_t>(), scale.data_ptr<float>(), j,
+    const AmxTiles tiles(o.path == kAmx);
+    for (int64_t j = begin; j < end; ++j) tile(o, packed.data_ptr<int8_t>(), scale.data_ptr<float>(), j,
                                                yp + j * kTile, Np);
   });
   if (n_out != Np) y = y.narrow(1, 0, n_out).contiguous();
@@ -205,25 +333,31 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
 // The index of each row's largest result of `int8_linear` (the lowest on a tie, as torch's argmax), without writing
 // the results: for the output layer, whose 262,144 scores a greedy step only compares. -> [T] int64.
 at::Tensor int8_argmax(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale, int64_t n_out,
-                       int64_t levels, bool vnni) {
-  const Operands o = round_inputs(x, packed, scale, n_out, levels, vnni, std::nullopt, 0.0);
+                       int64_t levels, int64_t path) {
+  const Operands o = round_inputs(x, packed, scale, n_out, levels, path, std::nullopt, 0.0);
   const int64_t T = o.T, threads = at::get_num_threads();
+  const bool vector = o.path != kPortable;
   std::vector<float> best(threads * T, -std::numeric_limits<float>::infinity());
   std::vector<int64_t> index(threads * T, n_out);
   at::parallel_for(0, o.Np / kTile, 1, [&](int64_t begin, int64_t end) {
     const int64_t mine = at::get_thread_num() * T;
+    const AmxTiles tiles(o.path == kAmx);
     std::vector<float> scores(T * kTile);
     for (int64_t j = begin; j < end; ++j) {
-      tile(o, vnni, packed.data_ptr<int8_t>(), scale.data_ptr<float>(), j, scores.data(), kTile);
-      for (int64_t t = 0; t < T; ++t)
+      tile(o, packed.data_ptr<int8_t>(), scale.data_ptr<float>(), j, scores.data(), kTile);
+      for (int64_t t = 0; t < T; ++t) {
+        const float* v = scores.data() + t * kTile;
+        // a whole tile whose largest score does not beat the best so far changes nothing: this thread's tiles come
+        // in order, so a tie here is with a lower index
+        if (vector && (j + 1) * kTile <= n_out && largest16(v) <= best[mine + t]) continue;
         for (int64_t i = 0; i < kTile && j * kTile + i < n_out; ++i) {
-          const float v = scores[t * kTile + i];
           const int64_t n = j * kTile + i;
-          if (v > best[mine + t] || (v == best[mine + t] && n < index[mine + t])) {
-            best[mine + t] = v;
+          if (v[i] > best[mine + t] || (v[i] == best[mine + t] && n < index[mine + t])) {
+            best[mine + t] = v[i];
             index[mine + t] = n;
           }
         }
+      }
     }
   });
   at::Tensor result = at::empty({T}, x.options().dtype(at::kLong));
@@ -278,11 +412,12 @@ at::Tensor qk_rope_cache(const at::Tensor& qkv, const at::Tensor& qk_scale, cons
 }  // namespace
 
 TORCH_LIBRARY(retain, m) {
-  m.def("int8_linear(Tensor x, Tensor packed, Tensor scale, int n_out, int levels, bool vnni, Tensor? in_norm, "
+  m.def("int8_linear(Tensor x, Tensor packed, Tensor scale, int n_out, int levels, int path, Tensor? in_norm, "
         "Tensor? out_norm, Tensor? residual, float eps) -> Tensor", &int8_linear);
   m.def("qk_rope_cache(Tensor qkv, Tensor qk_scale, Tensor cos, Tensor sin_signed, Tensor(a!) cache_k, "
         "Tensor(b!) cache_v, int layer, int start, float eps) -> Tensor", &qk_rope_cache);
-  m.def("int8_argmax(Tensor x, Tensor packed, Tensor scale, int n_out, int levels, bool vnni) -> Tensor",
+  m.def("int8_argmax(Tensor x, Tensor packed, Tensor scale, int n_out, int levels, int path) -> Tensor",
         &int8_argmax);
   m.def("has_vnni() -> bool", &has_vnni);
+  m.def("has_amx() -> bool", &has_amx);
 }

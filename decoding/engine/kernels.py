@@ -63,8 +63,9 @@ def _key(compiler: str) -> str:
 
 
 def int8_kernel() -> str:
-    """Which path of int8.cpp's `torch.ops.retain.int8_linear` runs here, "vnni" (AVX-512 VNNI) or "portable", after
-    building (once per machine) and loading it; raises `KernelUnavailable` with the reason it cannot run."""
+    """Which path of int8.cpp's `torch.ops.retain.int8_linear` runs here, "amx" (AMX-INT8 for several rows, AVX-512
+    VNNI for one), "vnni" or "portable", after building (once per machine) and loading it; raises
+    `KernelUnavailable` with the reason it cannot run."""
     path, reason = _load()
     if path is None:
         raise KernelUnavailable(reason)
@@ -87,4 +88,6 @@ def _load() -> tuple[str | None, str]:
             raise KernelUnavailable(f"{target} would not load: {error}") from error
     except (KernelUnavailable, OSError, subprocess.SubprocessError) as error:
         return None, str(error)
+    if torch.ops.retain.has_amx():
+        return "amx", ""
     return ("vnni" if torch.ops.retain.has_vnni() else "portable"), ""

@@ -135,6 +135,7 @@ class Int8Matrix(Matrix):
     """
 
     TILE = 16  # outputs per tile of int8.cpp's packed layout
+    K_BLOCK = 64  # the packed inputs' padding: one AMX tile's k
     CHUNK = 8192  # rows rounded at a time: the output layer's float32 temporaries stay small
 
     def __init__(self, weight: Tensor):
@@ -144,7 +145,7 @@ class Int8Matrix(Matrix):
         self.scale = (w.abs().amax(dim=1).float() / 127).clamp(min=1e-12)  # [N]
         self.nbytes = w.numel() + self.n_out * 4
         # each input row rounds to integers up to this size: the most whose sums of K products stay within 32 bits
-        self.input_levels = min(32767, (2**31 - 1) // (127 * (self.n_in + self.n_in % 2)))
+        self.input_levels = min(32767, (2**31 - 1) // (127 * self.n_in))
         try:
             self.path: str | None = int8_kernel()
         except KernelUnavailable as why:
@@ -152,7 +153,7 @@ class Int8Matrix(Matrix):
                           stacklevel=2)
             self.path = None
         Np = -(-self.n_out // self.TILE) * self.TILE if self.path else self.n_out
-        Kp = -(-self.n_in // 2) * 2 if self.path else self.n_in
+        Kp = -(-self.n_in // self.K_BLOCK) * self.K_BLOCK if self.path else self.n_in
         q = torch.zeros(Np, Kp, dtype=torch.int8)  # padding: zero weights add nothing
         for start in range(0, self.n_out, self.CHUNK):
             rows = slice(start, min(start + self.CHUNK, self.n_out))
@@ -164,7 +165,7 @@ class Int8Matrix(Matrix):
                 quantized = torch._make_per_channel_quantized_tensor(q, self.scale.double(), zero, 0)
                 self.fbgemm = torch.ops.quantized.linear_prepack(quantized, None)
             return
-        self.packed = q.view(Np // self.TILE, self.TILE, Kp // 2, 2).transpose(1, 2).contiguous()
+        self.packed = q.view(Np // self.TILE, self.TILE, Kp // 4, 4).transpose(1, 2).contiguous()
         self.padded_scale = F.pad(self.scale, (0, Np - self.n_out))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -186,14 +187,14 @@ class Int8Matrix(Matrix):
 
     def _kernel(self, x: Tensor, in_norm: Tensor | None, out_norm: Tensor | None, residual: Tensor | None, eps: float):
         return torch.ops.retain.int8_linear(
-            x.float().contiguous(), self.packed, self.padded_scale, self.n_out, self.input_levels, self.path == "vnni",
-            in_norm, out_norm, residual, eps,
+            x.float().contiguous(), self.packed, self.padded_scale, self.n_out, self.input_levels,
+            INT8_PATHS[self.path], in_norm, out_norm, residual, eps,
         )
 
     def argmax(self, x: Tensor) -> list[int]:
         if self.path is None:
             return super().argmax(x)
-        args = (self.packed, self.padded_scale, self.n_out, self.input_levels, self.path == "vnni")
+        args = (self.packed, self.padded_scale, self.n_out, self.input_levels, INT8_PATHS[self.path])
         return torch.ops.retain.int8_argmax(x.float().contiguous(), *args).tolist()
 
     def exact_product(self, x: Tensor) -> Tensor:
@@ -211,14 +212,16 @@ class Int8Matrix(Matrix):
         if self.path is None:
             weight, _ = torch.ops.quantized.linear_unpack(self.fbgemm)
             return weight.int_repr()[index]
-        tiles = self.packed[index // self.TILE, :, index % self.TILE]  # [n, Kp/2, 2]
+        tiles = self.packed[index // self.TILE, :, index % self.TILE]  # [n, Kp/4, 4]
         return tiles.reshape(len(index), -1)[:, : self.n_in]
 
     def rows(self, index: Tensor) -> Tensor:
         return self.weight_values(index).float() * self.scale[index, None]
 
 
+INT8_PATHS: dict[str | None, int] = {"portable": 0, "vnni": 1, "amx": 2}  # int8.cpp's `path` code per path
 INT8_PRODUCTS: dict[str | None, str] = {  # by `kernels.int8_kernel`'s path; None: it could not be built
+    "amx": "Retain's kernel, AMX-INT8 for several rows, AVX-512 VNNI for one",
     "vnni": "Retain's kernel, AVX-512 VNNI", "portable": "Retain's kernel, portable C++",
     None: "fbgemm: Retain's kernel could not be built",
 }
