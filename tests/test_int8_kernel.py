@@ -30,11 +30,13 @@ def no_kernel(monkeypatch):
 
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize(("n_out", "n_in", "rows"),
-                         [(96, 128, 5), (97, 30, 3), (640, 2048, 9), (1536, 640, 1), (48, 640, 17), (32, 200, 33)])
+                         [(96, 128, 5), (97, 30, 3), (640, 2048, 9), (1536, 640, 1), (48, 640, 17), (32, 200, 33),
+                          (40, 128, 150)])
 def test_each_kernel_path_computes_the_formats_arithmetic_bit_for_bit(path, n_out, n_in, rows):
     """Shapes that fill the kernel's tiles and shapes it pads (97 outputs, 30 or 200 inputs); the four-row and
-    one-row loops, and AMX's blocks of 16 rows, whole and padded; rows of very different sizes, each quantized on its
-    own (one row a thousand times the others: its 16-bit inputs use their high bytes in full)."""
+    one-row loops, AMX's blocks of 16 rows and the rows left over, a prompt's chunks of 64 rows; rows of very
+    different sizes, each quantized on its own (one row a thousand times the others: its 16-bit inputs use their
+    high bytes in full)."""
     torch.manual_seed(n_out)
     stored = Int8Matrix(torch.randn(n_out, n_in) * torch.linspace(0.01, 2, n_out)[:, None])
     stored.path = path

@@ -59,6 +59,26 @@ float quantize_row(const float* x, int64_t K, int64_t Kp, int16_t* q, float leve
   return largest / levels;
 }
 
+// `quantize_row` in AVX-512, the same numbers: the same largest magnitude and product, rounded half to even as
+// nearbyint does in the default rounding mode.
+__attribute__((target("avx512f,avx512bw")))
+float quantize_row16(const float* x, int64_t K, int64_t Kp, int16_t* q, float levels) {
+  __m512 largest16 = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) largest16 = _mm512_max_ps(largest16, _mm512_abs_ps(_mm512_loadu_ps(x + k)));
+  float largest = _mm512_reduce_max_ps(largest16);
+  for (; k < K; ++k) largest = std::fmax(largest, std::fabs(x[k]));
+  if (largest < 1e-30f) largest = 1e-30f;
+  const float inverse = levels / largest;
+  const __m512 by = _mm512_set1_ps(inverse);
+  for (k = 0; k + 16 <= K; k += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + k),
+                        _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + k), by))));
+  for (; k < K; ++k) q[k] = static_cast<int16_t>(std::nearbyint(x[k] * inverse));
+  for (k = K; k < Kp; ++k) q[k] = 0;
+  return largest / levels;
+}
+
 // One tile's 16 results of one row.
 void finish(const int32_t* sums, const float* scale, float row_scale, float* y) {
   for (int64_t i = 0; i < kTile; ++i) y[i] = static_cast<float>(sums[i]) * (scale[i] * row_scale);
@@ -177,15 +197,15 @@ struct BytePlanes {
 
 // Rows 0..T (a whole number of blocks of 16).
 __attribute__((target("amx-tile,amx-int8,avx512f")))
-void tile_amx(const BytePlanes& planes, const float* row_scale, int64_t T, int64_t Kp, const int8_t* tile,
-              const float* scale, float* y, int64_t Np) {
+void tile_amx(const int8_t* high_bytes, const uint8_t* low_bytes, const float* row_scale, int64_t T, int64_t Kp,
+              const int8_t* tile, const float* scale, float* y, int64_t Np) {
   alignas(64) int32_t high[kTile][kTile], low[kTile][kTile];
   for (int64_t t0 = 0; t0 < T; t0 += 16) {
     _tile_zero(0);
     _tile_zero(1);
     for (int64_t k = 0; k < Kp; k += 64) {
-      _tile_loadd(2, planes.high.data() + t0 * Kp + k, Kp);
-      _tile_loadd(3, planes.low.data() + t0 * Kp + k, Kp);
+      _tile_loadd(2, high_bytes + t0 * Kp + k, Kp);
+      _tile_loadd(3, low_bytes + t0 * Kp + k, Kp);
       _tile_loadd(4, tile + k * kTile, 64);
       _tile_dpbssd(0, 2, 4);
       _tile_dpbusd(1, 3, 4);
@@ -259,6 +279,9 @@ Operands round_inputs(const at::Tensor& x, const at::Tensor& packed, const at::T
   TORCH_CHECK(!in_norm || in_norm->numel() == o.K, "in_norm needs one weight per input");
   o.q.resize(o.T * o.Kp);
   o.row_scale.resize(o.T);
+  const int64_t blocks = o.path == kAmx ? o.T / 16 * 16 : 0;  // the rows AMX takes
+  o.planes.high.resize(blocks * o.Kp);
+  o.planes.low.resize(blocks * o.Kp);
   const float* xp = x.data_ptr<float>();
   const float* in_w = in_norm ? in_norm->data_ptr<float>() : nullptr;
   at::parallel_for(0, o.T, 16, [&](int64_t begin, int64_t end) {  // a prompt's rows; a few rows: this thread
@@ -270,34 +293,41 @@ Operands round_inputs(const at::Tensor& x, const at::Tensor& packed, const at::T
         for (int64_t k = 0; k < o.K; ++k) normed[k] = row[k] * inverse * in_w[k];
         row = normed.data();
       }
-      o.row_scale[t] = quantize_row(row, o.K, o.Kp, o.q.data() + t * o.Kp, static_cast<float>(levels));
+      int16_t* q = o.q.data() + t * o.Kp;
+      o.row_scale[t] = o.path == kPortable ? quantize_row(row, o.K, o.Kp, q, static_cast<float>(levels))
+                                           : quantize_row16(row, o.K, o.Kp, q, static_cast<float>(levels));
+      if (t < blocks)
+        for (int64_t k = 0; k < o.Kp; ++k) {
+          o.planes.high[t * o.Kp + k] = static_cast<int8_t>(q[k] >> 8);  // arithmetic shift: the signed high byte
+          o.planes.low[t * o.Kp + k] = static_cast<uint8_t>(q[k] & 0xff);
+        }
     }
   });
-  if (o.path == kAmx) {
-    const int64_t blocks = o.T / 16 * 16 * o.Kp;
-    o.planes.high.resize(blocks);
-    o.planes.low.resize(blocks);
-    for (int64_t i = 0; i < blocks; ++i) {
-      o.planes.high[i] = static_cast<int8_t>(o.q[i] >> 8);  // arithmetic shift: the signed high byte
-      o.planes.low[i] = static_cast<uint8_t>(o.q[i] & 0xff);
-    }
-  }
   return o;
 }
 
-// Tile j's results of every row into y (row stride `stride`).
-// (With AMX, inside an `AmxTiles` scope.)
-void tile(const Operands& o, const int8_t* packed, const float* scale, int64_t j, float* y, int64_t stride) {
+// Tile j's results of rows t0..t1 into y (row stride `stride`); with AMX, inside an `AmxTiles` scope.
+void tile(const Operands& o, const int8_t* packed, const float* scale, int64_t j, float* y, int64_t stride,
+          int64_t t0, int64_t t1) {
   const int64_t n = j * kTile;
   const int8_t* weights = packed + n * o.Kp;
+  int64_t t = t0;
   if (o.path == kAmx) {  // whole blocks of 16 rows; the rest, whose tile is in cache now, through VNNI
-    const int64_t blocks = o.T / 16 * 16;
-    tile_amx(o.planes, o.row_scale.data(), blocks, o.Kp, weights, scale + n, y, stride);
-    tile_vnni(o.q.data() + blocks * o.Kp, o.row_scale.data() + blocks, o.T - blocks, o.Kp, weights, scale + n,
-              y + blocks * stride, stride);
-  } else if (o.path == kVnni) tile_vnni(o.q.data(), o.row_scale.data(), o.T, o.Kp, weights, scale + n, y, stride);
-  else tile_portable(o.q.data(), o.row_scale.data(), o.T, o.Kp, weights, scale + n, y, stride);
+    const int64_t blocks = std::max(t0, std::min(t1, o.T / 16 * 16));
+    tile_amx(o.planes.high.data() + t0 * o.Kp, o.planes.low.data() + t0 * o.Kp, o.row_scale.data() + t0,
+             blocks - t0, o.Kp, weights, scale + n, y + t0 * stride, stride);
+    t = blocks;
+  }
+  if (o.path == kPortable)
+    tile_portable(o.q.data() + t * o.Kp, o.row_scale.data() + t, t1 - t, o.Kp, weights, scale + n, y + t * stride,
+                  stride);
+  else
+    tile_vnni(o.q.data() + t * o.Kp, o.row_scale.data() + t, t1 - t, o.Kp, weights, scale + n, y + t * stride,
+              stride);
 }
+
+// Rows at a time through one pass over the weights: a prompt's inputs would not stay in cache across the tiles.
+constexpr int64_t kRowChunk = 64;
 
 // x [T, K] float32; packed [Np/16, Kp/4, 16, 4] int8; scale [Np] -> [T, N] float32. With `in_norm`, x's rows are
 // RMS-normed first (times in_norm [K]); with `out_norm`, the result's rows are, and `residual` [T, N] is added.
@@ -309,11 +339,14 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
   const int64_t T = o.T, Np = o.Np;
   at::Tensor y = at::empty({T, Np}, x.options());
   float* yp = y.data_ptr<float>();
-  at::parallel_for(0, Np / kTile, 1, [&](int64_t begin, int64_t end) {
-    const AmxTiles tiles(o.path == kAmx);
-    for (int64_t j = begin; j < end; ++j) tile(o, packed.data_ptr<int8_t>(), scale.data_ptr<float>(), j,
-                                               yp + j * kTile, Np);
-  });
+  for (int64_t t0 = 0; t0 < T; t0 += kRowChunk) {
+    const int64_t t1 = std::min(T, t0 + kRowChunk);
+    at::parallel_for(0, Np / kTile, 1, [&](int64_t begin, int64_t end) {
+      const AmxTiles tiles(o.path == kAmx);
+      for (int64_t j = begin; j < end; ++j)
+        tile(o, packed.data_ptr<int8_t>(), scale.data_ptr<float>(), j, yp + j * kTile, Np, t0, t1);
+    });
+  }
   if (n_out != Np) y = y.narrow(1, 0, n_out).contiguous();
   if (!out_norm) return y;
   TORCH_CHECK(out_norm->numel() == n_out &&
@@ -322,11 +355,13 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
   const float* out_w = out_norm->data_ptr<float>();
   const float* add = residual ? residual->data_ptr<float>() : nullptr;
   float* yo = y.data_ptr<float>();
-  for (int64_t t = 0; t < T; ++t) {
-    float* row = yo + t * n_out;
-    const float inverse = inverse_rms(row, n_out, static_cast<float>(eps));
-    for (int64_t n = 0; n < n_out; ++n) row[n] = row[n] * inverse * out_w[n] + (add ? add[t * n_out + n] : 0.f);
-  }
+  at::parallel_for(0, T, 16, [&](int64_t begin, int64_t end) {  // each row on its own: any split, the same numbers
+    for (int64_t t = begin; t < end; ++t) {
+      float* row = yo + t * n_out;
+      const float inverse = inverse_rms(row, n_out, static_cast<float>(eps));
+      for (int64_t n = 0; n < n_out; ++n) row[n] = row[n] * inverse * out_w[n] + (add ? add[t * n_out + n] : 0.f);
+    }
+  });
   return y;
 }
 
@@ -344,7 +379,7 @@ at::Tensor int8_argmax(const at::Tensor& x, const at::Tensor& packed, const at::
     const AmxTiles tiles(o.path == kAmx);
     std::vector<float> scores(T * kTile);
     for (int64_t j = begin; j < end; ++j) {
-      tile(o, packed.data_ptr<int8_t>(), scale.data_ptr<float>(), j, scores.data(), kTile);
+      tile(o, packed.data_ptr<int8_t>(), scale.data_ptr<float>(), j, scores.data(), kTile, 0, T);
       for (int64_t t = 0; t < T; ++t) {
         const float* v = scores.data() + t * kTile;
         // a whole tile whose largest score does not beat the best so far changes nothing: this thread's tiles come
@@ -390,22 +425,24 @@ at::Tensor qk_rope_cache(const at::Tensor& qkv, const at::Tensor& qk_scale, cons
   float* qo = q.data_ptr<float>();
   float* ko = cache_k.data_ptr<float>() + layer * Hkv * S * Dh;
   float* vo = cache_v.data_ptr<float>() + layer * Hkv * S * Dh;
-  std::vector<float> normed(Dh);
-  for (int64_t t = 0; t < T; ++t) {
-    const float* c = cos.data_ptr<float>() + t * Dh;
-    const float* s = sin_signed.data_ptr<float>() + t * Dh;
-    for (int64_t h = 0; h < Hqk; ++h) {
-      const float* head = in + (t * (Hqk + Hkv) + h) * Dh;
-      const float inverse = inverse_rms(head, Dh, static_cast<float>(eps));
-      for (int64_t d = 0; d < Dh; ++d) normed[d] = head[d] * inverse * w[h * Dh + d];
-      float* out = h < H ? qo + (h * T + t) * Dh : ko + ((h - H) * S + start + t) * Dh;
-      for (int64_t d = 0; d < Dh; ++d) out[d] = normed[d] * c[d] + normed[(d + half) % Dh] * s[d];
+  at::parallel_for(0, T, 16, [&](int64_t begin, int64_t end) {  // a prompt's rows; each row on its own
+    std::vector<float> normed(Dh);
+    for (int64_t t = begin; t < end; ++t) {
+      const float* c = cos.data_ptr<float>() + t * Dh;
+      const float* s = sin_signed.data_ptr<float>() + t * Dh;
+      for (int64_t h = 0; h < Hqk; ++h) {
+        const float* head = in + (t * (Hqk + Hkv) + h) * Dh;
+        const float inverse = inverse_rms(head, Dh, static_cast<float>(eps));
+        for (int64_t d = 0; d < Dh; ++d) normed[d] = head[d] * inverse * w[h * Dh + d];
+        float* out = h < H ? qo + (h * T + t) * Dh : ko + ((h - H) * S + start + t) * Dh;
+        for (int64_t d = 0; d < Dh; ++d) out[d] = normed[d] * c[d] + normed[(d + half) % Dh] * s[d];
+      }
+      for (int64_t h = 0; h < Hkv; ++h) {
+        const float* head = in + (t * (Hqk + Hkv) + Hqk + h) * Dh;
+        std::copy(head, head + Dh, vo + (h * S + start + t) * Dh);
+      }
     }
-    for (int64_t h = 0; h < Hkv; ++h) {
-      const float* head = in + (t * (Hqk + Hkv) + Hqk + h) * Dh;
-      std::copy(head, head + Dh, vo + (h * S + start + t) * Dh);
-    }
-  }
+  });
   return q;
 }
 
