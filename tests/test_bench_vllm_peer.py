@@ -133,7 +133,7 @@ def test_the_vllm_threads_are_bound_to_as_many_cores_as_ours_use():
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get(vllm_peer.PYTHON_VARIABLE), reason="RETAIN_VLLM_PYTHON is not set")
 def test_bench_with_vllm_peers_gives_matching_vllm_rows(tmp_path, capsys, monkeypatch, exported_model):
-    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # no worker process beside each engine core: faster starts
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # no worker process beside each engine core: faster
     out = tmp_path / "rows.json"
     # the embedded model as exported once for every vllm test (the bench would export it again)
     argv = ["--peers", "vllm", "--model", str(exported_model), "--dtype", "float32", "--threads", "2",
