@@ -12,9 +12,9 @@
 // - AVX-512 VNNI: one 64-byte load holds four k of 16 outputs; they widen to 16 bits, and dpwssd multiplies each
 //   pair by a pair of 16-bit inputs, into two sums per output.
 // - AMX-INT8, for blocks of 16 rows (a verify forward's, a prompt's; the rows left over go through VNNI): 64 k of a
-//   tile are one B tile as AMX lays it out. Each 16-bit input q splits into a high byte h (signed) and a low byte l (unsigned), q = 256 h + l;
-//   tdpbssd sums h * w, tdpbusd l * w, and 256 * the first + the second is the same integer sum, bit for bit (it
-//   fits 32 bits by `levels`, so wrapping in between changes nothing).
+//   tile are one B tile as AMX lays it out. Each 16-bit input q splits into a high byte h (signed) and a low byte l
+//   (unsigned), q = 256 h + l; tdpbssd sums h * w, tdpbusd l * w, and 256 * the first + the second is the same
+//   integer sum, bit for bit (it fits 32 bits by `levels`, so wrapping in between changes nothing).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -82,11 +82,6 @@ float quantize_row16(const float* x, int64_t K, int64_t Kp, int16_t* q, float le
 // One tile's 16 results of one row.
 void finish(const int32_t* sums, const float* scale, float row_scale, float* y) {
   for (int64_t i = 0; i < kTile; ++i) y[i] = static_cast<float>(sums[i]) * (scale[i] * row_scale);
-}
-
-// Two 16-bit inputs, in every 32-bit lane.
-__attribute__((target("avx512f"))) inline __m512i x2(const int16_t* p) {
-  return _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(p));
 }
 
 // `finish` in AVX-512: the same two roundings (scale times row_scale, then the product), so the same bits.
@@ -191,8 +186,8 @@ struct AmxTiles {
 
 // The inputs of the whole blocks of 16 rows, split for AMX: q = 256 * high + low.
 struct BytePlanes {
-  std::vector<int8_t> high;  // [T / 16 * 16, Kp]
-  std::vector<uint8_t> low;  // [T / 16 * 16, Kp]
+  std::vector<int8_t> high;  // [amx_rows, Kp]
+  std::vector<uint8_t> low;  // [amx_rows, Kp]
 };
 
 // Rows 0..T (a whole number of blocks of 16).
@@ -254,6 +249,7 @@ enum Path : int64_t { kPortable = 0, kVnni = 1, kAmx = 2 };
 struct Operands {
   int64_t T, K, Np, Kp;
   Path path;                     // AMX only from 16 rows; VNNI below
+  int64_t amx_rows;              // rows 0..amx_rows go through AMX: its whole blocks of 16
   std::vector<int16_t> q;        // [T, Kp]
   std::vector<float> row_scale;  // [T]
   BytePlanes planes;             // for AMX
@@ -267,7 +263,7 @@ Operands round_inputs(const at::Tensor& x, const at::Tensor& packed, const at::T
               "x must be contiguous float32 [T, K]");
   TORCH_CHECK(packed.dim() == 4 && packed.size(2) == kTile && packed.size(3) == 4 && packed.is_contiguous() &&
                   packed.scalar_type() == at::kChar, "packed must be contiguous int8 [N/16, K/4, 16, 4]");
-  Operands o{x.size(0), x.size(1), packed.size(0) * kTile, packed.size(1) * 4, kPortable, {}, {}, {}};
+  Operands o{x.size(0), x.size(1), packed.size(0) * kTile, packed.size(1) * 4, kPortable, 0, {}, {}, {}};
   TORCH_CHECK(o.K <= o.Kp && o.Kp < o.K + 64 && o.Kp % 64 == 0 && n_out <= o.Np && o.Np < n_out + kTile,
               "x [T, K] does not fit packed");
   TORCH_CHECK(scale.numel() == o.Np && scale.scalar_type() == at::kFloat, "scale needs one float32 per output");
@@ -279,9 +275,9 @@ Operands round_inputs(const at::Tensor& x, const at::Tensor& packed, const at::T
   TORCH_CHECK(!in_norm || in_norm->numel() == o.K, "in_norm needs one weight per input");
   o.q.resize(o.T * o.Kp);
   o.row_scale.resize(o.T);
-  const int64_t blocks = o.path == kAmx ? o.T / 16 * 16 : 0;  // the rows AMX takes
-  o.planes.high.resize(blocks * o.Kp);
-  o.planes.low.resize(blocks * o.Kp);
+  o.amx_rows = o.path == kAmx ? o.T / 16 * 16 : 0;
+  o.planes.high.resize(o.amx_rows * o.Kp);
+  o.planes.low.resize(o.amx_rows * o.Kp);
   const float* xp = x.data_ptr<float>();
   const float* in_w = in_norm ? in_norm->data_ptr<float>() : nullptr;
   at::parallel_for(0, o.T, 16, [&](int64_t begin, int64_t end) {  // a prompt's rows; a few rows: this thread
@@ -296,7 +292,7 @@ Operands round_inputs(const at::Tensor& x, const at::Tensor& packed, const at::T
       int16_t* q = o.q.data() + t * o.Kp;
       o.row_scale[t] = o.path == kPortable ? quantize_row(row, o.K, o.Kp, q, static_cast<float>(levels))
                                            : quantize_row16(row, o.K, o.Kp, q, static_cast<float>(levels));
-      if (t < blocks)
+      if (t < o.amx_rows)
         for (int64_t k = 0; k < o.Kp; ++k) {
           o.planes.high[t * o.Kp + k] = static_cast<int8_t>(q[k] >> 8);  // arithmetic shift: the signed high byte
           o.planes.low[t * o.Kp + k] = static_cast<uint8_t>(q[k] & 0xff);
@@ -312,8 +308,8 @@ void tile(const Operands& o, const int8_t* packed, const float* scale, int64_t j
   const int64_t n = j * kTile;
   const int8_t* weights = packed + n * o.Kp;
   int64_t t = t0;
-  if (o.path == kAmx) {  // whole blocks of 16 rows; the rest, whose tile is in cache now, through VNNI
-    const int64_t blocks = std::max(t0, std::min(t1, o.T / 16 * 16));
+  if (o.path == kAmx) {  // AMX's rows; the rest, whose tile is in cache now, through VNNI
+    const int64_t blocks = std::max(t0, std::min(t1, o.amx_rows));
     tile_amx(o.planes.high.data() + t0 * o.Kp, o.planes.low.data() + t0 * o.Kp, o.row_scale.data() + t0,
              blocks - t0, o.Kp, weights, scale + n, y + t0 * stride, stride);
     t = blocks;
