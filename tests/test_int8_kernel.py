@@ -46,6 +46,19 @@ def test_each_kernel_path_computes_the_formats_arithmetic_bit_for_bit(path, n_ou
     assert all(torch.equal(stored(x[i : i + 1])[0], stored(x)[i]) for i in range(rows))
 
 
+@pytest.mark.parametrize("path", PATHS)
+def test_an_input_of_the_wrong_width_is_refused_though_the_padding_would_hold_it(path):
+    """64 inputs pad to 128 in the kernel's tiles: 65 to 128 inputs would fit the packing, and only the weights'
+    own width is right."""
+    stored = Int8Matrix(torch.randn(32, 100))
+    stored.path = path
+    for width in (99, 101, 128):
+        with pytest.raises(RuntimeError, match=f"must have K = n_in = 100 inputs, not {width}"):
+            stored(torch.randn(3, width))
+        with pytest.raises(RuntimeError, match=f"must have K = n_in = 100 inputs, not {width}"):
+            stored.argmax(torch.randn(2, width))
+
+
 def test_the_kernel_builds_on_this_machine():
     """CI's machines have a C++ compiler: the int8 format runs its own kernel there, not the fallback."""
     assert int8_kernel() in ("amx", "vnni", "portable")

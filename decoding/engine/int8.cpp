@@ -255,17 +255,19 @@ struct Operands {
   BytePlanes planes;             // for AMX
 };
 
-// x [T, K] float32 and packed [Np/16, Kp/4, 16, 4] int8 -> x's rows, RMS-normed first with `in_norm` (times in_norm
-// [K]), each rounded to integers of at most `levels`.
-Operands round_inputs(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale, int64_t n_out,
-                      int64_t levels, int64_t path, const std::optional<at::Tensor>& in_norm, double eps) {
+// x [T, n_in] float32 and packed [Np/16, Kp/4, 16, 4] int8 -> x's rows, RMS-normed first with `in_norm` (times
+// in_norm [n_in]), each rounded to integers of at most `levels`.
+Operands round_inputs(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale, int64_t n_in,
+                      int64_t n_out, int64_t levels, int64_t path, const std::optional<at::Tensor>& in_norm,
+                      double eps) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(),
               "x must be contiguous float32 [T, K]");
   TORCH_CHECK(packed.dim() == 4 && packed.size(2) == kTile && packed.size(3) == 4 && packed.is_contiguous() &&
                   packed.scalar_type() == at::kChar, "packed must be contiguous int8 [N/16, K/4, 16, 4]");
   Operands o{x.size(0), x.size(1), packed.size(0) * kTile, packed.size(1) * 4, kPortable, 0, {}, {}, {}};
+  TORCH_CHECK(o.K == n_in, "x [T, K] must have K = n_in = ", n_in, " inputs, not ", o.K);
   TORCH_CHECK(o.K <= o.Kp && o.Kp < o.K + 64 && o.Kp % 64 == 0 && n_out <= o.Np && o.Np < n_out + kTile,
-              "x [T, K] does not fit packed");
+              "packed [Np/16, Kp/4, 16, 4] does not hold n_in x n_out weights");
   TORCH_CHECK(scale.numel() == o.Np && scale.scalar_type() == at::kFloat, "scale needs one float32 per output");
   TORCH_CHECK(path == kPortable || (path == kVnni && has_vnni()) || (path == kAmx && has_amx()),
               "path: 0 portable, 1 AVX-512 VNNI, 2 AMX-INT8, one this CPU has");
@@ -327,11 +329,11 @@ constexpr int64_t kRowChunk = 64;
 
 // x [T, K] float32; packed [Np/16, Kp/4, 16, 4] int8; scale [Np] -> [T, N] float32. With `in_norm`, x's rows are
 // RMS-normed first (times in_norm [K]); with `out_norm`, the result's rows are, and `residual` [T, N] is added.
-at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale, int64_t n_out,
-                       int64_t levels, int64_t path, const std::optional<at::Tensor>& in_norm,
+at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale, int64_t n_in,
+                       int64_t n_out, int64_t levels, int64_t path, const std::optional<at::Tensor>& in_norm,
                        const std::optional<at::Tensor>& out_norm, const std::optional<at::Tensor>& residual,
                        double eps) {
-  const Operands o = round_inputs(x, packed, scale, n_out, levels, path, in_norm, eps);
+  const Operands o = round_inputs(x, packed, scale, n_in, n_out, levels, path, in_norm, eps);
   const int64_t T = o.T, Np = o.Np;
   at::Tensor y = at::empty({T, Np}, x.options());
   float* yp = y.data_ptr<float>();
@@ -363,9 +365,9 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::
 
 // The index of each row's largest result of `int8_linear` (the lowest on a tie, as torch's argmax), without writing
 // the results: for the output layer, whose 262,144 scores a greedy step only compares. -> [T] int64.
-at::Tensor int8_argmax(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale, int64_t n_out,
-                       int64_t levels, int64_t path) {
-  const Operands o = round_inputs(x, packed, scale, n_out, levels, path, std::nullopt, 0.0);
+at::Tensor int8_argmax(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale, int64_t n_in,
+                       int64_t n_out, int64_t levels, int64_t path) {
+  const Operands o = round_inputs(x, packed, scale, n_in, n_out, levels, path, std::nullopt, 0.0);
   const int64_t T = o.T, threads = at::get_num_threads();
   const bool vector = o.path != kPortable;
   std::vector<float> best(threads * T, -std::numeric_limits<float>::infinity());
@@ -445,11 +447,11 @@ at::Tensor qk_rope_cache(const at::Tensor& qkv, const at::Tensor& qk_scale, cons
 }  // namespace
 
 TORCH_LIBRARY(retain, m) {
-  m.def("int8_linear(Tensor x, Tensor packed, Tensor scale, int n_out, int levels, int path, Tensor? in_norm, "
-        "Tensor? out_norm, Tensor? residual, float eps) -> Tensor", &int8_linear);
+  m.def("int8_linear(Tensor x, Tensor packed, Tensor scale, int n_in, int n_out, int levels, int path, "
+        "Tensor? in_norm, Tensor? out_norm, Tensor? residual, float eps) -> Tensor", &int8_linear);
   m.def("qk_rope_cache(Tensor qkv, Tensor qk_scale, Tensor cos, Tensor sin_signed, Tensor(a!) cache_k, "
         "Tensor(b!) cache_v, int layer, int start, float eps) -> Tensor", &qk_rope_cache);
-  m.def("int8_argmax(Tensor x, Tensor packed, Tensor scale, int n_out, int levels, int path) -> Tensor",
+  m.def("int8_argmax(Tensor x, Tensor packed, Tensor scale, int n_in, int n_out, int levels, int path) -> Tensor",
         &int8_argmax);
   m.def("has_vnni() -> bool", &has_vnni);
   m.def("has_amx() -> bool", &has_amx);

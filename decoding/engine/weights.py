@@ -187,14 +187,14 @@ class Int8Matrix(Matrix):
 
     def _kernel(self, x: Tensor, in_norm: Tensor | None, out_norm: Tensor | None, residual: Tensor | None, eps: float):
         return torch.ops.retain.int8_linear(
-            x.float().contiguous(), self.packed, self.padded_scale, self.n_out, self.input_levels,
+            x.float().contiguous(), self.packed, self.padded_scale, self.n_in, self.n_out, self.input_levels,
             INT8_PATHS[self.path], in_norm, out_norm, residual, eps,
         )
 
     def argmax(self, x: Tensor) -> list[int]:
         if self.path is None:
             return super().argmax(x)
-        args = (self.packed, self.padded_scale, self.n_out, self.input_levels, INT8_PATHS[self.path])
+        args = (self.packed, self.padded_scale, self.n_in, self.n_out, self.input_levels, INT8_PATHS[self.path])
         return torch.ops.retain.int8_argmax(x.float().contiguous(), *args).tolist()
 
     def exact_product(self, x: Tensor) -> Tensor:
