@@ -10,7 +10,7 @@ from decoding.drafting.drafters import make_drafter
 from decoding.engine.generation import generate
 from decoding.engine.loading import DEFAULT_WEIGHTS, WEIGHT_FORMATS
 from decoding.engine.target import GemmaTarget, make_target
-from decoding.engine.weights import matrix
+from decoding.engine.weights import PackedFloat16, matrix
 
 QUANTIZED = [fmt for fmt in WEIGHT_FORMATS if fmt != "float32"]
 
@@ -51,6 +51,17 @@ def test_each_row_of_a_product_is_the_same_whatever_rows_come_with_it(weight, fm
     together = stored(x)
     for row in (0, 3, 16):
         assert torch.equal(stored(x[row : row + 1])[0], together[row])
+
+
+def test_a_float16_matrix_packed_in_pieces_gives_the_whole_matrixs_numbers(monkeypatch):
+    """The output layer packs in pieces, side by side; the pieces must not change a single product."""
+    weight, x = torch.randn(1000, 64), torch.randn(5, 64)
+    whole = PackedFloat16(weight)
+    monkeypatch.setattr(PackedFloat16, "PIECE_ROWS", 96)  # 10 whole pieces and a short one
+    pieced = PackedFloat16(weight)
+    assert len(whole.pieces) == 1 and len(pieced.pieces) == 11
+    assert torch.equal(pieced(x), whole(x)) and pieced(x).shape == (5, 1000)
+    assert torch.equal(pieced.unpacked(), weight.half().float())
 
 
 def test_an_unknown_format_is_refused_naming_the_choices(weight, tiny_gemma):

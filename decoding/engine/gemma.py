@@ -7,7 +7,6 @@ the hidden rows the caller asks for: the 262,144 x 640 output layer is most of t
 
 from __future__ import annotations
 
-import warnings
 import weakref
 from dataclasses import dataclass
 
@@ -15,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from decoding.engine.weights import Int8Matrix, Matrix, RMSNorm, matrix
+from decoding.engine.weights import Int8Matrix, Matrix, PackedFloat16, RMSNorm, matrix
 
 
 @dataclass
@@ -94,18 +93,17 @@ class GreedyHead:
     """The argmax of each row's float32 logits at the cost of a float16 output layer: what greedy verification needs.
 
     A float32 row reads all 671 MB of the 262,144 x 640 output layer and rows past two are compute-bound, so scoring
-    a k+1-row verify forward cost about k+1 times one row. Here a float16 copy of the layer (fbgemm's packed product:
-    half the bytes, float32 activations and sums) scores every row approximately; every token whose approximate
-    logit is within twice a proven error bound of the row's best is then scored exactly in float32, and the best of
-    those wins. The bound, (max_i ||w_i - f16(w_i)|| + 1e-4 max_i ||w_i||) ||h|| + 1e-3, covers the weights' rounding
-    and the float32 sums' (640 terms), so the result is the float32 argmax while only a few candidates per row are
-    scored in float32, each on its own so that its score never depends on which other candidates there were.
+    a k+1-row verify forward cost about k+1 times one row. Here a float16 copy of the layer (fbgemm's packed product,
+    `weights.PackedFloat16`: half the bytes, float32 activations and sums) scores every row approximately; every
+    token whose approximate logit is within twice a proven error bound of the row's best is then scored exactly in
+    float32, and the best of those wins. The bound, (max_i ||w_i - f16(w_i)|| + 1e-4 max_i ||w_i||) ||h|| + 1e-3,
+    covers the weights' rounding and the float32 sums' (640 terms), so the result is the float32 argmax while only a
+    few candidates per row are scored in float32, each on its own so that its score never depends on which other
+    candidates there were.
     """
 
     def __init__(self, w: Tensor):
-        with warnings.catch_warnings():  # fbgemm's ops are deprecated in favour of torchao, still in torch
-            warnings.simplefilter("ignore")
-            self.packed = torch.ops.quantized.linear_prepack_fp16(w, None)
+        self.packed = PackedFloat16(w)
         self.w = w  # [V, D]
         norms = w.norm(dim=1)
         self.error_per_norm = float((w - w.half().float()).norm(dim=1).max() + 1e-4 * norms.max())
@@ -116,9 +114,7 @@ class GreedyHead:
 
     def argmax(self, hidden: Tensor) -> list[int]:
         """hidden [N, D] float32 -> the index of each row's largest logit, as in (w @ hidden.T).argmax(0)."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            approx = torch.ops.quantized.linear_dynamic_fp16(hidden, self.packed)  # [N, V]
+        approx = self.packed(hidden)  # [N, V]
         margin = 2 * (self.error_per_norm * hidden.norm(dim=1) + 1e-3)  # [N]
         floor = approx.max(dim=1).values - margin  # [N]
         tokens = []
