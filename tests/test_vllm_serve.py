@@ -2,9 +2,10 @@
 
 These run vLLM from the Python named by RETAIN_VLLM_PYTHON (tests/vllm_serving.py).
 Three servers, two at a time (about a minute to start): plain and ngram start together (both grounding the
-few-shot edit tasks of `evals/grounded.py` through `vllm_xargs`); once plain has given the outputs the others are
-compared with, hybrid, with a stand-in drafter behind the lookup (tests/vllm_stand_in_drafter.py), starts while the
-ngram tests run.
+few-shot edit tasks of `evals/grounded.py` through `vllm_xargs`). Plain gives the outputs the others are compared
+with, and both serve `agent bench decode --peers vllm` as its peers; then plain stops, and hybrid, with a stand-in
+drafter behind the lookup (tests/vllm_stand_in_drafter.py), starts while the ngram tests run. Requests that do
+not depend on each other go at once: vLLM batches them, and greedy text does not depend on the batch.
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ import subprocess
 import sys
 import urllib.error
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 
 import pytest
 from vllm_serving import VLLM_MARKS, Servers
 from vllm_traces import complete, lookup_drafter, replay, trace_of
 
 from agent.client import Model
+from decoding.lab import bench, vllm_peer
 from decoding.lab.workloads import copy_edit
 from decoding.vllm.launch import GEMMA4_SIZES, NGRAM_DEFAULTS
 from evals.gpu.vllm_check import run_check, speculation_counters
@@ -61,11 +65,11 @@ def plain_outputs(servers, request) -> dict[str, list[int]]:
     plain = servers.start("plain")
     request.getfixturevalue("embedded_grounded")
     url = plain.ready().url
-    outputs = {w.name: complete(url, w.prompt, MAX_TOKENS)["choices"][0]["token_ids"] for w in COPY_EDITS}
-    for snippet in EDIT_TASKS[::EVERY_NTH_PLAIN]:
-        outputs[f"grounded:{snippet.id}"] = _edit_reply(url, snippet, "edit")[0]
-    servers.stop("plain")
-    servers.start("hybrid")
+    with ThreadPoolExecutor(max_workers=len(COPY_EDITS)) as pool:  # sent together with the grounded tasks below
+        copied = {w.name: pool.submit(complete, url, w.prompt, MAX_TOKENS) for w in COPY_EDITS}
+        grounded = _edit_replies(url, EDIT_TASKS[::EVERY_NTH_PLAIN], "edit")
+    outputs = {name: reply.result()["choices"][0]["token_ids"] for name, reply in copied.items()}
+    outputs |= {f"grounded:{key}": text for key, (text, _) in grounded.items()}
     return outputs
 
 
@@ -76,6 +80,13 @@ def _edit_reply(url: str, snippet: Snippet, grounding: str) -> tuple[str, dict]:
     response = complete(url, prompt_for(snippet), EDIT_TOKENS, vllm_xargs=xargs, stop=["\n```"],
                         include_stop_str_in_output=True)  # the block's closing fence ends the reply
     return _through_fence(response["choices"][0]["text"]), (response.get("metrics") or {})
+
+
+def _edit_replies(url: str, tasks: list[Snippet], grounding: str) -> dict[str, tuple[str, dict]]:
+    """`_edit_reply` for every task, sent at once: vLLM batches them, and greedy text does not depend on the batch."""
+    with ThreadPoolExecutor(max_workers=len(tasks)) as pool:
+        replies = {snippet.id: pool.submit(_edit_reply, url, snippet, grounding) for snippet in tasks}
+    return {key: reply.result() for key, reply in replies.items()}
 
 
 def _through_fence(text: str) -> str:
@@ -112,15 +123,38 @@ def embedded_grounded(embedded_model) -> dict[str, str]:
     return texts
 
 
+def test_bench_with_these_servers_as_its_vllm_peers_gives_matching_vllm_rows(servers, plain_outputs, exported_model,
+                                                                           tmp_path, capsys, monkeypatch):
+    """`agent bench decode --peers vllm` on the plain and ngram servers (how the bench starts its own servers is
+    tests/test_bench_vllm_peer.py's): our rows and vLLM's decode the same tokens, and the ratios are printed."""
+    peers = {"vllm": servers.start("plain").ready().url, "vllm-ngram": servers.start("ngram").ready().url}
+    monkeypatch.setattr(vllm_peer, "vllm_servers", lambda *args, **kwargs: nullcontext(peers))
+    out = tmp_path / "rows.json"
+    argv = ["--peers", "vllm", "--model", str(exported_model), "--dtype", "float32", "--threads", "2",
+            "--workloads", "free-text", "--weights", "float32",  # vLLM computes float32's text
+            "--max-tokens", "8", "--repeats", "1", "--methods", "ngram", "--json", str(out)]
+    assert bench.main(argv) == 0
+    rows = {row["method"]: row for row in json.loads(out.read_text())}
+    assert list(rows) == ["plain", "ngram", "vllm", "vllm-ngram"]
+    assert all(row["tokens"] == 8 and row["matches_plain"] for row in rows.values())
+    assert rows["plain"]["ratio_vs_vllm"] > 0 and rows["vllm"]["repeated_prefix_s"] > 0
+    printed = capsys.readouterr().out
+    assert "ours ÷ vLLM per workload" in printed and printed.count("load average at the") == 2
+
+
 class TestNgram:
     @pytest.fixture(scope="class")
     def ngram(self, servers, plain_outputs):
+        servers.stop("plain")  # the hybrid server starts while the ngram tests run
+        servers.start("hybrid")
         yield servers.start("ngram").ready()
         servers.stop("ngram")
 
     def test_greedy_outputs_with_ngram_speculation_equal_those_without(self, ngram, plain_outputs):
-        for workload in COPY_EDITS:
-            response = complete(ngram.url, workload.prompt, MAX_TOKENS)
+        with ThreadPoolExecutor(max_workers=len(COPY_EDITS)) as pool:
+            replies = [pool.submit(complete, ngram.url, workload.prompt, MAX_TOKENS) for workload in COPY_EDITS]
+        for workload, reply in zip(COPY_EDITS, replies, strict=True):
+            response = reply.result()
             assert response["choices"][0]["token_ids"] == plain_outputs[workload.name], workload.name
             assert len(plain_outputs[workload.name]) > MAX_TOKENS // 2
             spec = response["metrics"]["speculative_decoding"]
@@ -157,7 +191,8 @@ class TestNgram:
         """`vllm_xargs` grounding with ngram speculation on: every block the model writes places on its file (cut
         by max_tokens and closed at the cut), the text is the embedded server's, speculation changes nothing, and
         the cursor drafter drafts from the prediction (tokens vLLM accepted)."""
-        grounded = {snippet.id: _edit_reply(ngram.url, snippet, "edit") for snippet in EDIT_TASKS}
+        grounded = _edit_replies(ngram.url, EDIT_TASKS, "edit")
+        complete(ngram.url, "def f():", 1)  # the plugin logs a request's cursor drafts at the step after it left
         assert len({snippet.path.rsplit(".", 1)[1] for snippet in EDIT_TASKS}) >= 4 and len(EDIT_TASKS) >= 24
         unplaced = {snippet.id: grounded[snippet.id][0] for snippet in EDIT_TASKS
                     if not places(snippet, grounded[snippet.id][0])}
@@ -172,12 +207,12 @@ class TestNgram:
         assert drafted > len(EDIT_TASKS) * 5  # drafts were verified against the grounding throughout
         log = ngram.log.read_text()
         cursor = re.findall(r"Retain cursor drafts for request \S+: (\d+) drafted, (\d+) accepted", log)
-        assert len(cursor) >= len(EDIT_TASKS) - 1  # logged as each request leaves the batch (the last: at the next)
+        assert len(cursor) >= len(EDIT_TASKS)
         assert sum(int(accepted) for _, accepted in cursor) > 0, cursor
 
     def test_ungrounded_the_same_tasks_write_blocks_that_do_not_place(self, ngram):
         """The arguments are not ignored: without grounding the model quotes text its file does not have."""
-        free = {snippet.id: _edit_reply(ngram.url, snippet, "off")[0] for snippet in EDIT_TASKS[:4]}
+        free = {key: text for key, (text, _) in _edit_replies(ngram.url, EDIT_TASKS[:4], "off").items()}
         assert not all(places(snippet, free[snippet.id]) for snippet in EDIT_TASKS[:4]), free
 
     @pytest.mark.parametrize(("xargs", "named"), [({"grounding": "edits"}, "vllm_xargs.grounding must be"),

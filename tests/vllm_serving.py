@@ -49,9 +49,11 @@ def serve_environment(**overrides: str) -> dict[str, str]:
     """The servers' environment. vLLM's engine core runs the model itself, not through a worker process of its own
     (one process fewer to start; the API server still starts the engine core as a process): the plugin loads in
     every vLLM process either way. The tests of refused starts keep vLLM's own process
-    layout (`VLLM_ENABLE_V1_MULTIPROCESSING=1`), as `agent bench decode --peers vllm` does."""
+    layout (`VLLM_ENABLE_V1_MULTIPROCESSING=1`), as `agent bench decode --peers vllm` does. The dev-mode endpoints
+    let the bench, served by the plain and ngram servers, empty their prefix caches before timing."""
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]),
-            "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", **overrides}
+            "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_SERVER_DEV_MODE": "1",
+            **overrides}
 
 
 class Starting:

@@ -3,10 +3,11 @@
     python -m evals.gpu.vllm_check http://HOST:8000/v1 [--log VLLM_LOG] [--tasks 8]
 
 It writes the few-shot edit tasks of `evals/grounded.py` (greedy, the file sent in `vllm_xargs`) with grounding on
-and off, and prints whether the grounded blocks place on their files (cut by max_tokens and closed at the cut)
-and whether grounding changed anything (it cannot where the plugin is off). With `--log` (the vLLM log path
-`agent serve` prints), it also reads which of the plugin's parts are on, the model runner, hybrid drafting's
-lookup line, and the cursor drafts per request. The server's speculation counters come from its /metrics.
+and off, every request at once (the server batches them), and prints whether the grounded blocks place on their
+files (cut by max_tokens and closed at the cut) and whether grounding changed anything (it cannot where the plugin
+is off). With `--log` (the vLLM log path `agent serve` prints), it also reads which of the plugin's parts are on,
+the model runner, hybrid drafting's lookup line, and the cursor drafts per request. The server's speculation
+counters come from its /metrics.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import re
 import sys
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -38,8 +40,8 @@ class Check:
     speculation: dict[str, float] = field(default_factory=dict)  # the server's counters: drafts, drafted, accepted
 
 
-def reply(url: str, model: str, snippet: Snippet, grounding: str) -> str:
-    body = {"model": model, "prompt": prompt_for(snippet), "max_tokens": MAX_TOKENS, "temperature": 0,
+def reply(url: str, model: str, snippet: Snippet, grounding: str, max_tokens: int = MAX_TOKENS) -> str:
+    body = {"model": model, "prompt": prompt_for(snippet), "max_tokens": max_tokens, "temperature": 0,
             "vllm_xargs": {"prediction": snippet.before, "grounding": grounding, "grounding_path": snippet.path}}
     request = urllib.request.Request(f"{url}/completions", json.dumps(body).encode(),
                                      {"Content-Type": "application/json"})
@@ -77,14 +79,20 @@ def read_log(check: Check, log: str) -> None:
 
 def run_check(url: str, tasks: int, log: Path | None = None) -> Check:
     model, check = served_model(url), Check()
-    for snippet in snippets()[:: max(1, len(snippets()) // tasks)][:tasks]:
-        grounded, free = reply(url, model, snippet, "edit"), reply(url, model, snippet, "off")
+    chosen = snippets()[:: max(1, len(snippets()) // tasks)][:tasks]
+    with ThreadPoolExecutor(max_workers=2 * len(chosen) or 1) as pool:  # all at once: the server batches them
+        written = [(pool.submit(reply, url, model, snippet, "edit"), pool.submit(reply, url, model, snippet, "off"))
+                   for snippet in chosen]
+    for snippet, (grounded_reply, free_reply) in zip(chosen, written, strict=True):
+        grounded, free = grounded_reply.result(), free_reply.result()
         check.tasks += 1
         check.grounded_place += places(snippet, grounded)
         check.free_place += places(snippet, free)
         check.grounding_changed += grounded != free
     check.speculation = speculation_counters(url)
     if log is not None:
+        if chosen:  # the plugin logs a request's cursor drafts at the step after it left: one more step
+            reply(url, model, chosen[0], "off", max_tokens=1)
         read_log(check, log.read_text(encoding="utf-8", errors="replace"))
     return check
 
