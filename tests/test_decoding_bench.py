@@ -11,6 +11,7 @@ from decoding.lab.bench import (
     format_engine,
     format_table,
     interleaved_tries,
+    main,
     mtp_held_out_note,
     paired_decode_ratios,
     paired_summary,
@@ -34,6 +35,12 @@ def test_bench_runs_every_method_on_the_same_prompt_and_compares_outputs(embedde
     assert mtp.acceptance_at and mtp.draft_ms_per_token > 0 and set(mtp.accepted_by) <= {"mtp"}
     table = format_table(rows)
     assert "free-text" in table and "NO" not in table
+
+
+@pytest.mark.parametrize("option", ["--max-tokens", "--repeats", "--prefix-tokens", "--mtp-k"])
+def test_a_count_below_one_is_refused_before_anything_loads(option, capsys):
+    assert main([option, "0"]) == 2
+    assert "--max-tokens, --repeats, --prefix-tokens and --mtp-k must be >= 1" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -16,12 +16,12 @@ import shlex
 import subprocess
 import sys
 import urllib.error
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 
 import pytest
-from vllm_serving import VLLM_MARKS, Servers
+from vllm_serving import VLLM_MARKS, Served, Servers
 from vllm_traces import complete, lookup_drafter, replay, trace_of
 
 from agent.client import Model
@@ -60,17 +60,22 @@ def servers(vllm_python, exported_model) -> Iterator[Servers]:
 def plain_outputs(servers, request) -> dict[str, list[int]]:
     """Greedy token ids without speculation, per copy-edit workload, and grounded texts of a few few-shot edit
     tasks under "grounded:ID". The ngram server starts beside the plain one, and the embedded engine decodes the
-    grounded tasks while both start; the hybrid server starts once plain is stopped."""
+    grounded tasks while both start and while plain answers."""
     servers.start("ngram")
     plain = servers.start("plain")
-    request.getfixturevalue("embedded_grounded")
-    url = plain.ready().url
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        outputs = pool.submit(_plain_outputs, plain.ready)
+        request.getfixturevalue("embedded_grounded")
+        return outputs.result()
+
+
+def _plain_outputs(ready: Callable[[], Served]) -> dict[str, list[int]]:
+    url = ready().url
     with ThreadPoolExecutor(max_workers=len(COPY_EDITS)) as pool:  # sent together with the grounded tasks below
         copied = {w.name: pool.submit(complete, url, w.prompt, MAX_TOKENS) for w in COPY_EDITS}
         grounded = _edit_replies(url, EDIT_TASKS[::EVERY_NTH_PLAIN], "edit")
     outputs = {name: reply.result()["choices"][0]["token_ids"] for name, reply in copied.items()}
-    outputs |= {f"grounded:{key}": text for key, (text, _) in grounded.items()}
-    return outputs
+    return outputs | {f"grounded:{key}": text for key, (text, _) in grounded.items()}
 
 
 def _edit_reply(url: str, snippet: Snippet, grounding: str) -> tuple[str, dict]:
@@ -101,10 +106,12 @@ def embedded_grounded(embedded_model) -> dict[str, str]:
     from decoding.drafting.drafters import make_drafter
     from decoding.engine.generation import Generation, GenerationRequest
     from decoding.engine.grounding import PROMPT_TAIL, EditGrounding, vocabulary
+    from decoding.engine.prefix_cache import PrefixCachingTarget
     from decoding.engine.target import make_target
     from decoding.serving.chat import stop_token_ids
 
-    tokenizer, target = embedded_model.tokenizer, make_target(embedded_model.model, weights="float32")
+    tokenizer = embedded_model.tokenizer
+    target = PrefixCachingTarget(make_target(embedded_model.model, weights="float32"))  # the tasks share examples
     stops, vocab = stop_token_ids(tokenizer), vocabulary(tokenizer)
     texts = {}
     for snippet in EDIT_TASKS:
@@ -132,7 +139,7 @@ def test_bench_with_these_servers_as_its_vllm_peers_gives_matching_vllm_rows(ser
     out = tmp_path / "rows.json"
     argv = ["--peers", "vllm", "--model", str(exported_model), "--dtype", "float32", "--threads", "2",
             "--workloads", "free-text", "--weights", "float32",  # vLLM computes float32's text
-            "--max-tokens", "8", "--repeats", "1", "--methods", "ngram", "--json", str(out)]
+            "--max-tokens", "8", "--repeats", "1", "--methods", "ngram", "--prefix-tokens", "300", "--json", str(out)]
     assert bench.main(argv) == 0
     rows = {row["method"]: row for row in json.loads(out.read_text())}
     assert list(rows) == ["plain", "ngram", "vllm", "vllm-ngram"]
@@ -140,6 +147,8 @@ def test_bench_with_these_servers_as_its_vllm_peers_gives_matching_vllm_rows(ser
     assert rows["plain"]["ratio_vs_vllm"] > 0 and rows["vllm"]["repeated_prefix_s"] > 0
     printed = capsys.readouterr().out
     assert "ours ÷ vLLM per workload" in printed and printed.count("load average at the") == 2
+    prompt_tokens = int(re.search(r"prefix cache: first token of a (\d+)-token prompt", printed).group(1))
+    assert 300 < prompt_tokens < 400 and "vLLM's prefix cache: first token of the same prompt" in printed, printed
 
 
 class TestNgram:

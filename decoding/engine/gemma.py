@@ -82,7 +82,8 @@ class KVCache(nn.Module):
 def head_linear(x: Tensor, w: Tensor) -> Tensor:
     """x [N, in] -> [N, out] for the output layer w [out, in].
 
-    For a few float32 rows against this 262,144-row matrix CPU F.linear is several times slower than w @ x.T.
+    float32 goes through w @ x.T, which takes one row as a matrix-vector product: 34 ms here for the 262,144-row
+    layer, against 116 ms for two rows (a grounded step's constrained token needs one row's logits).
     """
     if w.dtype == torch.float32:
         return torch.mm(w, x.T).T
@@ -354,13 +355,10 @@ class Gemma3(nn.Module):
     @torch.inference_mode()
     def logits(self, hidden: Tensor) -> Tensor:
         """hidden: [N, D] -> float32 logits [N, V]."""
-        rows = hidden.shape[0]
         if self.head_matrix is not None:
             out = self.head_matrix(hidden.float())
         else:
-            if rows == 1 and self.dtype == torch.float32:
-                hidden = hidden.repeat(2, 1)  # the two-row float32 product is several times faster than one row
-            out = head_linear(hidden, self.head)[:rows].float()
+            out = head_linear(hidden, self.head).float()
         if self.args.final_softcap is not None:
             out = torch.tanh(out / self.args.final_softcap) * self.args.final_softcap
         return out

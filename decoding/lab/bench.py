@@ -548,6 +548,7 @@ def run_bench(
     peers: Sequence[str] = (),
     vllm_python: str | None = None,
     weights: Sequence[str] = (DEFAULT_WEIGHTS,),
+    prefix_tokens: int = PREFIX_TOKENS,
 ) -> list[Row]:
     """Benchmark every (dtype, threads) pair over the standard workloads, each float32 model in every weight format
     of `weights` beside the same peers; prints each table as it completes, then the engine's own figures."""
@@ -559,7 +560,7 @@ def run_bench(
             formats = list(weights) if dtype == "float32" else ["float32"]  # the formats take float32 activations
             targets = {fmt: make_target(loaded.model, weights=fmt) for fmt in formats}
             tokenizer = loaded.tokenizer
-            shared = [tokenizer(p).input_ids for p in shared_prefix_prompts(tokenizer, PREFIX_TOKENS)]
+            shared = [tokenizer(p).input_ids for p in shared_prefix_prompts(tokenizer, prefix_tokens)]
             context = max(len(ids) for ids in [*shared, *(tokenizer(w.prompt).input_ids for w in chosen)])
             for n in threads:
                 use_threads(n)
@@ -572,7 +573,8 @@ def run_bench(
                             mtp_k=mtp_k, vllm=urls,
                         )
                         run(chosen[-1], 8, repeats=1)  # warm-up
-                        cached = prefix_cache_figures(target, tokenizer) if isinstance(target, GemmaTarget) else None
+                        cached = (prefix_cache_figures(target, tokenizer, prefix_tokens)
+                                  if isinstance(target, GemmaTarget) else None)
                         peers_first = peers_first or (vllm_peer.repeated_prefix_first_token(urls, *shared) if urls
                                                       else {})
                         first_tokens = {"plain": cached.warm_s} if cached else {}
@@ -693,6 +695,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-tokens", type=int, default=256, help="new tokens per generation (default: 256)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per method, best time kept (default: 2)")
+    parser.add_argument("--prefix-tokens", type=int, default=PREFIX_TOKENS, metavar="N",
+                        help="the prefix cache's figure: the first token of a prompt whose first N tokens, a file, "
+                             "the prompt before it shared (default: %(default)s)")
     parser.add_argument("--lookup", type=int, default=10, help="prompt_lookup_num_tokens for the transformers peer")
     parser.add_argument(
         "--methods", nargs="+", choices=METHODS[1:], default=list(METHODS[1:]), help="drafters compared with plain"
@@ -718,14 +723,14 @@ def thread_count(text: str) -> int:
 def bench_from_args(args: argparse.Namespace) -> int:
     """Run the benchmark for options added by `add_bench_arguments`; exit status 1 if one of our float32 outputs
     diverged (the peers' outputs are reported, not required, to match)."""
-    if min(args.max_tokens, args.repeats, *args.mtp_k) < 1:
-        print("error: --max-tokens, --repeats and --mtp-k must be >= 1", file=sys.stderr)
+    if min(args.max_tokens, args.repeats, args.prefix_tokens, *args.mtp_k) < 1:
+        print("error: --max-tokens, --repeats, --prefix-tokens and --mtp-k must be >= 1", file=sys.stderr)
         return 2
     print(load_line("start"))
     print(format_table([]))
     rows = run_bench(args.dtype, args.threads, args.max_tokens, args.model, args.lookup, args.repeats,
                      methods=args.methods, mtp_k=args.mtp_k, workloads=args.workloads, peers=args.peers,
-                     vllm_python=args.vllm_python, weights=args.weights)
+                     vllm_python=args.vllm_python, weights=args.weights, prefix_tokens=args.prefix_tokens)
     print()
     print(format_table(rows))
     notes = (vllm_summary(rows), paired_summary(rows), llama_cpp_note(), mtp_held_out_note(args.methods),
