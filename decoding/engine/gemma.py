@@ -82,8 +82,9 @@ class KVCache(nn.Module):
 def head_linear(x: Tensor, w: Tensor) -> Tensor:
     """x [N, in] -> [N, out] for the output layer w [out, in].
 
-    float32 goes through w @ x.T, which takes one row as a matrix-vector product: 34 ms here for the 262,144-row
-    layer, against 116 ms for two rows (a grounded step's constrained token needs one row's logits).
+    float32 goes through w @ x.T, which takes one row as a matrix-vector product: 31 ms for the 262,144-row layer on
+    two idle cores, against 102 ms for two rows (docs/measurements.md; a grounded step's constrained token needs one
+    row's logits).
     """
     if w.dtype == torch.float32:
         return torch.mm(w, x.T).T

@@ -84,7 +84,7 @@ class Row:
     decode_ratio_vs_peer: float = 0.0
     ratio_vs_vllm: float = 0.0  # plain ÷ vllm, a drafting row ÷ vllm-ngram
     decode_ratio_vs_vllm: float = 0.0
-    repeated_prefix_s: float = 0.0  # to the first token of a prompt sharing a cached 2,000-token prefix
+    repeated_prefix_s: float = 0.0  # to the first token of a prompt sharing a cached --prefix-tokens prefix
     mean_accepted_length: float = 0.0
     matches_plain: bool = True
     diverges_at: int | None = None  # the first token that differs from plain's
