@@ -1,8 +1,11 @@
 """`agent bench decode`: its rows, ratios and notes are what the engine and the peer really did."""
 
+import re
+
 import pytest
 
 from decoding.engine.target import make_target
+from decoding.lab import bench
 from decoding.lab.bench import (
     PEER,
     Result,
@@ -41,6 +44,16 @@ def test_bench_runs_every_method_on_the_same_prompt_and_compares_outputs(embedde
 def test_a_count_below_one_is_refused_before_anything_loads(option, capsys):
     assert main([option, "0"]) == 2
     assert "--max-tokens, --repeats, --prefix-tokens and --mtp-k must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_prefix_longer_than_its_file_is_refused_saying_how_long_the_file_is(embedded_model, monkeypatch, capsys):
+    monkeypatch.setattr(bench, "load_model", lambda model, dtype: embedded_model)
+    argv = ["--prefix-tokens", "1000000", "--dtype", "float32", "--threads", "2", "--workloads", "free-text",
+            "--methods", "ngram", "--max-tokens", "4", "--repeats", "1"]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert re.search(r"error: --prefix-tokens 1000000: textwrap\.py has \d+ tokens, fewer than 1000000", error), error
 
 
 @pytest.mark.slow

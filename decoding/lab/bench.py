@@ -57,7 +57,7 @@ from decoding.engine.target import GemmaTarget, Target, make_target
 from decoding.engine.threads import cores, pin_threads
 from decoding.engine.weights import products, read_bandwidth
 from decoding.lab import vllm_peer
-from decoding.lab.workloads import Workload, shared_prefix_prompts, standard_workloads
+from decoding.lab.workloads import PrefixTooLong, Workload, shared_prefix_prompts, standard_workloads
 from decoding.serving.chat import stop_token_ids
 from decoding.vllm.export import export_embedded
 from tools.command_line import parse_arguments
@@ -557,10 +557,10 @@ def run_bench(
     with vllm_model(peers, vllm_python, model, echo) as vllm:
         for dtype in dtypes:
             loaded = load_model(model, dtype)
-            formats = list(weights) if dtype == "float32" else ["float32"]  # the formats take float32 activations
-            targets = {fmt: make_target(loaded.model, weights=fmt) for fmt in formats}
             tokenizer = loaded.tokenizer
             shared = [tokenizer(p).input_ids for p in shared_prefix_prompts(tokenizer, prefix_tokens)]
+            formats = list(weights) if dtype == "float32" else ["float32"]  # the formats take float32 activations
+            targets = {fmt: make_target(loaded.model, weights=fmt) for fmt in formats}
             context = max(len(ids) for ids in [*shared, *(tokenizer(w.prompt).input_ids for w in chosen)])
             for n in threads:
                 use_threads(n)
@@ -728,9 +728,13 @@ def bench_from_args(args: argparse.Namespace) -> int:
         return 2
     print(load_line("start"))
     print(format_table([]))
-    rows = run_bench(args.dtype, args.threads, args.max_tokens, args.model, args.lookup, args.repeats,
-                     methods=args.methods, mtp_k=args.mtp_k, workloads=args.workloads, peers=args.peers,
-                     vllm_python=args.vllm_python, weights=args.weights, prefix_tokens=args.prefix_tokens)
+    try:
+        rows = run_bench(args.dtype, args.threads, args.max_tokens, args.model, args.lookup, args.repeats,
+                         methods=args.methods, mtp_k=args.mtp_k, workloads=args.workloads, peers=args.peers,
+                         vllm_python=args.vllm_python, weights=args.weights, prefix_tokens=args.prefix_tokens)
+    except PrefixTooLong as exc:
+        print(f"error: --prefix-tokens {args.prefix_tokens}: {exc}; give fewer", file=sys.stderr)
+        return 2
     print()
     print(format_table(rows))
     notes = (vllm_summary(rows), paired_summary(rows), llama_cpp_note(), mtp_held_out_note(args.methods),

@@ -63,6 +63,10 @@ def free_text() -> Workload:
     return Workload("free-text", "The history of the printing press begins in")
 
 
+class PrefixTooLong(ValueError):
+    """The file the shared prefix is cut from has fewer tokens than asked for; the message says how many it has."""
+
+
 def shared_prefix_prompts(tokenizer, tokens: int = 2000, module_name: str = "textwrap") -> tuple[str, str]:
     """Two prompts sharing a real file's first lines of at least `tokens` tokens, then different questions: a
     prefix cache's work (every agent turn re-sends the files it read)."""
@@ -72,7 +76,7 @@ def shared_prefix_prompts(tokenizer, tokens: int = 2000, module_name: str = "tex
         if len(tokenizer(text).input_ids) >= tokens:
             prefix = f"File {module_name}.py:\n```python\n{text}```\n\n"
             return prefix + "Summarize the file above.", prefix + "Which function is the longest?"
-    raise ValueError(f"{module_name}.py has fewer than {tokens} tokens")
+    raise PrefixTooLong(f"{module_name}.py has {len(tokenizer(text).input_ids)} tokens, fewer than {tokens}")
 
 
 def standard_workloads() -> list[Workload]:
