@@ -107,8 +107,8 @@ class Float32Matrix(Matrix):
 class PackedFloat16:
     """A float32 matrix [N, K] rounded to float16 in fbgemm's packed layout, in pieces of PIECE_ROWS rows.
 
-    fbgemm packs the 262,144-row output layer in about 14 s whole and 4 s in pieces, which pack side by side on the
-    engine's threads (2 s on two). Each output column is one weight row's product, so the pieces give the very
+    fbgemm packs the 262,144-row output layer in about 12 s whole and 2 s in pieces side by side on the engine's two
+    threads (docs/measurements.md). Each output column is one weight row's product, so the pieces give the very
     numbers the whole matrix gives, at the same speed.
     """
 
